@@ -1,0 +1,24 @@
+"""lmforge: tokenize, pretrain, fine-tune, evaluate, compress, generate and serve transformer
+language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — from one set of blocks.
+
+    import lmforge
+    lmforge.prepare(lmforge.PrepareConfig(inputs=["corpus.txt"], out="data/corpus"))
+    lmforge.train(lmforge.TrainConfig(data="data/corpus", out="runs/my-model", max_steps=500))
+    lm = lmforge.load("runs/my-model")
+    print(lm.generate("Once upon a time", max_new_tokens=50))
+"""
+
+from .api import Model, load, load_model
+from .config import PRESETS, ModelConfig, get_preset
+from .data.shards import PrepareConfig, prepare
+from .errors import ConfigError, DataError, LmforgeError, ModelDirError
+from .generate import Completion, GenerationConfig, generate
+from .model import build_model
+from .tokenizers import Tokenizer, train_tokenizer
+from .train import TrainConfig, train
+
+__version__ = "0.1.0"
+
+__all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
+           "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
+           "TrainConfig", "train", "LmforgeError", "ConfigError", "DataError", "ModelDirError"]

@@ -1,0 +1,170 @@
+"""ModelConfig: every architectural choice of an lmforge model, plus named presets.
+
+A family (decoder, encoder, seq2seq) is a thin assembly of the shared blocks in
+`lmforge.model.blocks`; the config says which block variants to use. Presets are derived
+from a few bases with `derive`, never copied; an unknown name fails with the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+FAMILIES = ("decoder", "encoder", "seq2seq")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "decoder"          # decoder (GPT, Llama) | encoder (BERT) | seq2seq (original Transformer)
+    vocab_size: int = 256            # the tokenizer's vocabulary; set from the tokenizer when training
+    pad_vocab_multiple: int = 64     # embedding rows padded to a multiple of this for fast matmuls; logits are cut back to vocab_size
+    context_length: int = 256        # longest sequence the model attends over (the KV cache size)
+    n_layer: int = 4                 # transformer blocks (the decoder's, for seq2seq)
+    n_head: int = 4                  # query heads
+    n_kv_head: int | None = None     # key/value heads: < n_head gives grouped-query attention; None means n_head
+    d_model: int = 128               # residual stream width
+    d_ff: int | None = None          # MLP hidden width; None: 4*d_model for GELU/ReLU, 8/3*d_model (rounded up to 64) for SwiGLU
+    mlp: str = "gelu"                # gelu (exact, BERT) | gelu_tanh (GPT-2) | relu (original Transformer) | swiglu (Llama)
+    norm: str = "layernorm"          # layernorm (GPT-2, BERT) | rmsnorm (Llama)
+    norm_eps: float = 1e-5           # epsilon inside the norms
+    norm_position: str = "pre"       # pre: x + f(norm(x)) (GPT-2, Llama) | post: norm(x + f(x)) (original Transformer, BERT)
+    position: str = "learned"        # learned (GPT-2, BERT) | sinusoidal (original Transformer) | rope (Llama) | none
+    rope_theta: float = 10000.0      # RoPE base frequency
+    bias: bool = True                # biases in the Linear layers and norms (GPT-2: yes, Llama: no)
+    dropout: float = 0.0             # dropout on embeddings, attention weights and residual branches (training only)
+    tie_embeddings: bool = True      # the output head shares the token-embedding matrix
+    init_std: float = 0.02           # normal init std; residual output projections get std / sqrt(2 * n_layer)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived sizes -------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * math.ceil(int(8 * self.d_model / 3) / 64)
+        return 4 * self.d_model
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.pad_vocab_multiple)
+        return m * math.ceil(self.vocab_size / m)
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+        need(self.family in FAMILIES, f"family={self.family!r} is unknown; use one of {', '.join(FAMILIES)}")
+        need(self.mlp in MLPS, f"mlp={self.mlp!r} is unknown; use one of {', '.join(MLPS)}")
+        need(self.norm in NORMS, f"norm={self.norm!r} is unknown; use one of {', '.join(NORMS)}")
+        need(self.position in POSITIONS, f"position={self.position!r} is unknown; use one of {', '.join(POSITIONS)}")
+        need(self.norm_position in ("pre", "post"), f"norm_position={self.norm_position!r}; use pre or post")
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
+            need(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be positive")
+        need(self.d_model % self.n_head == 0,
+             f"d_model={self.d_model} is not divisible by n_head={self.n_head}; pick n_head dividing d_model")
+        need(self.n_head % self.kv_heads == 0,
+             f"n_head={self.n_head} is not a multiple of n_kv_head={self.kv_heads}; pick n_kv_head dividing n_head")
+        need(self.position != "rope" or self.head_dim % 2 == 0,
+             f"rotary positions need an even head size, got d_model/n_head={self.head_dim}")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"lmforge_version", "architecture"})
+        if unknown:
+            raise ConfigError(f"{source} has unknown fields {unknown}; it may come from a newer lmforge "
+                              f"or another tool (use `lmforge import` for Hugging Face checkpoints)")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        from .modeldir import atomic_write_text
+        atomic_write_text(Path(path), json.dumps({"lmforge_version": 1, **self.to_dict()}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); restore it or re-create the model directory") from e
+        return cls.from_dict(d, source=str(path))
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count from the shapes (matches `sum(p.numel())` of the built model)."""
+        from .model import build_model
+        import torch
+        with torch.device("meta"):
+            model = build_model(self)
+        return model.num_params(embeddings=embeddings)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N + 12·L·d·T (the PaLM / nanoGPT MFU convention)."""
+        n = self.num_params(embeddings=False)
+        return 6 * n + 12 * self.n_layer * self.d_model * self.context_length
+
+
+def derive(base: ModelConfig, **changes: Any) -> ModelConfig:
+    """A new config from `base` with some fields changed (validated)."""
+    return dataclasses.replace(base, **changes)
+
+
+_GPT2 = ModelConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, d_model=768,
+                    mlp="gelu_tanh", norm="layernorm", position="learned", bias=True, tie_embeddings=True)
+_LLAMA = ModelConfig(vocab_size=32000, context_length=2048, n_layer=16, n_head=32, n_kv_head=8, d_model=2048,
+                     d_ff=8192, mlp="swiglu", norm="rmsnorm", norm_eps=1e-5, position="rope", rope_theta=10000.0,
+                     bias=False, tie_embeddings=False)
+
+PRESETS: dict[str, ModelConfig] = {
+    # GPT-2 shapes
+    "gpt2-124m": _GPT2,
+    "gpt2-350m": derive(_GPT2, n_layer=24, n_head=16, d_model=1024),
+    "gpt2-774m": derive(_GPT2, n_layer=36, n_head=20, d_model=1280),
+    "gpt2-1.5b": derive(_GPT2, n_layer=48, n_head=25, d_model=1600),
+    # small GPT-style models that train in minutes on 2 CPU cores
+    "gpt-tiny": derive(_GPT2, vocab_size=256, context_length=64, n_layer=2, n_head=2, d_model=64),
+    "gpt-mini": derive(_GPT2, vocab_size=256, context_length=128, n_layer=4, n_head=4, d_model=128),
+    "gpt-small": derive(_GPT2, vocab_size=256, context_length=256, n_layer=6, n_head=6, d_model=384),
+    # Llama shapes (grouped-query attention, RoPE, RMSNorm, SwiGLU, no biases, untied head)
+    "llama-1b": _LLAMA,
+    "llama-7b": derive(_LLAMA, n_layer=32, n_head=32, n_kv_head=32, d_model=4096, d_ff=11008, context_length=4096),
+    "llama-tiny": derive(_LLAMA, vocab_size=256, context_length=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
+                         d_ff=None),
+    "llama-mini": derive(_LLAMA, vocab_size=256, context_length=128, n_layer=4, n_head=4, n_kv_head=2, d_model=128,
+                         d_ff=None),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with `overrides` applied; unknown names list the known ones."""
+    if name not in PRESETS:
+        import difflib
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; known presets: {', '.join(sorted(PRESETS))}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return derive(PRESETS[name], **overrides)

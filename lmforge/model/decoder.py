@@ -1,0 +1,60 @@
+"""Decoder-only causal language model (GPT-2, Llama): a causal `Transformer` + LM head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from .blocks import Transformer, init_weights
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.family == "decoder"
+        self.config = config
+        self.transformer = Transformer(config, causal=True)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.tie_weights()
+        init_weights(self, config)
+
+    def tie_weights(self) -> None:
+        """Share the token embedding with the output head (again after loading weights)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.transformer.tok_emb.weight
+
+    def forward(self, idx: torch.Tensor, *, last_only: bool = False, **kw) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) with `last_only`.
+
+        Keyword arguments (pos_ids, key_valid, input_pos) go to `Transformer.forward`.
+        """
+        h = self.transformer(idx, **kw)          # (B, T, d)
+        if last_only:
+            h = h[:, -1:]
+        logits = self.lm_head(h)                 # (B, T, padded_vocab)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
+
+    def hidden_states(self, idx: torch.Tensor, **kw) -> torch.Tensor:
+        """(B, T, d) final hidden states (for classification heads and pooling)."""
+        return self.transformer(idx, **kw)
+
+    # ---- KV cache for decoding --------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        self.transformer.setup_cache(batch_size, max_len or self.config.context_length, dtype)
+
+    def clear_cache(self) -> None:
+        self.transformer.clear_cache()
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameters (shared ones once). Without embeddings: minus the position table and,
+        when the head is untied, the token lookup table (neither costs matmul FLOPs)."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            if hasattr(self.transformer, "pos_emb"):
+                n -= self.transformer.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.tok_emb.weight.numel()
+        return n
