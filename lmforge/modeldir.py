@@ -1,0 +1,130 @@
+"""The model directory: config.json + model.safetensors + tokenizer files (+ train_state/).
+
+Every write is atomic (temp file in the same directory, fsync, rename), so an interrupted
+save leaves the previous file intact. Weights are only ever safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelDirError
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def atomic_write(path: Path, write_fn) -> None:
+    """Call write_fn(tmp_path) then rename tmp over `path` (same filesystem, so atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, tied weights stored once (safetensors refuses shared storage)."""
+    seen: dict[int, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        if key in seen and t.numel() > 0:
+            continue  # a tied copy (e.g. lm_head.weight = tok_emb.weight)
+        seen[key] = name
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+    tensors = state_dict_for_save(model)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise ModelDirError(f"no weights at {path}; train a model into this directory or check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:
+        raise ModelDirError(f"{path} is not a valid safetensors file ({e}); it may be truncated or corrupted — "
+                            f"restore it or train again (an interrupted save never overwrites it)") from e
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:
+        raise ModelDirError(f"{path} is not a valid safetensors file ({e})") from e
+
+
+def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `model`, naming any missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    tied = {n for n, t in expected.items() if n not in tensors and _is_tied(model, n)}
+    missing = sorted(set(expected) - set(tensors) - tied)
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelDirError(f"{source} does not match the model in config.json: missing {missing[:5]}"
+                            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                            f"{' ...' if len(unexpected) > 5 else ''}; the config and weights come from "
+                            f"different models")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise ModelDirError(f"{source}: tensor {name!r} has shape {tuple(t.shape)} but the model expects "
+                                f"{tuple(expected[name].shape)}; the config and weights come from different models")
+    model.load_state_dict(tensors, strict=False, assign=any(p.device.type == "meta" for p in model.parameters()))
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if name not in params:
+        return False
+    ptr = params[name]
+    return any(p is ptr and n != name for n, p in params.items())
+
+
+def check_model_dir(path: Path, need: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelDirError(f"model directory {path} does not exist; train one with `lmforge train --out {path}` "
+                            f"or `lmforge quickstart`")
+    if not path.is_dir():
+        raise ModelDirError(f"{path} is a file, not a model directory (config.json, model.safetensors, "
+                            f"tokenizer.json)")
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        found = sorted(p.name for p in path.iterdir())
+        raise ModelDirError(f"model directory {path} is missing {', '.join(missing)} (found: {found or 'nothing'}); "
+                            f"it is not a complete lmforge model directory — re-run training or "
+                            f"`lmforge import` for a Hugging Face checkpoint")
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,27 @@
+"""Tokenizers: char (byte fallback), byte-level BPE; all stored as HF tokenizer.json."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..errors import ConfigError
+from .base import SPECIAL_TOKENS, Tokenizer
+from .bpe import train_bpe_tokenizer
+from .char import train_char_tokenizer
+
+TRAINERS = {"char": lambda texts, vocab_size: train_char_tokenizer(texts),
+            "bpe": lambda texts, vocab_size: train_bpe_tokenizer(texts, vocab_size)}
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
+    """Train a tokenizer of `kind` (see TRAINERS) on an iterable of text chunks."""
+    if kind not in TRAINERS:
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; use one of {', '.join(TRAINERS)} "
+                          f"or the path of a directory holding a tokenizer.json")
+    return TRAINERS[kind](texts, vocab_size)
+
+
+load_tokenizer = Tokenizer.load
+
+__all__ = ["Tokenizer", "SPECIAL_TOKENS", "TRAINERS", "train_tokenizer", "load_tokenizer",
+           "train_char_tokenizer", "train_bpe_tokenizer"]

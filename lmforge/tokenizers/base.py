@@ -1,0 +1,142 @@
+"""The tokenizer every lmforge verb uses: a Hugging Face `tokenizers.Tokenizer` plus roles.
+
+All kinds (char, byte-level BPE, WordPiece, imported HF tokenizers) are stored the same
+way, so `transformers` can read them too:
+
+    tokenizer.json          the HF `tokenizers` file (vocabulary, merges, special tokens)
+    tokenizer_config.json   which tokens are bos / eos / pad / unk, the kind, a chat template
+
+lmforge's own tokenizers reserve fixed ids for the special tokens:
+<pad>=0, <bos>=1, <eos>=2, <unk>=3. Text given to `encode` is always treated as text: a
+literal "<eos>" in a corpus is spelled out, never turned into the special token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders
+
+from ..errors import ModelDirError
+
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}  # ids 0, 1, 2, 3
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
+
+
+class Tokenizer:
+    """Encode text to ids and back. `kind` is char, bpe, wordpiece or hf (imported)."""
+
+    def __init__(self, hf: HFTokenizer, kind: str, special: dict[str, str | None] | None = None,
+                 extra: dict | None = None):
+        self.hf, self.kind = hf, kind
+        self.hf.encode_special_tokens = True   # user text never produces special ids
+        self.special = dict(SPECIAL_TOKENS if special is None else special)
+        self.extra = dict(extra or {})         # other tokenizer_config.json fields (e.g. chat_template)
+
+    # ---- ids of the special tokens ------------------------------------------------------
+    def _role_id(self, role: str) -> int | None:
+        tok = self.special.get(role)
+        return None if tok is None else self.hf.token_to_id(tok)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._role_id("pad")
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._role_id("bos")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._role_id("eos")
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._role_id("unk")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_ids(self) -> set[int]:
+        return {i for i in (self._role_id(r) for r in self.special) if i is not None}
+
+    # ---- encode / decode ----------------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return self._wrap(ids, bos, eos)
+
+    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        return [self._wrap(e.ids, bos, eos) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        if bos and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if eos and self.eos_id is not None:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """Decode ids one at a time, yielding text as soon as it is complete (multi-byte
+        characters split across tokens come out whole)."""
+        ds = decoders.DecodeStream(skip_special_tokens=True)
+        for i in ids:
+            piece = ds.step(self.hf, int(i))
+            if piece:
+                yield piece
+
+    def decode_stream(self) -> "decoders.DecodeStream":
+        return decoders.DecodeStream(skip_special_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        from ..modeldir import atomic_write_text
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / TOKENIZER_FILE, self.hf.to_str(pretty=False))
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "lmforge_kind": self.kind,
+               **{f"{role}_token": tok for role, tok in self.special.items() if tok is not None},
+               **self.extra}
+        atomic_write_text(d / TOKENIZER_CONFIG_FILE, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        d = Path(directory)
+        path = d / TOKENIZER_FILE if d.is_dir() else d
+        if not path.is_file():
+            raise ModelDirError(f"no tokenizer at {path}; the directory needs a tokenizer.json "
+                                f"(train one with `lmforge prepare`, or copy it from the data directory)")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad files
+            raise ModelDirError(f"{path} is not a readable tokenizer.json ({e}); re-create it with "
+                                f"`lmforge prepare` or restore it from the data directory") from e
+        cfg_path = path.parent / TOKENIZER_CONFIG_FILE
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        kind = cfg.pop("lmforge_kind", "hf")
+        special: dict[str, str | None] = {}
+        for role in SPECIAL_TOKENS:
+            tok = cfg.pop(f"{role}_token", None)
+            if isinstance(tok, dict):          # transformers writes AddedToken dicts sometimes
+                tok = tok.get("content")
+            if tok is None and hf.token_to_id(SPECIAL_TOKENS[role]) is not None:
+                tok = SPECIAL_TOKENS[role]
+            special[role] = tok
+        keep = {k: v for k, v in cfg.items() if k in ("chat_template",)}
+        return cls(hf, kind, special, keep)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
