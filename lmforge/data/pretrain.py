@@ -1,0 +1,45 @@
+"""Causal-LM pretraining batches: random windows of `context_length + 1` tokens from the
+memmapped shards (nanoGPT style); inputs are the first T tokens, targets the last T."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from ..train.objective import Objective
+from .shards import load_split
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+
+
+class CausalLMObjective(Objective):
+    name = "clm"
+    reports_perplexity = True
+
+    def __init__(self, data_dir: str | Path, context_length: int):
+        self.T = context_length
+        self.data = {split: load_split(data_dir, split) for split in ("train", "val")}
+        for split, arr in self.data.items():
+            if len(arr) < self.T + 1:
+                raise DataError(f"the {split} split of {data_dir} has {len(arr)} tokens, fewer than context_length "
+                                f"+ 1 = {self.T + 1}; use a smaller --context-length, more text, or a larger "
+                                f"--val-fraction in `lmforge prepare`")
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(len(self.data[split]) - self.T, (n,), generator=generator)
+
+    def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        data = self.data[split]
+        rows = np.stack([data[i: i + self.T + 1] for i in indices.tolist()]).astype(np.int64)
+        rows = torch.from_numpy(rows)
+        return {"x": rows[:, :-1], "y": rows[:, 1:]}
+
+    def loss(self, model, batch):
+        return lm_loss(model(batch["x"]), batch["y"])

@@ -1,0 +1,176 @@
+"""`lmforge prepare`: text -> tokenizer + memmapped token shards with a train/val split.
+
+Output directory:
+
+    tokenizer.json, tokenizer_config.json   the tokenizer (trained here, or copied)
+    train.bin, val.bin                      flat token ids (uint16 if the vocabulary fits, else uint32)
+    meta.json                               dtype, token and byte counts, sources
+
+It streams: text is read in ~1 MB pieces, encoded in parallel batches and appended to the
+.bin files, so a corpus larger than memory works. Every document ends with <eos>. Of each
+encoded piece, the last `val_fraction` of the tokens goes to val.bin, so the validation
+split samples the whole corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from ..options import option
+from ..tokenizers import Tokenizer, train_tokenizer
+from .reading import ReadStats, expand_inputs, iter_documents
+
+META_FILE = "meta.json"
+
+
+@dataclass
+class PrepareConfig:
+    inputs: list[str] = option(None, "text files, directories of them, or .jsonl files", positional=True)
+    out: str = option("data/corpus", "output directory for the shards and tokenizer", short="-o")
+    tokenizer: str = option("bpe", "char, bpe, or a directory holding a tokenizer.json to reuse")
+    vocab_size: int = option(8192, "vocabulary size when training a BPE tokenizer")
+    val_fraction: float = option(0.05, "fraction of tokens held out for validation")
+    text_field: str = option("text", "field holding the text in .jsonl inputs")
+    errors: str = option("replace", "undecodable bytes: replace (with U+FFFD, and warn) or strict (reject)",
+                         choices=("replace", "strict"))
+    progress: bool = option(True, "show a progress bar")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Tokenize `cfg.inputs` into `cfg.out`; returns the meta.json contents."""
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DataError(f"val_fraction={cfg.val_fraction} must be in [0, 1)")
+    files = expand_inputs(cfg.inputs)
+    total_bytes = sum(f.stat().st_size for f in files)
+    if total_bytes == 0:
+        raise DataError(f"the corpus is empty ({', '.join(map(str, files))} hold 0 bytes); give files with text")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    stats = ReadStats()  # of the last pass over the corpus
+
+    def pieces(desc: str) -> Iterator[tuple[str, bool]]:
+        nonlocal stats
+        stats = ReadStats()
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not cfg.progress)
+        for piece in iter_documents(files, cfg.text_field, cfg.errors, stats):
+            bar.update(stats.bytes - bar.n)
+            yield piece
+        bar.close()
+
+    tok_path = Path(cfg.tokenizer)
+    if tok_path.is_dir() or tok_path.suffix == ".json":
+        tokenizer = Tokenizer.load(tok_path)
+    else:
+        tokenizer = train_tokenizer(cfg.tokenizer, (t for t, _ in pieces(f"training {cfg.tokenizer} tokenizer")),
+                                    cfg.vocab_size)
+    tokenizer.save(out)
+    dtype = token_dtype(tokenizer.vocab_size)
+    counts = {"train": 0, "val": 0}
+    chars = 0
+    with open(out / "train.bin.tmp", "wb") as f_train, open(out / "val.bin.tmp", "wb") as f_val:
+        batch: list[tuple[str, bool]] = []
+        batch_chars = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_chars
+            if not batch:
+                return
+            encoded = tokenizer.encode_batch([t for t, _ in batch])
+            ids: list[int] = []
+            for (_, ends), doc_ids in zip(batch, encoded):
+                ids.extend(doc_ids)
+                if ends and tokenizer.eos_id is not None:
+                    ids.append(tokenizer.eos_id)
+            arr = np.asarray(ids, dtype=dtype)
+            n_val = int(round(len(arr) * cfg.val_fraction))
+            if cfg.val_fraction > 0 and n_val == 0 and len(arr) > 1:
+                n_val = 1
+            arr[: len(arr) - n_val].tofile(f_train)
+            arr[len(arr) - n_val:].tofile(f_val)
+            counts["train"] += len(arr) - n_val
+            counts["val"] += n_val
+            batch, batch_chars = [], 0
+
+        for text, ends in pieces("tokenizing"):
+            if not text and not ends:
+                continue
+            chars += len(text)
+            # split big pieces at newlines so encode_batch can use every core
+            for part in _split_lines(text, 16384):
+                batch.append((part, False))
+                batch_chars += len(part)
+            if ends:
+                batch[-1:] = [(batch[-1][0] if batch else "", True)]
+            if batch_chars >= (1 << 20):
+                flush()
+        flush()
+    if chars == 0:
+        raise DataError(f"the corpus {', '.join(map(str, cfg.inputs))} holds no text; give files with text")
+    (out / "train.bin.tmp").replace(out / "train.bin")
+    (out / "val.bin.tmp").replace(out / "val.bin")
+    stats.warn_replaced()
+    n_tokens = counts["train"] + counts["val"]
+    meta = {
+        "dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.kind,
+        "train_tokens": counts["train"], "val_tokens": counts["val"], "bytes": stats.bytes, "chars": chars,
+        "bytes_per_token": round(stats.bytes / max(n_tokens, 1), 4), "eos_id": tokenizer.eos_id,
+        "sources": [str(f) for f in files], "replaced_byte_sequences": sum(stats.replaced.values()),
+        "val_fraction": cfg.val_fraction,
+    }
+    from ..modeldir import write_json
+    write_json(out / META_FILE, meta)
+    return meta
+
+
+def _split_lines(text: str, size: int) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            nl = text.rfind("\n", start, end)
+            end = nl + 1 if nl > start else end
+        yield text[start:end]
+        start = end
+    if not text:
+        yield ""
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    d = Path(data_dir)
+    path = d / META_FILE
+    if not d.is_dir():
+        raise DataError(f"data directory {d} does not exist; create it with `lmforge prepare FILES --out {d}`")
+    if not path.is_file():
+        raise DataError(f"{d} has no meta.json; it is not a prepared data directory — run "
+                        f"`lmforge prepare FILES --out {d}`")
+    return json.loads(path.read_text())
+
+
+def load_split(data_dir: str | Path, split: str) -> np.memmap:
+    """The token ids of `split` (train or val), memory-mapped (nothing is read up front)."""
+    meta = load_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; re-run `lmforge prepare` for {data_dir}")
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=meta["dtype"])  # np.memmap cannot map an empty file
+    return np.memmap(path, dtype=meta["dtype"], mode="r")
+
+
+def copy_tokenizer(data_dir: str | Path, out_dir: str | Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (Path(data_dir) / name).is_file():
+            shutil.copyfile(Path(data_dir) / name, Path(out_dir) / name)
