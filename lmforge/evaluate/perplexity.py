@@ -1,0 +1,91 @@
+"""Perplexity of a causal LM on a text, with a sliding window (Hugging Face's recipe).
+
+Windows of `context_length` tokens start every `stride` tokens; each window scores only the
+tokens not scored by the previous one, so with stride < context every token after the first
+window is predicted from at least `context - stride` tokens of history.
+
+    nll = sum of -log p(token | history) over scored tokens;  ppl = exp(nll / n_scored)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import DataError, LmforgeError
+
+
+@torch.inference_mode()
+def perplexity_of_ids(model, ids: list[int] | torch.Tensor, *, stride: int | None = None, batch_size: int = 8,
+                      progress: bool = False) -> dict[str, float]:
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    T = model.config.context_length
+    stride = stride or T
+    if not 0 < stride <= T:
+        raise LmforgeError(f"stride={stride} must be between 1 and the context length {T}")
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}; give a longer text")
+    device = next(model.parameters()).device
+    windows: list[tuple[int, int, int]] = []          # (begin, end, number of targets scored)
+    prev_end = 1                                      # token 0 has no history: never scored
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + T + 1, len(ids))            # inputs ids[begin:end-1], targets ids[begin+1:end]
+        n_new = end - max(prev_end, begin + 1)
+        if n_new > 0:
+            windows.append((begin, end, n_new))
+        prev_end = end
+        if end == len(ids):
+            break
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
+        chunk = windows[i: i + batch_size]
+        L = max(e - b - 1 for b, e, _ in chunk)
+        x = torch.zeros(len(chunk), L, dtype=torch.long)
+        y = torch.full((len(chunk), L), -100, dtype=torch.long)
+        for r, (b, e, n_new) in enumerate(chunk):
+            n = e - b - 1
+            x[r, :n] = ids[b: e - 1]
+            y[r, n - n_new: n] = ids[e - n_new: e]
+        logits = model(x.to(device)).float()
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(device).view(-1), ignore_index=-100,
+                               reduction="sum")
+        nll += loss.item()
+        count += sum(n for _, _, n in chunk)
+    model.train(was_training)
+    mean = nll / count
+    return {"nll": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": count, "windows": len(windows),
+            "stride": stride}
+
+
+def perplexity(model, tokenizer, text: str, *, stride: int | None = None, batch_size: int = 8,
+               progress: bool = False) -> dict[str, float]:
+    """Perplexity of `text`; the text is preceded by end-of-text (the document separator the
+    model saw in training), so its first token is scored too. Adds bits per byte."""
+    if not text:
+        raise DataError("the text to evaluate is empty; give a file with text")
+    ids = tokenizer.encode(text)
+    if tokenizer.eos_id is not None:
+        ids = [tokenizer.eos_id] + ids
+    out = perplexity_of_ids(model, ids, stride=stride, batch_size=batch_size, progress=progress)
+    n_bytes = len(text.encode("utf-8"))
+    out["bits_per_byte"] = out["nll"] * out["tokens"] / math.log(2) / n_bytes
+    out["bytes"] = n_bytes
+    return out
+
+
+def read_text_file(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"text file {p} does not exist; check the path")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        f"convert it to UTF-8 first") from None

@@ -1,0 +1,246 @@
+"""Autoregressive decoding for decoder-only models: `prefill` the prompt into the KV cache,
+then `decode_one_token` per step (gpt-fast style).
+
+A batch of prompts is left-padded so every sequence ends at the same cache slot; per-sample
+position ids and a key-padding mask make a padded prompt decode exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import LmforgeError
+from ..options import option
+from .sampling import apply_repetition_penalty, sample_next
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = option(100, "most tokens to generate per prompt")
+    temperature: float = option(0.8, "sampling temperature; 0 means greedy")
+    greedy: bool = option(False, "always take the most likely token (same as --temperature 0)")
+    top_k: int | None = option(None, "sample only among the k most likely tokens")
+    top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)")
+    repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)")
+    stop: list[str] = option([], "stop a sequence when it produces any of these strings")
+    seed: int | None = option(None, "random seed for sampling (same seed, same text)")
+    truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
+                                          "(with a warning) instead of failing")
+    ignore_eos: bool = option(False, "keep generating after the end-of-text token")
+
+    def __post_init__(self) -> None:
+        if self.greedy:
+            self.temperature = 0.0
+        if self.max_new_tokens < 1:
+            raise LmforgeError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.temperature < 0:
+            raise LmforgeError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise LmforgeError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise LmforgeError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
+
+
+@dataclass
+class Completion:
+    text: str                 # the generated text (prompt not included), cut before any stop string
+    ids: list[int]            # generated token ids
+    finish_reason: str        # "eos", "stop" or "length"
+    prompt_tokens: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def prefill(model, idx: torch.Tensor, pos_ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """Run the (left-padded) prompts through the model, filling cache slots 0..T-1.
+    Returns the logits of the last position (B, V)."""
+    input_pos = torch.arange(idx.shape[1], device=idx.device)
+    return model(idx, input_pos=input_pos, pos_ids=pos_ids, key_valid=key_valid, last_only=True)[:, -1]
+
+
+@torch.inference_mode()
+def decode_one_token(model, token: torch.Tensor, slot: torch.Tensor, pos_ids: torch.Tensor,
+                     key_valid: torch.Tensor) -> torch.Tensor:
+    """One step: token (B, 1) written at cache `slot` (1,) -> logits (B, V)."""
+    return model(token, input_pos=slot, pos_ids=pos_ids, key_valid=key_valid)[:, -1]
+
+
+def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, truncate: bool,
+                    pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Left-pad prompts; check them against the context. Returns idx, pos_ids, valid, new tokens."""
+    longest = max(len(p) for p in prompt_ids)
+    if longest == 0:
+        raise LmforgeError("empty prompt: give at least one token of text")
+    if longest >= context_length:
+        if not truncate:
+            raise LmforgeError(f"prompt has {longest} tokens but the model's context is {context_length}; "
+                               f"pass a shorter prompt or --truncate-prompt to keep its last "
+                               f"{context_length - 1} tokens")
+        keep = max(1, context_length - max_new_tokens)
+        warnings.warn(f"prompt of {longest} tokens truncated to its last {keep} to fit the context "
+                      f"of {context_length}", stacklevel=3)
+        prompt_ids = [p[-keep:] for p in prompt_ids]
+        longest = max(len(p) for p in prompt_ids)
+    if longest + max_new_tokens > context_length:
+        new = context_length - longest
+        warnings.warn(f"max_new_tokens={max_new_tokens} does not fit after a {longest}-token prompt in the "
+                      f"{context_length}-token context; generating at most {new}", stacklevel=3)
+        max_new_tokens = new
+    B = len(prompt_ids)
+    idx = torch.full((B, longest), pad_id, dtype=torch.long)
+    valid = torch.zeros((B, longest), dtype=torch.bool)
+    for b, p in enumerate(prompt_ids):
+        idx[b, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        valid[b, longest - len(p):] = True
+    pos_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    return idx, pos_ids, valid, max_new_tokens
+
+
+@torch.inference_mode()
+def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
+                 pad_id: int = 0, on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
+                 device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
+    """Generate for a batch of token-id prompts. `on_tokens(next_ids (B,))` is called after
+    every step; returning True stops everything (stop strings use this).
+    Returns (generated ids per prompt, finish reasons, stats)."""
+    config = model.config
+    device = device or next(model.parameters()).device
+    idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
+                                                   cfg.truncate_prompt, pad_id)
+    B, T0 = idx.shape
+    total = T0 + max_new
+    idx, pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
+    key_valid = torch.zeros((B, total), dtype=torch.bool, device=device)
+    key_valid[:, :T0] = valid
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, idx, valid)
+    was_training = model.training
+    model.eval()
+    model.setup_cache(B, total)
+    out = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n_steps = 0
+    t0 = time.perf_counter()
+    try:
+        logits = prefill(model, idx, pos_ids, key_valid)
+        t_prefill = time.perf_counter() - t0
+        last_pos = pos_ids[:, -1:]
+        for i in range(max_new):
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+            nxt = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out[:, i] = nxt
+            n_steps = i + 1
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], ~done[:, None])
+            if eos_id is not None and not cfg.ignore_eos:
+                done |= nxt == eos_id
+            stop = on_tokens(nxt) if on_tokens is not None else None
+            if stop or i == max_new - 1 or bool(done.all()):
+                break
+            slot = torch.tensor([T0 + i], device=device)
+            key_valid[:, T0 + i] = True
+            last_pos = last_pos + 1
+            logits = decode_one_token(model, nxt[:, None], slot, last_pos, key_valid)
+    finally:
+        model.clear_cache()
+        model.train(was_training)
+    elapsed = time.perf_counter() - t0
+    results, reasons = [], []
+    for b in range(B):
+        ids = out[b, :n_steps].tolist()
+        reason = "length"
+        if eos_id is not None and not cfg.ignore_eos and eos_id in ids:
+            ids = ids[: ids.index(eos_id)]
+            reason = "eos"
+        results.append(ids)
+        reasons.append(reason)
+    decode_time = max(elapsed - t_prefill, 1e-9)
+    stats = {"prompt_tokens": T0, "new_tokens": n_steps, "batch": B, "prefill_s": t_prefill,
+             "decode_s": decode_time, "tokens_per_s": B * max(n_steps - 1, 1) / decode_time}
+    return results, reasons, stats
+
+
+def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig | None = None, *,
+             stream: Callable[[int, str], None] | None = None) -> list[Completion]:
+    """Generate text for one prompt or a batch. `stream(index, text_piece)` receives text as
+    it is produced (per prompt index). An empty prompt starts from the end-of-text token."""
+    cfg = cfg or GenerationConfig()
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    if not prompts:
+        raise LmforgeError("no prompts given")
+    start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+    prompt_ids = [tokenizer.encode(p) or ([start] if start is not None else []) for p in prompts]
+    decoders = [tokenizer.decode_stream() for _ in prompts]
+    texts = ["" for _ in prompts]
+    emitted = [0 for _ in prompts]       # characters already passed to `stream`
+    stopped = [False for _ in prompts]
+    track_text = stream is not None or bool(cfg.stop)
+    hold = max((len(s) for s in cfg.stop), default=1) - 1   # text that may still become a stop string
+    specials = tokenizer.special_ids
+
+    def emit(b: int, upto: int) -> None:
+        if stream is not None and upto > emitted[b]:
+            stream(b, texts[b][emitted[b]:upto])
+            emitted[b] = upto
+
+    def on_tokens(nxt: torch.Tensor) -> bool:
+        if not track_text:
+            return False
+        for b, tok in enumerate(nxt.tolist()):
+            if stopped[b]:
+                continue
+            if tok in specials:
+                if tok == tokenizer.eos_id and not cfg.ignore_eos:
+                    stopped[b] = True
+                    emit(b, len(texts[b]))
+                continue
+            piece = decoders[b].step(tokenizer.hf, tok) or ""
+            if not piece:
+                continue
+            before = len(texts[b])
+            texts[b] += piece
+            hit = _find_stop(texts[b], cfg.stop, before)
+            if hit is not None:
+                texts[b] = texts[b][:hit]
+                stopped[b] = True
+            emit(b, len(texts[b]) if stopped[b] else len(texts[b]) - hold)
+        return all(stopped)
+
+    ids, reasons, stats = generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id,
+                                       pad_id=tokenizer.pad_id or 0, on_tokens=on_tokens)
+    for b in range(len(prompts)):
+        emit(b, len(texts[b]))          # flush what was held back
+    results = []
+    for b in range(len(prompts)):
+        text = tokenizer.decode(ids[b])
+        reason = reasons[b]
+        hit = _find_stop(text, cfg.stop, 0)
+        if hit is not None:
+            text, reason = text[:hit], "stop"
+        results.append(Completion(text, ids[b], reason, len(prompt_ids[b]), stats))
+    return results
+
+
+def _find_stop(text: str, stops: list[str], new_from: int) -> int | None:
+    """Index where the earliest stop string starts, looking only where new text could complete one."""
+    best = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s, max(0, new_from - len(s) + 1))
+        if i >= 0 and (best is None or i < best):
+            best = i
+    return best

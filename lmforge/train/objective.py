@@ -1,0 +1,40 @@
+"""What the one trainer needs from a task. Causal LM, masked LM, classification, seq2seq and
+SFT differ only here: in the batches they build and the loss they compute.
+
+Sampling is split from collation so that data order is a pure function of one seeded
+`torch.Generator`: every rank draws the same indices for a step and collates only its share,
+which makes `--resume` exact and a 2-process DDP step equal a 1-process step with 2
+accumulation micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Objective:
+    name = "base"
+    reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n example indices (int64) for `split`, drawn with `generator`."""
+        raise NotImplementedError
+
+    def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch (CPU tensors) for these indices."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of the batch (a scalar tensor)."""
+        raise NotImplementedError
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens processed (for tokens/s)."""
+        x = next(iter(batch.values()))
+        return x.numel()
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device, autocast: Any) -> dict[str, float]:
+        """Extra validation metrics beyond the loss (accuracy, BLEU, ...)."""
+        return {}

@@ -1,0 +1,335 @@
+"""The one training loop. Every objective (causal LM, masked LM, classification, seq2seq,
+SFT) runs through `Trainer.fit`; torchrun/DDP wraps the same loop.
+
+Per step: draw the step's micro-batch indices from the data generator (all ranks draw the
+same), run this rank's micro-batches with gradient accumulation (DDP syncs only on the last),
+clip, AdamW step. Logged losses are averaged over micro-batches and ranks. Everything the
+next step depends on — weights, optimizer, step, data generator, RNG — is in the
+checkpoint, so `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..errors import ConfigError, LmforgeError
+from ..modeldir import CONFIG_FILE, write_json
+from ..options import option
+from ..viz.plots import plot_loss
+from . import checkpoint
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .objective import Objective
+from .optim import make_adamw
+from .schedule import lr_at
+
+METRICS_FILE, LOSS_PLOT = "metrics.jsonl", "loss.png"
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12,
+              "4090": 165e12, "3090": 71e12}
+
+
+@dataclass
+class TrainConfig:
+    data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`)")
+    out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
+    preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)")
+    objective: str = option("clm", "training objective: clm (next-token prediction)")
+    context_length: int | None = option(None, "override the preset's context length")
+    n_layer: int | None = option(None, "override the preset's number of layers")
+    n_head: int | None = option(None, "override the preset's number of attention heads")
+    n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)")
+    d_model: int | None = option(None, "override the preset's width")
+    dropout: float | None = option(None, "override the preset's dropout")
+    init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
+    batch_size: int = option(16, "sequences per micro-batch (per process)")
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
+    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)")
+    warmup_steps: int = option(100, "linear warmup steps")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)")
+    eval_interval: int = option(200, "evaluate every this many steps")
+    eval_iters: int = option(20, "validation batches per evaluation")
+    log_interval: int = option(10, "log the training loss every this many steps")
+    save_interval: int | None = option(None, "checkpoint every this many steps (default: eval_interval)")
+    sample_interval: int | None = option(None, "print a sample every this many steps (default: eval_interval; "
+                                               "0 disables)")
+    sample_tokens: int = option(64, "tokens per training sample")
+    sample_prompt: str = option("", "prompt for training samples")
+    seed: int = option(1337, "random seed (data order, init, dropout)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
+                        choices=("auto", "float32", "bfloat16"))
+    compile: bool = option(False, "torch.compile the model")
+    resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
+                                          "continue later with --resume")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+
+    def model_overrides(self) -> dict[str, Any]:
+        keys = ("context_length", "n_layer", "n_head", "n_kv_head", "d_model", "dropout")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, dtype: str):
+    """The autocast context for this device and dtype choice (a no-op for fp32)."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device, trainable_fraction: float = 1.0):
+    """Refuse a configuration that cannot fit: weights + AdamW state + activations of one
+    micro-batch (a rough, deliberately generous estimate) against the free memory."""
+    n = config.num_params()
+    T, d, L, V = config.context_length, config.d_model, config.n_layer, config.padded_vocab_size
+    act_bytes = 4 if device.type == "cpu" else 2
+    attn = config.n_head * T * T * 4 * batch_size * L if device.type == "cpu" else 0  # math attention keeps scores
+    need = n * 4 + n * trainable_fraction * 12 + batch_size * T * (16 * d * L * act_bytes + 3 * V * 4) + attn
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > free:
+        raise ConfigError(f"batch_size={batch_size} x context {T} with {n / 1e6:.1f}M parameters needs about "
+                          f"{need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device}; lower "
+                          f"--batch-size (raise --grad-accum to keep tokens per step) or --context-length")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row: Any) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
+                 tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
+                 extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
+                 trainable: Callable[[nn.Module], None] | None = None):
+        self.cfg, self.model, self.objective, self.model_config = cfg, model, objective, model_config
+        self.tokenizer, self.sample_fn, self.extra_files = tokenizer, sample_fn, extra_files
+        self.extra_metadata = extra_metadata or {}
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.autocast = autocast_for(self.device, cfg.dtype)
+        self.log = MetricsLog(self.out / METRICS_FILE, self.dist.is_main)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)       # the same val batches every time
+        B, iters, W = self.cfg.batch_size, self.cfg.eval_iters, self.dist.world_size
+        indices = self.objective.sample("val", iters * B, gen).view(iters, B)
+        total = torch.zeros(2, device=self.device)                     # (sum of batch losses, batches)
+        for i in range(self.dist.rank, iters, W):                      # ranks share the batches
+            batch = self._to_device(self.objective.collate("val", indices[i]))
+            with self.autocast():
+                total[0] += self.objective.loss(model, batch).float()
+            total[1] += 1
+        total = all_reduce_mean(total, self.dist)
+        val_loss = (total[0] / total[1]).item()
+        metrics = {"val_loss": val_loss}
+        if self.objective.reports_perplexity:
+            metrics["val_ppl"] = math.exp(min(val_loss, 50.0))
+        raw = self._raw(model)
+        metrics.update(self.objective.evaluate(raw, self.device, self.autocast))
+        model.train(was_training)
+        return metrics
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @staticmethod
+    def _raw(model: nn.Module) -> nn.Module:
+        model = getattr(model, "module", model)          # DDP
+        return getattr(model, "_orig_mod", model)        # torch.compile
+
+    def _save(self, step: int, optimizer, data_gen: torch.Generator, tokens: int) -> None:
+        if self.dist.is_main:
+            state = {
+                "step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
+                "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+            checkpoint.save_checkpoint(self.out, self.model, step, state, self.extra_metadata)
+        barrier(self.dist)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg, dist, device = self.cfg, self.dist, self.device
+        main = dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.model_config.save(self.out / CONFIG_FILE)
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.out)
+            if self.extra_files is not None:
+                self.extra_files(self.out)
+            write_json(self.out / "train_config.json", asdict(cfg))
+        model = self.model.to(device)
+        optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+        data_gen = torch.Generator().manual_seed(cfg.seed)
+        step, tokens = 0, 0
+        if resume_state is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            data_gen.set_state(resume_state["data_rng"])
+            torch.set_rng_state(resume_state["torch_rng"])
+            if resume_state.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
+            step, tokens = int(resume_state["step"]), int(resume_state["tokens"])
+        if step >= cfg.max_steps:
+            raise ConfigError(f"the run in {self.out} is already at step {step} of max_steps={cfg.max_steps}; "
+                              f"pass a larger --max-steps to train further")
+        train_model: nn.Module = model
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        model.train()
+        min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        save_every = cfg.save_interval or cfg.eval_interval
+        sample_every = cfg.eval_interval if cfg.sample_interval is None else cfg.sample_interval
+        flops_per_token = self.model_config.flops_per_token() if hasattr(self.model_config, "flops_per_token") else 0
+        peak = peak_flops(device)
+        end_step = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, step + cfg.stop_after)
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not (main and cfg.progress),
+                   dynamic_ncols=True)
+        summary: dict[str, Any] = {"out": str(self.out)}
+        B, A, W = cfg.batch_size, cfg.grad_accum, dist.world_size
+        t_last, tokens_since = time.perf_counter(), 0
+        last_eval: int | None = None
+        try:
+            while step < end_step:
+                lr = lr_at(step, lr=cfg.lr, min_lr=min_lr, warmup=cfg.warmup_steps, total=cfg.max_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                indices = self.objective.sample("train", W * A * B, data_gen).view(W, A, B)[dist.rank]
+                loss_sum = torch.zeros((), device=device)
+                step_tokens = 0
+                for a in range(A):
+                    batch = self._to_device(self.objective.collate("train", indices[a]))
+                    step_tokens += self.objective.tokens_in(batch)
+                    sync = a == A - 1 or not dist.enabled
+                    ctx = contextlib.nullcontext() if sync else train_model.no_sync()
+                    with ctx:
+                        with self.autocast():
+                            loss = self.objective.loss(train_model, batch) / A
+                        loss.backward()
+                    loss_sum += loss.detach()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens += step_tokens * W
+                tokens_since += step_tokens * W
+                bar.update(1)
+                if step % cfg.log_interval == 0 or step == end_step:
+                    loss_val = all_reduce_mean(loss_sum, dist).item()          # the only host sync per log
+                    if not math.isfinite(loss_val):
+                        raise LmforgeError(f"the loss became {loss_val} at step {step}; lower --lr or raise "
+                                           f"--warmup-steps (and check the data)")
+                    now = time.perf_counter()
+                    tps = tokens_since / max(now - t_last, 1e-9)
+                    row = {"kind": "train", "step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens,
+                           "tokens_per_s": round(tps, 1)}
+                    if peak and flops_per_token:
+                        row["mfu"] = round(flops_per_token * tps / (peak * W), 4)
+                    self.log.write(**row)
+                    post = {"loss": f"{loss_val:.4f}", "tok/s": f"{tps:,.0f}"}
+                    if "mfu" in row:
+                        post["mfu"] = f"{100 * row['mfu']:.1f}%"
+                    bar.set_postfix(post)
+                    summary.update(train_loss=loss_val, tokens_per_s=tps)
+                    t_last, tokens_since = now, 0
+                evaluate_now = step % cfg.eval_interval == 0 or step == cfg.max_steps
+                if evaluate_now:
+                    metrics = self.evaluate(train_model)
+                    last_eval = step
+                    self.log.write(kind="eval", step=step, **{k: round(v, 6) for k, v in metrics.items()})
+                    summary.update(metrics)
+                    if main:
+                        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if main and self.sample_fn is not None and sample_every and (step % sample_every == 0
+                                                                              or step == cfg.max_steps):
+                    text = self.sample_fn(model)
+                    self.log.write(kind="sample", step=step, text=text)
+                    bar.write(f"sample at step {step}: {text!r}")
+                if step % save_every == 0 or step == end_step:
+                    self._save(step, optimizer, data_gen, tokens)
+                    if main:
+                        plot_loss(self.out / METRICS_FILE, self.out / LOSS_PLOT)
+                if evaluate_now:
+                    t_last, tokens_since = time.perf_counter(), 0      # keep eval time out of tokens/s
+        except KeyboardInterrupt:
+            bar.close()
+            self._save(step, optimizer, data_gen, tokens)
+            if main:
+                print(f"\ninterrupted at step {step}; checkpoint saved in {self.out} — continue with --resume")
+            summary.update(step=step, stopped=True)
+            return summary
+        bar.close()
+        summary.update(step=step, stopped=step < cfg.max_steps, last_eval=last_eval)
+        if main and step < cfg.max_steps:
+            print(f"stopped at step {step} of {cfg.max_steps}; continue with the same command plus --resume")
+        return summary
