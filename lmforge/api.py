@@ -1,0 +1,108 @@
+"""The Python API around a model directory.
+
+    >>> import lmforge
+    >>> lm = lmforge.load("runs/quickstart")                     # doctest: +SKIP
+    >>> lm.generate("The for statement", max_new_tokens=40)      # doctest: +SKIP
+    >>> lm.perplexity(open("notes.txt").read())["ppl"]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import LmforgeError
+from .modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights
+from .tokenizers import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise LmforgeError(f"dtype={dtype!r} is unknown; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+               **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
+    """(module, config, tokenizer) from a model directory. Weights are materialised once:
+    the module is built on the meta device and the loaded tensors are assigned to it."""
+    from .model import build_model
+    path = check_model_dir(Path(path), (CONFIG_FILE, WEIGHTS_FILE))
+    config = ModelConfig.load(path / CONFIG_FILE)
+    if config_overrides:
+        config = dataclasses.replace(config, **config_overrides)
+    tokenizer = Tokenizer.load(path)
+    weights, _ = read_weights(path / WEIGHTS_FILE)
+    with torch.device("meta"):
+        model = build_model(config)
+    load_weights_into(model, weights, str(path / WEIGHTS_FILE))
+    _materialise_buffers(model)
+    device = torch.device(device)
+    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+    return model, config, tokenizer
+
+
+def _materialise_buffers(model: torch.nn.Module) -> None:
+    """After building on meta and assigning loaded weights: compute the non-persistent buffers
+    (RoPE / sinusoidal tables, via each module's `init_buffers`) and re-tie shared weights."""
+    for module in model.modules():
+        if hasattr(module, "init_buffers"):
+            module.init_buffers()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    assert not leftover, f"tensors left on the meta device after loading: {leftover}"
+
+
+class Model:
+    """A loaded model directory: `module` (torch), `config`, `tokenizer`, and the verbs."""
+
+    def __init__(self, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer, path: Path | None = None):
+        self.module, self.config, self.tokenizer, self.path = module, config, tokenizer, path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def generate(self, prompt: str | list[str] = "", stream=None, **options: Any) -> str | list[str]:
+        """Text continuing `prompt` (or a list, for a batch). Options are GenerationConfig fields
+        (max_new_tokens, temperature, greedy, top_k, top_p, repetition_penalty, stop, seed)."""
+        from .generate import GenerationConfig, generate
+        completions = generate(self.module, self.tokenizer, prompt, GenerationConfig(**options), stream=stream)
+        texts = [c.text for c in completions]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def perplexity(self, text: str, stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
+        from .evaluate.perplexity import perplexity
+        return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
+
+    def save(self, directory: str | Path) -> Path:
+        from .modeldir import save_weights
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.config.save(d / CONFIG_FILE)
+        save_weights(self.module, d / WEIGHTS_FILE)
+        self.tokenizer.save(d)
+        return d
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.module.parameters())
+        return f"Model({self.path}, family={self.config.family}, params={n / 1e6:.2f}M, {self.tokenizer})"
+
+
+def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
+    """Load a model directory for inference (on GPU when there is one, unless device says)."""
+    from .train.trainer import resolve_device
+    dev = resolve_device(device)
+    module, config, tokenizer = load_model(path, dev, dtype)
+    return Model(module, config, tokenizer, Path(path))

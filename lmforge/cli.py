@@ -1,0 +1,209 @@
+"""`lmforge VERB ...` — a thin layer: each verb builds the same dataclass the Python API takes.
+
+Errors a user can fix (LmforgeError) print as one line without a traceback (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import LmforgeError
+from .options import add_options, from_args, option
+
+VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def verb(name: str, help: str):
+    """Register `lmforge NAME`: the decorated function gets the parser (to add options) via
+    `.options` and runs with the parsed namespace."""
+    def wrap(run):
+        def add(parser):
+            pass
+        VERBS[name] = (help, getattr(run, "options", add), run)
+        return run
+    return wrap
+
+
+def options_of(*classes, skip: tuple[str, ...] = ()):
+    def deco(run):
+        def add(parser):
+            for cls in classes:
+                add_options(parser, cls, skip=skip)
+        run.options = add
+        return run
+    return deco
+
+
+# ---------------------------------------------------------------------------- quickstart
+from .quickstart import QuickstartConfig  # noqa: E402
+
+
+@verb("quickstart", "prepare, train and sample a small GPT on the Python docs bundled with Python (no arguments needed)")
+@options_of(QuickstartConfig)
+def _quickstart(ns):
+    from .quickstart import quickstart
+    quickstart(from_args(QuickstartConfig, ns))
+    return 0
+
+
+# ------------------------------------------------------------------------------- prepare
+from .data.shards import PrepareConfig  # noqa: E402
+
+
+@verb("prepare", "tokenize text files / directories / .jsonl into train and validation shards")
+@options_of(PrepareConfig)
+def _prepare(ns):
+    from .data.shards import prepare
+    meta = prepare(from_args(PrepareConfig, ns))
+    print(f"wrote {ns.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+          f"({meta['dtype']}), {meta['bytes']:,} bytes, {meta['bytes_per_token']:.2f} bytes/token, "
+          f"vocabulary {meta['vocab_size']} ({meta['tokenizer']})")
+    return 0
+
+
+# --------------------------------------------------------------------------------- train
+from .train.trainer import TrainConfig  # noqa: E402
+
+
+@verb("train", "train a model on a prepared data directory (also under torchrun for DDP)")
+@options_of(TrainConfig)
+def _train(ns):
+    from .train import train
+    summary = train(from_args(TrainConfig, ns))
+    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
+    print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+          + f"; model directory {summary['out']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ generate
+from .generate import GenerationConfig  # noqa: E402
+
+
+@dataclass
+class GenerateArgs:
+    model_dir: str = option(None, "model directory", positional=True)
+    prompts: list[str] = option([], "prompt(s); several prompts decode as one padded batch", positional=True)
+    prompt_file: str | None = option(None, "read prompts from this file, one per line")
+    device: str = option("auto", "auto, cpu or cuda")
+    dtype: str = option("auto", "auto, float32, bfloat16")
+    stream: bool = option(True, "print tokens as they are generated (single prompt)")
+    json: bool = option(False, "print one JSON object per completion (text, finish reason, speed)")
+
+
+@verb("generate", "generate text from a model directory")
+@options_of(GenerateArgs, GenerationConfig)
+def _generate(ns):
+    from pathlib import Path
+
+    from .api import load
+    from .generate import generate
+    args = from_args(GenerateArgs, ns)
+    gen = from_args(GenerationConfig, ns)
+    prompts = list(args.prompts)
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise LmforgeError(f"prompt file {path} does not exist")
+        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = prompts or [""]
+    lm = load(args.model_dir, device=args.device, dtype=args.dtype)
+    stream = None
+    if args.stream and len(prompts) == 1 and not args.json:
+        sys.stdout.write(prompts[0])
+
+        def stream(_, piece):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream)
+    for prompt, c in zip(prompts, completions):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
+                              "tokens": len(c.ids), "tokens_per_s": round(c.stats["tokens_per_s"], 1)},
+                             ensure_ascii=False))
+        elif stream is not None:
+            print()
+        else:
+            print(f"--- {prompt}{c.text}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- eval
+@dataclass
+class EvalArgs:
+    model_dir: str = option(None, "model directory", positional=True)
+    text: str | None = option(None, "text file to measure perplexity on")
+    stride: int | None = option(None, "sliding-window stride in tokens (default: the context length)")
+    batch_size: int = option(8, "windows per forward pass")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("eval", "perplexity of a model directory on a text file (sliding window)")
+@options_of(EvalArgs)
+def _eval(ns):
+    from .api import load
+    from .evaluate.perplexity import perplexity, read_text_file
+    args = from_args(EvalArgs, ns)
+    if not args.text:
+        raise LmforgeError("give the text to evaluate with --text FILE")
+    lm = load(args.model_dir, device=args.device)
+    result = perplexity(lm.module, lm.tokenizer, read_text_file(args.text), stride=args.stride,
+                        batch_size=args.batch_size, progress=True)
+    print(json.dumps({"file": args.text, **{k: round(v, 4) if isinstance(v, float) else v
+                                            for k, v in result.items()}}))
+    return 0
+
+
+# ------------------------------------------------------------------------------- presets
+@verb("presets", "list the model presets with their sizes")
+def _presets(ns):
+    from .config import PRESETS
+    print(f"{'preset':<14}{'family':<9}{'params':>10}  layers x width, heads/kv, context, positions, mlp")
+    for name, c in sorted(PRESETS.items()):
+        print(f"{name:<14}{c.family:<9}{c.num_params() / 1e6:>9.1f}M  {c.n_layer} x {c.d_model}, "
+              f"{c.n_head}/{c.kv_heads}, {c.context_length}, {c.position}, {c.mlp}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="lmforge: tokenize, train, evaluate and "
+                                     "generate with transformer language models.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (help, add, run) in VERBS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lmforge: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "verb", None):
+        parser.print_help()
+        return 1
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return ns._run(ns) or 0
+    except LmforgeError as e:
+        print(f"lmforge {ns.verb}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = previous
+
+
+if __name__ == "__main__":
+    sys.exit(main())
