@@ -1,0 +1,87 @@
+"""Every command in README.md runs here, in order, on a tiny configuration.
+
+Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
+`pytest` are skipped) and the ```python blocks are executed. Tiny settings are appended per
+verb (argparse keeps the last value); `--max-steps N` becomes N // 1000 so the README's
+"train 2000 steps, then resume to 3000" stays a valid sequence. A README command that fails
+here fails the suite, so the README cannot rot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import corpus_text
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# appended to every command of that verb
+TINY: dict[str, list[str]] = {
+    "quickstart": ["--max-steps", "3", "--eval-interval", "3", "--context-length", "32", "--batch-size", "4",
+                   "--vocab-size", "300", "--no-progress"],
+    "prepare": ["--no-progress", "--vocab-size", "300"],
+    "train": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
+              "--sample-tokens", "8", "--device", "cpu"],
+    "generate": ["--max-new-tokens", "8", "--device", "cpu"],
+    "eval": ["--stride", "16", "--device", "cpu"],
+}
+
+
+def readme_blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def readme_commands() -> list[list[str]]:
+    commands = []
+    for block in readme_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                argv = shlex.split(part, comments=True)
+                if argv and argv[0] in ("lmforge", "torchrun"):
+                    commands.append(argv)
+    return commands
+
+
+def shrink(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    if "--max-steps" in argv:
+        i = argv.index("--max-steps") + 1
+        argv[i] = str(max(1, int(argv[i]) // 1000))
+    verb = argv[argv.index("lmforge") + 1] if argv[0] == "torchrun" else argv[1]
+    return argv + TINY.get(verb, [])
+
+
+def test_readme_has_the_two_setup_commands():
+    setup = readme_blocks("bash")[0]
+    assert "pip install -e . && lmforge quickstart" in setup
+    assert re.search(r'pip install -e "\.\[test\]" && python -m pytest\s+# run the tests', setup)
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "# run the tests" in ci       # .ci/run runs the README's test line
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs(tmp_path, monkeypatch):
+    from lmforge.cli import main
+    monkeypatch.chdir(tmp_path)
+    Path("my_corpus.txt").write_text(corpus_text(), encoding="utf-8")
+    commands = readme_commands()
+    assert len(commands) >= 8
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for argv in commands:
+        argv = shrink(argv)
+        if argv[0] == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stderr[-3000:]}"
+        else:
+            assert main(argv[1:]) == 0, shlex.join(argv)
+    for code in readme_blocks("python"):
+        code = re.sub(r"max_steps=\d+", "max_steps=2", code)
+        exec(compile(code, "README.md", "exec"), {})

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge.errors import ConfigError, ModelDirError
+from lmforge.tokenizers import SPECIAL_TOKENS, Tokenizer, train_bpe_tokenizer, train_char_tokenizer, train_tokenizer
+
+TRAIN_TEXT = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x + 1\n" * 10,
+              "床前明月光，疑是地上霜。", "emoji 🎉🚀 and accents é ü ñ"]
+
+
+@pytest.fixture(scope="module")
+def char_tok():
+    return train_char_tokenizer(TRAIN_TEXT)
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    return train_bpe_tokenizer(TRAIN_TEXT, vocab_size=400)
+
+
+text_strategy = st.text(st.characters(codec="utf-8"), max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_strategy)
+def test_char_round_trip_any_unicode(char_tok, text):
+    assert char_tok.decode(char_tok.encode(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_strategy)
+def test_bpe_round_trip_any_unicode(bpe_tok, text):
+    assert bpe_tok.decode(bpe_tok.encode(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_strategy)
+def test_stream_decoding_matches_decode(bpe_tok, text):
+    ids = bpe_tok.encode(text)
+    assert "".join(bpe_tok.stream(ids)) == bpe_tok.decode(ids)
+
+
+@pytest.mark.parametrize("make", [lambda: train_char_tokenizer(TRAIN_TEXT),
+                                  lambda: train_bpe_tokenizer(TRAIN_TEXT, vocab_size=300)])
+def test_special_tokens_have_fixed_ids_recorded_in_the_file(tmp_path, make):
+    tok = make()
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
+    tok.save(tmp_path)
+    added = {t["content"]: t["id"] for t in json.loads((tmp_path / "tokenizer.json").read_text())["added_tokens"]}
+    assert added == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert cfg["eos_token"] == "<eos>" and cfg["pad_token"] == "<pad>"
+    again = Tokenizer.load(tmp_path)
+    assert again.kind == tok.kind and again.eos_id == 2
+    sample = "héllo 世界 🎉"
+    assert again.encode(sample) == tok.encode(sample)
+
+
+def test_literal_special_token_text_is_not_a_special_token(char_tok, bpe_tok):
+    for tok in (char_tok, bpe_tok):
+        ids = tok.encode("a <eos> b")
+        assert set(ids).isdisjoint(SPECIAL_TOKENS_IDS)
+        assert tok.decode(ids) == "a <eos> b"
+
+
+SPECIAL_TOKENS_IDS = {0, 1, 2, 3}
+
+
+def test_char_golden_ids():
+    tok = train_char_tokenizer(["abba"])              # 4 specials + 256 bytes, then b, a (by count; ties by first)
+    assert tok.vocab_size == 262
+    assert tok.encode("ab") == [260, 261] or tok.encode("ab") == [261, 260]
+    assert tok.encode("€") == [4 + 0xE2, 4 + 0x82, 4 + 0xAC]     # unseen char -> its UTF-8 bytes
+    assert tok.decode(tok.encode("a€b")) == "a€b"
+
+
+def test_bos_eos_wrapping(char_tok):
+    ids = char_tok.encode("hi", bos=True, eos=True)
+    assert ids[0] == char_tok.bos_id and ids[-1] == char_tok.eos_id
+    assert char_tok.decode(ids) == "hi"
+
+
+def test_bpe_vocab_too_small_for_specials():
+    with pytest.raises(ConfigError, match="special tokens.*--vocab-size 260"):
+        train_bpe_tokenizer(TRAIN_TEXT, vocab_size=100)
+
+
+def test_unknown_tokenizer_kind():
+    with pytest.raises(ConfigError, match="unknown tokenizer kind 'wordpeice'"):
+        train_tokenizer("wordpeice", TRAIN_TEXT)
+
+
+def test_bpe_compresses_better_than_char(char_tok, bpe_tok):
+    text = TRAIN_TEXT[0]
+    assert len(bpe_tok.encode(text)) < len(char_tok.encode(text)) / 2
+
+
+def test_missing_or_corrupt_tokenizer_file(tmp_path):
+    with pytest.raises(ModelDirError, match="no tokenizer"):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match="not a readable tokenizer.json"):
+        Tokenizer.load(tmp_path)
