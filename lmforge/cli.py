@@ -19,21 +19,20 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 
 
 def verb(name: str, help: str):
-    """Register `lmforge NAME`: the decorated function gets the parser (to add options) via
-    `.options` and runs with the parsed namespace."""
+    """Register `lmforge NAME` running the decorated function with the parsed namespace; its
+    flags come from `@options_of(...)` (applied first, below `@verb`)."""
     def wrap(run):
-        def add(parser):
-            pass
-        VERBS[name] = (help, getattr(run, "options", add), run)
+        VERBS[name] = (help, getattr(run, "options", lambda parser: None), run)
         return run
     return wrap
 
 
-def options_of(*classes, skip: tuple[str, ...] = ()):
+def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = None):
+    """Flags for every field of these dataclasses (`defaults` overrides their defaults)."""
     def deco(run):
         def add(parser):
             for cls in classes:
-                add_options(parser, cls, skip=skip)
+                add_options(parser, cls, skip=skip, defaults=defaults)
         run.options = add
         return run
     return deco
@@ -75,6 +74,21 @@ from .train.trainer import TrainConfig  # noqa: E402
 def _train(ns):
     from .train import train
     summary = train(from_args(TrainConfig, ns))
+    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
+    print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+          + f"; model directory {summary['out']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ finetune
+from .train.finetune import FINETUNE_DEFAULTS, FinetuneArgs  # noqa: E402
+
+
+@verb("finetune", "fine-tune a model directory on new data (the task picks the objective)")
+@options_of(FinetuneArgs, TrainConfig, skip=("init_from", "objective", "preset"), defaults=FINETUNE_DEFAULTS)
+def _finetune(ns):
+    from .train.finetune import finetune
+    summary = finetune(from_args(FinetuneArgs, ns), from_args(TrainConfig, ns))
     shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
     print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
           + f"; model directory {summary['out']}")

@@ -29,6 +29,7 @@ TINY: dict[str, list[str]] = {
     "prepare": ["--no-progress", "--vocab-size", "300"],
     "train": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
               "--sample-tokens", "8", "--device", "cpu"],
+    "finetune": ["--batch-size", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu"],
     "generate": ["--max-new-tokens", "8", "--device", "cpu"],
     "eval": ["--stride", "16", "--device", "cpu"],
 }

@@ -155,8 +155,7 @@ class MetricsLog:
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
-                 extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
-                 trainable: Callable[[nn.Module], None] | None = None):
+                 extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None):
         self.cfg, self.model, self.objective, self.model_config = cfg, model, objective, model_config
         self.tokenizer, self.sample_fn, self.extra_files = tokenizer, sample_fn, extra_files
         self.extra_metadata = extra_metadata or {}

@@ -1,0 +1,33 @@
+"""`lmforge finetune MODEL_DIR --data ... --out ...`: continue training a model directory on
+new data. The task names the objective (a key of `train.run.OBJECTIVES`); every task runs
+through the same `train()` with `init_from` set, so resume, DDP, metrics and checkpoints
+work the same way as pretraining."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..options import option
+from .run import OBJECTIVES, train
+from .trainer import TrainConfig
+
+# fine-tuning needs gentler defaults than pretraining from scratch
+FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "warmup_steps": 20, "max_steps": 500, "eval_interval": 100,
+                                     "weight_decay": 0.0, "out": "runs/finetuned"}
+
+
+@dataclass
+class FinetuneArgs:
+    model_dir: str = option(None, "model directory to start from", positional=True)
+    task: str = option("clm", "what to train for: clm (continue language modelling on new text)")
+
+
+def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`."""
+    if args.task not in OBJECTIVES:
+        raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(OBJECTIVES)}")
+    base = cfg or TrainConfig(**{k: v for k, v in FINETUNE_DEFAULTS.items()})
+    return train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task))
