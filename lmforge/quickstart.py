@@ -21,11 +21,12 @@ class QuickstartConfig:
     data: str = option("data/pydoc", "where to write the prepared corpus")
     preset: str = option("gpt-mini", "model preset")
     tokenizer: str = option("bpe", "tokenizer kind: bpe or char")
-    vocab_size: int = option(2048, "BPE vocabulary size")
+    vocab_size: int = option(1024, "BPE vocabulary size")
     context_length: int = option(128, "context length")
     batch_size: int = option(32, "sequences per step")
     max_steps: int = option(1500, "training steps")
     lr: float = option(2e-3, "peak learning rate")
+    dropout: float = option(0.2, "dropout (the corpus is small: regularise)")
     eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps")
     device: str = option("auto", "auto, cpu or cuda")
     progress: bool = option(True, "show progress bars")
@@ -66,7 +67,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     tcfg = TrainConfig(data=str(data), out=str(out), preset=cfg.preset, context_length=cfg.context_length,
                        batch_size=cfg.batch_size, max_steps=cfg.max_steps, lr=cfg.lr,
                        warmup_steps=min(100, cfg.max_steps // 10), eval_interval=cfg.eval_interval,
-                       eval_iters=10, log_interval=10, sample_interval=0, device=cfg.device, dropout=0.1,
+                       eval_iters=10, log_interval=10, sample_interval=0, device=cfg.device, dropout=cfg.dropout,
                        progress=cfg.progress)
     summary = train(tcfg)
     print("[3/3] evaluating")

@@ -1,0 +1,107 @@
+"""Shared helpers for the side-by-side benchmarks: the same shapes built in lmforge and in
+`transformers` (GPT2LMHeadModel, SDPA attention), timing with warmup and alternating rounds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16}[args.dtype]
+    return device, dtype
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds per framework")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def setup_threads(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def hf_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=n_layer, n_embd=d, n_head=n_head, n_positions=ctx, vocab_size=vocab,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=True)
+    return GPT2LMHeadModel(cfg, attn_implementation="sdpa") if _accepts_attn_impl() else \
+        GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
+
+
+def _accepts_attn_impl() -> bool:
+    import inspect
+
+    from transformers import GPT2LMHeadModel
+    return "attn_implementation" in inspect.signature(GPT2LMHeadModel.__init__).parameters
+
+
+def lmforge_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int, **overrides):
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    cfg = get_preset("gpt2-124m", n_layer=n_layer, d_model=d, n_head=n_head, context_length=ctx, vocab_size=vocab,
+                     dropout=0.0, **overrides)
+    return build_model(cfg)
+
+
+def alternate(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each measurement `rounds` times, alternating frameworks so drift hits both alike."""
+    out: dict[str, list[float]] = {k: [] for k in measures}
+    for _ in range(rounds):
+        for name, fn in measures.items():
+            out[name].append(fn())
+    return out
+
+
+def report(title: str, shapes: dict, results: dict[str, list[float]], unit: str, args, extra: dict | None = None):
+    best = {k: max(v) for k, v in results.items()}
+    names = list(best)
+    print(f"\n{title}")
+    print("  shapes: " + ", ".join(f"{k}={v}" for k, v in shapes.items()))
+    print(f"  machine: {machine()}")
+    for k in names:
+        runs = ", ".join(f"{x:,.0f}" for x in results[k])
+        print(f"  {k:<14} {best[k]:>12,.0f} {unit}   (rounds: {runs})")
+    if len(names) >= 2:
+        print(f"  ratio {names[0]} / {names[1]}: {best[names[0]] / best[names[1]]:.2f}x")
+    row = {"title": title, "shapes": shapes, "unit": unit, "best": best, "rounds": results, "machine": machine(),
+           **(extra or {})}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
