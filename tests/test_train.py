@@ -152,3 +152,22 @@ def test_finetune_verb_api(tmp_path, char_data, tiny_model_dir):
     assert summary["step"] == 2 and (tmp_path / "ft" / "model.safetensors").is_file()
     with pytest.raises(ConfigError, match="unknown task 'translate'; use one of clm"):
         finetune(FinetuneArgs(model_dir=str(tiny_model_dir), task="translate"), cfg)
+
+
+def test_newton_schulz_orthogonalises():
+    from lmforge.train.muon import orthogonalize
+    torch.manual_seed(0)
+    G = torch.randn(32, 96) @ torch.diag(torch.logspace(-2, 1, 96))        # badly conditioned
+    s = torch.linalg.svdvals(orthogonalize(G))
+    assert s.min() > 0.5 and s.max() < 1.3                                 # all directions ~1 (vs 1e-2..1e1)
+    assert orthogonalize(G.T).shape == (96, 32)
+
+
+def test_muon_trains_and_resumes_exactly(tmp_path, char_data):
+    kw = dict(max_steps=8, eval_interval=4, optimizer="muon", muon_lr=0.02, grad_accum=1)
+    train(tiny_train_config(char_data, tmp_path / "a", **kw))
+    train(tiny_train_config(char_data, tmp_path / "b", stop_after=3, **kw))
+    train(tiny_train_config(char_data, tmp_path / "b", resume=True, **kw))
+    losses = _losses(tmp_path / "a")
+    assert losses == _losses(tmp_path / "b")
+    assert losses[8] < losses[1] - 0.5

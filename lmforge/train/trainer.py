@@ -60,6 +60,9 @@ class TrainConfig:
     min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)")
     warmup_steps: int = option(100, "linear warmup steps")
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    optimizer: str = option("adamw", "adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
+                            choices=("adamw", "muon"))
+    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)")
@@ -225,7 +228,13 @@ class Trainer:
                 self.extra_files(self.out)
             write_json(self.out / "train_config.json", asdict(cfg))
         model = self.model.to(device)
-        optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+        if cfg.optimizer == "muon":
+            from .muon import make_muon
+            optimizer = make_muon(model, cfg.lr, cfg.muon_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        else:
+            optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+        for group in optimizer.param_groups:
+            group.setdefault("peak_lr", group["lr"])         # the schedule scales every group's own peak
         data_gen = torch.Generator().manual_seed(cfg.seed)
         step, tokens = 0, 0
         if resume_state is not None:
@@ -261,7 +270,7 @@ class Trainer:
             while step < end_step:
                 lr = lr_at(step, lr=cfg.lr, min_lr=min_lr, warmup=cfg.warmup_steps, total=cfg.max_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = group["peak_lr"] * lr / cfg.lr
                 indices = self.objective.sample("train", W * A * B, data_gen).view(W, A, B)[dist.rank]
                 loss_sum = torch.zeros((), device=device)
                 step_tokens = 0
