@@ -21,6 +21,6 @@ from .train import TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
-           "GenerationConfig", "Completion", "generate", "import_hf", "export_hf", "build_model",
-           "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "LmforgeError", "ConfigError", "DataError", "ModelDirError"]
+           "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
+           "TrainConfig", "train", "import_hf", "export_hf",
+           "LmforgeError", "ConfigError", "DataError", "ModelDirError"]

@@ -52,6 +52,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     with torch.device("meta"):
         model = build_model(config)
     load_weights_into(model, weights, str(path / WEIGHTS_FILE))
+    del weights                        # the model owns the tensors now: a dtype cast below frees them one by one
     _materialise_buffers(model)
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()

@@ -131,15 +131,21 @@ def test_export_of_an_lmforge_model_loads_in_transformers(preset, tok, tmp_path)
     assert_same(logits(again.module, x), logits(lm.module, x))
 
 
-def test_bare_model_checkpoint_with_old_buffers_imports(tok, tmp_path):
-    """openai-community/gpt2 stores GPT2Model names (no "transformer." prefix) and causal-mask buffers."""
+def test_hub_style_gpt2_directory_imports(tok, tmp_path):
+    """openai-community/gpt2 stores GPT2Model names (no "transformer." prefix) and causal-mask
+    buffers, and its tokenizer_config.json names no special tokens (config.json has their ids)."""
     hf = make_hf("gpt2", tok, tmp_path / "hf")
     path = tmp_path / "hf" / "model.safetensors"
     tensors = {k.removeprefix("transformer."): v for k, v in load_file(path).items()}
     tensors.update({f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 64, 64)) for i in range(2)})
     save_file(tensors, path, metadata={"format": "pt"})
+    (tmp_path / "hf" / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    tok_file = tmp_path / "hf" / "tokenizer.json"
+    tok_file.write_text(tok_file.read_text().replace('"<bos>"', '"<|startoftext|>"').replace('"<eos>"', '"<|endoftext|>"'))
+    lm = lmforge.load(tmp_path / "hf", device="cpu")
     x = torch.randint(0, tok.vocab_size, (1, 12))
-    assert_same(logits(lmforge.load(tmp_path / "hf", device="cpu").module, x), logits(hf, x))
+    assert_same(logits(lm.module, x), logits(hf, x))
+    assert lm.tokenizer.special["eos"] == "<|endoftext|>" and (lm.tokenizer.bos_id, lm.tokenizer.eos_id) == (1, 2)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -191,8 +197,9 @@ def test_missing_mismatched_and_unexpected_tensors_are_named(gpt2_dir, tmp_path)
 
 def test_config_fields_lmforge_cannot_represent_are_named():
     llama = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
-    assert LLAMA.config_from_hf({**llama, "rope_theta": 5e5, "rope_scaling": None}).rope_theta == 5e5          # 4.x
-    assert LLAMA.config_from_hf({**llama, "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}}).rope_theta == 7
+    assert LLAMA.config_from_hf({**llama, "rope_theta": 5e5, "rope_scaling": None}).rope_theta == 5e5      # 4.x
+    rope = {"rope_type": "default", "rope_theta": 7.0}
+    assert LLAMA.config_from_hf({**llama, "rope_parameters": rope}).rope_theta == 7                      # 5.x
     with pytest.raises(ConfigError, match=r"rope_scaling=\{'type': 'linear'.*not 'linear'"):
         LLAMA.config_from_hf({**llama, "rope_scaling": {"type": "linear", "factor": 2.0}})
     with pytest.raises(ConfigError, match=r"rope_parameters=.*not 'llama3'"):

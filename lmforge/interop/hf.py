@@ -82,8 +82,8 @@ class Checkpoint:
         else:
             pickled = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
             hint = (f"it has {pickled[0]}, a pickle, which lmforge never loads; convert it once with transformers: "
-                    f"`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)` writes safetensors"
-                    if pickled else "download the weights into it")
+                    f"`AutoModelForCausalLM.from_pretrained('{directory}').save_pretrained('{directory}')` "
+                    f"writes safetensors" if pickled else "download the weights into it")
             raise ModelDirError(f"{directory} has neither {WEIGHTS_FILE} nor {INDEX_FILE}; {hint}")
         missing = sorted({p.name for p in stored.values() if not p.is_file()})
         if missing:
@@ -118,7 +118,7 @@ def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
         found = [n for n in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt") if (path / n).is_file()]
         raise ModelDirError(f"{path} has no {TOKENIZER_FILE}{f' (only {found})' if found else ''}; lmforge reads the "
                             f"fast-tokenizer file — write it with transformers: "
-                            f"`AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`")
+                            f"`AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}')`")
     tokenizer = Tokenizer.load(path)
     for role in ("bos", "eos", "pad", "unk"):
         token_id = hf.get(f"{role}_token_id")
@@ -126,7 +126,7 @@ def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
             token_id = token_id[0] if token_id else None
         if tokenizer.special.get(role) is None and isinstance(token_id, int):
             tokenizer.special[role] = tokenizer.id_to_token(token_id)
-    template = path / "chat_template.jinja"               # transformers 5 keeps the chat template beside
+    template = path / "chat_template.jinja"               # where transformers 5 writes the chat template
     if template.is_file() and "chat_template" not in tokenizer.extra:
         tokenizer.extra["chat_template"] = template.read_text(encoding="utf-8")
     return tokenizer

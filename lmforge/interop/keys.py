@@ -107,7 +107,8 @@ def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names:
     own = own_tensors(model)
     tied = set(model.state_dict()) - set(own)
     rules = [r for r in arch.rules(config.n_layer) if r.ours in own]
-    assert {r.ours for r in rules} == set(own), f"{arch.name} key table misses {sorted(set(own) - {r.ours for r in rules})}"
+    uncovered = set(own) - {r.ours for r in rules}
+    assert not uncovered, f"the {arch.name} key table has no rule for {sorted(uncovered)}"
     for rule in rules:
         for name, shape in zip(rule.hf, rule.hf_shapes(own[rule.ours], config)):
             if name not in names:
