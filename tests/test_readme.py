@@ -33,6 +33,8 @@ TINY: dict[str, list[str]] = {
     "finetune": ["--batch-size", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu"],
     "generate": ["--max-new-tokens", "8", "--device", "cpu"],
     "eval": ["--stride", "16", "--device", "cpu"],
+    "import": ["--no-progress"],
+    "export": ["--no-progress"],
 }
 
 

@@ -132,7 +132,8 @@ def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
     return tokenizer
 
 
-def read_hf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, Architecture]:
+def read_hf(path: str | Path, progress: bool = False
+            ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, Architecture]:
     """(config, weights under lmforge's names, tokenizer, architecture) of an HF directory."""
     path = Path(path)
     hf = read_hf_config(path)
@@ -147,7 +148,8 @@ def read_hf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tok
     checkpoint = Checkpoint(path, arch.base_prefix)
     with torch.device("meta"):
         model = build_model(config)
-    weights = to_lmforge(arch, config, model, checkpoint.names, checkpoint.shape, checkpoint.read, str(path))
+    weights = to_lmforge(arch, config, model, checkpoint.names, checkpoint.shape, checkpoint.read, str(path),
+                         progress)
     return config, weights, tokenizer, arch
 
 
@@ -173,7 +175,7 @@ def output_dir(out: str | Path, overwrite: bool) -> Path:
 
 
 def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,
-             overwrite: bool = False, source: str = "the model") -> dict[str, Any]:
+             overwrite: bool = False, source: str = "the model", progress: bool = False) -> dict[str, Any]:
     """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads."""
     arch, hf_fields = architecture_for(config)
     with torch.device("meta"):
@@ -182,7 +184,7 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
     load_weights_into(model, weights, source)           # names any missing or mis-shaped tensor
     del model
     dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
-    hf_weights = to_hf(arch, config, own, weights)
+    hf_weights = to_hf(arch, config, own, weights, progress)
     hf_config = {"architectures": [arch.hf_classes[0]], "model_type": arch.model_type, **hf_fields,
                  "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                  "pad_token_id": tokenizer.pad_id, "dtype": dtype, "use_cache": True}
@@ -201,13 +203,14 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
 
 
 # ------------------------------------------------------------------------------ the verbs
-def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
+              ) -> dict[str, Any]:
     """Convert an HF directory (GPT-2, Llama) into an lmforge model directory; returns a summary."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ModelDirError(f"{hf_dir} is not a directory; give the Hugging Face model directory "
                             f"(config.json, model.safetensors, tokenizer.json)")
-    config, weights, tokenizer, arch = read_hf(hf_dir)
+    config, weights, tokenizer, arch = read_hf(hf_dir, progress)
     out = output_dir(out_dir, overwrite)
     config.save(out / CONFIG_FILE)
     save_tensors(weights, out / WEIGHTS_FILE, {"source": f"hf:{arch.model_type}"})
@@ -217,7 +220,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
             "params": sum(t.numel() for t in weights.values())}
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
+              ) -> dict[str, Any]:
     """Write an lmforge model directory as an HF directory (`AutoModelForCausalLM.from_pretrained`
     and `AutoTokenizer.from_pretrained` load it); returns a summary."""
     path = Path(model_dir)
@@ -227,4 +231,4 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     path = check_model_dir(path)
     weights, _ = read_weights(path / WEIGHTS_FILE)
     return write_hf(ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), out_dir, overwrite,
-                    source=str(path / WEIGHTS_FILE))
+                    source=str(path / WEIGHTS_FILE), progress=progress)

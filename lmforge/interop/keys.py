@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelDirError
@@ -100,7 +101,7 @@ def own_tensors(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names: set[str],
                shape_of: Callable[[str], tuple[int, ...]], read: Callable[[str], torch.Tensor],
-               source: str) -> dict[str, torch.Tensor]:
+               source: str, progress: bool = False) -> dict[str, torch.Tensor]:
     """Convert an HF checkpoint (its tensor `names`, read one at a time) into lmforge's names
     for `model` (built from `config`, on the meta device). Every HF tensor's shape is checked
     before anything is read; every HF tensor must be used, tied away, or listed as ignored."""
@@ -125,7 +126,7 @@ def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names:
                             f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; the weights and "
                             f"config.json come from different models")
     out = {}
-    for rule in rules:
+    for rule in tqdm(rules, desc="converting", unit="tensor", disable=not progress):
         parts = [read(name) for name in rule.hf]
         if rule.transpose:
             parts = [p.t() for p in parts]                      # (in, out) -> (out, in)
@@ -134,12 +135,12 @@ def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names:
 
 
 def to_hf(arch: Architecture, config: ModelConfig, own: dict[str, tuple[int, ...]],
-          weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+          weights: dict[str, torch.Tensor], progress: bool = False) -> dict[str, torch.Tensor]:
     """Convert lmforge `weights` (already checked against the model's `own_tensors`) to HF names.
     Tensors are taken out of `weights` as they are converted, so at most one extra tensor is
     alive at a time."""
     out = {}
-    for rule in arch.rules(config.n_layer):
+    for rule in tqdm(list(arch.rules(config.n_layer)), desc="converting", unit="tensor", disable=not progress):
         if rule.ours not in own:
             continue                                        # a bias of a bias-free model, a tied head
         t = weights.pop(rule.ours)
