@@ -13,6 +13,7 @@ from .config import PRESETS, ModelConfig, get_preset
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
+from .interop import export_hf, import_hf
 from .model import build_model
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
@@ -21,4 +22,5 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "LmforgeError", "ConfigError", "DataError", "ModelDirError"]
+           "TrainConfig", "train", "import_hf", "export_hf",
+           "LmforgeError", "ConfigError", "DataError", "ModelDirError"]

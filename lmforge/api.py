@@ -34,18 +34,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """(module, config, tokenizer) from a model directory. Weights are materialised once:
-    the module is built on the meta device and the loaded tensors are assigned to it."""
+    """(module, config, tokenizer) from a model directory, or from a Hugging Face one (converted
+    on the fly through `lmforge.interop`'s key tables). Weights are materialised once: the
+    module is built on the meta device and the loaded tensors are assigned to it."""
+    from .interop import is_hf_dir, read_hf
     from .model import build_model
-    path = check_model_dir(Path(path), (CONFIG_FILE, WEIGHTS_FILE))
-    config = ModelConfig.load(path / CONFIG_FILE)
+    path = Path(path)
+    if is_hf_dir(path):
+        config, weights, tokenizer, _ = read_hf(path)
+    else:
+        path = check_model_dir(path, (CONFIG_FILE, WEIGHTS_FILE))
+        config = ModelConfig.load(path / CONFIG_FILE)
+        tokenizer = Tokenizer.load(path)
+        weights, _ = read_weights(path / WEIGHTS_FILE)
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
-    tokenizer = Tokenizer.load(path)
-    weights, _ = read_weights(path / WEIGHTS_FILE)
     with torch.device("meta"):
         model = build_model(config)
     load_weights_into(model, weights, str(path / WEIGHTS_FILE))
+    del weights                        # the model owns the tensors now: a dtype cast below frees them one by one
     _materialise_buffers(model)
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
@@ -86,8 +93,15 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
-    def save(self, directory: str | Path) -> Path:
-        from .modeldir import save_weights
+    def save(self, directory: str | Path, format: str = "lmforge") -> Path:
+        """Write a model directory; format="hf" writes one that `transformers` loads."""
+        from .modeldir import save_weights, state_dict_for_save
+        if format == "hf":
+            from .interop import write_hf
+            write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
+            return Path(directory)
+        if format != "lmforge":
+            raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.config.save(d / CONFIG_FILE)
@@ -101,7 +115,8 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
-    """Load a model directory for inference (on GPU when there is one, unless device says)."""
+    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama one — for inference
+    (on GPU when there is one, unless device says)."""
     from .train.trainer import resolve_device
     dev = resolve_device(device)
     module, config, tokenizer = load_model(path, dev, dtype)

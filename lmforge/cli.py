@@ -184,6 +184,47 @@ def _presets(ns):
     return 0
 
 
+# ------------------------------------------------------------------ Hugging Face interop
+@dataclass
+class ImportArgs:
+    hf_dir: str = option(None, "Hugging Face model directory (config.json, model.safetensors or its sharded index, "
+                               "tokenizer.json)", positional=True)
+    out_dir: str = option(None, "lmforge model directory to write", positional=True)
+    overwrite: bool = option(False, "replace a model already in OUT_DIR")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class ExportArgs:
+    model_dir: str = option(None, "lmforge model directory", positional=True)
+    out_dir: str = option(None, "directory to write", positional=True)
+    format: str = option("hf", "hf: a directory transformers loads with from_pretrained", choices=["hf"])
+    overwrite: bool = option(False, "replace a model already in OUT_DIR")
+    progress: bool = option(True, "show a progress bar")
+
+
+@verb("import", "convert a Hugging Face GPT-2 or Llama checkpoint into an lmforge model directory")
+@options_of(ImportArgs)
+def _import(ns):
+    from .interop import import_hf
+    args = from_args(ImportArgs, ns)
+    done = import_hf(args.hf_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
+    print(f"imported {args.hf_dir} ({done['architecture']}, {done['params'] / 1e6:.2f}M parameters, "
+          f"{done['dtype']}) into {done['out']}")
+    return 0
+
+
+@verb("export", "write an lmforge model directory in Hugging Face format (GPT-2 or Llama)")
+@options_of(ExportArgs)
+def _export(ns):
+    from .interop import export_hf
+    args = from_args(ExportArgs, ns)
+    done = export_hf(args.model_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
+    print(f"exported {args.model_dir} as {done['architecture']} ({done['params'] / 1e6:.2f}M parameters, "
+          f"{done['dtype']}) into {done['out']}; load it with transformers' from_pretrained")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="lmforge: tokenize, train, evaluate and "

@@ -3,7 +3,8 @@
 Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
 `pytest` are skipped) and the ```python blocks are executed. Tiny settings are appended per
 verb (argparse keeps the last value); `--max-steps N` becomes N // 1000 so the README's
-"train 2000 steps, then resume to 3000" stays a valid sequence. A README command that fails
+"train 2000 steps, then resume to 3000" stays a valid sequence; in ```python blocks
+`max_steps=N` becomes 2 and `max_new_tokens=N` 8. A README command that fails
 here fails the suite, so the README cannot rot.
 """
 
@@ -32,6 +33,8 @@ TINY: dict[str, list[str]] = {
     "finetune": ["--batch-size", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu"],
     "generate": ["--max-new-tokens", "8", "--device", "cpu"],
     "eval": ["--stride", "16", "--device", "cpu"],
+    "import": ["--no-progress"],
+    "export": ["--no-progress"],
 }
 
 
@@ -85,4 +88,5 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             assert main(argv[1:]) == 0, shlex.join(argv)
     for code in readme_blocks("python"):
         code = re.sub(r"max_steps=\d+", "max_steps=2", code)
+        code = re.sub(r"max_new_tokens=\d+", "max_new_tokens=8", code)     # fits the tiny 32-token context
         exec(compile(code, "README.md", "exec"), {})

@@ -1,0 +1,234 @@
+"""Hugging Face model directories <-> lmforge model directories.
+
+    lmforge import HF_DIR OUT_DIR                    import_hf(hf_dir, out_dir)
+    lmforge export MODEL_DIR OUT_DIR --format hf     export_hf(model_dir, out_dir)
+    lmforge.load(HF_DIR)                             read_hf: converted in memory, nothing written
+
+An HF directory is config.json (its "model_type" picks the `Architecture`), model.safetensors
+or the shards listed in model.safetensors.index.json, and tokenizer.json (+ tokenizer_config.json).
+Weights are read one tensor at a time into a model built on the meta device, so a checkpoint
+is never held twice in memory. A new architecture is one more module like `gpt2.py` and one
+more entry in `ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError, ModelDirError
+from ..model import build_model
+from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights, save_tensors,
+                        write_json)
+from ..tokenizers import Tokenizer
+from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from .gpt2 import GPT2
+from .keys import Architecture, own_tensors, to_hf, to_lmforge
+from .llama import LLAMA
+
+ARCHITECTURES: dict[str, Architecture] = {arch.model_type: arch for arch in (GPT2, LLAMA)}
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def supported() -> str:
+    return ", ".join(f"{a.model_type} ({' / '.join(a.hf_classes)})" for a in ARCHITECTURES.values())
+
+
+# ------------------------------------------------------------------------------ reading
+def read_hf_config(path: Path) -> dict[str, Any] | None:
+    """config.json of `path` when it is a Hugging Face directory (has "model_type"), else None."""
+    try:
+        cfg = json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and "model_type" in cfg and "family" not in cfg else None
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    return read_hf_config(Path(path)) is not None
+
+
+def architecture_of(hf: dict[str, Any], source: Path) -> Architecture:
+    model_type = hf.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"{source}: model_type={model_type!r} cannot be imported; lmforge supports {supported()}")
+    arch = ARCHITECTURES[model_type]
+    other = [c for c in hf.get("architectures") or [] if c not in arch.hf_classes]
+    if other:
+        raise ConfigError(f"{source}: architectures={other} cannot be imported (its head has no lmforge "
+                          f"counterpart); lmforge supports {supported()}")
+    return arch
+
+
+class Checkpoint:
+    """The tensors of an HF directory — model.safetensors, or the shards named by
+    model.safetensors.index.json — opened lazily and read one tensor at a time."""
+
+    def __init__(self, directory: Path, base_prefix: str):
+        self._handles: dict[Path, Any] = {}
+        index = directory / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]            # name -> shard file name
+            except (ValueError, KeyError, TypeError) as e:
+                raise ModelDirError(f"{index} is not a valid safetensors index ({e}); download it again") from e
+            stored = {name: directory / shard for name, shard in weight_map.items()}
+        elif (directory / WEIGHTS_FILE).is_file():
+            stored = {name: directory / WEIGHTS_FILE for name in self._open(directory / WEIGHTS_FILE).keys()}
+        else:
+            pickled = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
+            hint = (f"it has {pickled[0]}, a pickle, which lmforge never loads; convert it once with transformers: "
+                    f"`AutoModelForCausalLM.from_pretrained('{directory}').save_pretrained('{directory}')` "
+                    f"writes safetensors" if pickled else "download the weights into it")
+            raise ModelDirError(f"{directory} has neither {WEIGHTS_FILE} nor {INDEX_FILE}; {hint}")
+        missing = sorted({p.name for p in stored.values() if not p.is_file()})
+        if missing:
+            raise ModelDirError(f"{index} lists shards that are not in {directory}: {missing}; download them")
+        # a checkpoint of the bare model (e.g. GPT2Model) stores names without HF's base-model prefix
+        bare = not any(name.startswith(base_prefix) for name in stored)
+        self.files = {(base_prefix + name if bare else name): (file, name) for name, file in stored.items()}
+        self.names = set(self.files)
+
+    def _open(self, file: Path):
+        from safetensors import safe_open
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt")
+            except Exception as e:  # safetensors raises its own error types
+                raise ModelDirError(f"{file} is not a valid safetensors file ({e}); download it again") from e
+        return self._handles[file]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        file, stored = self.files[name]
+        return tuple(self._open(file).get_slice(stored).get_shape())
+
+    def read(self, name: str) -> torch.Tensor:
+        file, stored = self.files[name]
+        return self._open(file).get_tensor(stored)
+
+
+def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
+    """The tokenizer of an HF directory; roles missing from tokenizer_config.json are taken
+    from config.json's *_token_id fields."""
+    if not (path / TOKENIZER_FILE).is_file():
+        found = [n for n in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt") if (path / n).is_file()]
+        raise ModelDirError(f"{path} has no {TOKENIZER_FILE}{f' (only {found})' if found else ''}; lmforge reads the "
+                            f"fast-tokenizer file — write it with transformers: "
+                            f"`AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}')`")
+    tokenizer = Tokenizer.load(path)
+    for role in ("bos", "eos", "pad", "unk"):
+        token_id = hf.get(f"{role}_token_id")
+        if isinstance(token_id, list):                 # several end tokens: the first is the one to write
+            token_id = token_id[0] if token_id else None
+        if tokenizer.special.get(role) is None and isinstance(token_id, int):
+            tokenizer.special[role] = tokenizer.id_to_token(token_id)
+    template = path / "chat_template.jinja"               # where transformers 5 writes the chat template
+    if template.is_file() and "chat_template" not in tokenizer.extra:
+        tokenizer.extra["chat_template"] = template.read_text(encoding="utf-8")
+    return tokenizer
+
+
+def read_hf(path: str | Path, progress: bool = False
+            ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, Architecture]:
+    """(config, weights under lmforge's names, tokenizer, architecture) of an HF directory."""
+    path = Path(path)
+    hf = read_hf_config(path)
+    if hf is None:
+        raise ModelDirError(f"{path} is not a Hugging Face model directory (no {CONFIG_FILE} with a model_type)")
+    arch = architecture_of(hf, path / CONFIG_FILE)
+    try:
+        config = arch.config_from_hf(hf)
+    except ConfigError as e:
+        raise ConfigError(f"{path / CONFIG_FILE}: {e}") from e
+    tokenizer = read_hf_tokenizer(path, hf)
+    checkpoint = Checkpoint(path, arch.base_prefix)
+    with torch.device("meta"):
+        model = build_model(config)
+    weights = to_lmforge(arch, config, model, checkpoint.names, checkpoint.shape, checkpoint.read, str(path),
+                         progress)
+    return config, weights, tokenizer, arch
+
+
+# ------------------------------------------------------------------------------ writing
+def architecture_for(config: ModelConfig) -> tuple[Architecture, dict[str, Any]]:
+    """The HF architecture that can hold `config`, with its HF config fields."""
+    reasons = []
+    for arch in ARCHITECTURES.values():
+        try:
+            return arch, arch.config_to_hf(config)
+        except ConfigError as e:
+            reasons.append(f"as {arch.name}: {e}")
+    raise ConfigError("no Hugging Face architecture lmforge exports can hold this model — " + "; ".join(reasons))
+
+
+def output_dir(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise ModelDirError(f"{out} already holds a model ({CONFIG_FILE}); pass --overwrite or another OUT_DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_FILE).unlink(missing_ok=True)          # a stale index would shadow the new model.safetensors
+    return out
+
+
+def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,
+             overwrite: bool = False, source: str = "the model", progress: bool = False) -> dict[str, Any]:
+    """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads."""
+    arch, hf_fields = architecture_for(config)
+    with torch.device("meta"):
+        model = build_model(config)
+    own = own_tensors(model)
+    load_weights_into(model, weights, source)           # names any missing or mis-shaped tensor
+    del model
+    dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    hf_weights = to_hf(arch, config, own, weights, progress)
+    hf_config = {"architectures": [arch.hf_classes[0]], "model_type": arch.model_type, **hf_fields,
+                 "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                 "pad_token_id": tokenizer.pad_id, "dtype": dtype, "use_cache": True}
+    out = output_dir(out, overwrite)
+    save_tensors(hf_weights, out / WEIGHTS_FILE)
+    write_json(out / CONFIG_FILE, hf_config)
+    tokenizer.save(out)
+    cfg_path = out / TOKENIZER_CONFIG_FILE
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg.update({"model_max_length": config.context_length, "clean_up_tokenization_spaces": False,
+                    # lmforge never turns a literal "<eos>" in text into the special token; nor will transformers
+                    "split_special_tokens": True})
+    write_json(cfg_path, tok_cfg)
+    return {"out": str(out), "architecture": arch.hf_classes[0], "dtype": dtype,
+            "params": sum(t.numel() for t in hf_weights.values())}
+
+
+# ------------------------------------------------------------------------------ the verbs
+def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
+              ) -> dict[str, Any]:
+    """Convert an HF directory (GPT-2, Llama) into an lmforge model directory; returns a summary."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise ModelDirError(f"{hf_dir} is not a directory; give the Hugging Face model directory "
+                            f"(config.json, model.safetensors, tokenizer.json)")
+    config, weights, tokenizer, arch = read_hf(hf_dir, progress)
+    out = output_dir(out_dir, overwrite)
+    config.save(out / CONFIG_FILE)
+    save_tensors(weights, out / WEIGHTS_FILE, {"source": f"hf:{arch.model_type}"})
+    tokenizer.save(out)
+    dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    return {"out": str(out), "architecture": arch.name, "dtype": dtype,
+            "params": sum(t.numel() for t in weights.values())}
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
+              ) -> dict[str, Any]:
+    """Write an lmforge model directory as an HF directory (`AutoModelForCausalLM.from_pretrained`
+    and `AutoTokenizer.from_pretrained` load it); returns a summary."""
+    path = Path(model_dir)
+    if is_hf_dir(path):
+        raise ModelDirError(f"{path} is already a Hugging Face model directory; `lmforge import` converts the "
+                            f"other way")
+    path = check_model_dir(path)
+    weights, _ = read_weights(path / WEIGHTS_FILE)
+    return write_hf(ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), out_dir, overwrite,
+                    source=str(path / WEIGHTS_FILE), progress=progress)
