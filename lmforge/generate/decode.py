@@ -32,6 +32,8 @@ class GenerationConfig:
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
+    compile: bool = option(False, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
+                                  "compiles, later calls of the same batch size reuse it")
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -55,7 +57,7 @@ class Completion:
     stats: dict = field(default_factory=dict)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def prefill(model, idx: torch.Tensor, pos_ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
     """Run the (left-padded) prompts through the model, filling cache slots 0..T-1.
     Returns the logits of the last position (B, V)."""
@@ -63,11 +65,22 @@ def prefill(model, idx: torch.Tensor, pos_ids: torch.Tensor, key_valid: torch.Te
     return model(idx, input_pos=input_pos, pos_ids=pos_ids, key_valid=key_valid, last_only=True)[:, -1]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def decode_one_token(model, token: torch.Tensor, slot: torch.Tensor, pos_ids: torch.Tensor,
                      key_valid: torch.Tensor) -> torch.Tensor:
     """One step: token (B, 1) written at cache `slot` (1,) -> logits (B, V)."""
     return model(token, input_pos=slot, pos_ids=pos_ids, key_valid=key_valid)[:, -1]
+
+
+def compiled_decode_step(model):
+    """`decode_one_token` compiled once per model: static shapes (a full-context cache), so one
+    graph serves every call; on CUDA, mode="reduce-overhead" replays it as a CUDA graph."""
+    fn = getattr(model, "_compiled_decode_step", None)
+    if fn is None:
+        cuda = next(model.parameters()).is_cuda
+        fn = torch.compile(decode_one_token, mode="reduce-overhead" if cuda else None, fullgraph=True, dynamic=False)
+        model._compiled_decode_step = fn
+    return fn
 
 
 def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, truncate: bool,
@@ -101,7 +114,7 @@ def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_to
     return idx, pos_ids, valid, max_new_tokens
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
                  pad_id: int = 0, on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
                  device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
@@ -113,7 +126,7 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
     idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
                                                    cfg.truncate_prompt, pad_id)
     B, T0 = idx.shape
-    total = T0 + max_new
+    total = config.context_length if cfg.compile else T0 + max_new      # compiled: one static cache shape
     idx, pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
     key_valid = torch.zeros((B, total), dtype=torch.bool, device=device)
     key_valid[:, :T0] = valid
@@ -127,6 +140,7 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
     was_training = model.training
     model.eval()
     model.setup_cache(B, total)
+    step_fn = compiled_decode_step(model) if cfg.compile else decode_one_token
     out = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n_steps = 0
@@ -152,9 +166,10 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
             slot = torch.tensor([T0 + i], device=device)
             key_valid[:, T0 + i] = True
             last_pos = last_pos + 1
-            logits = decode_one_token(model, nxt[:, None], slot, last_pos, key_valid)
+            logits = step_fn(model, nxt[:, None], slot, last_pos, key_valid)
     finally:
-        model.clear_cache()
+        if not cfg.compile:
+            model.clear_cache()        # a compiled step keeps its cache buffers for the next call
         model.train(was_training)
     elapsed = time.perf_counter() - t0
     results, reasons = [], []

@@ -307,10 +307,14 @@ class Transformer(nn.Module):
 
     # ---- KV cache -------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        """Preallocate every layer's KV cache; caches of the same shape are kept, not reallocated
+        (a compiled decode step then sees the same buffers call after call)."""
         p = self.tok_emb.weight
+        shape = (batch_size, self.config.kv_heads, max_len, self.config.head_dim)
         for block in self.blocks:
-            block.attn.kv_cache = KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim,
-                                          dtype or p.dtype, p.device)
+            cache = block.attn.kv_cache
+            if cache is None or cache.k_cache.shape != shape or cache.k_cache.dtype != (dtype or p.dtype):
+                block.attn.kv_cache = KVCache(*shape[:3], self.config.head_dim, dtype or p.dtype, p.device)
 
     def clear_cache(self) -> None:
         for block in self.blocks:
