@@ -44,9 +44,25 @@ def sync(device: torch.device) -> None:
 def hf_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int):
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = GPT2Config(n_layer=n_layer, n_embd=d, n_head=n_head, n_positions=ctx, vocab_size=vocab,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=True)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=True,
+                     bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(cfg, attn_implementation="sdpa") if _accepts_attn_impl() else \
         GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
+
+
+def hf_llama(n_layer: int, d: int, n_head: int, n_kv_head: int, ffn: int, ctx: int, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(num_hidden_layers=n_layer, hidden_size=d, num_attention_heads=n_head,
+                      num_key_value_heads=n_kv_head, intermediate_size=ffn, max_position_embeddings=ctx,
+                      vocab_size=vocab, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
+    return LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+
+
+def lmforge_llama(n_layer: int, d: int, n_head: int, n_kv_head: int, ffn: int, ctx: int, vocab: int):
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    return build_model(get_preset("llama-1b", n_layer=n_layer, d_model=d, n_head=n_head, n_kv_head=n_kv_head,
+                                  d_ff=ffn, context_length=ctx, vocab_size=vocab, pad_vocab_multiple=1))
 
 
 def _accepts_attn_impl() -> bool:

@@ -1,8 +1,9 @@
-"""Batch-1 greedy decoding: lmforge (prefill + KV cache) vs `transformers` generate (SDPA),
-same shapes, same random weights, side by side in one process.
+"""Greedy decoding: lmforge (prefill + preallocated KV cache) vs `transformers` generate (SDPA),
+same shapes, same batch, same dtype, side by side in one process.
 
-    python benchmarks/decode_speed.py                   # CPU shape: 6 x 384, vocab 8192
-    python benchmarks/decode_speed.py --gpt2-124m       # GPT-2 124M (GPU)
+    python benchmarks/decode_speed.py                           # CPU shape: GPT 6 x 384, vocab 8192
+    python benchmarks/decode_speed.py --gpt2-124m --compile     # GPU: GPT-2 124M, compiled step + CUDA graphs
+    python benchmarks/decode_speed.py --llama-1b --compile      # GPU: Llama 1.1B shapes (d 2048, 16 layers, GQA 32/8)
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 
 import torch
 
-from common import add_common_args, alternate, device_and_dtype, hf_gpt2, lmforge_gpt2, report, setup_threads, timed
+from common import (add_common_args, alternate, device_and_dtype, hf_gpt2, hf_llama, lmforge_gpt2, lmforge_llama,
+                    report, setup_threads, timed)
 
 
 def main() -> None:
@@ -26,36 +28,60 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="generated tokens")
     p.add_argument("--gpt2-124m", action="store_true", help="GPT-2 124M shapes")
+    p.add_argument("--llama-1b", action="store_true", help="Llama 1.1B shapes: d 2048, 16 layers, 32/8 heads, "
+                                                           "ffn 8192, vocab 32000")
+    p.add_argument("--compile", action="store_true",
+                   help="lmforge: compiled decode step (CUDA graphs on GPU); transformers: static cache "
+                        "(which it compiles automatically on GPU)")
     args = p.parse_args()
     if args.gpt2_124m:
         args.layers, args.width, args.heads, args.context, args.vocab = 12, 768, 12, 1024, 50257
     setup_threads(args)
     device, dtype = device_and_dtype(args)
     torch.manual_seed(0)
-    shapes = dict(layers=args.layers, width=args.width, heads=args.heads, vocab=args.vocab, batch=args.batch,
-                  prompt=args.prompt, new_tokens=args.new, dtype=str(dtype).replace("torch.", ""), device=device.type)
-    theirs = hf_gpt2(args.layers, args.width, args.heads, args.context, args.vocab).to(device, dtype).eval()
-    ours = lmforge_gpt2(args.layers, args.width, args.heads, args.context, args.vocab, pad_vocab_multiple=1)
-    ours = ours.to(device, dtype).eval()
-    prompt = torch.randint(0, args.vocab, (args.batch, args.prompt), device=device)
+    if args.llama_1b:
+        shape = (16, 2048, 32, 8, 8192, 2048, 32000)
+        theirs, ours = hf_llama(*shape), lmforge_llama(*shape)
+        name = "llama-1.1b"
+    else:
+        shape = (args.layers, args.width, args.heads, args.context, args.vocab)
+        theirs, ours = hf_gpt2(*shape), lmforge_gpt2(*shape, pad_vocab_multiple=1)
+        name = f"gpt {args.layers}x{args.width}"
+    theirs, ours = theirs.to(device, dtype).eval(), ours.to(device, dtype).eval()
+    vocab = ours.config.vocab_size
+    weights_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
+    shapes = dict(model=name, params=f"{sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M", batch=args.batch,
+                  prompt=args.prompt, new_tokens=args.new, dtype=str(dtype).replace("torch.", ""),
+                  device=device.type, compile=args.compile)
+    prompt = torch.randint(0, vocab, (args.batch, args.prompt), device=device)
 
     from lmforge.generate import GenerationConfig, generate_ids
-    gen_cfg = GenerationConfig(max_new_tokens=args.new, greedy=True)
+    gen_cfg = GenerationConfig(max_new_tokens=args.new, greedy=True, compile=args.compile)
+    hf_kwargs = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0)
+    if args.compile:
+        hf_kwargs["cache_implementation"] = "static"
 
     def run_ours():
         generate_ids(ours, prompt.tolist(), gen_cfg, eos_id=None)
 
     def run_theirs():
-        with torch.inference_mode():
-            theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new,
-                            min_new_tokens=args.new, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            theirs.generate(prompt, attention_mask=torch.ones_like(prompt), **hf_kwargs)
 
-    for fn in (run_ours, run_theirs):
-        fn()                                              # warmup
+    for fn in (run_ours, run_theirs, run_ours, run_theirs):        # warmup (and compilation)
+        fn()
     tokens = args.batch * args.new
     results = alternate({"lmforge": lambda: tokens / timed(run_ours, device),
                          "transformers": lambda: tokens / timed(run_theirs, device)}, args.rounds)
-    report("greedy decoding (prompt prefill + new tokens)", shapes, results, "tokens/s", args)
+    row = report("greedy decoding (prompt prefill + new tokens)", shapes, results, "tokens/s", args,
+                 {"weights_gb": weights_gb})
+    if device.type == "cuda" and args.batch == 1:
+        bw = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+        peak = next((v for k, v in bw.items() if k in torch.cuda.get_device_name()), None)
+        if peak:
+            limit = peak / (weights_gb * 1e9)
+            print(f"  bandwidth limit ~{limit:,.0f} tokens/s ({weights_gb:.2f} GB of weights per token); "
+                  f"lmforge at {100 * row['best']['lmforge'] / limit:.0f}% of it")
 
 
 if __name__ == "__main__":
