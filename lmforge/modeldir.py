@@ -55,8 +55,12 @@ def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    save_tensors(state_dict_for_save(model), path, metadata)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write `tensors` (contiguous CPU tensors, no shared storage) as safetensors."""
     from safetensors.torch import save_file
-    tensors = state_dict_for_save(model)
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
 
 

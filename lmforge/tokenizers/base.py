@@ -135,7 +135,7 @@ class Tokenizer:
             if tok is None and hf.token_to_id(SPECIAL_TOKENS[role]) is not None:
                 tok = SPECIAL_TOKENS[role]
             special[role] = tok
-        keep = {k: v for k, v in cfg.items() if k in ("chat_template",)}
+        keep = {k: v for k, v in cfg.items() if k in ("chat_template", "lmforge_chat_template")}
         return cls(hf, kind, special, keep)
 
     def __repr__(self) -> str:
