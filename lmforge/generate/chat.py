@@ -53,7 +53,7 @@ class Chat:
     def reply(self, text: str, stream: Callable[[str], None] | None = None) -> str:
         """Add the user's `text`, generate (and stream) the assistant's reply, return it."""
         context = self.model.config.context_length
-        reserve = min(self.gen.max_new_tokens, context // 2)           # room kept for the reply
+        reserve = min(self.gen.max_new_tokens, context // 4)           # room kept for the reply
         messages, ids = self._fit(self.messages + [{"role": "user", "content": text}], context - reserve)
         gen = dataclasses.replace(self.gen, max_new_tokens=min(self.gen.max_new_tokens, context - len(ids)),
                                   stop=[*self.gen.stop, self.template.user.strip()])   # a new turn ends the reply
@@ -77,9 +77,11 @@ class ChatArgs:
     dtype: str = option("auto", "auto, float32, bfloat16")
 
 
-def chat_loop(chat: Chat, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    """Read the user's messages line by line (a terminal or a pipe) and stream the replies.
-    End of input (Ctrl-D) or /exit ends the chat; /reset starts over. Returns the number of replies."""
+def chat_loop(chat: Chat, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Read the user's messages line by line (a terminal or a pipe; default sys.stdin) and stream
+    the replies. End of input (Ctrl-D) or /exit ends the chat; /reset starts over. Returns the
+    number of replies."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
     if interactive:
         stdout.write("chat: type a message and press Enter; /reset starts over, /exit or Ctrl-D ends\n")

@@ -212,7 +212,7 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
                     stopped[b] = True
                     emit(b, len(texts[b]))
                 continue
-            piece = decoders[b].step(tokenizer.hf, tok) or ""
+            piece = decoders[b].step(tok)
             if not piece:
                 continue
             before = len(texts[b])

@@ -73,7 +73,8 @@ class QuantizeArgs:
     out_dir: str = option(None, "where to write the quantized model directory", positional=True)
     bits: int = option(8, "8: int8 per output channel; 4: int4 in groups along the input", choices=(8, 4))
     group_size: int = option(64, "int4: input columns sharing one scale and offset")
-    report: bool = option(False, "compare size on disk, decode speed and perplexity with the original")
+    report: bool = option(False, "compare size on disk, decode speed and perplexity with the original "
+                                 "(also saved as quantize_report.json)")
     text: str | None = option(None, "text file for the report's perplexity")
     report_tokens: int = option(128, "tokens to decode when measuring speed for the report")
     device: str = option("cpu", "device for the report's measurements: cpu, cuda, auto")
@@ -95,8 +96,10 @@ def quantize(args: QuantizeArgs) -> dict:
         raise ConfigError("OUT_DIR must differ from MODEL_DIR: the quantized copy must not overwrite the original")
     record = quantize_model(model, args.bits, args.group_size)
     Model(model, dataclasses.replace(config, quantization=record), tokenizer).save(args.out_dir)
-    rows = quantization_report(args.model_dir, args.out_dir, text, args.report_tokens, args.device) \
-        if args.report else None
+    rows = None
+    if args.report:
+        rows = quantization_report(args.model_dir, [args.out_dir], text, args.report_tokens, args.device)
+        (Path(args.out_dir) / REPORT_FILE).write_text(json.dumps(rows, indent=2) + "\n")
     return {"out": args.out_dir, "quantization": record, "report": rows}
 
 
@@ -125,18 +128,19 @@ def decode_tokens_per_s(model, n_tokens: int) -> float:
     return generate_ids(model, [[0]], cfg)[2]["tokens_per_s"]
 
 
-def quantization_report(original: str | Path, quantized: str | Path, text: str, n_tokens: int = 128,
+def quantization_report(original: str | Path, quantized: list[str | Path], text: str, n_tokens: int = 128,
                         device: str = "cpu", repeats: int = 5) -> list[dict]:
-    """Size on disk, decode tokens/s and perplexity on `text` for the original and quantized
-    directories, each loaded from disk as a user would. Speed is the best of `repeats` decodes,
-    taken in turns (original, quantized, original, ...) so a busy machine slows both alike.
-    Printed, and saved in the quantized directory as quantize_report.json."""
+    """Size on disk, decode tokens/s and perplexity on `text` of the original directory and its
+    quantized copies, each loaded from disk as a user would; ratios are against the original.
+    Speed is the best of `repeats` greedy batch-1 decodes, taken in turns (original, copies,
+    original, ...) so a busy machine slows them alike."""
     from ..api import load
     from ..evaluate.perplexity import perplexity
-    models = [load(path, device=device, dtype="float32") for path in (original, quantized)]
+    paths = [original, *quantized]
+    models = [load(path, device=device, dtype="float32") for path in paths]
     rows = [{"model": describe(lm.config.quantization), "dir": str(path), "bytes": weights_bytes(path),
              "ppl": perplexity(lm.module, lm.tokenizer, text, stride=lm.config.context_length // 2)["ppl"],
-             "decode_tokens_per_s": 0.0} for path, lm in zip((original, quantized), models)]
+             "decode_tokens_per_s": 0.0} for path, lm in zip(paths, models)]
     for lm in models:
         decode_tokens_per_s(lm.module, 4)                                # warm-up
     for _ in range(repeats):
@@ -147,7 +151,6 @@ def quantization_report(original: str | Path, quantized: str | Path, text: str, 
         row["size_ratio"] = row["bytes"] / base["bytes"]
         row["speed_ratio"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
         row["ppl_delta_pct"] = 100 * (row["ppl"] / base["ppl"] - 1)
-    (Path(quantized) / REPORT_FILE).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 

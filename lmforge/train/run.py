@@ -61,7 +61,8 @@ def _is_prepared(data: str) -> bool:
     return (Path(data) / META_FILE).is_file()
 
 
-def build_for_training(cfg: TrainConfig, lora=None):
+def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, ModelConfig, Tokenizer, dict | None,
+                                                              Any]:
     """(model, config, tokenizer, resume state, LoRA settings): resumed from --out, started from
     --init-from (with LoRA adapters when `lora` is enabled), or fresh from the preset."""
     from ..adapt.lora import ADAPTER_FILE, apply_lora, is_adapter_dir, load_lora_model
