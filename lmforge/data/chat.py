@@ -50,7 +50,9 @@ class ChatTemplate:
         """(ids, is_target): is_target is True exactly at the assistant tokens (content + <eos>).
         With `add_generation_prompt` the ids end with the assistant header, ready to generate."""
         eos = tokenizer.eos_id
-        assert eos is not None, "chat needs a tokenizer with an end-of-text token"
+        if eos is None:
+            raise DataError("chat needs a tokenizer with an end-of-text token (eos_token in tokenizer_config.json) "
+                            "to end the assistant's turns; set one")
         ids, target = [eos], [False]
 
         def add(piece: list[int], is_target: bool) -> None:
