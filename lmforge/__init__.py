@@ -6,8 +6,12 @@ language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — fr
     lmforge.train(lmforge.TrainConfig(data="data/corpus", out="runs/my-model", max_steps=500))
     lm = lmforge.load("runs/my-model")
     print(lm.generate("Once upon a time", max_new_tokens=50))
+
+Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`, `quantize`,
+`Model.chat`, and speculative decoding with `Model.generate(..., draft=smaller_model)`.
 """
 
+from .adapt import LoRAConfig, apply_lora, merge_adapter, merge_lora
 from .api import Model, load, load_model
 from .config import PRESETS, ModelConfig, get_preset
 from .data.shards import PrepareConfig, prepare
@@ -15,12 +19,16 @@ from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
 from .interop import export_hf, import_hf
 from .model import build_model
+from .quantize import QuantizeArgs, quantize, quantize_model
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
+from .train.distill import DistillArgs, distill
+from .train.finetune import FinetuneArgs, finetune
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "import_hf", "export_hf",
-           "LmforgeError", "ConfigError", "DataError", "ModelDirError"]
+           "TrainConfig", "train", "import_hf", "export_hf", "LmforgeError", "ConfigError", "DataError",
+           "ModelDirError", "FinetuneArgs", "finetune", "LoRAConfig", "apply_lora", "merge_lora", "merge_adapter",
+           "QuantizeArgs", "quantize", "quantize_model", "DistillArgs", "distill"]

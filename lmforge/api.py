@@ -36,10 +36,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
     """(module, config, tokenizer) from a model directory, or from a Hugging Face one (converted
     on the fly through `lmforge.interop`'s key tables). Weights are materialised once: the
-    module is built on the meta device and the loaded tensors are assigned to it."""
+    module is built on the meta device and the loaded tensors are assigned to it.
+    A LoRA directory loads as its base model with the adapters merged in."""
+    from .adapt.lora import ADAPTER_FILE, is_adapter_dir, load_lora_model, merge_lora
     from .interop import is_hf_dir, read_hf
     from .model import build_model
     path = Path(path)
+    if is_adapter_dir(path):
+        check_model_dir(path, (CONFIG_FILE, ADAPTER_FILE))
+        model, config, tokenizer, _ = load_lora_model(path, device=device, dtype=dtype, **config_overrides)
+        return merge_lora(model).eval(), config, tokenizer
     if is_hf_dir(path):
         config, weights, tokenizer, _ = read_hf(path)
     else:
@@ -81,13 +87,39 @@ class Model:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def generate(self, prompt: str | list[str] = "", stream=None, **options: Any) -> str | list[str]:
+    def generate(self, prompt: str | list[str] = "", stream=None, draft: "Model | None" = None,
+                 **options: Any) -> str | list[str]:
         """Text continuing `prompt` (or a list, for a batch). Options are GenerationConfig fields
-        (max_new_tokens, temperature, greedy, top_k, top_p, repetition_penalty, stop, seed)."""
+        (max_new_tokens, temperature, greedy, top_k, top_p, repetition_penalty, stop, seed,
+        draft_tokens). `draft`: a smaller loaded model with the same tokenizer, for speculative
+        decoding (one prompt)."""
         from .generate import GenerationConfig, generate
-        completions = generate(self.module, self.tokenizer, prompt, GenerationConfig(**options), stream=stream)
+        completions = generate(self.module, self.tokenizer, prompt, GenerationConfig(**options), stream=stream,
+                               draft=self._draft_module(draft))
         texts = [c.text for c in completions]
         return texts[0] if isinstance(prompt, str) else texts
+
+    def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:
+        """The assistant's reply to a conversation — [{"role": "system" | "user" | "assistant",
+        "content": ...}, ...] ending with a user message — rendered with the model's chat template."""
+        from .data.chat import check_messages
+        from .generate import GenerationConfig
+        from .generate.chat import Chat
+        messages = check_messages(messages, "messages")
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        turns = messages[1:] if messages[0]["role"] == "system" else messages
+        if not turns or turns[-1]["role"] != "user":
+            raise LmforgeError("the conversation must end with a user message for the model to reply to")
+        session = Chat(self.module, self.tokenizer, system, GenerationConfig(**options), self._draft_module(draft))
+        session.messages = turns[:-1]
+        return session.reply(turns[-1]["content"])
+
+    def _draft_module(self, draft: "Model | None"):
+        if draft is None:
+            return None
+        from .generate.speculative import check_draft
+        check_draft(self.tokenizer, draft.tokenizer, f"the draft model {draft.path}")
+        return draft.module
 
     def perplexity(self, text: str, stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
         from .evaluate.perplexity import perplexity

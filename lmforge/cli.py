@@ -38,6 +38,14 @@ def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = Non
     return deco
 
 
+def print_summary(summary: dict) -> None:
+    """The last line of a training verb: final losses and where the model is."""
+    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
+    print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+          + f"; model directory {summary['out']}" + (f"; merged model {summary['merged']}" if "merged" in summary
+                                                      else ""))
+
+
 # ---------------------------------------------------------------------------- quickstart
 from .quickstart import QuickstartConfig  # noqa: E402
 
@@ -74,24 +82,23 @@ from .train.trainer import TrainConfig  # noqa: E402
 def _train(ns):
     from .train import train
     summary = train(from_args(TrainConfig, ns))
-    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
-    print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-          + f"; model directory {summary['out']}")
+    print_summary(summary)
     return 0
 
 
 # ------------------------------------------------------------------------------ finetune
+from .adapt.lora import LoRAConfig  # noqa: E402
 from .train.finetune import FINETUNE_DEFAULTS, FinetuneArgs  # noqa: E402
 
 
-@verb("finetune", "fine-tune a model directory on new data (the task picks the objective)")
-@options_of(FinetuneArgs, TrainConfig, skip=("init_from", "objective", "preset"), defaults=FINETUNE_DEFAULTS)
+@verb("finetune", "fine-tune a model directory on new data, in full or with LoRA adapters (the task picks the "
+                  "objective)")
+@options_of(FinetuneArgs, LoRAConfig, TrainConfig, skip=("init_from", "objective", "preset"),
+            defaults=FINETUNE_DEFAULTS)
 def _finetune(ns):
     from .train.finetune import finetune
-    summary = finetune(from_args(FinetuneArgs, ns), from_args(TrainConfig, ns))
-    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
-    print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-          + f"; model directory {summary['out']}")
+    summary = finetune(from_args(FinetuneArgs, ns), from_args(TrainConfig, ns), from_args(LoRAConfig, ns))
+    print_summary(summary)
     return 0
 
 
@@ -108,6 +115,8 @@ class GenerateArgs:
     dtype: str = option("auto", "auto, float32, bfloat16")
     stream: bool = option(True, "print tokens as they are generated (single prompt)")
     json: bool = option(False, "print one JSON object per completion (text, finish reason, speed)")
+    draft: str | None = option(None, "speculative decoding: a smaller model directory with the same tokenizer "
+                                     "drafts --draft-tokens tokens per step for the model to verify")
 
 
 @verb("generate", "generate text from a model directory")
@@ -127,6 +136,7 @@ def _generate(ns):
         prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = prompts or [""]
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
+    draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
     stream = None
     if args.stream and len(prompts) == 1 and not args.json:
         sys.stdout.write(prompts[0])
@@ -134,16 +144,23 @@ def _generate(ns):
         def stream(_, piece):
             sys.stdout.write(piece)
             sys.stdout.flush()
-    completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream)
+    completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream, draft=lm._draft_module(draft))
     for prompt, c in zip(prompts, completions):
         if args.json:
+            speculative = {k: round(c.stats[k], 4) for k in ("acceptance_rate", "tokens_per_step") if k in c.stats}
             print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
-                              "tokens": len(c.ids), "tokens_per_s": round(c.stats["tokens_per_s"], 1)},
-                             ensure_ascii=False))
+                              "tokens": len(c.ids), "tokens_per_s": round(c.stats["tokens_per_s"], 1),
+                              **speculative}, ensure_ascii=False))
         elif stream is not None:
             print()
         else:
             print(f"--- {prompt}{c.text}")
+    if draft is not None and not args.json:
+        sys.stdout.flush()
+        st = completions[0].stats
+        print(f"speculative decoding: {st['accepted']} of {st['drafted']} drafted tokens accepted "
+              f"({100 * st['acceptance_rate']:.1f}%), {st['tokens_per_step']:.2f} tokens per model step, "
+              f"{st['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     return 0
 
 
@@ -170,6 +187,67 @@ def _eval(ns):
                         batch_size=args.batch_size, progress=True)
     print(json.dumps({"file": args.text, **{k: round(v, 4) if isinstance(v, float) else v
                                             for k, v in result.items()}}))
+    return 0
+
+
+# ------------------------------------------------------------------- adapt and compress
+@dataclass
+class MergeLoraArgs:
+    adapter_dir: str = option(None, "model directory of a LoRA run (holds adapter.safetensors)", positional=True)
+    out_dir: str = option(None, "where to write the base model with the adapters merged in", positional=True)
+    base: str | None = option(None, "the base model directory, if it moved since training")
+
+
+@verb("merge-lora", "merge a LoRA run's adapters into its base model: a plain model directory for export")
+@options_of(MergeLoraArgs)
+def _merge_lora(ns):
+    from .adapt.lora import merge_adapter
+    args = from_args(MergeLoraArgs, ns)
+    print(f"wrote {merge_adapter(args.adapter_dir, args.out_dir, args.base)}")
+    return 0
+
+
+from .generate.chat import ChatArgs  # noqa: E402
+
+
+@verb("chat", "chat with a model in the terminal (reads your messages from stdin, streams the replies)")
+@options_of(ChatArgs, GenerationConfig, skip=("stop",), defaults={"max_new_tokens": 200, "temperature": 0.7})
+def _chat(ns):
+    from .api import load
+    from .generate.chat import Chat, chat_loop
+    args = from_args(ChatArgs, ns)
+    lm = load(args.model_dir, device=args.device, dtype=args.dtype)
+    draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
+    chat_loop(Chat(lm.module, lm.tokenizer, args.system, from_args(GenerationConfig, ns), lm._draft_module(draft)))
+    return 0
+
+
+from .quantize import QuantizeArgs  # noqa: E402
+
+
+@verb("quantize", "weight-only int8 / int4 quantization of a model directory (with an optional size, speed and "
+                  "perplexity report)")
+@options_of(QuantizeArgs)
+def _quantize(ns):
+    from .quantize import format_report, quantize
+    result = quantize(from_args(QuantizeArgs, ns))
+    q = result["quantization"]
+    print(f"wrote {result['out']}: {len(q['modules'])} Linear layers in int{q['bits']}"
+          + (f" (groups of {q['group_size']})" if q["group_size"] else ""))
+    if result["report"]:
+        print(format_report(result["report"]))
+    return 0
+
+
+from .train.distill import DistillArgs  # noqa: E402
+
+
+@verb("distill", "train a smaller student model on a teacher's soft targets (knowledge distillation)")
+@options_of(DistillArgs, TrainConfig, skip=("init_from", "objective", "preset"))
+def _distill(ns):
+    from .train.distill import distill
+    summary = distill(from_args(DistillArgs, ns), from_args(TrainConfig, ns))
+    print_summary(summary)
     return 0
 
 

@@ -43,6 +43,8 @@ class ModelConfig:
     dropout: float = 0.0             # dropout on embeddings, attention weights and residual branches (training only)
     tie_embeddings: bool = True      # the output head shares the token-embedding matrix
     init_std: float = 0.02           # normal init std; residual output projections get std / sqrt(2 * n_layer)
+    quantization: dict | None = None # weight-only quantization written by `lmforge quantize`: {"bits": 8 | 4,
+                                     # "group_size": int4 group or None, "modules": [names of quantized Linears]}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +89,8 @@ class ModelConfig:
         need(self.position != "rope" or self.head_dim % 2 == 0,
              f"rotary positions need an even head size, got d_model/n_head={self.head_dim}")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.quantization is None or self.quantization.get("bits") in (4, 8),
+             f"quantization={self.quantization} needs bits 4 or 8; re-run `lmforge quantize` on the original model")
 
     # ---- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write named tensors as safetensors, atomically ("format": "pt" is what transformers expects)."""
+    """Atomically write `tensors` (contiguous CPU tensors, no shared storage) as safetensors."""
     from safetensors.torch import save_file
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
 

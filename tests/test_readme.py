@@ -1,15 +1,17 @@
 """Every command in README.md runs here, in order, on a tiny configuration.
 
 Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
-`pytest` are skipped) and the ```python blocks are executed. Tiny settings are appended per
-verb (argparse keeps the last value); `--max-steps N` becomes N // 1000 so the README's
-"train 2000 steps, then resume to 3000" stays a valid sequence; in ```python blocks
-`max_steps=N` becomes 2 and `max_new_tokens=N` 8. A README command that fails
-here fails the suite, so the README cannot rot.
+`pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin) and the ```python blocks
+are executed. Tiny settings are appended per verb (argparse keeps the last value);
+`--max-steps N` becomes N // 1000 so the README's "train 2000 steps, then resume to 3000"
+stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
+The ```jsonl block is the chat file `my_chats.jsonl`. A README command that fails here fails
+the suite, so the README cannot rot.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -25,7 +27,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 # appended to every command of that verb
 TINY: dict[str, list[str]] = {
-    "quickstart": ["--max-steps", "3", "--eval-interval", "3", "--context-length", "32", "--batch-size", "4",
+    "quickstart": ["--max-steps", "3", "--eval-interval", "3", "--context-length", "64", "--batch-size", "4",
                    "--vocab-size", "300", "--no-progress"],
     "prepare": ["--no-progress", "--vocab-size", "300"],
     "train": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
@@ -35,6 +37,10 @@ TINY: dict[str, list[str]] = {
     "eval": ["--stride", "16", "--device", "cpu"],
     "import": ["--no-progress"],
     "export": ["--no-progress"],
+    "chat": ["--max-new-tokens", "8", "--device", "cpu"],
+    "quantize": ["--report-tokens", "8"],
+    "distill": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
+                "--sample-tokens", "8", "--device", "cpu"],
 }
 
 
@@ -42,14 +48,18 @@ def readme_blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def readme_commands() -> list[list[str]]:
+def readme_commands() -> list[tuple[list[str], str | None]]:
+    """(argv, text for stdin or None) of every command, in order."""
     commands = []
     for block in readme_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
-                argv = shlex.split(part, comments=True)
+                argv, stdin = shlex.split(part, comments=True), None
+                if argv[:1] == ["echo"] and "|" in argv:                 # echo TEXT | lmforge ...
+                    pipe = argv.index("|")
+                    argv, stdin = argv[pipe + 1:], " ".join(argv[1:pipe]) + "\n"
                 if argv and argv[0] in ("lmforge", "torchrun"):
-                    commands.append(argv)
+                    commands.append((argv, stdin))
     return commands
 
 
@@ -75,16 +85,19 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     from lmforge.cli import main
     monkeypatch.chdir(tmp_path)
     Path("my_corpus.txt").write_text(corpus_text(), encoding="utf-8")
+    Path("my_chats.jsonl").write_text(readme_blocks("jsonl")[0], encoding="utf-8")
     commands = readme_commands()
     assert len(commands) >= 8
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for argv in commands:
+    for argv, stdin in commands:
         argv = shrink(argv)
         if argv[0] == "torchrun":
             cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stderr[-3000:]}"
         else:
+            if stdin is not None:
+                monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
             assert main(argv[1:]) == 0, shlex.join(argv)
     for code in readme_blocks("python"):
         code = re.sub(r"max_steps=\d+", "max_steps=2", code)

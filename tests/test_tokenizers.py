@@ -104,3 +104,14 @@ def test_missing_or_corrupt_tokenizer_file(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="not a readable tokenizer.json"):
         Tokenizer.load(tmp_path)
+
+
+def test_streaming_survives_invalid_byte_sequences():
+    """A model can emit any byte-fallback tokens; HF's DecodeStream raises on some invalid
+    sequences, the stream must not (it restarts at that token)."""
+    import random
+    tok = train_char_tokenizer(["héllo wörld ✓"])
+    rng = random.Random(0)
+    for _ in range(50):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(30)]
+        assert isinstance("".join(tok.stream(ids)), str)

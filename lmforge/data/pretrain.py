@@ -41,5 +41,8 @@ class CausalLMObjective(Objective):
         rows = torch.from_numpy(rows)
         return {"x": rows[:, :-1], "y": rows[:, 1:]}
 
+    def logits_and_targets(self, model, batch):
+        return model(batch["x"]), batch["y"]
+
     def loss(self, model, batch):
-        return lm_loss(model(batch["x"]), batch["y"])
+        return lm_loss(*self.logits_and_targets(model, batch))

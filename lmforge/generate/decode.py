@@ -34,6 +34,7 @@ class GenerationConfig:
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
     compile: bool = option(False, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
                                   "compiles, later calls of the same batch size reuse it")
+    draft_tokens: int = option(4, "speculative decoding (with a draft model): tokens drafted per verification step")
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -46,6 +47,8 @@ class GenerationConfig:
             raise LmforgeError(f"top_p={self.top_p} must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise LmforgeError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
+        if self.draft_tokens < 1:
+            raise LmforgeError(f"draft_tokens={self.draft_tokens} must be at least 1")
 
 
 @dataclass
@@ -172,32 +175,34 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
             model.clear_cache()        # a compiled step keeps its cache buffers for the next call
         model.train(was_training)
     elapsed = time.perf_counter() - t0
-    results, reasons = [], []
-    for b in range(B):
-        ids = out[b, :n_steps].tolist()
-        reason = "length"
-        if eos_id is not None and not cfg.ignore_eos and eos_id in ids:
-            ids = ids[: ids.index(eos_id)]
-            reason = "eos"
-        results.append(ids)
-        reasons.append(reason)
+    results, reasons = map(list, zip(*(finish(out[b, :n_steps].tolist(), cfg, eos_id) for b in range(B))))
     decode_time = max(elapsed - t_prefill, 1e-9)
     stats = {"prompt_tokens": T0, "new_tokens": n_steps, "batch": B, "prefill_s": t_prefill,
              "decode_s": decode_time, "tokens_per_s": B * max(n_steps - 1, 1) / decode_time}
     return results, reasons, stats
 
 
-def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig | None = None, *,
-             stream: Callable[[int, str], None] | None = None) -> list[Completion]:
+def finish(ids: list[int], cfg: GenerationConfig, eos_id: int | None) -> tuple[list[int], str]:
+    """(generated ids cut before the end-of-text token, finish reason "eos" or "length")."""
+    if eos_id is not None and not cfg.ignore_eos and eos_id in ids:
+        return ids[: ids.index(eos_id)], "eos"
+    return ids, "length"
+
+
+def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: GenerationConfig | None = None, *,
+             stream: Callable[[int, str], None] | None = None, draft=None) -> list[Completion]:
     """Generate text for one prompt or a batch. `stream(index, text_piece)` receives text as
-    it is produced (per prompt index). An empty prompt starts from the end-of-text token."""
+    it is produced (per prompt index). An empty prompt starts from the end-of-text token; a
+    prompt may also be a list of token ids (e.g. a rendered chat). With a `draft` model (same
+    tokenizer, smaller) decoding is speculative: same tokens when greedy, same distribution
+    when sampling, and `stats` reports the acceptance rate."""
     cfg = cfg or GenerationConfig()
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise LmforgeError("no prompts given")
     start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
-    prompt_ids = [tokenizer.encode(p) or ([start] if start is not None else []) for p in prompts]
+    prompt_ids = [list(p) if not isinstance(p, str) else tokenizer.encode(p) or ([start] if start is not None else [])
+                  for p in prompts]
     decoders = [tokenizer.decode_stream() for _ in prompts]
     texts = ["" for _ in prompts]
     emitted = [0 for _ in prompts]       # characters already passed to `stream`
@@ -222,7 +227,7 @@ def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig |
                     stopped[b] = True
                     emit(b, len(texts[b]))
                 continue
-            piece = decoders[b].step(tokenizer.hf, tok) or ""
+            piece = decoders[b].step(tok)
             if not piece:
                 continue
             before = len(texts[b])
@@ -234,8 +239,13 @@ def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig |
             emit(b, len(texts[b]) if stopped[b] else len(texts[b]) - hold)
         return all(stopped)
 
-    ids, reasons, stats = generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id,
-                                       pad_id=tokenizer.pad_id or 0, on_tokens=on_tokens)
+    if draft is None:
+        ids, reasons, stats = generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id,
+                                           pad_id=tokenizer.pad_id or 0, on_tokens=on_tokens)
+    else:
+        from .speculative import speculative_generate_ids
+        ids, reasons, stats = speculative_generate_ids(model, draft, prompt_ids, cfg, eos_id=tokenizer.eos_id,
+                                                       pad_id=tokenizer.pad_id or 0, on_tokens=on_tokens)
     for b in range(len(prompts)):
         emit(b, len(texts[b]))          # flush what was held back
     results = []

@@ -39,11 +39,17 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def probabilities(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """The distribution sampling draws from: softmax of the temperature-scaled, filtered logits
+    (..., V) -> (..., V) float32. (Speculative decoding compares these for two models.)"""
+    return filter_top_p(filter_top_k(logits.float() / temperature, top_k), top_p).softmax(dim=-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,). temperature 0 means greedy (argmax)."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    logits = filter_top_p(filter_top_k(logits.float() / temperature, top_k), top_p)
-    probs = logits.softmax(dim=-1)
+    probs = probabilities(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -18,10 +18,21 @@ FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+    """The family's module; a quantized config (`lmforge quantize`) gets its quantized Linear layers."""
     if config.family not in FAMILIES:
         raise ConfigError(f"no model is registered for family {config.family!r}; "
                           f"known: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[config.family](config)
+    model = FAMILIES[config.family](config)
+    if config.quantization:
+        from ..quantize import swap_in_quantized
+        swap_in_quantized(model, config.quantization)
+    return model
 
 
-__all__ = ["build_model", "DecoderLM", "FAMILIES"]
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (e.g. "transformer.blocks.0.attn.qkv") is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+__all__ = ["build_model", "replace_module", "DecoderLM", "FAMILIES"]

@@ -86,14 +86,14 @@ class Tokenizer:
     def stream(self, ids: Iterable[int]) -> Iterator[str]:
         """Decode ids one at a time, yielding text as soon as it is complete (multi-byte
         characters split across tokens come out whole)."""
-        ds = decoders.DecodeStream(skip_special_tokens=True)
+        ds = self.decode_stream()
         for i in ids:
-            piece = ds.step(self.hf, int(i))
+            piece = ds.step(int(i))
             if piece:
                 yield piece
 
-    def decode_stream(self) -> "decoders.DecodeStream":
-        return decoders.DecodeStream(skip_special_tokens=True)
+    def decode_stream(self) -> "TextStream":
+        return TextStream(self.hf)
 
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
@@ -135,8 +135,24 @@ class Tokenizer:
             if tok is None and hf.token_to_id(SPECIAL_TOKENS[role]) is not None:
                 tok = SPECIAL_TOKENS[role]
             special[role] = tok
-        keep = {k: v for k, v in cfg.items() if k in ("chat_template",)}
+        keep = {k: v for k, v in cfg.items() if k in ("chat_template", "lmforge_chat_template")}
         return cls(hf, kind, special, keep)
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+class TextStream:
+    """Incremental decoding: `step(id)` returns the text this token completes ("" while a
+    multi-byte character is still incomplete). HF's DecodeStream raises on some invalid byte
+    sequences (an untrained model emitting stray byte tokens); it then restarts at this token."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf, self.ds = hf, decoders.DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        try:
+            return self.ds.step(self.hf, token_id) or ""
+        except Exception:  # tokenizers raises a bare Exception ("Invalid prefix encountered")
+            self.ds = decoders.DecodeStream(skip_special_tokens=True)
+            return self.ds.step(self.hf, token_id) or ""

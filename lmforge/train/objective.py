@@ -30,6 +30,16 @@ class Objective:
         """Mean loss of the batch (a scalar tensor)."""
         raise NotImplementedError
 
+    def eval_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The validation loss (`val_loss`); the training loss unless an objective says otherwise."""
+        return self.loss(model, batch)
+
+    def logits_and_targets(self, model: torch.nn.Module,
+                           batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (..., V), targets (...) with -100 where nothing is predicted): what distillation
+        needs from a task. Objectives whose loss is a cross-entropy over logits implement it."""
+        raise NotImplementedError(f"objective {self.name!r} does not expose logits and targets")
+
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens processed (for tokens/s)."""
         x = next(iter(batch.values()))

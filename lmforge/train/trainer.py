@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from ..errors import ConfigError, LmforgeError
-from ..modeldir import CONFIG_FILE, write_json
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, state_dict_for_save, write_json
 from ..options import option
 from ..viz.plots import plot_loss
 from . import checkpoint
@@ -156,12 +156,19 @@ class MetricsLog:
 
 
 class Trainer:
+    """The loop. `tensors_to_save(model)` picks what a checkpoint stores as `weights_file` (default:
+    the whole model as model.safetensors; a LoRA run stores only its adapters); `extra_files(out)`
+    writes anything else the model directory needs at the start of the run."""
+
     def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
-                 extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None):
+                 extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
+                 tensors_to_save: Callable[[nn.Module], dict[str, torch.Tensor]] = state_dict_for_save,
+                 weights_file: str = WEIGHTS_FILE):
         self.cfg, self.model, self.objective, self.model_config = cfg, model, objective, model_config
         self.tokenizer, self.sample_fn, self.extra_files = tokenizer, sample_fn, extra_files
         self.extra_metadata = extra_metadata or {}
+        self.tensors_to_save, self.weights_file = tensors_to_save, weights_file
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -182,7 +189,7 @@ class Trainer:
         for i in range(self.dist.rank, iters, W):                      # ranks share the batches
             batch = self._to_device(self.objective.collate("val", indices[i]))
             with self.autocast():
-                total[0] += self.objective.loss(model, batch).float()
+                total[0] += self.objective.eval_loss(model, batch).float()
             total[1] += 1
         total = all_reduce_mean(total, self.dist)
         val_loss = (total[0] / total[1]).item()
@@ -212,7 +219,8 @@ class Trainer:
                 "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             }
-            checkpoint.save_checkpoint(self.out, self.model, step, state, self.extra_metadata)
+            checkpoint.save_checkpoint(self.out, self.tensors_to_save(self.model), step, state, self.extra_metadata,
+                                       self.weights_file)
         barrier(self.dist)
 
     # ---- the loop -----------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Speculative decoding (Leviathan et al., 2023; Chen et al., 2023): a small draft model
+proposes k tokens one at a time; the model scores all of them in one forward pass, keeps the
+longest prefix it agrees with, and adds one token of its own.
+
+Exactness. Greedy: a drafted token is kept iff it is the model's argmax there, and the added
+token is the model's argmax — exactly the tokens of plain greedy decoding. Sampling: a token d
+drawn from the draft's distribution q is kept with probability min(1, p(d) / q(d)); at the first
+rejection the token is drawn from max(0, p - q) renormalised; if all k are kept, one more is
+drawn from p. Every emitted token is then distributed exactly as under p, the model's own
+(temperature, top-k, top-p filtered) distribution.
+
+Both models decode over their KV caches. At the start of a round both caches hold every token
+before `last` (the newest token, at slot n) — the draft's may lag (when all k drafts were kept
+it never saw its own k-th token), so the round first feeds it what it missed. Cache slots past
+the kept tokens hold stale keys: the causal mask hides them (a query at slot i sees slots <= i)
+and the next round overwrites them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import LmforgeError
+from .decode import GenerationConfig, finish, prefill, prepare_prompts
+from .sampling import probabilities
+
+
+def check_draft(tokenizer, draft_tokenizer, draft_name: str = "the draft model") -> None:
+    """A draft must share the model's tokenizer: its token ids are the model's token ids."""
+    if tokenizer.hf.to_str() != draft_tokenizer.hf.to_str():
+        raise LmforgeError(f"{draft_name} has a different tokenizer than the model; a draft must use the same one "
+                           f"(train it on data prepared with `--tokenizer MODEL_DIR`, or distil it with "
+                           f"`lmforge distill --teacher MODEL_DIR`)")
+
+
+def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, greedy: bool,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Verify drafted tokens; batched over a leading dimension N.
+
+    p: (N, k+1, V) the model's probabilities (greedy: any scores) at the k drafted positions and
+    one beyond; q: (N, k, V) the draft's probabilities the drafts were drawn from; drafts: (N, k).
+    Returns (kept (N,) number of leading drafts kept, next_token (N,) the model's token after them).
+    """
+    N, k = drafts.shape
+    if greedy:
+        best = p.argmax(dim=-1)                                           # (N, k+1)
+        kept = (best[:, :k] == drafts).long().cumprod(dim=-1).sum(dim=-1)
+        return kept, best.gather(1, kept[:, None]).squeeze(1)
+    p_drafted = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)        # (N, k) p(d_i)
+    q_drafted = q.gather(-1, drafts[..., None]).squeeze(-1)               # (N, k) q(d_i) > 0: d_i ~ q
+    u = torch.rand(N, k, generator=generator, device=p.device)
+    kept = (u * q_drafted < p_drafted).long().cumprod(dim=-1).sum(dim=-1)  # each kept w.p. min(1, p/q)
+    at = kept[:, None, None].expand(N, 1, p.shape[-1])
+    p_next = p.gather(1, at).squeeze(1)                                   # (N, V) at the first rejection
+    q_next = F.pad(q, (0, 0, 0, 1)).gather(1, at).squeeze(1)              # zeros when all k were kept
+    residual = (p_next - q_next).clamp(min=0)
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_next)   # p == q: rejection impossible
+    return kept, torch.multinomial(residual, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: GenerationConfig, *,
+                             eos_id: int | None = None, pad_id: int = 0,
+                             on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
+                             device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
+    """`generate_ids` with a draft model (one prompt). Same return value; stats add the acceptance
+    rate (kept / drafted tokens) and tokens per model step."""
+    if len(prompt_ids) != 1:
+        raise LmforgeError(f"speculative decoding takes one prompt at a time, got {len(prompt_ids)}; "
+                           f"give one prompt, or drop --draft to decode them as a batch")
+    if cfg.repetition_penalty != 1.0:
+        raise LmforgeError("--repetition-penalty is not supported with a draft model; drop one of the two")
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise LmforgeError(f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's "
+                           f"({model.config.vocab_size}); a draft must use the same tokenizer")
+    device = device or next(model.parameters()).device
+    context = min(model.config.context_length, draft.config.context_length)
+    idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id)
+    T0 = idx.shape[1]
+    tokens = torch.full((1, T0 + max_new), pad_id, dtype=torch.long, device=device)   # prompt + generated
+    tokens[:, :T0] = idx
+    greedy = cfg.temperature <= 0
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+
+    def dist(logits: torch.Tensor) -> torch.Tensor:                       # greedy compares raw scores
+        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+
+    def draw(scores: torch.Tensor) -> torch.Tensor:                       # (1, V) -> (1,)
+        return scores.argmax(-1) if greedy else torch.multinomial(scores, 1, generator=generator).squeeze(-1)
+
+    out: list[int] = []
+
+    def emit(token: int) -> bool:
+        """Append a token; True when generation is over."""
+        tokens[0, T0 + len(out)] = token
+        out.append(token)
+        stop = on_tokens(torch.tensor([token], device=device)) if on_tokens is not None else None
+        return bool(stop) or len(out) == max_new or (eos_id is not None and not cfg.ignore_eos and token == eos_id)
+
+    was_training = model.training, draft.training
+    model.eval(), draft.eval()
+    model.setup_cache(1, T0 + max_new)
+    draft.setup_cache(1, T0 + max_new)
+    drafted = kept_total = steps = 0
+    t0 = time.perf_counter()
+    try:
+        first = draw(dist(prefill(model, tokens[:, :T0], None, None)))
+        prefill(draft, tokens[:, :T0], None, None)
+        t_prefill = time.perf_counter() - t0
+        done, draft_len = emit(int(first)), T0                            # draft cache holds slots [0, draft_len)
+        while not done:
+            n = T0 + len(out) - 1                                         # slot of `last`, in neither cache yet
+            k = min(cfg.draft_tokens, max_new - len(out) - 1)             # room for k drafts + 1 model token
+            drafts, q_rows = [], []
+            if k > 0:
+                logits = draft(tokens[:, draft_len: n + 1],               # what the draft missed, then `last`
+                               input_pos=torch.arange(draft_len, n + 1, device=device), last_only=True)[:, -1]
+                for i in range(k):
+                    q_rows.append(dist(logits))                           # (1, V)
+                    drafts.append(draw(q_rows[-1]))                       # (1,)
+                    if i < k - 1:
+                        logits = draft(drafts[-1][:, None], input_pos=torch.tensor([n + 1 + i], device=device))[:, -1]
+                draft_len = n + k                                         # it has seen `last` and drafts 1..k-1
+            verify = torch.cat([tokens[:, n: n + 1], *(d[:, None] for d in drafts)], dim=1)        # (1, k+1)
+            p = dist(model(verify, input_pos=torch.arange(n, n + k + 1, device=device)))          # (1, k+1, V)
+            q = torch.stack(q_rows, dim=1) if drafts else p[:, :0]                                  # (1, k, V)
+            d = torch.stack(drafts, dim=1) if drafts else verify[:, :0]                             # (1, k)
+            kept, nxt = accept_drafts(p, q, d, greedy, generator)
+            kept = int(kept)
+            drafted, kept_total, steps = drafted + k, kept_total + kept, steps + 1
+            for token in d[0, :kept].tolist() + [int(nxt)]:
+                if done := emit(token):
+                    break
+            draft_len = min(draft_len, n + 1 + kept)                      # the draft's cache is valid up to here
+    finally:
+        for m, mode in zip((model, draft), was_training):
+            m.clear_cache()
+            m.train(mode)
+    decode_time = max(time.perf_counter() - t0 - t_prefill, 1e-9)
+    ids, reason = finish(out, cfg, eos_id)
+    stats = {"prompt_tokens": T0, "new_tokens": len(out), "batch": 1, "prefill_s": t_prefill, "decode_s": decode_time,
+             "tokens_per_s": max(len(out) - 1, 1) / decode_time, "draft_tokens": cfg.draft_tokens,
+             "drafted": drafted, "accepted": kept_total, "acceptance_rate": kept_total / max(drafted, 1),
+             "model_steps": steps, "tokens_per_step": (len(out) - 1) / max(steps, 1)}
+    return [ids], [reason], stats

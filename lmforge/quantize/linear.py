@@ -1,0 +1,101 @@
+"""Weight-only quantized Linear layers (activations stay in floating point; gpt-fast style).
+
+Int8Linear  per output channel, symmetric:  w ≈ q · scale,           q in [-127, 127] (int8)
+Int4Linear  per group of `group_size` input columns, asymmetric:
+            w ≈ q · scale + offset,  q in [0, 15], two per byte (low nibble = even column)
+
+Both keep the names of the Linear they replace (`weight`, `bias`) plus `scales` (and
+`offsets`), so a quantized model directory is an ordinary state dict. The forward pass
+dequantizes on the fly; the error of every weight is at most half its scale.
+
+    >>> w = torch.tensor([[0.5, -1.0, 0.25, 1.0]])
+    >>> q, scales = quantize_int8(w)
+    >>> q.tolist(), round(scales.item(), 6)
+    ([[64, -127, 32, 127]], 0.007874)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (out, in) -> (q int8 (out, in), scales (out,) float32)."""
+    scales = w.float().abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (out, in) -> (packed uint8 (out, in/2), scales (out, in/G), offsets (out, in/G)) float32."""
+    out_f, in_f = w.shape
+    groups = w.float().view(out_f, in_f // group_size, group_size)      # (out, n_groups, G)
+    lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.round((groups - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8).view(out_f, in_f)
+    return q[:, 0::2] | (q[:, 1::2] << 4), scales, lo
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Inverse of `quantize_int4` up to rounding: (out, in) in the dtype of `scales`."""
+    out_f, n_groups = scales.shape
+    q = torch.stack((packed & 15, packed >> 4), dim=-1).view(out_f, n_groups, -1)   # (out, n_groups, G)
+    return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **_) -> "Int8Linear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
+                dtype=linear.weight.dtype)
+        q, scales = quantize_int8(linear.weight.detach())
+        m.weight, m.scales = q, scales.to(linear.weight.dtype)
+        m.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)      # per-output-channel scale
+        return y + self.bias.to(x.dtype) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype: torch.dtype = torch.float32, group_size: int = 64):
+        super().__init__()
+        assert in_features % group_size == 0 and group_size % 2 == 0, "checked by check_group_size"
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        n_groups = in_features // group_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=dtype, device=device))
+        self.register_buffer("offsets", torch.zeros(out_features, n_groups, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 64) -> "Int4Linear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
+                dtype=linear.weight.dtype, group_size=group_size)
+        packed, scales, offsets = quantize_int4(linear.weight.detach(), group_size)
+        m.weight, m.scales, m.offsets = packed, scales.to(linear.weight.dtype), offsets.to(linear.weight.dtype)
+        m.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = dequantize_int4(self.weight, self.scales, self.offsets).to(x.dtype)    # (out, in)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 groups of {self.group_size}")

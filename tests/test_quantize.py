@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from lmforge.api import load, load_model
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.quantize import (Int4Linear, Int8Linear, QuantizeArgs, dequantize_int4, quantize, quantize_int4,
+                              quantize_int8)
+from lmforge.train.finetune import FinetuneArgs, finetune
+
+from .conftest import tiny_train_config
+
+# stated tolerances: relative L2 error of the logits of a trained model
+INT8_LOGIT_TOLERANCE, INT4_LOGIT_TOLERANCE = 0.01, 0.08
+
+
+def test_quantization_error_is_at_most_half_a_step():
+    torch.manual_seed(0)
+    w = torch.randn(48, 64)
+    q, scales = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() == 127
+    assert ((q.float() * scales[:, None] - w).abs() <= scales[:, None] / 2 + 1e-6).all()
+    packed, scales4, offsets = quantize_int4(w, group_size=16)
+    assert packed.shape == (48, 32) and packed.dtype == torch.uint8 and scales4.shape == (48, 4)
+    err = (dequantize_int4(packed, scales4, offsets) - w).view(48, 4, 16).abs()
+    assert (err <= scales4[..., None] / 2 + 1e-6).all()
+
+
+def test_int4_packing_golden():
+    w = torch.tensor([[0.0, 1.0, 2.0, 15.0]])                     # one group: offset 0, scale 1
+    packed, scales, offsets = quantize_int4(w, group_size=4)
+    assert packed.tolist() == [[0 | 1 << 4, 2 | 15 << 4]] and scales.tolist() == [[1.0]] and offsets.tolist() == [[0.0]]
+    assert dequantize_int4(packed, scales, offsets).tolist() == w.tolist()
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_quantized_directories_load_and_stay_close(tmp_path, tiny_model_dir):
+    original = load(tiny_model_dir, device="cpu")
+    x = torch.randint(4, 60, (4, 32))
+    with torch.no_grad():
+        reference = original.module(x)
+    errors = {}
+    for bits in (8, 4):
+        out = tmp_path / f"int{bits}"
+        result = quantize(QuantizeArgs(str(tiny_model_dir), str(out), bits=bits, group_size=32))
+        config = ModelConfig.load(out / "config.json")
+        assert config.quantization == result["quantization"] and config.quantization["bits"] == bits
+        assert "lm_head" not in config.quantization["modules"]               # tied to the embedding: kept
+        lm = load(out, device="cpu")
+        kind = Int8Linear if bits == 8 else Int4Linear
+        assert sum(isinstance(m, kind) for m in lm.module.modules()) == len(config.quantization["modules"]) == 8
+        with torch.no_grad():
+            errors[bits] = _relative_error(lm.module(x), reference)
+        assert lm.generate("The ", max_new_tokens=5, greedy=True) is not None
+        assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_model_dir / "model.safetensors").stat().st_size
+    assert errors[8] < INT8_LOGIT_TOLERANCE and errors[4] < INT4_LOGIT_TOLERANCE and errors[8] < errors[4]
+
+
+def test_quantize_report(tmp_path, tiny_model_dir, corpus_file):
+    text = tmp_path / "t.txt"
+    text.write_text(corpus_file.read_text()[:2000])
+    result = quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "q"), bits=8, report=True, text=str(text),
+                                   report_tokens=8))
+    original, quantized = result["report"]
+    assert original["model"] == "original" and quantized["model"] == "int8"
+    assert quantized["size_ratio"] < 0.6 and quantized["decode_tokens_per_s"] > 0
+    assert abs(quantized["ppl_delta_pct"]) < 2.0
+    assert json.loads((tmp_path / "q" / "quantize_report.json").read_text()) == result["report"]
+
+
+def test_quantize_errors(tmp_path, tiny_model_dir):
+    once = tmp_path / "int8"
+    quantize(QuantizeArgs(str(tiny_model_dir), str(once), bits=8))
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize(QuantizeArgs(str(once), str(tmp_path / "twice"), bits=4))
+    with pytest.raises(ConfigError, match="does not divide the 64 inputs"):
+        quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "g"), bits=4, group_size=24))
+    with pytest.raises(LmforgeError, match="--text FILE"):
+        quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "r"), report=True))
+    with pytest.raises(ConfigError, match="quantized.*fine-tune the original"):
+        finetune(FinetuneArgs(str(once)), tiny_train_config(tmp_path, tmp_path / "ft", init_from=str(once)))
+    model, config, _ = load_model(once)
+    assert config.quantization["bits"] == 8
+
+
+def test_quantize_verb(tmp_path, tiny_model_dir, capsys):
+    from lmforge.cli import main
+    assert main(["quantize", str(tiny_model_dir), str(tmp_path / "q4"), "--bits", "4", "--group-size", "32"]) == 0
+    assert "8 Linear layers in int4 (groups of 32)" in capsys.readouterr().out
+    assert main(["generate", str(tmp_path / "q4"), "The ", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert main(["quantize", str(tmp_path / "q4"), str(tmp_path / "again")]) == 2
+    assert "already quantized" in capsys.readouterr().err
