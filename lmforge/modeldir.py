@@ -20,6 +20,15 @@ from .errors import ModelDirError
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()    # what open() would give a new file (mkstemp alone gives 0600)
+
+
 def atomic_write(path: Path, write_fn) -> None:
     """Call write_fn(tmp_path) then rename tmp over `path` (same filesystem, so atomic)."""
     path = Path(path)
@@ -30,6 +39,7 @@ def atomic_write(path: Path, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

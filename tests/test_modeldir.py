@@ -76,3 +76,4 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         modeldir.atomic_write(target, boom)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    assert target.stat().st_mode & 0o777 == modeldir.FILE_MODE          # like open(), not mkstemp's 0600
