@@ -1,7 +1,8 @@
 """Model families assembled from the shared blocks in `blocks.py`.
 
-`build_model(config)` picks the family's class from `FAMILIES`; each family module registers
-itself there (decoder here; encoder and seq2seq in their own modules).
+`build_model(config)` picks the family's class from `FAMILIES`: decoder (GPT, Llama),
+encoder (BERT) and seq2seq (the original Transformer), all assembled from `blocks.py` plus the
+shared heads in `heads.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .decoder import DecoderLM
+from .encoder import EncoderModel
+from .seq2seq import Seq2SeqLM
 
-FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM}
+FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
+                                                           "seq2seq": Seq2SeqLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -24,4 +28,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     return FAMILIES[config.family](config)
 
 
-__all__ = ["build_model", "DecoderLM", "FAMILIES"]
+__all__ = ["build_model", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]
