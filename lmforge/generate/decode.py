@@ -3,6 +3,7 @@ then `decode_one_token` per step (gpt-fast style).
 
 A batch of prompts is left-padded so every sequence ends at the same cache slot; per-sample
 position ids and a key-padding mask make a padded prompt decode exactly as it would alone.
+With `num_beams > 1` the same prefill and decode step drive beam search (`beam.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class GenerationConfig:
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
+    num_beams: int = option(1, "beam search with this many beams (deterministic: sampling options are ignored); "
+                               "1 samples or decodes greedily")
+    length_penalty: float = option(1.0, "beam search: a finished beam scores sum(log p) / length**this "
+                                        "(larger favours longer outputs)")
+    early_stopping: bool = option(True, "beam search: stop once num_beams hypotheses have ended (--no-early-stopping "
+                                        "continues while a running beam can still win)")
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -44,6 +51,10 @@ class GenerationConfig:
             raise LmforgeError(f"top_p={self.top_p} must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise LmforgeError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
+        if self.num_beams < 1:
+            raise LmforgeError(f"num_beams={self.num_beams} must be at least 1")
+        if self.num_beams > 1 and self.repetition_penalty != 1.0:
+            raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
 
 
 @dataclass
@@ -106,8 +117,14 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
                  pad_id: int = 0, on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
                  device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
     """Generate for a batch of token-id prompts. `on_tokens(next_ids (B,))` is called after
-    every step; returning True stops everything (stop strings use this).
-    Returns (generated ids per prompt, finish reasons, stats)."""
+    every step; returning True stops everything (stop strings use this); beam search does not
+    call it. Returns (generated ids per prompt, finish reasons, stats)."""
+    if model.config.family != "decoder":
+        raise LmforgeError(f"generate needs a decoder (GPT / Llama) model, not a {model.config.family}; use "
+                           f"`lmforge translate` for encoder-decoders and `lmforge classify` for classifiers")
+    if cfg.num_beams > 1:
+        from .beam import beam_generate_ids
+        return beam_generate_ids(model, prompt_ids, cfg, eos_id=eos_id, pad_id=pad_id, device=device)
     config = model.config
     device = device or next(model.parameters()).device
     idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
@@ -175,7 +192,8 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
 def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig | None = None, *,
              stream: Callable[[int, str], None] | None = None) -> list[Completion]:
     """Generate text for one prompt or a batch. `stream(index, text_piece)` receives text as
-    it is produced (per prompt index). An empty prompt starts from the end-of-text token."""
+    it is produced (per prompt index; with beam search, the whole text once at the end, since
+    the best beam is known only then). An empty prompt starts from the end-of-text token."""
     cfg = cfg or GenerationConfig()
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
@@ -187,7 +205,7 @@ def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig |
     texts = ["" for _ in prompts]
     emitted = [0 for _ in prompts]       # characters already passed to `stream`
     stopped = [False for _ in prompts]
-    track_text = stream is not None or bool(cfg.stop)
+    track_text = (stream is not None or bool(cfg.stop)) and cfg.num_beams == 1
     hold = max((len(s) for s in cfg.stop), default=1) - 1   # text that may still become a stop string
     specials = tokenizer.special_ids
 
@@ -230,6 +248,8 @@ def generate(model, tokenizer, prompts: list[str] | str, cfg: GenerationConfig |
         hit = _find_stop(text, cfg.stop, 0)
         if hit is not None:
             text, reason = text[:hit], "stop"
+        if stream is not None and cfg.num_beams > 1:
+            stream(b, text)
         results.append(Completion(text, ids[b], reason, len(prompt_ids[b]), stats))
     return results
 
