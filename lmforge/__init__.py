@@ -6,19 +6,28 @@ language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — fr
     lmforge.train(lmforge.TrainConfig(data="data/corpus", out="runs/my-model", max_steps=500))
     lm = lmforge.load("runs/my-model")
     print(lm.generate("Once upon a time", max_new_tokens=50))
+
+    lmforge.finetune(lmforge.FinetuneArgs("runs/my-bert", task="classify"),
+                     lmforge.TrainConfig(data="labels.csv", out="runs/topics"), lmforge.ClassifyOptions())
+    print(lmforge.load("runs/topics").classify("some text"))
 """
 
 from .api import Model, load, load_model
 from .config import PRESETS, ModelConfig, get_preset
+from .data.classify import ClassifyOptions
+from .data.mlm import MLMOptions
+from .data.pairs import Seq2SeqOptions
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
 from .model import build_model
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
+from .train.finetune import FinetuneArgs, finetune
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "LmforgeError", "ConfigError", "DataError", "ModelDirError"]
+           "TrainConfig", "train", "LmforgeError", "ConfigError", "DataError", "ModelDirError", "FinetuneArgs",
+           "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions"]

@@ -4,6 +4,10 @@
     >>> lm = lmforge.load("runs/quickstart")                     # doctest: +SKIP
     >>> lm.generate("The for statement", max_new_tokens=40)      # doctest: +SKIP
     >>> lm.perplexity(open("notes.txt").read())["ppl"]          # doctest: +SKIP
+    >>> lmforge.load("runs/topics").classify("I love perl")     # doctest: +SKIP
+    {'label': 'perl', 'score': 0.91, 'probs': {...}}
+    >>> lmforge.load("runs/en-zh").translate("Hello")           # doctest: +SKIP
+    '你好'
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ def _materialise_buffers(model: torch.nn.Module) -> None:
 class Model:
     """A loaded model directory: `module` (torch), `config`, `tokenizer`, and the verbs."""
 
-    def __init__(self, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer, path: Path | None = None):
+    def __init__(self, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer, path: Path | None = None,
+                 target_tokenizer: Tokenizer | None = None):
         self.module, self.config, self.tokenizer, self.path = module, config, tokenizer, path
+        if target_tokenizer is None and config.family == "seq2seq" and path is not None:
+            from .data.pairs import load_target_tokenizer
+            target_tokenizer = load_target_tokenizer(path, tokenizer)
+        self.target_tokenizer = target_tokenizer or tokenizer   # seq2seq output side (the same when shared)
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +91,31 @@ class Model:
         texts = [c.text for c in completions]
         return texts[0] if isinstance(prompt, str) else texts
 
+    def classify(self, texts: str | list[str], pairs: str | list[str] | None = None,
+                 batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
+        """For each text: {"label": the most likely class, "score": its probability, "probs":
+        {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks)."""
+        from .data.classify import predict_proba
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        pairs = [pairs] if isinstance(pairs, str) else pairs
+        probs = predict_proba(self.module, self.tokenizer, texts, pairs, batch_size=batch_size)
+        labels = self.config.labels
+        out = [{"label": labels[int(p.argmax())], "score": float(p.max()),
+                "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
+        return out[0] if single else out
+
+    def translate(self, texts: str | list[str], num_beams: int = 4, max_new_tokens: int | None = None,
+                  length_penalty: float = 1.0, batch_size: int = 32) -> str | list[str]:
+        """Translate (or summarise) with an encoder-decoder model directory: greedy with
+        num_beams=1, else beam search over the KV cache."""
+        from .generate.seq2seq import translate
+        single = isinstance(texts, str)
+        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
+                        num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                        batch_size=batch_size)
+        return out[0] if single else out
+
     def perplexity(self, text: str, stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
@@ -93,6 +127,9 @@ class Model:
         self.config.save(d / CONFIG_FILE)
         save_weights(self.module, d / WEIGHTS_FILE)
         self.tokenizer.save(d)
+        if self.target_tokenizer is not self.tokenizer:
+            from .data.pairs import TARGET_TOKENIZER_DIR
+            self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
         return d
 
     def __repr__(self) -> str:

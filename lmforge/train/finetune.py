@@ -1,7 +1,10 @@
-"""`lmforge finetune MODEL_DIR --data ... --out ...`: continue training a model directory on
-new data. The task names the objective (a key of `train.run.OBJECTIVES`); every task runs
-through the same `train()` with `init_from` set, so resume, DDP, metrics and checkpoints
-work the same way as pretraining."""
+"""`lmforge finetune MODEL_DIR --task T --data ... --out ...`: continue training a model
+directory on new data. The task names the objective (a key of `train.run.OBJECTIVES`): clm
+(more text), mlm (more masked-LM pretraining), classify (a labelled table: adds a
+classification head, from an encoder or a decoder), seq2seq (a pairs table). Every task runs
+through the same `train()` with `init_from` set, so resume, DDP, metrics and checkpoints work
+the same way as pretraining; the task's own options (columns, splits, ...) travel in
+`TrainConfig.task_options`."""
 
 from __future__ import annotations
 
@@ -22,12 +25,15 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "warmup_steps": 20, "max_steps"
 @dataclass
 class FinetuneArgs:
     model_dir: str = option(None, "model directory to start from", positional=True)
-    task: str = option("clm", "what to train for: clm (continue language modelling on new text)")
+    task: str = option("clm", "what to train for: clm (continue language modelling on new text), mlm (more masked-LM "
+                              "pretraining), classify (a labelled CSV / TSV / JSONL table), seq2seq (a pairs table)")
 
 
-def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None) -> dict[str, Any]:
-    """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`."""
+def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = None) -> dict[str, Any]:
+    """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`;
+    `options` are the task's (e.g. `ClassifyOptions(text_column="review", label_column="stars")`)."""
     if args.task not in OBJECTIVES:
         raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(OBJECTIVES)}")
     base = cfg or TrainConfig(**{k: v for k, v in FINETUNE_DEFAULTS.items()})
-    return train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task))
+    task_options = options if options is not None else base.task_options
+    return train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task, task_options=task_options))
