@@ -80,23 +80,20 @@ def _prepare(ns):
 
 
 # --------------------------------------------------------------------------------- train
-from .data.classify import ClassifyOptions  # noqa: E402
-from .data.mlm import MLMOptions  # noqa: E402
-from .data.pairs import Seq2SeqOptions  # noqa: E402
+from .train.run import task_options  # noqa: E402
 from .train.trainer import TrainConfig  # noqa: E402
 
-TASK_OPTION_CLASSES = (MLMOptions, ClassifyOptions, Seq2SeqOptions)   # their flags apply to their objective
+TASK_OPTIONS = task_options()          # objective -> its options dataclass; the flags apply to that objective
 
 
 def _with_task_options(cfg: TrainConfig, ns) -> TrainConfig:
-    from .train.run import task_options
-    cls = task_options().get(cfg.objective)
+    cls = TASK_OPTIONS.get(cfg.objective)
     return dataclasses.replace(cfg, task_options=from_args(cls, ns)) if cls else cfg
 
 
 @verb("train", "train a model: on a prepared data directory (clm, mlm) or a table (classify, seq2seq); also "
                "under torchrun for DDP")
-@options_of(TrainConfig, *TASK_OPTION_CLASSES)
+@options_of(TrainConfig, *TASK_OPTIONS.values())
 def _train(ns):
     from .train import train
     _print_summary(train(_with_task_options(from_args(TrainConfig, ns), ns)))
@@ -108,7 +105,7 @@ from .train.finetune import FINETUNE_DEFAULTS, FinetuneArgs  # noqa: E402
 
 
 @verb("finetune", "fine-tune a model directory on new data (the task picks the objective)")
-@options_of(FinetuneArgs, TrainConfig, *TASK_OPTION_CLASSES, skip=("init_from", "objective", "preset"),
+@options_of(FinetuneArgs, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "objective", "preset"),
             defaults=FINETUNE_DEFAULTS)
 def _finetune(ns):
     from .train.finetune import finetune

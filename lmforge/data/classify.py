@@ -153,7 +153,6 @@ class ClassificationObjective(Objective):
                                strata=[r[o.label_column] for r in rows])
         self.splits = {s: ([ids[i] for i in idx], [types[i] for i in idx], torch.tensor([y[i] for i in idx]))
                        for s, idx in splits.items()}
-        self.texts = {s: [rows[i][o.text_column] for i in idx] for s, idx in splits.items()}
         counts = torch.bincount(self.splits["train"][2], minlength=len(self.labels)).float()
         self.weights = None
         if o.class_weights:

@@ -104,10 +104,11 @@ def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     if not prefixes:
         return []
     shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if not n.startswith(prefixes)}
-    frozen = [n for n, p in model.named_parameters() if n.startswith(prefixes) and id(p) not in shared]
-    params = dict(model.named_parameters())
-    for n in frozen:
-        params[n].requires_grad_(False)
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes) and id(p) not in shared:
+            p.requires_grad_(False)
+            frozen.append(name)
     return frozen
 
 
