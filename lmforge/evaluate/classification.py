@@ -11,7 +11,6 @@ scikit-learn with zero_division=0); macro averages weigh every class equally.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +74,3 @@ def write_report(m: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] |
     plot_confusion(m["confusion_matrix"], m["labels"], out_dir / CONFUSION_PNG,
                    title=f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     return out_dir / REPORT_FILE, out_dir / CONFUSION_PNG
-
-
-def read_report(model_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(model_dir) / REPORT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
