@@ -101,7 +101,7 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
 @pytest.fixture(scope="module")
 def encoder_classifier(tmp_path_factory, tiny_encoder_dir, topics_csv):
     out = tmp_path_factory.mktemp("runs") / "topics"
-    cfg = tiny_train_config(topics_csv, out, max_steps=40, eval_interval=20, lr=2e-3, batch_size=16)
+    cfg = tiny_train_config(topics_csv, out, max_steps=60, eval_interval=30, lr=2e-3, batch_size=16)
     summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions())
     return out, summary
 

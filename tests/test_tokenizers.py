@@ -131,3 +131,11 @@ def test_old_tokenizer_without_mask_has_no_mask_role(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     (tmp_path / "tokenizer.json").write_text(json.dumps(raw))
     assert Tokenizer.load(tmp_path).mask_id is None
+
+
+def test_wordpiece_ids_are_canonical():
+    # HF's trainer numbers "##" pieces in hash order (huggingface/tokenizers#1794), so the same text gave
+    # different ids each run; lmforge renumbers: the specials, then the pieces sorted, so ids follow the vocabulary
+    tok = train_wordpiece_tokenizer(TRAIN_TEXT, vocab_size=120)
+    pieces = [tok.id_to_token(i) for i in range(tok.vocab_size)]
+    assert pieces[:5] == list(SPECIAL_TOKENS.values()) and pieces[5:] == sorted(pieces[5:])

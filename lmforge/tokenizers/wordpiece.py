@@ -4,7 +4,8 @@ Text is normalised (control characters removed, CJK characters split apart, opti
 lowercased and accents stripped), split on whitespace and punctuation, and each word is
 written with the longest vocabulary pieces from its start ("playing" -> "play", "##ing").
 A word with a character the vocabulary lacks becomes <unk>. Unlike char and byte-level BPE
-it does not round-trip exactly: decoding joins words with single spaces.
+it does not round-trip exactly: decoding joins words with single spaces. Ids are numbered
+canonically (specials, then the pieces sorted), so they depend only on the vocabulary.
 
     >>> tok = train_wordpiece_tokenizer(["the player plays; players played"] * 50, vocab_size=60)
     >>> tok.decode(tok.encode("players play"))
@@ -39,4 +40,11 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8192, lowe
                                         show_progress=show_progress, special_tokens=list(SPECIAL_TOKENS.values()),
                                         continuing_subword_prefix="##")
     hf.train_from_iterator(texts, trainer=trainer)
+    # the trainer numbers "##" pieces in hash order (huggingface/tokenizers#1794), so ids differed between runs on
+    # the same text; WordPiece encodes by vocabulary membership only, so renumber: specials, then sorted pieces.
+    # (Which of several equally frequent merges make the cut can still vary: that is upstream's to fix.)
+    specials = list(SPECIAL_TOKENS.values())
+    pieces = sorted(t for t in hf.get_vocab() if t not in SPECIAL_TOKENS.values())
+    hf.model = models.WordPiece({t: i for i, t in enumerate(specials + pieces)}, unk_token=SPECIAL_TOKENS["unk"],
+                                continuing_subword_prefix="##")
     return Tokenizer(hf, "wordpiece")
