@@ -7,6 +7,10 @@ language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — fr
     lm = lmforge.load("runs/my-model")
     print(lm.generate("Once upon a time", max_new_tokens=50))
 
+    lmforge.finetune(lmforge.FinetuneArgs("runs/my-bert", task="classify"),
+                     lmforge.TrainConfig(data="labels.csv", out="runs/topics"), lmforge.ClassifyOptions())
+    print(lmforge.load("runs/topics").classify("some text"))
+
 Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`, `quantize`,
 `Model.chat`, and speculative decoding with `Model.generate(..., draft=smaller_model)`.
 """
@@ -14,6 +18,9 @@ Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`,
 from .adapt import LoRAConfig, apply_lora, merge_adapter, merge_lora
 from .api import Model, load, load_model
 from .config import PRESETS, ModelConfig, get_preset
+from .data.classify import ClassifyOptions
+from .data.mlm import MLMOptions
+from .data.pairs import Seq2SeqOptions
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
@@ -30,5 +37,6 @@ __version__ = "0.1.0"
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
            "TrainConfig", "train", "import_hf", "export_hf", "LmforgeError", "ConfigError", "DataError",
-           "ModelDirError", "FinetuneArgs", "finetune", "LoRAConfig", "apply_lora", "merge_lora", "merge_adapter",
-           "QuantizeArgs", "quantize", "quantize_model", "DistillArgs", "distill"]
+           "ModelDirError", "FinetuneArgs", "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions", "LoRAConfig",
+           "apply_lora", "merge_lora", "merge_adapter", "QuantizeArgs", "quantize", "quantize_model", "DistillArgs",
+           "distill"]

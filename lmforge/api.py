@@ -4,6 +4,10 @@
     >>> lm = lmforge.load("runs/quickstart")                     # doctest: +SKIP
     >>> lm.generate("The for statement", max_new_tokens=40)      # doctest: +SKIP
     >>> lm.perplexity(open("notes.txt").read())["ppl"]          # doctest: +SKIP
+    >>> lmforge.load("runs/topics").classify("I love perl")     # doctest: +SKIP
+    {'label': 'perl', 'score': 0.91, 'probs': {...}}
+    >>> lmforge.load("runs/en-zh").translate("Hello")           # doctest: +SKIP
+    '你好'
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .errors import LmforgeError
+from .errors import LmforgeError, ModelDirError
 from .modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights
 from .tokenizers import Tokenizer
 
@@ -32,34 +36,56 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
+    """(config, weights, tokenizer, source name) of an lmforge model directory or a Hugging Face
+    one (converted through `lmforge.interop`'s key tables). Tensors are read, not yet placed."""
+    from .adapt.lora import is_adapter_dir
+    from .interop import is_hf_dir, read_hf
+    path = Path(path)
+    if is_hf_dir(path):
+        config, weights, tokenizer, _ = read_hf(path)
+        return config, weights, tokenizer, str(path)
+    if is_adapter_dir(path):
+        raise ModelDirError(f"{path} holds LoRA adapters, not a whole model; merge them into their base first "
+                            f"(`lmforge merge-lora {path} MERGED_DIR`) and use MERGED_DIR")
+    path = check_model_dir(path, (CONFIG_FILE, WEIGHTS_FILE))
+    weights, _ = read_weights(path / WEIGHTS_FILE)
+    return ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), str(path / WEIGHTS_FILE)
+
+
+def build_with_weights(config: ModelConfig, weights: dict[str, torch.Tensor], source: str,
+                       optional: tuple[str, ...] = ()) -> torch.nn.Module:
+    """The model of `config` holding `weights`, materialised once: built on the meta device, the
+    tensors assigned. Parameters under `optional` prefixes (a new head) may be missing and are
+    initialised as in a fresh model."""
+    from .model import build_model
+    from .model.blocks import init_weights
+    with torch.device("meta"):
+        model = build_model(config)
+    load_weights_into(model, weights, source, optional)
+    for prefix in optional:                       # a new head is still on meta: initialise it as a fresh model would
+        head = model.get_submodule(prefix.rstrip("."))
+        if any(p.device.type == "meta" for p in head.parameters()):
+            init_weights(head.to_empty(device="cpu"), config)
+    _materialise_buffers(model)
+    return model
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """(module, config, tokenizer) from a model directory, or from a Hugging Face one (converted
-    on the fly through `lmforge.interop`'s key tables). Weights are materialised once: the
-    module is built on the meta device and the loaded tensors are assigned to it.
-    A LoRA directory loads as its base model with the adapters merged in."""
+    """(module, config, tokenizer) from an lmforge or Hugging Face model directory; a LoRA
+    directory loads as its base model with the adapters merged in."""
     from .adapt.lora import ADAPTER_FILE, is_adapter_dir, load_lora_model, merge_lora
-    from .interop import is_hf_dir, read_hf
-    from .model import build_model
     path = Path(path)
     if is_adapter_dir(path):
         check_model_dir(path, (CONFIG_FILE, ADAPTER_FILE))
         model, config, tokenizer, _ = load_lora_model(path, device=device, dtype=dtype, **config_overrides)
         return merge_lora(model).eval(), config, tokenizer
-    if is_hf_dir(path):
-        config, weights, tokenizer, _ = read_hf(path)
-    else:
-        path = check_model_dir(path, (CONFIG_FILE, WEIGHTS_FILE))
-        config = ModelConfig.load(path / CONFIG_FILE)
-        tokenizer = Tokenizer.load(path)
-        weights, _ = read_weights(path / WEIGHTS_FILE)
+    config, weights, tokenizer, source = read_model_dir(path)
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
-    with torch.device("meta"):
-        model = build_model(config)
-    load_weights_into(model, weights, str(path / WEIGHTS_FILE))
+    model = build_with_weights(config, weights, source)
     del weights                        # the model owns the tensors now: a dtype cast below frees them one by one
-    _materialise_buffers(model)
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
     return model, config, tokenizer
@@ -80,8 +106,13 @@ def _materialise_buffers(model: torch.nn.Module) -> None:
 class Model:
     """A loaded model directory: `module` (torch), `config`, `tokenizer`, and the verbs."""
 
-    def __init__(self, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer, path: Path | None = None):
+    def __init__(self, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer, path: Path | None = None,
+                 target_tokenizer: Tokenizer | None = None):
         self.module, self.config, self.tokenizer, self.path = module, config, tokenizer, path
+        if target_tokenizer is None and config.family == "seq2seq" and path is not None:
+            from .data.pairs import load_target_tokenizer
+            target_tokenizer = load_target_tokenizer(path, tokenizer)
+        self.target_tokenizer = target_tokenizer or tokenizer   # seq2seq output side (the same when shared)
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +129,31 @@ class Model:
                                draft=self._draft_module(draft))
         texts = [c.text for c in completions]
         return texts[0] if isinstance(prompt, str) else texts
+
+    def classify(self, texts: str | list[str], pairs: str | list[str] | None = None,
+                 batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
+        """For each text: {"label": the most likely class, "score": its probability, "probs":
+        {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks)."""
+        from .data.classify import predict_proba
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        pairs = [pairs] if isinstance(pairs, str) else pairs
+        probs = predict_proba(self.module, self.tokenizer, texts, pairs, batch_size=batch_size)
+        labels = self.config.labels
+        out = [{"label": labels[int(p.argmax())], "score": float(p.max()),
+                "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
+        return out[0] if single else out
+
+    def translate(self, texts: str | list[str], num_beams: int = 4, max_new_tokens: int | None = None,
+                  length_penalty: float = 1.0, batch_size: int = 32) -> str | list[str]:
+        """Translate (or summarise) with an encoder-decoder model directory: greedy with
+        num_beams=1, else beam search over the KV cache."""
+        from .generate.seq2seq import translate
+        single = isinstance(texts, str)
+        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
+                        num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                        batch_size=batch_size)
+        return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:
         """The assistant's reply to a conversation — [{"role": "system" | "user" | "assistant",
@@ -139,6 +195,9 @@ class Model:
         self.config.save(d / CONFIG_FILE)
         save_weights(self.module, d / WEIGHTS_FILE)
         self.tokenizer.save(d)
+        if self.target_tokenizer is not self.tokenizer:
+            from .data.pairs import TARGET_TOKENIZER_DIR
+            self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
         return d
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ Errors a user can fix (LmforgeError) print as one line without a traceback (exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -28,19 +29,26 @@ def verb(name: str, help: str):
 
 
 def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = None):
-    """Flags for every field of these dataclasses (`defaults` overrides their defaults)."""
+    """Flags for every field of these dataclasses (`defaults` overrides their defaults); a
+    field shared by two classes (e.g. a common base) becomes one flag."""
     def deco(run):
         def add(parser):
+            seen = set(skip)
             for cls in classes:
-                add_options(parser, cls, skip=skip, defaults=defaults)
+                add_options(parser, cls, skip=tuple(seen), defaults=defaults)
+                seen |= {f.name for f in dataclasses.fields(cls)}
         run.options = add
         return run
     return deco
 
 
+SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
+                "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf")
+
+
 def print_summary(summary: dict) -> None:
-    """The last line of a training verb: final losses and where the model is."""
-    shown = {k: summary[k] for k in ("step", "train_loss", "val_loss", "val_ppl") if k in summary}
+    """The last line of a training verb: final metrics and where the model is."""
+    shown = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
           + f"; model directory {summary['out']}" + (f"; merged model {summary['merged']}" if "merged" in summary
                                                       else ""))
@@ -74,15 +82,23 @@ def _prepare(ns):
 
 
 # --------------------------------------------------------------------------------- train
+from .train.run import task_options  # noqa: E402
 from .train.trainer import TrainConfig  # noqa: E402
 
+TASK_OPTIONS = task_options()          # objective -> its options dataclass; the flags apply to that objective
 
-@verb("train", "train a model on a prepared data directory (also under torchrun for DDP)")
-@options_of(TrainConfig)
+
+def _with_task_options(cfg: TrainConfig, ns) -> TrainConfig:
+    cls = TASK_OPTIONS.get(cfg.objective)
+    return dataclasses.replace(cfg, task_options=from_args(cls, ns)) if cls else cfg
+
+
+@verb("train", "train a model: on a prepared data directory (clm, mlm) or a table (classify, seq2seq); also "
+               "under torchrun for DDP")
+@options_of(TrainConfig, *TASK_OPTIONS.values())
 def _train(ns):
     from .train import train
-    summary = train(from_args(TrainConfig, ns))
-    print_summary(summary)
+    print_summary(train(_with_task_options(from_args(TrainConfig, ns), ns)))
     return 0
 
 
@@ -93,12 +109,13 @@ from .train.finetune import FINETUNE_DEFAULTS, FinetuneArgs  # noqa: E402
 
 @verb("finetune", "fine-tune a model directory on new data, in full or with LoRA adapters (the task picks the "
                   "objective)")
-@options_of(FinetuneArgs, LoRAConfig, TrainConfig, skip=("init_from", "objective", "preset"),
+@options_of(FinetuneArgs, LoRAConfig, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "objective", "preset"),
             defaults=FINETUNE_DEFAULTS)
 def _finetune(ns):
     from .train.finetune import finetune
-    summary = finetune(from_args(FinetuneArgs, ns), from_args(TrainConfig, ns), from_args(LoRAConfig, ns))
-    print_summary(summary)
+    args = from_args(FinetuneArgs, ns)
+    cfg = _with_task_options(dataclasses.replace(from_args(TrainConfig, ns), objective=args.task), ns)
+    print_summary(finetune(args, cfg, lora=from_args(LoRAConfig, ns)))
     return 0
 
 
@@ -137,13 +154,12 @@ def _generate(ns):
     prompts = prompts or [""]
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
-    stream = None
-    if args.stream and len(prompts) == 1 and not args.json:
+    def write(_, piece):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    stream = write if args.stream and len(prompts) == 1 and not args.json else None
+    if stream is not None:
         sys.stdout.write(prompts[0])
-
-        def stream(_, piece):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
     completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream, draft=lm._draft_module(draft))
     for prompt, c in zip(prompts, completions):
         if args.json:
@@ -248,6 +264,115 @@ def _distill(ns):
     from .train.distill import distill
     summary = distill(from_args(DistillArgs, ns), from_args(TrainConfig, ns))
     print_summary(summary)
+    return 0
+
+
+# --------------------------------------------------------------------- classify, translate
+@dataclass
+class ClassifyArgs:
+    model_dir: str = option(None, "classifier model directory (from `lmforge finetune --task classify`)",
+                            positional=True)
+    texts: list[str] = option([], "text(s) to classify", positional=True)
+    file: str | None = option(None, "also classify every line of this text file, or a column of a CSV / TSV / "
+                                    "JSONL table (--text-column)")
+    text_column: str = option("text", "with a table --file: the column holding the text")
+    label_column: str | None = option(None, "with a table --file: a column of true labels; prints accuracy, "
+                                            "per-class scores and macro-F1 against them")
+    top_k: int = option(1, "show the k most likely labels per text")
+    batch_size: int = option(64, "texts per forward pass")
+    json: bool = option(False, "print one JSON object per text (label, score, every label's probability)")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("classify", "label texts with a classifier model directory (label and probability per text)")
+@options_of(ClassifyArgs)
+def _classify(ns):
+    from .api import load
+    from .data.tables import read_table, read_texts
+    args = from_args(ClassifyArgs, ns)
+    texts, truth = list(args.texts), None
+    if args.file and args.label_column:
+        rows = read_table(args.file, [args.text_column, args.label_column], (),
+                          {args.text_column: "--text-column", args.label_column: "--label-column"})
+        texts += [r[args.text_column] for r in rows]
+        truth = [None] * len(args.texts) + [r[args.label_column] for r in rows]
+    elif args.file:
+        texts += read_texts(args.file, args.text_column)
+    if not texts:
+        raise LmforgeError("nothing to classify: give texts as arguments or --file FILE")
+    lm = load(args.model_dir, device=args.device)
+    results = lm.classify(texts, batch_size=args.batch_size)
+    for text, r in zip(texts, results):
+        ranked = sorted(r["probs"].items(), key=lambda kv: -kv[1])[: max(1, args.top_k)]
+        if args.json:
+            print(json.dumps({"text": text, "label": r["label"], "score": round(r["score"], 4),
+                              "probs": {k: round(v, 4) for k, v in ranked}}, ensure_ascii=False))
+        else:
+            print("  ".join(f"{k} {v:.3f}" for k, v in ranked) + f"\t{text}")
+    if truth is not None:
+        _score_labels(lm.config.labels, truth, [r["label"] for r in results])
+    return 0
+
+
+def _score_labels(labels: list[str], truth: list[str | None], predicted: list[str]) -> None:
+    from .evaluate.classification import classification_metrics, format_metrics
+    pairs = [(t, p) for t, p in zip(truth, predicted) if t is not None]
+    unseen = sorted({t for t, _ in pairs if t not in labels})
+    if unseen:
+        n = sum(t in unseen for t, _ in pairs)
+        warnings.warn(f"{n} row(s) have labels the model was never trained on ({', '.join(map(repr, unseen[:10]))}); "
+                      f"they are left out of the scores — the model knows {', '.join(labels)}")
+    known = [(t, p) for t, p in pairs if t in labels]
+    if known:
+        present = [lab for lab in labels if any(lab in tp for tp in known)]      # as scikit-learn: labels that occur
+        y, yhat = zip(*[(present.index(t), present.index(p)) for t, p in known])
+        print(format_metrics(classification_metrics(list(y), list(yhat), present), top=30), file=sys.stderr)
+
+
+@dataclass
+class TranslateArgs:
+    model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --objective seq2seq`)",
+                            positional=True)
+    texts: list[str] = option([], "text(s) to translate", positional=True)
+    file: str | None = option(None, "also translate every line of this text file, or a column of a CSV / TSV / "
+                                    "JSONL table (--source-column)")
+    source_column: str = option("source", "with a table --file: the column holding the source text")
+    target_column: str | None = option(None, "with a table --file: a column of reference translations; prints "
+                                             "BLEU and chrF against them")
+    num_beams: int = option(4, "beam size (1: greedy)")
+    length_penalty: float = option(1.0, "beam score = sum(log p) / length**this (larger favours longer outputs)")
+    max_new_tokens: int | None = option(None, "longest output in tokens (default: the model's context)")
+    batch_size: int = option(32, "texts decoded together")
+    json: bool = option(False, "print one JSON object per text")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("translate", "translate (or summarise) texts with an encoder-decoder model directory (greedy or beam search)")
+@options_of(TranslateArgs)
+def _translate(ns):
+    from .api import load
+    from .data.tables import read_table, read_texts
+    args = from_args(TranslateArgs, ns)
+    texts, refs = list(args.texts), None
+    if args.file and args.target_column:
+        rows = read_table(args.file, [args.source_column, args.target_column], (),
+                          {args.source_column: "--source-column", args.target_column: "--target-column"})
+        texts += [r[args.source_column] for r in rows]
+        refs = [r[args.target_column] for r in rows]
+    elif args.file:
+        texts += read_texts(args.file, args.source_column, "--source-column")
+    if not texts:
+        raise LmforgeError("nothing to translate: give texts as arguments or --file FILE")
+    lm = load(args.model_dir, device=args.device)
+    outputs = lm.translate(texts, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                           length_penalty=args.length_penalty, batch_size=args.batch_size)
+    for text, out in zip(texts, outputs):
+        print(json.dumps({"source": text, "translation": out}, ensure_ascii=False) if args.json else out)
+    if refs is not None:
+        from .evaluate.bleu import translation_scores
+        s = translation_scores(outputs[len(args.texts):], refs)
+        print(f"BLEU {s['bleu']:.2f} ({s['bleu_tokenize']} tokens), chrF {s['chrf']:.2f} over {len(refs)} pairs",
+              file=sys.stderr)
     return 0
 
 

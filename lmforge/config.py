@@ -20,6 +20,7 @@ FAMILIES = ("decoder", "encoder", "seq2seq")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POOLINGS = ("auto", "cls", "mean", "last")
 
 
 @dataclass
@@ -45,6 +46,20 @@ class ModelConfig:
     init_std: float = 0.02           # normal init std; residual output projections get std / sqrt(2 * n_layer)
     quantization: dict | None = None # weight-only quantization written by `lmforge quantize`: {"bits": 8 | 4,
                                      # "group_size": int4 group or None, "modules": [names of quantized Linears]}
+    # ---- encoder (BERT) and encoder-decoder (original Transformer) choices; the defaults leave a decoder as above
+    type_vocab_size: int = 0         # segment (token-type) embeddings added to the tokens: 2 for BERT; 0 disables
+    embed_norm: bool = False         # a norm right after the summed embeddings (BERT); usually with post-norm blocks
+    embed_scale: bool = False        # multiply token embeddings by sqrt(d_model) (original Transformer)
+    pooler: bool = False             # encoder: dense + tanh over the first ([CLS]) state, as BERT's pooler
+    mlm_head: bool = True            # encoder: masked-LM head (dense + act + norm + tied decoder + bias); False for
+                                     # a bare encoder (e.g. sentence embeddings)
+    n_encoder_layer: int | None = None    # seq2seq: encoder blocks; None means n_layer
+    target_vocab_size: int | None = None  # seq2seq: target vocabulary when it has its own tokenizer; None shares
+                                          # vocab_size and one embedding table between source and target
+    labels: list[str] = dataclasses.field(default_factory=list)  # classification: class names (index = class id);
+                                                                 # non-empty adds a classification head
+    pooling: str = "auto"            # classification: cls (first token, via the pooler if any) | mean (over real
+                                     # tokens) | last (last real token); auto = cls for encoders, last for decoders
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,8 +83,31 @@ class ModelConfig:
 
     @property
     def padded_vocab_size(self) -> int:
+        return self._padded(self.vocab_size)
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        """The vocabulary the (seq2seq) output head predicts."""
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def padded_tgt_vocab_size(self) -> int:
+        return self._padded(self.tgt_vocab_size)
+
+    def _padded(self, n: int) -> int:
         m = max(1, self.pad_vocab_multiple)
-        return m * math.ceil(self.vocab_size / m)
+        return m * math.ceil(n / m)
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.n_encoder_layer or self.n_layer
+
+    @property
+    def pool_method(self) -> str:
+        """How classification pools a sequence into one vector (`pooling` with auto resolved)."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "cls" if self.family == "encoder" else "last"
 
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -91,6 +129,13 @@ class ModelConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.quantization is None or self.quantization.get("bits") in (4, 8),
              f"quantization={self.quantization} needs bits 4 or 8; re-run `lmforge quantize` on the original model")
+        need(self.pooling in POOLINGS, f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
+        need(self.type_vocab_size >= 0, f"type_vocab_size={self.type_vocab_size} must be >= 0 (0 disables)")
+        need(len(set(self.labels)) == len(self.labels), f"labels {self.labels} repeat a name; class names must differ")
+        need(not self.labels or len(self.labels) >= 2,
+             f"labels={self.labels}: a classifier needs at least 2 classes")
+        need(self.target_vocab_size is None or self.family == "seq2seq",
+             f"target_vocab_size is only for seq2seq models, not family={self.family!r}")
 
     # ---- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +187,15 @@ _GPT2 = ModelConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12
 _LLAMA = ModelConfig(vocab_size=32000, context_length=2048, n_layer=16, n_head=32, n_kv_head=8, d_model=2048,
                      d_ff=8192, mlp="swiglu", norm="rmsnorm", norm_eps=1e-5, position="rope", rope_theta=10000.0,
                      bias=False, tie_embeddings=False)
+# BERT: post-norm, a LayerNorm after word + position + segment embeddings, exact GELU, pooler, tied MLM head
+_BERT = ModelConfig(family="encoder", vocab_size=30522, context_length=512, n_layer=12, n_head=12, d_model=768,
+                    mlp="gelu", norm="layernorm", norm_eps=1e-12, norm_position="post", position="learned",
+                    type_vocab_size=2, embed_norm=True, pooler=True, bias=True, tie_embeddings=True)
+# "Attention Is All You Need" (base): post-norm, sinusoidal positions, ReLU, embeddings scaled by sqrt(d), one
+# vocabulary shared by source, target and output head
+_TRANSFORMER = ModelConfig(family="seq2seq", vocab_size=37000, context_length=512, n_layer=6, n_head=8, d_model=512,
+                           d_ff=2048, mlp="relu", norm="layernorm", norm_position="post", position="sinusoidal",
+                           embed_scale=True, dropout=0.1, bias=True, tie_embeddings=True)
 
 PRESETS: dict[str, ModelConfig] = {
     # GPT-2 shapes
@@ -160,6 +214,18 @@ PRESETS: dict[str, ModelConfig] = {
                          d_ff=None),
     "llama-mini": derive(_LLAMA, vocab_size=256, context_length=128, n_layer=4, n_head=4, n_kv_head=2, d_model=128,
                          d_ff=None),
+    # BERT shapes; bert-tiny / bert-mini are the sizes of Google's BERT miniatures with a small default vocabulary
+    "bert-base": _BERT,
+    "bert-large": derive(_BERT, n_layer=24, n_head=16, d_model=1024),
+    "bert-tiny": derive(_BERT, vocab_size=256, context_length=128, n_layer=2, n_head=2, d_model=128),
+    "bert-mini": derive(_BERT, vocab_size=256, context_length=128, n_layer=4, n_head=4, d_model=256),
+    # encoder-decoders: the original Transformer, and small pre-norm ones that train in minutes on 2 CPU cores
+    "transformer-base": _TRANSFORMER,
+    "transformer-big": derive(_TRANSFORMER, n_head=16, d_model=1024, d_ff=4096, dropout=0.3),
+    "seq2seq-tiny": derive(_TRANSFORMER, vocab_size=256, context_length=64, n_layer=2, n_head=2, d_model=64,
+                           d_ff=None, mlp="gelu", norm_position="pre", dropout=0.0),
+    "seq2seq-mini": derive(_TRANSFORMER, vocab_size=256, context_length=128, n_layer=3, n_head=4, d_model=192,
+                           d_ff=None, mlp="gelu", norm_position="pre", dropout=0.1),
 }
 
 

@@ -97,11 +97,13 @@ def read_weights_metadata(path: Path) -> dict[str, str]:
         raise ModelDirError(f"{path} is not a valid safetensors file ({e})") from e
 
 
-def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `tensors` into `model`, naming any missing, unexpected or mis-shaped key."""
+def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+                      optional: tuple[str, ...] = ()) -> None:
+    """Copy `tensors` into `model`, naming any missing, unexpected or mis-shaped key. Keys
+    starting with an `optional` prefix may be missing (a new head keeps its initialisation)."""
     expected = model.state_dict()
     tied = {n for n, t in expected.items() if n not in tensors and _is_tied(model, n)}
-    missing = sorted(set(expected) - set(tensors) - tied)
+    missing = sorted(n for n in set(expected) - set(tensors) - tied if not (optional and n.startswith(optional)))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ModelDirError(f"{source} does not match the model in config.json: missing {missing[:5]}"

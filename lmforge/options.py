@@ -5,7 +5,7 @@ fields of a dataclass into argparse flags (help text, choices, booleans as --x/-
 `from_args` builds the dataclass back from the parsed namespace. There is no second list
 of options to keep in sync.
 
-    >>> @dataclass
+    >>> @dataclasses.dataclass
     ... class Demo:
     ...     steps: int = option(10, "how many steps")
     >>> p = argparse.ArgumentParser(); add_options(p, Demo)
@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass  # noqa: F401  (re-exported for the doctest)
 from typing import Any
 
 

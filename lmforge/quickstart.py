@@ -85,6 +85,6 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     print("next:")
     print(f"  lmforge generate {out} \"The while statement\" --max-new-tokens 80")
     print(f"  lmforge eval {out} --text {source}")
-    print(f"  lmforge prepare YOUR_TEXT.txt --out data/mine && lmforge train --data data/mine --out runs/mine")
+    print("  lmforge prepare YOUR_TEXT.txt --out data/mine && lmforge train --data data/mine --out runs/mine")
     return {"val_ppl": ppl["ppl"], "val_loss": ppl["nll"], "samples": samples, "seconds": elapsed,
             "out": str(out), "train": summary}

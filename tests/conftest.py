@@ -59,3 +59,75 @@ def tiny_model_dir(tmp_path_factory, char_data) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_train_config(char_data, out))
     return out
+
+
+# ---- encoder / classification / seq2seq data: small, synthetic, made here -----------------------------
+TOPICS = {"animals": ["cat", "dog", "horse", "bird", "fish", "cow"],
+          "food": ["bread", "apple", "soup", "rice", "cheese", "tea"],
+          "tech": ["computer", "python", "linux", "code", "server", "disk"]}
+EN_ZH = {"cat": "猫", "dog": "狗", "bird": "鸟", "big": "大", "small": "小", "red": "红", "old": "老"}
+
+
+def topic_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, label) rows whose label is the topic of the two content words."""
+    import random
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(TOPICS))
+        a, b = rng.sample(TOPICS[label], 2)
+        rows.append((f"I think the {a} is next to the {b}", label))
+    return rows
+
+
+def pair_rows(n: int = 300, seed: int = 0) -> list[tuple[str, str]]:
+    """(english, chinese) rows of a tiny word-for-word language: "a big cat" -> "一只大猫"."""
+    import random
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        adj, noun = rng.choice(["big", "small", "red", "old"]), rng.choice(["cat", "dog", "bird"])
+        rows.append((f"a {adj} {noun}", f"一只{EN_ZH[adj]}{EN_ZH[noun]}"))
+    return rows
+
+
+def write_topics_csv(path: Path, n: int = 240) -> Path:
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(topic_rows(n))
+    return path
+
+
+def write_pairs_tsv(path: Path, n: int = 300) -> Path:
+    path.write_text("en\tzh\n" + "".join(f"{en}\t{zh}\n" for en, zh in pair_rows(n)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wordpiece_data(tmp_path_factory, corpus_file) -> Path:
+    from lmforge.data.shards import PrepareConfig, prepare
+    out = tmp_path_factory.mktemp("data") / "wordpiece"
+    prepare(PrepareConfig(inputs=[str(corpus_file)], out=str(out), tokenizer="wordpiece", vocab_size=600,
+                          val_fraction=0.1, progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, wordpiece_data) -> Path:
+    """A bert-tiny encoder pretrained with masked LM for 30 steps."""
+    from lmforge.train import train
+    out = tmp_path_factory.mktemp("runs") / "encoder"
+    train(tiny_train_config(wordpiece_data, out, preset="bert-tiny", objective="mlm", lr=2e-3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def topics_csv(tmp_path_factory) -> Path:
+    return write_topics_csv(tmp_path_factory.mktemp("tables") / "topics.csv")
+
+
+@pytest.fixture(scope="session")
+def pairs_tsv(tmp_path_factory) -> Path:
+    return write_pairs_tsv(tmp_path_factory.mktemp("tables") / "pairs.tsv")

@@ -91,7 +91,7 @@ def test_lora_finetune_saves_only_adapters_resumes_exactly_and_merges(tmp_path, 
     lora = LoRAConfig(lora_rank=4, lora_alpha=8, lora_targets=["q,v,o,mlp"])
     kw = dict(init_from=str(tiny_model_dir), max_steps=6, eval_interval=3, warmup_steps=1)
     args = FinetuneArgs(str(tiny_model_dir), merge_to=str(tmp_path / "merged"))
-    summary = finetune(args, tiny_train_config(char_data, tmp_path / "lora", **kw), lora)
+    summary = finetune(args, tiny_train_config(char_data, tmp_path / "lora", **kw), lora=lora)
     out = tmp_path / "lora"
     assert (out / ADAPTER_FILE).is_file() and not (out / "model.safetensors").exists()
     adapters, meta = read_weights(out / ADAPTER_FILE)
@@ -102,7 +102,7 @@ def test_lora_finetune_saves_only_adapters_resumes_exactly_and_merges(tmp_path, 
 
     # exact resume: 3 steps, stop, resume to 6 == 6 straight
     finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", stop_after=3, **kw),
-             lora)
+             lora=lora)
     finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", resume=True, **kw))
     resumed, _ = read_weights(tmp_path / "stop" / ADAPTER_FILE)
     assert resumed.keys() == adapters.keys() and all(torch.equal(resumed[k], adapters[k]) for k in adapters)
@@ -121,7 +121,7 @@ def test_an_adapter_refuses_a_different_base(tmp_path, char_data, tiny_model_dir
     from lmforge.train import train
     out = tmp_path / "lora"
     finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, out, init_from=str(tiny_model_dir),
-                                                                  max_steps=1), LoRAConfig(lora_rank=2))
+                                                                  max_steps=1), lora=LoRAConfig(lora_rank=2))
     other_arch = tmp_path / "other"
     train(tiny_train_config(char_data, other_arch, n_layer=1, max_steps=1))
     with pytest.raises(ModelDirError, match="different base.*config hash"):

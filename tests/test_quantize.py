@@ -73,7 +73,7 @@ def test_quantize_report(tmp_path, tiny_model_dir, corpus_file):
     assert json.loads((tmp_path / "q" / "quantize_report.json").read_text()) == result["report"]
 
 
-def test_quantize_errors(tmp_path, tiny_model_dir):
+def test_quantize_errors(tmp_path, tiny_model_dir, char_data):
     once = tmp_path / "int8"
     quantize(QuantizeArgs(str(tiny_model_dir), str(once), bits=8))
     with pytest.raises(ConfigError, match="already quantized"):
@@ -83,7 +83,7 @@ def test_quantize_errors(tmp_path, tiny_model_dir):
     with pytest.raises(LmforgeError, match="--text FILE"):
         quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "r"), report=True))
     with pytest.raises(ConfigError, match="quantized.*fine-tune the original"):
-        finetune(FinetuneArgs(str(once)), tiny_train_config(tmp_path, tmp_path / "ft", init_from=str(once)))
+        finetune(FinetuneArgs(str(once)), tiny_train_config(char_data, tmp_path / "ft", init_from=str(once)))
     model, config, _ = load_model(once)
     assert config.quantization["bits"] == 8
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import corpus_text
+from .conftest import corpus_text, write_pairs_tsv, write_topics_csv
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -31,7 +31,7 @@ TINY: dict[str, list[str]] = {
                    "--vocab-size", "300", "--no-progress"],
     "prepare": ["--no-progress", "--vocab-size", "300"],
     "train": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
-              "--sample-tokens", "8", "--device", "cpu"],
+              "--sample-tokens", "8", "--device", "cpu", "--eval-translations", "4", "--test-beams", "2"],
     "finetune": ["--batch-size", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu"],
     "generate": ["--max-new-tokens", "8", "--device", "cpu"],
     "eval": ["--stride", "16", "--device", "cpu"],
@@ -41,6 +41,8 @@ TINY: dict[str, list[str]] = {
     "quantize": ["--report-tokens", "8"],
     "distill": ["--context-length", "32", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
                 "--sample-tokens", "8", "--device", "cpu"],
+    "classify": ["--device", "cpu"],
+    "translate": ["--device", "cpu", "--max-new-tokens", "8"],
 }
 
 
@@ -86,6 +88,8 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("my_corpus.txt").write_text(corpus_text(), encoding="utf-8")
     Path("my_chats.jsonl").write_text(readme_blocks("jsonl")[0], encoding="utf-8")
+    write_topics_csv(Path("my_labels.csv"))        # text,label rows
+    write_pairs_tsv(Path("my_pairs.tsv"))          # en<TAB>zh rows
     commands = readme_commands()
     assert len(commands) >= 8
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge.errors import ConfigError, ModelDirError
-from lmforge.tokenizers import SPECIAL_TOKENS, Tokenizer, train_bpe_tokenizer, train_char_tokenizer, train_tokenizer
+from lmforge.tokenizers import (SPECIAL_TOKENS, Tokenizer, train_bpe_tokenizer, train_char_tokenizer, train_tokenizer,
+                                train_wordpiece_tokenizer)
 
 TRAIN_TEXT = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x + 1\n" * 10,
               "床前明月光，疑是地上霜。", "emoji 🎉🚀 and accents é ü ñ"]
@@ -44,13 +45,14 @@ def test_stream_decoding_matches_decode(bpe_tok, text):
 
 
 @pytest.mark.parametrize("make", [lambda: train_char_tokenizer(TRAIN_TEXT),
-                                  lambda: train_bpe_tokenizer(TRAIN_TEXT, vocab_size=300)])
+                                  lambda: train_bpe_tokenizer(TRAIN_TEXT, vocab_size=300),
+                                  lambda: train_wordpiece_tokenizer(TRAIN_TEXT, vocab_size=300)])
 def test_special_tokens_have_fixed_ids_recorded_in_the_file(tmp_path, make):
     tok = make()
-    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 4)
     tok.save(tmp_path)
     added = {t["content"]: t["id"] for t in json.loads((tmp_path / "tokenizer.json").read_text())["added_tokens"]}
-    assert added == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    assert added == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, "<mask>": 4}
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert cfg["eos_token"] == "<eos>" and cfg["pad_token"] == "<pad>"
     again = Tokenizer.load(tmp_path)
@@ -66,14 +68,14 @@ def test_literal_special_token_text_is_not_a_special_token(char_tok, bpe_tok):
         assert tok.decode(ids) == "a <eos> b"
 
 
-SPECIAL_TOKENS_IDS = {0, 1, 2, 3}
+SPECIAL_TOKENS_IDS = {0, 1, 2, 3, 4}
 
 
 def test_char_golden_ids():
-    tok = train_char_tokenizer(["abba"])              # 4 specials + 256 bytes, then b, a (by count; ties by first)
-    assert tok.vocab_size == 262
-    assert tok.encode("ab") == [260, 261] or tok.encode("ab") == [261, 260]
-    assert tok.encode("€") == [4 + 0xE2, 4 + 0x82, 4 + 0xAC]     # unseen char -> its UTF-8 bytes
+    tok = train_char_tokenizer(["abba"])              # 5 specials + 256 bytes, then b, a (by count; ties by first)
+    assert tok.vocab_size == 263
+    assert tok.encode("ab") == [261, 262] or tok.encode("ab") == [262, 261]
+    assert tok.encode("€") == [5 + 0xE2, 5 + 0x82, 5 + 0xAC]     # unseen char -> its UTF-8 bytes
     assert tok.decode(tok.encode("a€b")) == "a€b"
 
 
@@ -84,7 +86,7 @@ def test_bos_eos_wrapping(char_tok):
 
 
 def test_bpe_vocab_too_small_for_specials():
-    with pytest.raises(ConfigError, match="special tokens.*--vocab-size 260"):
+    with pytest.raises(ConfigError, match="special tokens.*--vocab-size 261"):
         train_bpe_tokenizer(TRAIN_TEXT, vocab_size=100)
 
 
@@ -115,3 +117,36 @@ def test_streaming_survives_invalid_byte_sequences():
     for _ in range(50):
         ids = [rng.randrange(tok.vocab_size) for _ in range(30)]
         assert isinstance("".join(tok.stream(ids)), str)
+
+
+def test_wordpiece_pieces_and_normalisation():
+    tok = train_wordpiece_tokenizer(["the player plays; players played. 你好世界"] * 50, vocab_size=80)
+    assert tok.kind == "wordpiece"
+    pieces = [tok.id_to_token(i) for i in tok.encode("players")]
+    assert pieces[0].startswith("play") and all(p.startswith("##") for p in pieces[1:])
+    assert tok.decode(tok.encode("players play")) == "players play"          # words, not exact bytes
+    assert tok.encode("zzz") == [tok.unk_id]                                # no piece for z: unknown word
+    assert len(tok.encode("你好")) == 2                                      # CJK characters split apart
+    lower = train_wordpiece_tokenizer(["Hello World"] * 20, vocab_size=60, lowercase=True)
+    assert lower.decode(lower.encode("HELLO")) == "hello"
+
+
+def test_old_tokenizer_without_mask_has_no_mask_role(tmp_path):
+    tok = train_bpe_tokenizer(TRAIN_TEXT, vocab_size=300)
+    tok.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del cfg["mask_token"]
+    raw = json.loads((tmp_path / "tokenizer.json").read_text())
+    raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != "<mask>"]
+    raw["model"]["vocab"].pop("<mask>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(raw))
+    assert Tokenizer.load(tmp_path).mask_id is None
+
+
+def test_wordpiece_ids_are_canonical():
+    # HF's trainer numbers "##" pieces in hash order (huggingface/tokenizers#1794), so the same text gave
+    # different ids each run; lmforge renumbers: the specials, then the pieces sorted, so ids follow the vocabulary
+    tok = train_wordpiece_tokenizer(TRAIN_TEXT, vocab_size=120)
+    pieces = [tok.id_to_token(i) for i in range(tok.vocab_size)]
+    assert pieces[:5] == list(SPECIAL_TOKENS.values()) and pieces[5:] == sorted(pieces[5:])

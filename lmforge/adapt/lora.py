@@ -214,9 +214,10 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, dict[str,
     return found
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
-    """Freeze `model`, wrap the targeted Linears in `LoRALinear` and unfreeze the adapters (and the
-    `lora_train` modules). Returns the adapted module names."""
+def apply_lora(model: nn.Module, cfg: LoRAConfig, train_also: tuple[str, ...] = ()) -> list[str]:
+    """Freeze `model`, wrap the targeted Linears in `LoRALinear` and unfreeze the adapters, the
+    `lora_train` modules and parameters under the `train_also` prefixes (a new task head).
+    Returns the adapted module names."""
     assert cfg.enabled, "apply_lora needs lora_rank > 0"
     targets = resolve_targets(model, cfg.lora_targets)
     model.requires_grad_(False)
@@ -230,6 +231,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
                               f"{', '.join(_module_names(model))}")
         for m in hits:
             m.requires_grad_(True)
+    for name, p in model.named_parameters():
+        if train_also and name.startswith(train_also):
+            p.requires_grad_(True)
     return list(targets)
 
 
@@ -322,15 +326,25 @@ def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
 
 def load_lora_model(adapter_dir: str | Path, base: str | Path | None = None, device="cpu", dtype=None,
                     weights: dict[str, torch.Tensor] | None = None, **config_overrides):
-    """(model with LoRALinear layers, base config, adapter tokenizer, LoRAConfig). The adapters
-    come from `weights` when given (a resumed checkpoint), else from adapter.safetensors."""
-    from ..api import load_model
+    """(model with LoRALinear layers, the run's config, adapter tokenizer, LoRAConfig). The run's
+    config is the base's plus any head the task added (trained and saved with the adapters).
+    The adapters come from `weights` when given (a resumed checkpoint), else from
+    adapter.safetensors."""
+    from ..api import build_with_weights, read_model_dir, resolve_dtype
+    from ..model import new_head_prefixes
     from ..tokenizers import Tokenizer
     adapter_dir = Path(adapter_dir)
     base_dir = adapter_base(adapter_dir, base)
     lora = LoRAConfig(**read_adapter_config(adapter_dir)["lora"])
-    model, config, _ = load_model(base_dir, device, dtype, **config_overrides)
-    apply_lora(model, lora)
+    config = dataclasses.replace(ModelConfig.load(adapter_dir / CONFIG_FILE), **config_overrides)
+    base_config, base_weights, _, source = read_model_dir(base_dir)
+    new_head = new_head_prefixes(base_config, config)
+    base_weights = {k: v for k, v in base_weights.items() if not (new_head and k.startswith(new_head))}
+    model = build_with_weights(config, base_weights, source, optional=new_head)
+    del base_weights
+    device = torch.device(device)
+    model = model.to(device=device, dtype=resolve_dtype(dtype, device))
+    apply_lora(model, lora, train_also=new_head)
     if weights is None:
         weights, _ = read_weights(adapter_dir / ADAPTER_FILE)
     load_adapter_weights(model, weights, str(adapter_dir / ADAPTER_FILE))

@@ -3,6 +3,7 @@ then `decode_one_token` per step (gpt-fast style).
 
 A batch of prompts is left-padded so every sequence ends at the same cache slot; per-sample
 position ids and a key-padding mask make a padded prompt decode exactly as it would alone.
+With `num_beams > 1` the same prefill and decode step drive beam search (`beam.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class GenerationConfig:
     compile: bool = option(False, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
                                   "compiles, later calls of the same batch size reuse it")
     draft_tokens: int = option(4, "speculative decoding (with a draft model): tokens drafted per verification step")
+    num_beams: int = option(1, "beam search with this many beams (deterministic: sampling options are ignored); "
+                               "1 samples or decodes greedily")
+    length_penalty: float = option(1.0, "beam search: a finished beam scores sum(log p) / length**this "
+                                        "(larger favours longer outputs)")
+    early_stopping: bool = option(True, "beam search: stop once num_beams hypotheses have ended (--no-early-stopping "
+                                        "continues while a running beam can still win)")
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -49,6 +56,10 @@ class GenerationConfig:
             raise LmforgeError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
         if self.draft_tokens < 1:
             raise LmforgeError(f"draft_tokens={self.draft_tokens} must be at least 1")
+        if self.num_beams < 1:
+            raise LmforgeError(f"num_beams={self.num_beams} must be at least 1")
+        if self.num_beams > 1 and self.repetition_penalty != 1.0:
+            raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
 
 
 @dataclass
@@ -122,8 +133,14 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
                  pad_id: int = 0, on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
                  device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
     """Generate for a batch of token-id prompts. `on_tokens(next_ids (B,))` is called after
-    every step; returning True stops everything (stop strings use this).
-    Returns (generated ids per prompt, finish reasons, stats)."""
+    every step; returning True stops everything (stop strings use this); beam search does not
+    call it. Returns (generated ids per prompt, finish reasons, stats)."""
+    if model.config.family != "decoder":
+        raise LmforgeError(f"generate needs a decoder (GPT / Llama) model, not a {model.config.family}; use "
+                           f"`lmforge translate` for encoder-decoders and `lmforge classify` for classifiers")
+    if cfg.num_beams > 1:
+        from .beam import beam_generate_ids
+        return beam_generate_ids(model, prompt_ids, cfg, eos_id=eos_id, pad_id=pad_id, device=device)
     config = model.config
     device = device or next(model.parameters()).device
     idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
@@ -192,7 +209,8 @@ def finish(ids: list[int], cfg: GenerationConfig, eos_id: int | None) -> tuple[l
 def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: GenerationConfig | None = None, *,
              stream: Callable[[int, str], None] | None = None, draft=None) -> list[Completion]:
     """Generate text for one prompt or a batch. `stream(index, text_piece)` receives text as
-    it is produced (per prompt index). An empty prompt starts from the end-of-text token; a
+    it is produced (per prompt index; with beam search, the whole text once at the end, since
+    the best beam is known only then). An empty prompt starts from the end-of-text token; a
     prompt may also be a list of token ids (e.g. a rendered chat). With a `draft` model (same
     tokenizer, smaller) decoding is speculative: same tokens when greedy, same distribution
     when sampling, and `stats` reports the acceptance rate."""
@@ -207,7 +225,7 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
     texts = ["" for _ in prompts]
     emitted = [0 for _ in prompts]       # characters already passed to `stream`
     stopped = [False for _ in prompts]
-    track_text = stream is not None or bool(cfg.stop)
+    track_text = (stream is not None or bool(cfg.stop)) and cfg.num_beams == 1
     hold = max((len(s) for s in cfg.stop), default=1) - 1   # text that may still become a stop string
     specials = tokenizer.special_ids
 
@@ -255,6 +273,8 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
         hit = _find_stop(text, cfg.stop, 0)
         if hit is not None:
             text, reason = text[:hit], "stop"
+        if stream is not None and cfg.num_beams > 1:
+            stream(b, text)
         results.append(Completion(text, ids[b], reason, len(prompt_ids[b]), stats))
     return results
 

@@ -1,7 +1,8 @@
 """Model families assembled from the shared blocks in `blocks.py`.
 
-`build_model(config)` picks the family's class from `FAMILIES`; each family module registers
-itself there (decoder here; encoder and seq2seq in their own modules).
+`build_model(config)` picks the family's class from `FAMILIES`: decoder (GPT, Llama),
+encoder (BERT) and seq2seq (the original Transformer), all assembled from `blocks.py` plus the
+shared heads in `heads.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .decoder import DecoderLM
+from .encoder import EncoderModel
+from .seq2seq import Seq2SeqLM
 
-FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM}
+FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
+                                                           "seq2seq": Seq2SeqLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -29,10 +33,16 @@ def build_model(config: ModelConfig) -> nn.Module:
     return model
 
 
+def new_head_prefixes(base: ModelConfig, config: ModelConfig) -> tuple[str, ...]:
+    """Modules of `config` that weights of a model with config `base` cannot fill: a
+    classification head for labels the base was not trained on."""
+    return ("classifier.",) if config.labels and config.labels != base.labels else ()
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` where the submodule called `name` (e.g. "transformer.blocks.0.attn.qkv") is."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-__all__ = ["build_model", "replace_module", "DecoderLM", "FAMILIES"]
+__all__ = ["build_model", "new_head_prefixes", "replace_module", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]

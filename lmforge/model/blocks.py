@@ -5,8 +5,13 @@
 - `MLP`: GELU / ReLU or SwiGLU. `make_norm`: LayerNorm or RMSNorm.
 - positions: learned table, fixed sinusoidal table, or rotary (`Rotary`).
 - `Block`: attention (+ cross attention) + MLP with pre- or post-norm residuals.
-- `Transformer`: embeddings + positions + blocks + final norm; the decoder, the encoder and
-  both halves of the seq2seq model are this module with different flags.
+- `Transformer`: embeddings (+ segment embeddings, + embedding norm) + positions + blocks +
+  final norm; the decoder, the encoder and both halves of the seq2seq model are this module
+  with different flags.
+
+Decoding caches: self-attention keys/values live in a preallocated `KVCache` per block
+(`reorder` picks batch rows, for beam search); cross-attention keys/values of the encoder
+output are projected once per sequence (`setup_cache(..., memory=)`) and reused every step.
 
 Masks are boolean, True = may attend. A query may always attend to itself, so rows made only
 of padding never produce NaN.
@@ -116,6 +121,11 @@ class KVCache(nn.Module):
         self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         return self.k_cache, self.v_cache
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (B',) in that order (beam search); B' may differ from B."""
+        self.k_cache = self.k_cache.index_select(0, index)
+        self.v_cache = self.v_cache.index_select(0, index)
+
 
 # ----------------------------------------------------------------------------- attention
 class Attention(nn.Module):
@@ -134,10 +144,16 @@ class Attention(nn.Module):
         self.out = nn.Linear(q_dim, d, bias=config.bias)
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
+        self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross attention: encoder output (B, S, d) -> keys, values (B, nkv, S, hs)."""
+        k, v = self.kv(memory).split(self.n_kv_head * self.head_dim, dim=-1)
+        return self._split_heads(k, self.n_kv_head), self._split_heads(v, self.n_kv_head)
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, is_causal: bool = False,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, input_pos: torch.Tensor | None = None,
@@ -145,14 +161,17 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
-            assert memory is not None, "cross attention needs the encoder output (memory)"
-            q = self.q(x)
-            k, v = self.kv(memory).split(kv_dim, dim=-1)
+            q = self._split_heads(self.q(x), self.n_head)                   # (B, nh, T, hs)
+            if self.memory_kv is not None:                                  # decoding: projected once per sequence
+                k, v = self.memory_kv
+            else:
+                assert memory is not None, "cross attention needs the encoder output (memory)"
+                k, v = self.project_memory(memory)                          # (B, nkv, S, hs)
         else:
             q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
-        q = self._split_heads(q, self.n_head)        # (B, nh, T, hs)
-        k = self._split_heads(k, self.n_kv_head)     # (B, nkv, S, hs)
-        v = self._split_heads(v, self.n_kv_head)
+            q = self._split_heads(q, self.n_head)        # (B, nh, T, hs)
+            k = self._split_heads(k, self.n_kv_head)     # (B, nkv, T, hs)
+            v = self._split_heads(v, self.n_kv_head)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -251,19 +270,27 @@ class Transformer(nn.Module):
         super().__init__()
         self.config, self.causal = config, causal
         self.tok_emb = embed if embed is not None else nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
+        self.emb_scale = math.sqrt(config.d_model) if config.embed_scale else None
         if config.position == "learned":
             self.pos_emb = nn.Embedding(config.context_length, config.d_model)
         elif config.position == "sinusoidal":
             self.sin_pos = SinusoidalPositions(config.context_length, config.d_model)
         elif config.position == "rope":
             self.rotary = Rotary(config.head_dim, config.context_length, config.rope_theta)
+        self.emb_norm = make_norm(config) if config.embed_norm else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross=cross) for _ in range(n_layer or config.n_layer))
         # post-norm blocks end in a norm already; pre-norm stacks need a final one
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
 
-    def embed(self, idx: torch.Tensor, pos_ids: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+    def embed(self, idx: torch.Tensor, pos_ids: torch.Tensor,
+              type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
         x = self.tok_emb(idx)                                        # (B, T, d)
+        if self.emb_scale is not None:
+            x = x * self.emb_scale
+        if self.type_emb is not None:                                # segment 0 unless type_ids say otherwise
+            x = x + (self.type_emb(type_ids) if type_ids is not None else self.type_emb.weight[0])
         rope = None
         if self.config.position == "learned":
             x = x + self.pos_emb(pos_ids)
@@ -271,17 +298,22 @@ class Transformer(nn.Module):
             x = x + self.sin_pos(pos_ids).to(x.dtype)
         elif self.config.position == "rope":
             rope = self.rotary(pos_ids)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         return self.drop(x), rope
 
     def forward(self, idx: torch.Tensor, *, pos_ids: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
-                memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None) -> torch.Tensor:
+                memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
+                type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> hidden states (B, T, d).
 
         pos_ids: (B, T) or (T,) positions (default: 0..T-1, or input_pos when decoding).
         key_valid: (B, Tk) bool, False at padding keys (Tk = T, or the cache length).
         input_pos: (T,) cache slots being written (decoding with a KV cache).
-        memory, memory_valid: encoder output and its padding mask, for cross attention.
+        memory, memory_valid: encoder output (B, S, d) and its padding mask (B, S), for cross
+            attention; while decoding, memory was projected by `setup_cache` and only the mask is given.
+        type_ids: (B, T) segment ids when the config has segment embeddings (default: all 0).
         """
         B, T = idx.shape
         if pos_ids is None:
@@ -289,7 +321,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than the model's context_length "
                                  f"{self.config.context_length}; pass shorter inputs")
             pos_ids = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
-        x, rope = self.embed(idx, pos_ids)
+        x, rope = self.embed(idx, pos_ids, type_ids)
         k_len = T
         if input_pos is not None:
             cache = self.blocks[0].attn.kv_cache
@@ -298,7 +330,7 @@ class Transformer(nn.Module):
         mask = attention_mask(causal=self.causal, q_pos=input_pos, k_len=k_len, key_valid=key_valid,
                               device=idx.device)
         memory_mask = None
-        if memory is not None and memory_valid is not None:
+        if memory_valid is not None:
             memory_mask = memory_valid[:, None, None, :]                 # (B, 1, 1, S)
         for block in self.blocks:
             x = block(x, mask=mask, is_causal=self.causal, rope=rope, input_pos=input_pos,
@@ -306,19 +338,30 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     # ---- KV cache -------------------------------------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> None:
-        """Preallocate every layer's KV cache; caches of the same shape are kept, not reallocated
-        (a compiled decode step then sees the same buffers call after call)."""
+    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+                    memory: torch.Tensor | None = None) -> None:
+        """Preallocate the self-attention caches; with `memory` (B, S, d), also project the
+        encoder output into every cross-attention's keys and values, once. Caches of the same shape
+        are kept, not reallocated (a compiled decode step then sees the same buffers every call)."""
         p = self.tok_emb.weight
         shape = (batch_size, self.config.kv_heads, max_len, self.config.head_dim)
         for block in self.blocks:
             cache = block.attn.kv_cache
             if cache is None or cache.k_cache.shape != shape or cache.k_cache.dtype != (dtype or p.dtype):
                 block.attn.kv_cache = KVCache(*shape[:3], self.config.head_dim, dtype or p.dtype, p.device)
+            if block.cross_attn is not None and memory is not None:
+                block.cross_attn.memory_kv = block.cross_attn.project_memory(memory)
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        """Keep the self-attention cache rows `index` (beam search: the beams that survive)."""
+        for block in self.blocks:
+            block.attn.kv_cache.reorder(index)
 
     def clear_cache(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
+            if block.cross_attn is not None:
+                block.cross_attn.memory_kv = None
 
 
 def init_weights(module: nn.Module, config: ModelConfig) -> None:

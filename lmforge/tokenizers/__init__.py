@@ -1,4 +1,4 @@
-"""Tokenizers: char (byte fallback), byte-level BPE; all stored as HF tokenizer.json."""
+"""Tokenizers: char (byte fallback), byte-level BPE, WordPiece; all stored as HF tokenizer.json."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from ..errors import ConfigError
 from .base import SPECIAL_TOKENS, Tokenizer
 from .bpe import train_bpe_tokenizer
 from .char import train_char_tokenizer
+from .wordpiece import train_wordpiece_tokenizer
 
 TRAINERS = {"char": lambda texts, vocab_size: train_char_tokenizer(texts),
-            "bpe": lambda texts, vocab_size: train_bpe_tokenizer(texts, vocab_size)}
+            "bpe": lambda texts, vocab_size: train_bpe_tokenizer(texts, vocab_size),
+            "wordpiece": lambda texts, vocab_size: train_wordpiece_tokenizer(texts, vocab_size)}
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
@@ -24,4 +26,4 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8192) -> 
 load_tokenizer = Tokenizer.load
 
 __all__ = ["Tokenizer", "SPECIAL_TOKENS", "TRAINERS", "train_tokenizer", "load_tokenizer",
-           "train_char_tokenizer", "train_bpe_tokenizer"]
+           "train_char_tokenizer", "train_bpe_tokenizer", "train_wordpiece_tokenizer"]

@@ -7,8 +7,10 @@ way, so `transformers` can read them too:
     tokenizer_config.json   which tokens are bos / eos / pad / unk, the kind, a chat template
 
 lmforge's own tokenizers reserve fixed ids for the special tokens:
-<pad>=0, <bos>=1, <eos>=2, <unk>=3. Text given to `encode` is always treated as text: a
-literal "<eos>" in a corpus is spelled out, never turned into the special token.
+<pad>=0, <bos>=1, <eos>=2, <unk>=3, <mask>=4. <mask> is what masked-LM pretraining puts in
+place of hidden tokens; encoders use <bos> as the [CLS] token and <eos> as [SEP]. A tokenizer
+made before <mask> existed has no mask role (mask_id None). Text given to `encode` is always
+treated as text: a literal "<eos>" in a corpus is spelled out, never turned into the special token.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from tokenizers import decoders
 
 from ..errors import ModelDirError
 
-SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}  # ids 0, 1, 2, 3
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>", "mask": "<mask>"}  # ids 0-4
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 
 
 class Tokenizer:
-    """Encode text to ids and back. `kind` is char, bpe, wordpiece or hf (imported)."""
+    """Encode text to ids and back. `kind` is char, bpe, wordpiece or hf (imported).
+    Roles: pad, bos (also [CLS]), eos (also [SEP]), unk, mask."""
 
     def __init__(self, hf: HFTokenizer, kind: str, special: dict[str, str | None] | None = None,
                  extra: dict | None = None):
@@ -56,6 +59,10 @@ class Tokenizer:
     @property
     def unk_id(self) -> int | None:
         return self._role_id("unk")
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._role_id("mask")
 
     @property
     def vocab_size(self) -> int:

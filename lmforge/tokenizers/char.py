@@ -1,6 +1,6 @@
 """Character-level tokenizer with byte fallback.
 
-The vocabulary is the 4 special tokens, the 256 byte symbols <0x00>..<0xFF>, then every
+The vocabulary is the 5 special tokens, the 256 byte symbols <0x00>..<0xFF>, then every
 character seen in the training text (most frequent first). A character never seen is
 encoded as its UTF-8 bytes, so any text round-trips: decode(encode(x)) == x.
 
@@ -8,8 +8,8 @@ It is stored as an HF `tokenizers` BPE model with no merges and byte fallback, s
 with the same code (and in `transformers`) as the other kinds.
 
     >>> tok = train_char_tokenizer(["abba"])
-    >>> tok.encode("ab")          # specials 0-3, bytes 4-259, then 'a', 'b' by frequency
-    [260, 261]
+    >>> tok.encode("ab")          # specials 0-4, bytes 5-260, then 'a', 'b' by frequency
+    [261, 262]
     >>> tok.decode(tok.encode("a€"))
     'a€'
 """

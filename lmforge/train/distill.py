@@ -41,7 +41,7 @@ class DistillObjective(Objective):
     def __init__(self, inner: Objective, teacher: torch.nn.Module, temperature: float = 2.0, alpha: float = 0.5):
         self.inner, self.teacher, self.temperature, self.alpha = inner, teacher, temperature, alpha
         self.name = f"distill-{inner.name}"
-        self.reports_perplexity = inner.reports_perplexity
+        self.reports_perplexity, self.tokenizer = inner.reports_perplexity, inner.tokenizer
 
     def sample(self, split, n, generator):
         return self.inner.sample(split, n, generator)
@@ -63,6 +63,22 @@ class DistillObjective(Objective):
 
     def evaluate(self, model, device, autocast):
         return self.inner.evaluate(model, device, autocast)
+
+    # the task's own hooks are the inner objective's
+    def model_changes(self):
+        return self.inner.model_changes()
+
+    def frozen(self, config):
+        return self.inner.frozen(config)
+
+    def sampler(self):
+        return self.inner.sampler()
+
+    def extra_files(self, out_dir):
+        self.inner.extra_files(out_dir)
+
+    def report(self, model, out_dir, device, autocast):
+        return self.inner.report(model, out_dir, device, autocast)
 
 
 @dataclass

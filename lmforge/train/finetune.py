@@ -1,8 +1,12 @@
-"""`lmforge finetune MODEL_DIR --data ... --out ...`: continue training a model directory on
-new data. The task names the objective (a key of `train.run.OBJECTIVES`); every task runs
-through the same `train()` with `init_from` set, so resume, DDP, metrics and checkpoints
-work the same way as pretraining. `--lora-rank R` trains LoRA adapters instead of every
-weight (see `lmforge.adapt.lora`); `--merge-to DIR` then also writes the merged model."""
+"""`lmforge finetune MODEL_DIR --task T --data ... --out ...`: continue training a model
+directory on new data. The task names the objective (a key of `train.run.OBJECTIVES`): clm
+(more text), mlm (more masked-LM pretraining), classify (a labelled table: adds a
+classification head, from an encoder or a decoder), seq2seq (a pairs table), sft (chat
+conversations). Every task runs through the same `train()` with `init_from` set, so resume,
+DDP, metrics and checkpoints work the same way as pretraining; the task's own options
+(columns, splits, ...) travel in `TrainConfig.task_options`. `--lora-rank R` trains LoRA
+adapters instead of every weight (see `lmforge.adapt.lora`); `--merge-to DIR` then also
+writes the merged model."""
 
 from __future__ import annotations
 
@@ -23,14 +27,17 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "warmup_steps": 20, "max_steps"
 @dataclass
 class FinetuneArgs:
     model_dir: str = option(None, "model directory to start from", positional=True)
-    task: str = option("clm", "what to train for: clm (continue language modelling on prepared text) or sft "
-                              "(instruction tuning on a chat .jsonl file: loss on the assistant's turns only)")
+    task: str = option("clm", "what to train for: clm (continue language modelling on prepared text), mlm (more "
+                              "masked-LM pretraining), classify (a labelled CSV / TSV / JSONL table), seq2seq (a pairs "
+                              "table), sft (instruction tuning on a chat .jsonl file: loss on the assistant's turns)")
     merge_to: str | None = option(None, "after LoRA training, also write base + merged adapters to this model "
                                         "directory (for export or quantization)")
 
 
-def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, lora=None) -> dict[str, Any]:
+def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = None, *,
+             lora=None) -> dict[str, Any]:
     """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`;
+    `options` are the task's (e.g. `ClassifyOptions(text_column="review", label_column="stars")`);
     `lora` (a `LoRAConfig` with lora_rank > 0) trains adapters instead of all weights."""
     if args.task not in OBJECTIVES:
         raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(OBJECTIVES)}")
@@ -38,7 +45,9 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, lora=None) -> d
     if args.merge_to and not use_lora:
         raise ConfigError("--merge-to merges LoRA adapters; add --lora-rank R (a full fine-tune is already merged)")
     base = cfg or TrainConfig(**{k: v for k, v in FINETUNE_DEFAULTS.items()})
-    summary = train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task), lora=lora)
+    task_options = options if options is not None else base.task_options
+    summary = train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task, task_options=task_options),
+                    lora=lora)
     if args.merge_to and not summary.get("stopped"):
         from ..adapt.lora import merge_adapter
         summary["merged"] = str(merge_adapter(summary["out"], args.merge_to))

@@ -9,7 +9,8 @@ accumulation micro-batches.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -17,6 +18,17 @@ import torch
 class Objective:
     name = "base"
     reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
+    tokenizer = None             # set by objectives that read a table and train their own tokenizer from it
+
+    # ---- what the data decides about the model (called by `train()` before the model is built) ----
+    def model_changes(self) -> dict[str, Any]:
+        """ModelConfig fields the data fixes (class labels, vocabulary sizes of tokenizers trained here)."""
+        return {}
+
+    def frozen(self, config) -> tuple[str, ...]:
+        """Parameter-name prefixes this objective does not train (heads it never uses); frozen
+        so that the optimizer and DDP see only parameters that get gradients."""
+        return ()
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         """n example indices (int64) for `split`, drawn with `generator`."""
@@ -47,4 +59,16 @@ class Objective:
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, autocast: Any) -> dict[str, float]:
         """Extra validation metrics beyond the loss (accuracy, BLEU, ...)."""
+        return {}
+
+    # ---- around the run ------------------------------------------------------------------------
+    def sampler(self) -> Callable[[torch.nn.Module], str] | None:
+        """What the trainer prints as a sample at each evaluation (None: text generation for decoders)."""
+        return None
+
+    def extra_files(self, out_dir: Path) -> None:
+        """Write other files the model directory needs (e.g. a target-side tokenizer)."""
+
+    def report(self, model: torch.nn.Module, out_dir: Path, device: torch.device, autocast: Any) -> dict[str, Any]:
+        """After training: the final evaluation on held-out data, written into the model directory."""
         return {}

@@ -1,12 +1,27 @@
-"""`lmforge train`: build (or resume, or fine-tune) a model from a prepared data directory
-and run the trainer with the chosen objective.
+"""`lmforge train`: build (or resume, or fine-tune) a model and run the trainer with the chosen
+objective.
+
+clm and mlm read prepared shards (`--data` is a directory from `lmforge prepare`); classify,
+seq2seq and sft read a file (a CSV / TSV / JSONL table, or chat JSONL). Every run resolves, in
+order:
+
+1. the tokenizer: the data directory's (shards), else the run's own (--resume), the base
+   model's (--init-from), or one the objective trains on the table (from scratch);
+2. the model config: the run's (--resume), the base model's (--init-from, an lmforge or a
+   Hugging Face directory), or the preset;
+3. the objective, which reads the data and may fix config fields (class labels, vocabulary
+   sizes: `model_changes`);
+4. the model: built from that config, weights from the checkpoint or the base model (a new
+   classification head starts from its initialisation).
 
 Two extension points keep every variant in the one loop: `lora=` trains LoRA adapters on the
-`init_from` base and checkpoints only them; `wrap_objective=` wraps the task's objective
-(knowledge distillation wraps the causal-LM batches with a teacher)."""
+`init_from` base (plus any new head) and checkpoints only those; `wrap_objective=` wraps the
+task's objective (knowledge distillation wraps its batches with a teacher).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -14,10 +29,10 @@ from typing import Any, Callable
 import torch
 
 from ..config import ModelConfig, get_preset
-from ..data.shards import META_FILE, load_meta
+from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
-from ..model import build_model
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, load_weights_into
+from ..model import build_model, new_head_prefixes
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
 from ..tokenizers import Tokenizer
 from . import checkpoint
 from .objective import Objective
@@ -32,15 +47,57 @@ def _clm(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objecti
     return CausalLMObjective(cfg.data, config.context_length)
 
 
+def _mlm(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
+    from ..data.mlm import MaskedLMObjective, MLMOptions
+    if config.family != "encoder":
+        raise ConfigError(f"objective mlm needs an encoder model, but this one is a {config.family}; pick an "
+                          f"encoder preset (bert-tiny, bert-mini, bert-base)")
+    return MaskedLMObjective(cfg.data, config.context_length, tokenizer, _options(cfg, MLMOptions))
+
+
+def _classify(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer | None) -> Objective:
+    from ..data.classify import ClassificationObjective, ClassifyOptions
+    return ClassificationObjective(cfg.data, config, tokenizer, _options(cfg, ClassifyOptions))
+
+
+def _seq2seq(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer | None) -> Objective:
+    from ..data.pairs import Seq2SeqObjective, Seq2SeqOptions
+    tokenizer_dir = cfg.out if cfg.resume else cfg.init_from
+    return Seq2SeqObjective(cfg.data, config, tokenizer, _options(cfg, Seq2SeqOptions), tokenizer_dir)
+
+
 def _sft(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
     from ..data.chat import SFTObjective
     if config.family != "decoder":
         raise ConfigError(f"task sft needs a decoder model, but {cfg.init_from or cfg.preset} is a {config.family}")
+    if tokenizer is None:
+        raise ConfigError("task sft fine-tunes an existing model on chats: pass its directory "
+                          "(`lmforge finetune MODEL_DIR --task sft`)")
     return SFTObjective(cfg.data, config.context_length, tokenizer)
 
 
-# objective name -> builder(train config, model config, tokenizer)
-OBJECTIVES: dict[str, Callable[[TrainConfig, ModelConfig, Tokenizer], Objective]] = {"clm": _clm, "sft": _sft}
+# objective name -> builder(train config, model config, tokenizer); table objectives get tokenizer=None
+# when training from scratch and train their own
+OBJECTIVES: dict[str, Callable[[TrainConfig, ModelConfig, Tokenizer], Objective]] = {
+    "clm": _clm, "mlm": _mlm, "classify": _classify, "seq2seq": _seq2seq, "sft": _sft}
+SHARD_OBJECTIVES = ("clm", "mlm")     # --data is a prepared directory; the others read a file
+
+
+def task_options() -> dict[str, type]:
+    """Objective name -> the dataclass of its own options (their fields are CLI flags too)."""
+    from ..data.classify import ClassifyOptions
+    from ..data.mlm import MLMOptions
+    from ..data.pairs import Seq2SeqOptions
+    return {"mlm": MLMOptions, "classify": ClassifyOptions, "seq2seq": Seq2SeqOptions}
+
+
+def _options(cfg: TrainConfig, cls: type) -> Any:
+    if cfg.task_options is None:
+        return cls()
+    if not isinstance(cfg.task_options, cls):
+        raise ConfigError(f"objective {cfg.objective} takes {cls.__name__} as task_options, not "
+                          f"{type(cfg.task_options).__name__}")
+    return cfg.task_options
 
 
 def decoder_sampler(tokenizer: Tokenizer, cfg: TrainConfig) -> Callable[[torch.nn.Module], str]:
@@ -57,94 +114,136 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
     return a.hf.to_str() == b.hf.to_str()
 
 
-def _is_prepared(data: str) -> bool:
-    return (Path(data) / META_FILE).is_file()
+def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
+    """Stop gradients for parameters under `prefixes` that nothing else shares (a tied output
+    matrix stays trainable through its embedding). Returns the frozen names."""
+    if not prefixes:
+        return []
+    shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if not n.startswith(prefixes)}
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes) and id(p) not in shared:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, ModelConfig, Tokenizer, dict | None,
-                                                              Any]:
-    """(model, config, tokenizer, resume state, LoRA settings): resumed from --out, started from
-    --init-from (with LoRA adapters when `lora` is enabled), or fresh from the preset."""
+                                                              Objective, Any]:
+    """The model to train (resumed from --out, started from --init-from, or fresh from the
+    preset), its config and tokenizer, the train state when resuming, the objective, and the
+    LoRA settings in effect (`lora` adapts an --init-from base; a resumed LoRA run keeps its own)."""
     from ..adapt.lora import ADAPTER_FILE, apply_lora, is_adapter_dir, load_lora_model
-    out = Path(cfg.out)
+    from ..api import build_with_weights, read_model_dir
     lora = lora if lora is not None and lora.enabled else None
+    tokenizer: Tokenizer | None = None
+    if cfg.objective in SHARD_OBJECTIVES:
+        load_meta(cfg.data)
+        tokenizer = Tokenizer.load(cfg.data)
+    out = Path(cfg.out)
     if cfg.resume:
         if not (out / CONFIG_FILE).is_file():
             raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
-        tokenizer = Tokenizer.load(out)
+        tokenizer = tokenizer or Tokenizer.load(out)
         if is_adapter_dir(out):
             weights, resume_state, step = checkpoint.load_checkpoint(out, ADAPTER_FILE)
             model, config, _, recorded = load_lora_model(out, weights=weights)
             if lora is not None and lora != recorded:
                 raise ConfigError(f"{out} was trained with {recorded}; resume with the same LoRA flags or none")
-            lora = recorded
-        else:
-            config = ModelConfig.load(out / CONFIG_FILE)
-            weights, resume_state, step = checkpoint.load_checkpoint(out)
-            model = build_model(config)
-            load_weights_into(model, weights, str(out))
+            objective = OBJECTIVES[cfg.objective](cfg, config, tokenizer)
+            print(f"resuming {out} at step {step}")
+            return model, config, objective.tokenizer or tokenizer, resume_state, objective, recorded
+        base_config = config = ModelConfig.load(out / CONFIG_FILE)
+        weights, resume_state, step = checkpoint.load_checkpoint(out)
+        source = str(out)
         print(f"resuming {out} at step {step}")
-        return model, config, tokenizer, resume_state, lora
-    for weights_file in (WEIGHTS_FILE, ADAPTER_FILE):
-        if (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
-            raise ConfigError(f"{out} already holds a trained model (step {step}); "
-                              f"pass --resume to continue it, or a new --out")
-    if cfg.init_from:
-        from ..api import load_model
-        overrides = cfg.model_overrides()
-        dropout = overrides.pop("dropout", None)
-        model, config, tokenizer = load_model(cfg.init_from, **({"dropout": dropout} if dropout is not None else {}))
-        if _is_prepared(cfg.data) and not same_tokenizer(tokenizer, Tokenizer.load(cfg.data)):
-            raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the data "
-                              f"with `lmforge prepare ... --tokenizer {cfg.init_from}`")
-        bad = {k: v for k, v in overrides.items() if getattr(config, k) != v}
-        if bad:
-            raise ConfigError(f"--init-from {cfg.init_from} fixes the architecture; {bad} does not match its "
-                              f"config.json — drop those flags")
+    else:
+        for weights_file in (WEIGHTS_FILE, ADAPTER_FILE):
+            if (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
+                raise ConfigError(f"{out} already holds a trained model (step {step}); "
+                                  f"pass --resume to continue it, or a new --out")
+        resume_state = None
+        if cfg.init_from:
+            base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
+            if base_config.quantization:
+                raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
+                                  f"the original model and quantize the result")
+            config = base_config
+            overrides = cfg.model_overrides()
+            if "dropout" in overrides:
+                config = dataclasses.replace(config, dropout=overrides.pop("dropout"))
+            if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
+                raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
+                                  f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
+            tokenizer = base_tok
+            bad = {k: v for k, v in overrides.items() if getattr(config, k) != v}
+            if bad:
+                raise ConfigError(f"--init-from {cfg.init_from} fixes the architecture; {bad} does not match its "
+                                  f"config.json — drop those flags")
+        else:
+            if lora is not None:
+                raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
+                                  "MODEL_DIR --lora-rank R` or --init-from)")
+            vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
+            base_config = config = get_preset(cfg.preset, **vocab, **cfg.model_overrides())
+            weights = None
+    objective = OBJECTIVES[cfg.objective](cfg, config, tokenizer)
+    tokenizer = objective.tokenizer or tokenizer
+    changes = {k: v for k, v in objective.model_changes().items() if getattr(config, k) != v}
+    if changes and cfg.resume:
+        raise ConfigError(f"the data given to resume {out} changes the model's {', '.join(sorted(changes))}; resume "
+                          f"with the same --data and task options as the run started with")
+    config = dataclasses.replace(config, **changes)
+    torch.manual_seed(cfg.seed)
+    if weights is None:
+        model = build_model(config)
+    else:
+        new_head = new_head_prefixes(base_config, config)
+        weights = {k: v for k, v in weights.items() if not (new_head and k.startswith(new_head))}
+        model = build_with_weights(config, weights, source, optional=new_head)
+        del weights
         if lora is not None:
             torch.manual_seed(cfg.seed)                      # the adapters' random init
-            apply_lora(model, lora)
-        elif config.quantization:
-            raise ConfigError(f"{cfg.init_from} is quantized (int{config.quantization['bits']}); fine-tune the "
-                              f"original model and quantize the result")
-        return model, config, tokenizer, None, lora
-    if lora is not None:
-        raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune MODEL_DIR "
-                          "--lora-rank R` or --init-from)")
-    load_meta(cfg.data)
-    tokenizer = Tokenizer.load(cfg.data)
-    config = get_preset(cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model_overrides())
-    torch.manual_seed(cfg.seed)
-    return build_model(config), config, tokenizer, None, None
+            apply_lora(model, lora, train_also=new_head)     # a new head trains (and is saved) with the adapters
+    return model, config, tokenizer, resume_state, objective, lora
 
 
 def train(cfg: TrainConfig, *, lora=None,
           wrap_objective: Callable[[Objective, ModelConfig, Tokenizer], Objective] | None = None) -> dict[str, Any]:
-    """Train according to `cfg`; returns a summary (final losses, perplexity, step, out).
+    """Train according to `cfg`; returns a summary (final losses, perplexity or task metrics,
+    step, out), plus the objective's final test report.
 
     lora: a `LoRAConfig`; when enabled, train adapters on `cfg.init_from` and save only them.
     wrap_objective(objective, model config, tokenizer): replaces the task's objective (distillation)."""
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
-    model, config, tokenizer, resume_state, lora = build_for_training(cfg, lora)
+    model, config, tokenizer, resume_state, objective, lora = build_for_training(cfg, lora)
     if config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; the data was prepared with another tokenizer")
+    freeze(model, objective.frozen(config))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device),
                       trainable_fraction=n_trainable / max(1, sum(p.numel() for p in model.parameters())))
-    objective = OBJECTIVES[cfg.objective](cfg, config, tokenizer)
     if wrap_objective is not None:
         objective = wrap_objective(objective, config, tokenizer)
-    sample_fn = decoder_sampler(tokenizer, cfg) if config.family == "decoder" else None
-    hooks: dict[str, Any] = {}
+    sample_fn = objective.sampler()
+    if sample_fn is None and config.family == "decoder" and not config.labels:
+        sample_fn = decoder_sampler(tokenizer, cfg)
+    hooks: dict[str, Any] = {"extra_files": objective.extra_files}
     if lora is not None:
         from ..adapt.lora import ADAPTER_FILE, trainable_state_dict, write_adapter_config
         print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {config.num_params():,} parameters")
-        hooks = dict(tensors_to_save=trainable_state_dict, weights_file=ADAPTER_FILE)
+        hooks.update(tensors_to_save=trainable_state_dict, weights_file=ADAPTER_FILE)
         if not cfg.resume:
-            hooks["extra_files"] = lambda out: write_adapter_config(out, lora, cfg.init_from)
+            def extra_files(out: Path) -> None:
+                objective.extra_files(out)
+                write_adapter_config(out, lora, cfg.init_from)
+            hooks["extra_files"] = extra_files
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*max_new_tokens.*")
         trainer = Trainer(cfg, model, objective, config, tokenizer=tokenizer, sample_fn=sample_fn, **hooks)
-        return trainer.fit(resume_state)
+        summary = trainer.fit(resume_state)
+        if not summary.get("stopped") and trainer.dist.is_main:
+            summary.update(objective.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
+    return summary

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,10 +41,12 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A
 
 @dataclass
 class TrainConfig:
-    data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`)")
+    data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`) for clm / mlm; a CSV / TSV / "
+                                      "JSONL table for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
     preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)")
-    objective: str = option("clm", "training objective: clm (next-token prediction)")
+    objective: str = option("clm", "training objective: clm (next-token prediction), mlm (masked LM, encoders), "
+                                   "classify (labelled table), seq2seq (pairs table, encoder-decoders)")
     context_length: int | None = option(None, "override the preset's context length")
     n_layer: int | None = option(None, "override the preset's number of layers")
     n_head: int | None = option(None, "override the preset's number of attention heads")
@@ -83,6 +84,8 @@ class TrainConfig:
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
                                           "continue later with --resume")
     progress: bool = option(True, "show a progress bar")
+    task_options: Any = option(None, "the objective's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
+                                     "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "log_interval"):

@@ -1,0 +1,186 @@
+"""Labelled and paired examples from a table file: CSV (.csv), TSV (.tsv, .tab) or JSON lines
+(.jsonl, one object per line).
+
+TSV follows the IANA format: the first line names the columns, fields are separated by tabs
+and never quoted (a `"` is an ordinary character). CSV uses standard quoting. A missing column
+is an error that lists the columns found; rows with an empty required field (or too few
+fields) are skipped and counted in one warning; rows are returned as dicts of strings.
+
+Splits (`split_indices`) are a seeded shuffle, optionally stratified by a key (the label), so
+every class is represented in validation and test in proportion.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import DataError
+from ..options import option
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl"}
+
+
+@dataclass
+class TableOptions:
+    """How a table file becomes train / validation / test examples (classify and seq2seq)."""
+    val_fraction: float = option(0.1, "fraction of the rows held out for validation (evaluated during training)")
+    test_fraction: float = option(0.1, "fraction of the rows held out for the final test report")
+    split_seed: int = option(0, "seed of the shuffle that makes the train / validation / test split")
+    tokenizer: str = option("bpe", "training from scratch: tokenizer kind to train on the table (char, bpe, "
+                                   "wordpiece) or a directory holding a tokenizer.json")
+    vocab_size: int = option(8192, "training from scratch: vocabulary size of the trained tokenizer")
+
+    def __post_init__(self) -> None:
+        if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise DataError(f"val_fraction={self.val_fraction} must be in (0, 1) and test_fraction="
+                            f"{self.test_fraction} in [0, 1), leaving rows for training")
+
+
+def table_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown table format {path.suffix!r}; use .csv, .tsv (tab-separated, header "
+                        f"first) or .jsonl (one JSON object per line)")
+    return fmt
+
+
+def _records(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None]]]:
+    """(columns, iterator of (line number, row dict or None for a malformed row))."""
+    f = open(path, encoding="utf-8-sig", newline="")
+    if fmt == "jsonl":
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        f.close()
+        rows = []
+        for n, line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n} is not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{n} is a JSON {type(rec).__name__}, not an object with named fields")
+            rows.append((n, {k: "" if v is None else str(v) for k, v in rec.items()}))
+        columns = list(dict.fromkeys(k for _, r in rows for k in r))
+        return columns, iter(rows)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        f.close()
+        raise DataError(f"{path}: cannot read the header ({e})") from None
+    if header is None:
+        f.close()
+        raise DataError(f"{path} is empty; it needs a header line naming the columns, then rows")
+    header = [h.strip() for h in header]
+
+    def rows() -> Iterator[tuple[int, dict[str, str] | None]]:
+        with f:
+            try:
+                for fields in reader:
+                    if not any(x.strip() for x in fields):
+                        continue
+                    if len(fields) > len(header):
+                        yield reader.line_num, None
+                    else:
+                        yield reader.line_num, dict(zip(header, fields))
+            except csv.Error as e:
+                raise DataError(f"{path}:{reader.line_num}: {e}; fix the quoting of that line") from None
+    return header, rows()
+
+
+def read_table(path: str | Path, required: list[str], optional: tuple[str | None, ...] = (),
+               flags: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Rows of `path` holding a non-empty value for every `required` column (and the
+    `optional` columns when present). `flags` names the option that sets each column, for
+    the error message (e.g. {"text": "--text-column"})."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; check the path")
+    fmt = table_format(path)
+    columns, records = _records(path, fmt)
+    flags = flags or {}
+    for col in required + [c for c in optional if c]:
+        if col not in columns:
+            hint = f"; pass {flags[col]} with one of them" if col in flags else ""
+            raise DataError(f"{path} has no column {col!r} (columns found: {', '.join(columns) or 'none'}){hint}")
+    rows, skipped, malformed = [], [], []
+    for line, rec in records:
+        if rec is None:
+            malformed.append(line)
+            continue
+        values = {c: rec.get(c, "").strip() for c in required}
+        if not all(values.values()):
+            skipped.append(line)
+            continue
+        values.update({c: rec.get(c, "").strip() for c in optional if c})
+        rows.append(values)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} row(s) of {path} with an empty or missing "
+                      f"{' / '.join(repr(c) for c in required)} (lines {_few(skipped)})", stacklevel=2)
+    if malformed:
+        warnings.warn(f"skipped {len(malformed)} row(s) of {path} with more fields than the header has "
+                      f"(lines {_few(malformed)}); a tab inside a TSV field splits it", stacklevel=2)
+    if not rows:
+        raise DataError(f"{path} has no usable rows (every row misses {' or '.join(map(repr, required))})")
+    return rows
+
+
+def _few(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:5])) + (" ..." if len(lines) > 5 else "")
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int,
+                  strata: list[str] | None = None) -> dict[str, list[int]]:
+    """Seeded train / val / test split of range(n); with `strata` (a key per row), each key is
+    split in the same proportions."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i in range(n):
+        groups[strata[i] if strata is not None else ""].append(i)
+    rng = random.Random(seed)
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for key in sorted(groups):
+        idx = groups[key]
+        rng.shuffle(idx)
+        n_val, n_test = round(len(idx) * val_fraction), round(len(idx) * test_fraction)
+        out["val"] += idx[:n_val]
+        out["test"] += idx[n_val: n_val + n_test]
+        out["train"] += idx[n_val + n_test:]
+    for split in out.values():
+        rng.shuffle(split)
+    if not out["train"]:
+        raise DataError(f"no rows left for training out of {n}; lower --val-fraction / --test-fraction")
+    if not out["val"]:
+        raise DataError(f"the validation split is empty ({n} rows x val_fraction {val_fraction}); "
+                        f"raise --val-fraction or give more rows")
+    return out
+
+
+def table_tokenizer(options: TableOptions, texts: list[str]):
+    """The tokenizer of a from-scratch run on a table: loaded from `options.tokenizer` when it
+    is a directory (or tokenizer.json), else a new one of that kind trained on `texts`."""
+    from ..tokenizers import Tokenizer, train_tokenizer
+    p = Path(options.tokenizer)
+    if p.is_dir() or p.suffix == ".json":
+        return Tokenizer.load(p)
+    return train_tokenizer(options.tokenizer, texts, options.vocab_size)
+
+
+def read_texts(path: str | Path, column: str, flag: str = "--text-column") -> list[str]:
+    """The texts to run a model on: the non-empty lines of a text file, or the `column` of a
+    CSV / TSV / JSONL table (rows with an empty text are skipped with a warning)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist; check the path")
+    if path.suffix.lower() not in FORMATS:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line for line in lines if line.strip()]
+    return [r[column] for r in read_table(path, [column], (), {column: flag})]

@@ -1,0 +1,169 @@
+"""Text classification: metrics against hand-computed values, table reading and its errors,
+fine-tuning from an encoder and from a decoder, `lmforge classify`."""
+
+import json
+
+import pytest
+import torch
+
+from lmforge.api import load
+from lmforge.cli import main
+from lmforge.config import get_preset
+from lmforge.data.classify import ClassificationObjective, ClassifyOptions, encode_for_classification
+from lmforge.data.tables import read_table, split_indices
+from lmforge.errors import ConfigError, DataError
+from lmforge.evaluate.classification import classification_metrics
+from lmforge.train.finetune import FinetuneArgs, finetune
+
+from .conftest import tiny_train_config
+
+
+def test_metrics_equal_hand_computed_values():
+    # true  a a a b b c      confusion (rows true, cols predicted):  a [2 1 0]
+    # pred  a a b b c c                                              b [0 1 1]
+    #                                                                c [0 0 1]
+    m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["accuracy"] == round(4 / 6, 4)
+    pc = m["per_class"]
+    assert (pc["a"]["precision"], pc["a"]["recall"], pc["a"]["f1"]) == (1.0, round(2 / 3, 4), 0.8)
+    assert (pc["b"]["precision"], pc["b"]["recall"], pc["b"]["f1"]) == (0.5, 0.5, 0.5)
+    assert (pc["c"]["precision"], pc["c"]["recall"], pc["c"]["f1"]) == (0.5, 1.0, round(2 / 3, 4))
+    assert [pc[k]["support"] for k in "abc"] == [3, 2, 1]
+    assert m["macro_precision"] == round(2 / 3, 4) and m["macro_recall"] == round((2 / 3 + 0.5 + 1) / 3, 4)
+    assert m["macro_f1"] == round((0.8 + 0.5 + 2 / 3) / 3, 4)
+    never = classification_metrics([0, 1], [0, 0], ["x", "y"])          # y is never predicted: precision 0, not NaN
+    assert never["per_class"]["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_tables_csv_tsv_jsonl_and_their_errors(tmp_path):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text('label\ttext\npos\t"quoted" stays as typed\nneg\t\n\tno label\nneg\tfine\n')
+    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) of .*t.tsv with an empty.*lines 3, 4"):
+        rows = read_table(tsv, ["text", "label"])
+    assert rows == [{"text": '"quoted" stays as typed', "label": "pos"}, {"text": "fine", "label": "neg"}]
+    csv_ = tmp_path / "t.csv"
+    csv_.write_text('review,stars\n"a, b",5\n')
+    assert read_table(csv_, ["review", "stars"]) == [{"review": "a, b", "stars": "5"}]
+    with pytest.raises(DataError, match=r"has no column 'text' \(columns found: review, stars\); pass --text-column"):
+        read_table(csv_, ["text", "stars"], (), {"text": "--text-column"})
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"text": "x", "label": 1}\n\n{"text": "y", "label": 0}\n')
+    assert [r["label"] for r in read_table(jl, ["text", "label"])] == ["1", "0"]
+    jl.write_text('{"text": "x", "label": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"t.jsonl:2 is a JSON list"):
+        read_table(jl, ["text", "label"])
+    (tmp_path / "t.xlsx").write_text("")
+    with pytest.raises(DataError, match="unknown table format '.xlsx'"):
+        read_table(tmp_path / "t.xlsx", ["text"])
+
+
+def test_stratified_split_is_seeded():
+    labels = ["a"] * 50 + ["b"] * 10
+    s1 = split_indices(60, 0.2, 0.1, seed=0, strata=labels)
+    assert s1 == split_indices(60, 0.2, 0.1, seed=0, strata=labels) != split_indices(60, 0.2, 0.1, seed=1,
+                                                                                       strata=labels)
+    assert sorted(s1["train"] + s1["val"] + s1["test"]) == list(range(60))
+    assert sum(labels[i] == "b" for i in s1["val"]) == 2 and sum(labels[i] == "b" for i in s1["test"]) == 1
+    with pytest.raises(DataError, match="validation split is empty"):
+        split_indices(3, 0.1, 0.0, seed=0)
+
+
+def test_classification_data_errors(tmp_path, tiny_encoder_dir):
+    from lmforge.api import load_model
+    _, config, tok = load_model(tiny_encoder_dir)
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\nhello,pos\nworld,pos\n")
+    with pytest.raises(DataError, match=r"single label \('pos'\).*at least two classes"):
+        ClassificationObjective(one, config, tok)
+    with pytest.raises(DataError, match=r"no column 'sentence' \(columns found: text, label\); pass --text-column"):
+        ClassificationObjective(one, config, tok, ClassifyOptions(text_column="sentence"))
+    with pytest.raises(ConfigError, match="classification needs an encoder or a decoder"):
+        ClassificationObjective(one, get_preset("seq2seq-tiny"), tok)
+
+
+def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
+    from lmforge.api import load_model
+    _, config, tok = load_model(tiny_encoder_dir)
+    ids, types, cut = encode_for_classification(tok, "encoder", ["the class"], ["a module"], 64)
+    a, b = tok.encode("the class"), tok.encode("a module")
+    assert ids[0] == [tok.bos_id] + a + [tok.eos_id] + b + [tok.eos_id] and cut == 0
+    assert types[0] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    ids, _, cut = encode_for_classification(tok, "decoder", ["the class " * 20], None, 8)
+    assert len(ids[0]) == 8 and ids[0][-1] == tok.eos_id and cut == 1
+    skewed = tmp_path / "skewed.csv"
+    skewed.write_text("text,label\n" + "the a,x\n" * 30 + "the b,y\n" * 10)
+    obj = ClassificationObjective(skewed, config, tok, ClassifyOptions(class_weights=True, test_fraction=0.0))
+    counts = torch.bincount(obj.splits["train"][2])
+    torch.testing.assert_close(obj.weights, counts.sum() / (2 * counts.float()))      # inverse frequency
+
+
+@pytest.fixture(scope="module")
+def encoder_classifier(tmp_path_factory, tiny_encoder_dir, topics_csv):
+    out = tmp_path_factory.mktemp("runs") / "topics"
+    cfg = tiny_train_config(topics_csv, out, max_steps=60, eval_interval=30, lr=2e-3, batch_size=16)
+    summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions())
+    return out, summary
+
+
+def test_classifier_from_an_encoder(encoder_classifier, tiny_encoder_dir):
+    out, summary = encoder_classifier
+    assert summary["test_macro_f1"] >= 0.9 and summary["val_accuracy"] >= 0.9        # an easy task, learnt
+    report = json.loads((out / "classification_report.json").read_text())
+    assert report["split"] == "test" and report["labels"] == ["animals", "food", "tech"]
+    assert sum(map(sum, report["confusion_matrix"])) == report["examples"] == 24
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    lm = load(out, device="cpu")
+    assert lm.config.labels == ["animals", "food", "tech"]                             # all inference needs
+    r = lm.classify("I think the soup is next to the bread")
+    assert r["label"] == "food" and abs(sum(r["probs"].values()) - 1) < 1e-5
+    base = load(tiny_encoder_dir, device="cpu").module.state_dict()
+    tuned = lm.module.state_dict()
+    assert torch.equal(base["mlm_head.dense.weight"], tuned["mlm_head.dense.weight"])  # frozen: unused by the task
+
+
+def test_classifier_from_a_decoder(tmp_path, tiny_model_dir, topics_csv):
+    cfg = tiny_train_config(topics_csv, tmp_path / "gpt-topics", max_steps=200, eval_interval=200, lr=3e-3,
+                            batch_size=16)
+    with pytest.warns(UserWarning, match="longer than the model's context of 32 tokens and were truncated"):
+        summary = finetune(FinetuneArgs(model_dir=str(tiny_model_dir), task="classify"), cfg)
+    assert summary["test_accuracy"] > 0.6         # chance is 1/3; 200 steps reach 0.83-1.0 over seeds (80 gave 0.42-0.92)
+    lm = load(tmp_path / "gpt-topics", device="cpu")
+    assert lm.config.family == "decoder" and lm.config.pool_method == "last"
+    assert lm.generate("The ", max_new_tokens=3, greedy=True) is not None          # still a language model
+
+
+def test_classify_cli(encoder_classifier, tiny_encoder_dir, tmp_path, capsys):
+    out, _ = encoder_classifier
+    text = "I think the python is next to the code"          # the training template, unseen word pair
+    assert main(["classify", str(out), text, "--top-k", "2", "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("tech ") and line.endswith("\t" + text) and len(line.split("  ")) == 2
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat\n\nthe rice\n")
+    assert main(["classify", str(out), "--file", str(lines), "--json", "--device", "cpu"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["the cat", "the rice"] and set(rows[0]["probs"]) == {rows[0]["label"]}
+    labelled = tmp_path / "eval.csv"
+    labelled.write_text("text,label\nthe cat and the dog,animals\nthe tea and the soup,drinks\n")
+    assert main(["classify", str(out), "--file", str(labelled), "--label-column", "label", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 row(s) have labels the model was never trained on ('drinks')" in err and "macro-F1" in err
+    assert main(["classify", str(tiny_encoder_dir), "x", "--device", "cpu"]) == 2
+    assert "no classification head" in capsys.readouterr().err
+
+
+def test_lora_classifier_trains_and_saves_the_new_head(tmp_path, tiny_encoder_dir, topics_csv):
+    from lmforge.adapt.lora import ADAPTER_FILE, LoRAConfig
+    from lmforge.modeldir import read_weights
+    out = tmp_path / "lora-topics"
+    cfg = tiny_train_config(topics_csv, out, max_steps=200, eval_interval=200, lr=3e-3, batch_size=16)
+    summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions(),
+                       lora=LoRAConfig(lora_rank=4))
+    saved, _ = read_weights(out / ADAPTER_FILE)
+    assert {"classifier.proj.weight", "classifier.proj.bias"} <= set(saved)          # the head travels with the adapters
+    assert not any(k.startswith("transformer.") and "lora" not in k for k in saved)  # the base does not
+    assert summary["test_accuracy"] > 0.75          # chance is 1/3; 0.92-1.0 over seeds
+    lm = load(out, device="cpu")
+    assert lm.config.labels == ["animals", "food", "tech"]
+    assert lm.classify("I think the cat is next to the dog")["label"] == "animals"
