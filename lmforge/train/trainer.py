@@ -296,7 +296,7 @@ class Trainer:
                         loss.backward()
                     loss_sum += loss.detach()
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

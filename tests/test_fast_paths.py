@@ -1,0 +1,79 @@
+"""The speed levers give the same answers as the plain path (CPU): fused vs foreach AdamW,
+padded vs exact vocabulary, bf16 autocast vs fp32 (within bf16 noise), torch.compile'd
+training vs eager. (Compiled decoding vs eager greedy tokens: tests/test_generate.py.)"""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from lmforge.config import get_preset
+from lmforge.data.pretrain import lm_loss
+from lmforge.model import build_model
+from lmforge.train import train
+
+from .conftest import tiny_train_config
+
+
+def _train_steps(model, opt, x, steps=5, autocast=None):
+    losses = []
+    for _ in range(steps):
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            loss = lm_loss(model(x[:, :-1]), x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_fused_adamw_matches_foreach():
+    from lmforge.train.optim import param_groups
+    torch.manual_seed(0)
+    a = build_model(get_preset("gpt-tiny", vocab_size=64))
+    b = copy.deepcopy(a)
+    x = torch.randint(0, 64, (4, 33))
+    groups = lambda m: [g for g in param_groups(m, 0.1) if g["params"]]          # noqa: E731
+    la = _train_steps(a, torch.optim.AdamW(groups(a), lr=3e-3, fused=True), x)
+    lb = _train_steps(b, torch.optim.AdamW(groups(b), lr=3e-3, foreach=True), x)
+    assert la == pytest.approx(lb, rel=1e-5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5)          # same update, other rounding
+
+
+def test_padded_vocabulary_gives_the_same_logits():
+    torch.manual_seed(0)
+    padded = build_model(get_preset("llama-tiny", vocab_size=100, pad_vocab_multiple=64)).eval()
+    exact = build_model(get_preset("llama-tiny", vocab_size=100, pad_vocab_multiple=1)).eval()
+    vocab_rows = ("transformer.tok_emb.weight", "lm_head.weight")
+    state = {k: (v[:100] if k in vocab_rows else v) for k, v in padded.state_dict().items()}
+    exact.load_state_dict(state)
+    x = torch.randint(0, 100, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), exact(x))
+
+
+def test_bf16_autocast_follows_the_fp32_loss_curve():
+    torch.manual_seed(0)
+    a = build_model(get_preset("gpt-tiny", vocab_size=64))
+    b = copy.deepcopy(a)
+    x = torch.randint(0, 64, (4, 33))
+    fp32 = _train_steps(a, torch.optim.AdamW(a.parameters(), lr=3e-3), x, steps=20)
+    bf16 = _train_steps(b, torch.optim.AdamW(b.parameters(), lr=3e-3), x, steps=20,
+                        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert max(abs(p - q) for p, q in zip(fp32, bf16)) < 0.05                    # bf16 noise, same curve
+    assert bf16[-1] < bf16[0] - 1.0
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, char_data):
+    kw = dict(max_steps=4, eval_interval=4, log_interval=1)
+    train(tiny_train_config(char_data, tmp_path / "eager", **kw))
+    train(tiny_train_config(char_data, tmp_path / "compiled", compile=True, **kw))
+
+    def losses(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["kind"] == "train"]
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
