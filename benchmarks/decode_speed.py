@@ -47,7 +47,9 @@ def main() -> None:
         shape = (args.layers, args.width, args.heads, args.context, args.vocab)
         theirs, ours = hf_gpt2(*shape), lmforge_gpt2(*shape, pad_vocab_multiple=1)
         name = f"gpt {args.layers}x{args.width}"
-    theirs, ours = theirs.to(device, dtype).eval(), ours.to(device, dtype).eval()
+    from lmforge.model import inference_layout
+    theirs = theirs.to(device, dtype).eval()
+    ours = inference_layout(ours.to(device, dtype).eval(), device)     # what lmforge.load gives a user
     vocab = ours.config.vocab_size
     weights_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
     shapes = dict(model=name, params=f"{sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M", batch=args.batch,

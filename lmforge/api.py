@@ -207,8 +207,10 @@ class Model:
 
 def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
     """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama one — for inference
-    (on GPU when there is one, unless device says)."""
+    (on GPU when there is one, unless device says), its weights laid out for fast inference
+    on that device (`model.inference_layout`)."""
+    from .model import inference_layout
     from .train.trainer import resolve_device
     dev = resolve_device(device)
     module, config, tokenizer = load_model(path, dev, dtype)
-    return Model(module, config, tokenizer, Path(path))
+    return Model(inference_layout(module, dev), config, tokenizer, Path(path))

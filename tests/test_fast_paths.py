@@ -77,3 +77,23 @@ def test_compiled_training_matches_eager(tmp_path, char_data):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [r["loss"] for r in rows if r["kind"] == "train"]
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
+
+
+def test_cpu_inference_layout_keeps_logits_state_dict_and_tied_weights(tmp_path):
+    from lmforge.model import inference_layout
+    from lmforge.modeldir import state_dict_for_save
+    torch.manual_seed(0)
+    plain = build_model(get_preset("gpt-tiny", vocab_size=100)).eval()
+    fast = inference_layout(copy.deepcopy(plain), "cpu")
+    w = fast.transformer.blocks[0].attn.qkv.weight
+    assert w.shape == (192, 64) and w.stride() == (1, 192)                   # same shape, column-major storage
+    assert fast.lm_head.weight is fast.transformer.tok_emb.weight            # still tied
+    x = torch.randint(0, 100, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(plain(x), fast(x))
+    saved = state_dict_for_save(fast)
+    assert all(t.is_contiguous() for t in saved.values())
+    assert all(torch.equal(saved[k], v) for k, v in state_dict_for_save(plain).items())
+    from lmforge.generate import GenerationConfig, generate_ids
+    cfg = GenerationConfig(max_new_tokens=12, greedy=True)
+    assert generate_ids(plain, [[5, 6, 7]], cfg)[0] == generate_ids(fast, [[5, 6, 7]], cfg)[0]
