@@ -8,6 +8,8 @@
     {'label': 'perl', 'score': 0.91, 'probs': {...}}
     >>> lmforge.load("runs/en-zh").translate("Hello")           # doctest: +SKIP
     '你好'
+    >>> lmforge.load("runs/minilm").embed(["a cat", "a dog"]).shape   # doctest: +SKIP
+    torch.Size([2, 384])
 """
 
 from __future__ import annotations
@@ -144,6 +146,17 @@ class Model:
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
         return out[0] if single else out
 
+    def embed(self, texts: str | list[str], pooling: str = "auto", normalize: bool = True,
+              batch_size: int = 64) -> torch.Tensor:
+        """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text;
+        pooled by `pooling` (auto, mean, cls, last; see `lmforge.embed`) and of unit length
+        when `normalize`, so `a @ b` is the cosine similarity."""
+        from .embed import embed_texts
+        single = isinstance(texts, str)
+        vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), pooling, normalize,
+                              batch_size)
+        return vectors[0] if single else vectors
+
     def translate(self, texts: str | list[str], num_beams: int = 4, max_new_tokens: int | None = None,
                   length_penalty: float = 1.0, batch_size: int = 32) -> str | list[str]:
         """Translate (or summarise) with an encoder-decoder model directory: greedy with
@@ -206,7 +219,7 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
-    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama one — for inference
+    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — for inference
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
     from .model import inference_layout

@@ -406,7 +406,7 @@ class ExportArgs:
     progress: bool = option(True, "show a progress bar")
 
 
-@verb("import", "convert a Hugging Face GPT-2 or Llama checkpoint into an lmforge model directory")
+@verb("import", "convert a Hugging Face GPT-2, Llama or BERT checkpoint into an lmforge model directory")
 @options_of(ImportArgs)
 def _import(ns):
     from .interop import import_hf
@@ -417,7 +417,7 @@ def _import(ns):
     return 0
 
 
-@verb("export", "write an lmforge model directory in Hugging Face format (GPT-2 or Llama)")
+@verb("export", "write an lmforge model directory in Hugging Face format (GPT-2, Llama or BERT)")
 @options_of(ExportArgs)
 def _export(ns):
     from .interop import export_hf
@@ -425,6 +425,51 @@ def _export(ns):
     done = export_hf(args.model_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
     print(f"exported {args.model_dir} as {done['architecture']} ({done['params'] / 1e6:.2f}M parameters, "
           f"{done['dtype']}) into {done['out']}; load it with transformers' from_pretrained")
+    return 0
+
+
+# --------------------------------------------------------------------------------- embed
+from .config import POOLINGS  # noqa: E402
+
+
+@dataclass
+class EmbedArgs:
+    model_dir: str = option(None, "encoder (or decoder) model directory, e.g. an imported all-MiniLM-L6-v2",
+                            positional=True)
+    texts: list[str] = option([], "text(s) to embed", positional=True)
+    file: str | None = option(None, "also embed every line of this text file, or a column of a CSV / TSV / JSONL "
+                                    "table (--text-column)")
+    text_column: str = option("text", "with a table --file: the column holding the text")
+    pooling: str = option("auto", "mean over the tokens, cls (first token, through BERT's pooler), last token; auto: "
+                                  "the model's own (an imported sentence-transformers model's, else cls for encoders)",
+                          choices=POOLINGS)
+    normalize: bool = option(True, "scale every vector to length 1 (dot products are then cosine similarities)")
+    similarity: bool = option(False, "print the cosine similarity of every pair of texts instead of the vectors")
+    batch_size: int = option(64, "texts per forward pass")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("embed", "sentence embeddings of texts (one JSON vector per line), or their cosine similarities")
+@options_of(EmbedArgs)
+def _embed(ns):
+    from .api import load
+    from .data.tables import read_texts
+    args = from_args(EmbedArgs, ns)
+    texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
+    if not texts:
+        raise LmforgeError("nothing to embed: give texts as arguments or --file FILE")
+    vectors = load(args.model_dir, device=args.device).embed(texts, pooling=args.pooling, normalize=args.normalize,
+                                                             batch_size=args.batch_size)
+    if args.similarity:
+        import torch.nn.functional as F
+        unit = F.normalize(vectors, dim=-1)
+        cosines = unit @ unit.T                                                   # (N, N)
+        print("  ".join(f"{j:>6}" for j in range(len(texts))))
+        for i, text in enumerate(texts):
+            print("  ".join(f"{c:6.3f}" for c in cosines[i].tolist()) + f"  [{i}] {text}")
+        return 0
+    for text, v in zip(texts, vectors.tolist()):
+        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v]}, ensure_ascii=False))
     return 0
 
 

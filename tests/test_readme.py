@@ -1,7 +1,8 @@
 """Every command in README.md runs here, in order, on a tiny configuration.
 
 Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
-`pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin) and the ```python blocks
+`pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin; `$(python -c 'CODE')`
+is expanded as the shell would) and the ```python blocks
 are executed. Tiny settings are appended per verb (argparse keeps the last value);
 `--max-steps N` becomes N // 1000 so the README's "train 2000 steps, then resume to 3000"
 stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
@@ -43,6 +44,7 @@ TINY: dict[str, list[str]] = {
                 "--sample-tokens", "8", "--device", "cpu"],
     "classify": ["--device", "cpu"],
     "translate": ["--device", "cpu", "--max-new-tokens", "8"],
+    "embed": ["--device", "cpu"],
 }
 
 
@@ -55,6 +57,7 @@ def readme_commands() -> list[tuple[list[str], str | None]]:
     commands = []
     for block in readme_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\$\(python -c '([^']*)'\)", lambda m: python_output(m[1]), line)
             for part in line.split("&&"):
                 argv, stdin = shlex.split(part, comments=True), None
                 if argv[:1] == ["echo"] and "|" in argv:                 # echo TEXT | lmforge ...
@@ -63,6 +66,11 @@ def readme_commands() -> list[tuple[list[str], str | None]]:
                 if argv and argv[0] in ("lmforge", "torchrun"):
                     commands.append((argv, stdin))
     return commands
+
+
+def python_output(code: str) -> str:
+    """What `$(python -c 'CODE')` expands to in the shell (the README quotes it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def shrink(argv: list[str]) -> list[str]:

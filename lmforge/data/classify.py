@@ -10,10 +10,11 @@ Texts longer than the context are truncated (the pair's longer side first).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +75,14 @@ def collate_examples(ids: list[list[int]], types: list[list[int]], pad_id: int) 
     return {"x": x, "valid": valid, "types": t}
 
 
+def segments(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The segment ids of a batch as keyword arguments, for a model that has segment embeddings."""
+    return {"type_ids": batch["types"]} if model.config.family == "encoder" and model.config.type_vocab_size else {}
+
+
 def class_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, C) logits through the model's forward (segment ids only where the model has them)."""
-    kw = {"type_ids": batch["types"]} if model.config.family == "encoder" and model.config.type_vocab_size else {}
-    return model(batch["x"], key_valid=batch["valid"], head="classify", **kw)
+    return model(batch["x"], key_valid=batch["valid"], head="classify", **segments(model, batch))
 
 
 def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *,
@@ -91,27 +96,32 @@ def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = 
     return predict_encoded(model, ids, types, tokenizer.pad_id or 0, batch_size=batch_size)
 
 
-@torch.inference_mode()
 def predict_encoded(model, ids: list[list[int]], types: list[list[int]], pad_id: int, *, batch_size: int = 64,
                     autocast=None) -> torch.Tensor:
     """Class probabilities (N, C) of encoded examples (batched by length, returned in input order)."""
+    return map_batches(model, ids, types, pad_id, lambda m, batch: class_logits(m, batch).float().softmax(-1),
+                       (len(model.config.labels),), batch_size=batch_size, autocast=autocast)
+
+
+@torch.inference_mode()
+def map_batches(model, ids: list[list[int]], types: list[list[int]], pad_id: int,
+                fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor], shape: tuple[int, ...], *,
+                batch_size: int = 64, autocast=None) -> torch.Tensor:
+    """fn(model, padded batch) -> (b, *shape) for encoded examples batched by length (little
+    padding), in eval mode; returns (N, *shape) float32 on the CPU, in input order."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    probs = torch.empty(len(ids), len(model.config.labels))
+    out = torch.empty(len(ids), *shape)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         batch = collate_examples([ids[i] for i in chunk], [types[i] for i in chunk], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        if autocast is not None:
-            with autocast():
-                logits = class_logits(model, batch)
-        else:
-            logits = class_logits(model, batch)
-        probs[chunk] = logits.float().softmax(-1).cpu()
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out[chunk] = fn(model, batch).float().cpu()
     model.train(was_training)
-    return probs
+    return out
 
 
 class ClassificationObjective(Objective):

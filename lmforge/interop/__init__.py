@@ -1,4 +1,4 @@
-"""Interoperability with Hugging Face `transformers` checkpoints (GPT-2, Llama).
+"""Interoperability with Hugging Face `transformers` checkpoints (GPT-2, Llama, BERT).
 
     >>> import lmforge
     >>> lmforge.import_hf("hf/gpt2", "runs/gpt2")                # doctest: +SKIP
@@ -6,7 +6,7 @@
     >>> lmforge.load("hf/gpt2").generate("Hello")                # either layout loads  # doctest: +SKIP
 
 `keys.py` holds the key-table machinery, one module per architecture its table and config
-mapping (`gpt2.py`, `llama.py`), `hf.py` the directory reading and writing.
+mapping (`gpt2.py`, `llama.py`, `bert.py`), `hf.py` the directory reading and writing.
 """
 
 from .hf import ARCHITECTURES, export_hf, import_hf, is_hf_dir, read_hf, write_hf

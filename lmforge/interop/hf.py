@@ -1,4 +1,4 @@
-"""Hugging Face model directories <-> lmforge model directories.
+"""Hugging Face model directories <-> lmforge model directories (GPT-2, Llama, BERT).
 
     lmforge import HF_DIR OUT_DIR                    import_hf(hf_dir, out_dir)
     lmforge export MODEL_DIR OUT_DIR --format hf     export_hf(model_dir, out_dir)
@@ -13,6 +13,7 @@ more entry in `ARCHITECTURES`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights
                         write_json)
 from ..tokenizers import Tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from .bert import BERT
 from .gpt2 import GPT2
 from .keys import Architecture, own_tensors, to_hf, to_lmforge
 from .llama import LLAMA
 
-ARCHITECTURES: dict[str, Architecture] = {arch.model_type: arch for arch in (GPT2, LLAMA)}
+ARCHITECTURES: dict[str, Architecture] = {arch.model_type: arch for arch in (GPT2, LLAMA, BERT)}
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -111,15 +113,32 @@ class Checkpoint:
         return self._open(file).get_tensor(stored)
 
 
+# lmforge role -> the HF tokenizer fields that name its token, in order of preference: an encoder's
+# [CLS] is lmforge's bos and its [SEP] the eos (lmforge adds them itself: HF's post-processor never runs)
+ROLE_FIELDS = {"bos": ("bos_token", "cls_token"), "eos": ("eos_token", "sep_token"), "pad": ("pad_token",),
+               "unk": ("unk_token",), "mask": ("mask_token",)}
+
+
 def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
-    """The tokenizer of an HF directory; roles missing from tokenizer_config.json are taken
-    from config.json's *_token_id fields."""
+    """The tokenizer of an HF directory. Roles come from tokenizer_config.json (or the older
+    special_tokens_map.json), [CLS] / [SEP] standing in for bos / eos, then from config.json's
+    *_token_id fields. Fixed padding and truncation saved in tokenizer.json are switched off:
+    lmforge pads its batches itself and never cuts a text silently."""
     if not (path / TOKENIZER_FILE).is_file():
         found = [n for n in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt") if (path / n).is_file()]
         raise ModelDirError(f"{path} has no {TOKENIZER_FILE}{f' (only {found})' if found else ''}; lmforge reads the "
                             f"fast-tokenizer file — write it with transformers: "
                             f"`AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}')`")
     tokenizer = Tokenizer.load(path)
+    tokenizer.hf.no_padding()
+    tokenizer.hf.no_truncation()
+    named = {**read_json(path / "special_tokens_map.json", {}), **read_json(path / TOKENIZER_CONFIG_FILE, {})}
+    for role, fields in ROLE_FIELDS.items():
+        for field in fields:
+            token = named.get(field)
+            token = token.get("content") if isinstance(token, dict) else token      # an AddedToken dict
+            if tokenizer.special.get(role) is None and isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+                tokenizer.special[role] = token
     for role in ("bos", "eos", "pad", "unk"):
         token_id = hf.get(f"{role}_token_id")
         if isinstance(token_id, list):                 # several end tokens: the first is the one to write
@@ -132,6 +151,32 @@ def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
     return tokenizer
 
 
+def read_json(path: Path, default: Any) -> Any:
+    """A JSON file's content when it is there, parses, and has the type of `default`; else `default`."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+# sentence-transformers' pooling modes (its Pooling module's config) -> lmforge `pooling`. Its "cls"
+# mode is left out: it takes the raw [CLS] state, where lmforge's goes through BERT's pooler.
+SENTENCE_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
+
+
+def sentence_pooling(path: Path) -> str | None:
+    """The pooling a sentence-transformers directory declares (modules.json -> its Pooling
+    module's config.json), when lmforge has it; else None."""
+    for module in read_json(path / "modules.json", []):
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+            modes = read_json(path / str(module.get("path", "")) / CONFIG_FILE, {})
+            chosen = [mode for mode, on in modes.items() if mode.startswith("pooling_mode_") and on is True]
+            if len(chosen) == 1 and chosen[0] in SENTENCE_POOLING:
+                return SENTENCE_POOLING[chosen[0]]
+    return None
+
+
 def read_hf(path: str | Path, progress: bool = False
             ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, Architecture]:
     """(config, weights under lmforge's names, tokenizer, architecture) of an HF directory."""
@@ -140,12 +185,17 @@ def read_hf(path: str | Path, progress: bool = False
     if hf is None:
         raise ModelDirError(f"{path} is not a Hugging Face model directory (no {CONFIG_FILE} with a model_type)")
     arch = architecture_of(hf, path / CONFIG_FILE)
+    checkpoint = Checkpoint(path, arch.base_prefix)
     try:
         config = arch.config_from_hf(hf)
+        if arch.heads is not None:
+            config = arch.heads(config, hf, checkpoint.names)
     except ConfigError as e:
         raise ConfigError(f"{path / CONFIG_FILE}: {e}") from e
+    pooling = sentence_pooling(path)
+    if pooling:
+        config = dataclasses.replace(config, pooling=pooling)
     tokenizer = read_hf_tokenizer(path, hf)
-    checkpoint = Checkpoint(path, arch.base_prefix)
     with torch.device("meta"):
         model = build_model(config)
     weights = to_lmforge(arch, config, model, checkpoint.names, checkpoint.shape, checkpoint.read, str(path),
@@ -191,21 +241,40 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
     out = output_dir(out, overwrite)
     save_tensors(hf_weights, out / WEIGHTS_FILE)
     write_json(out / CONFIG_FILE, hf_config)
-    tokenizer.save(out)
+    encoder = config.family == "encoder"
+    (with_cls_sep(tokenizer) if encoder else tokenizer).save(out)
     cfg_path = out / TOKENIZER_CONFIG_FILE
     tok_cfg = json.loads(cfg_path.read_text())
     tok_cfg.update({"model_max_length": config.context_length, "clean_up_tokenization_spaces": False,
                     # lmforge never turns a literal "<eos>" in text into the special token; nor will transformers
                     "split_special_tokens": True})
+    if encoder:                                           # BERT's tokenizer also returns the segment ids
+        tok_cfg.update({f"{field}_token": tokenizer.special[role] for field, role in (("cls", "bos"), ("sep", "eos"))
+                        if tokenizer.special.get(role)})
+        tok_cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     write_json(cfg_path, tok_cfg)
-    return {"out": str(out), "architecture": arch.hf_classes[0], "dtype": dtype,
+    return {"out": str(out), "architecture": hf_config["architectures"][0], "dtype": dtype,
             "params": sum(t.numel() for t in hf_weights.values())}
+
+
+def with_cls_sep(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of an encoder's tokenizer whose post-processor wraps text as lmforge's encoder
+    pipelines do — bos text eos ([CLS] text [SEP]), and bos a eos b eos with segment 1 for a pair —
+    so `transformers`' tokenizer(text) gives the ids lmforge feeds the model."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+    copy = Tokenizer(HFTokenizer.from_str(tokenizer.hf.to_str()), tokenizer.kind, tokenizer.special, tokenizer.extra)
+    cls, sep = tokenizer.special.get("bos"), tokenizer.special.get("eos")
+    if tokenizer.bos_id is not None and tokenizer.eos_id is not None:
+        copy.hf.post_processor = TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+                                                    special_tokens=[(cls, tokenizer.bos_id), (sep, tokenizer.eos_id)])
+    return copy
 
 
 # ------------------------------------------------------------------------------ the verbs
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
               ) -> dict[str, Any]:
-    """Convert an HF directory (GPT-2, Llama) into an lmforge model directory; returns a summary."""
+    """Convert an HF directory (GPT-2, Llama, BERT) into an lmforge model directory; returns a summary."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ModelDirError(f"{hf_dir} is not a directory; give the Hugging Face model directory "

@@ -64,7 +64,10 @@ class Architecture:
     keys: tuple[Rule, ...]                     # one rule per lmforge tensor; "{i}" rules repeat per layer
     ignored: tuple[str, ...]                   # HF tensors that hold no weights (old causal-mask / RoPE buffers)
     config_from_hf: Callable[[dict[str, Any]], ModelConfig]   # raises ConfigError naming an unsupported field
-    config_to_hf: Callable[[ModelConfig], dict[str, Any]]     # raises ConfigError naming what HF cannot hold
+    config_to_hf: Callable[[ModelConfig], dict[str, Any]]     # raises ConfigError naming what HF cannot hold;
+                                                              # may name the class to write ("architectures")
+    heads: Callable[[ModelConfig, dict[str, Any], set[str]], ModelConfig] | None = None
+    # (config, config.json, the checkpoint's tensor names) -> config with the optional heads the checkpoint holds
 
     def rules(self, n_layer: int) -> Iterator[Rule]:
         for rule in self.keys:

@@ -68,10 +68,13 @@ class EncoderModel(nn.Module):
         assert head == "mlm", f"unknown head {head!r}"
         return self.mlm_logits(h if select is None else h[select])
 
-    def pooled(self, h: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, d) -> (B, d): config.pool_method; "cls" goes through the pooler when there is one."""
-        v = pool(h, key_valid, self.config.pool_method)
-        if self.config.pool_method == "cls" and self.pooler is not None:
+    def pooled(self, h: torch.Tensor, key_valid: torch.Tensor | None = None, method: str | None = None
+               ) -> torch.Tensor:
+        """(B, T, d) -> (B, d) by `method` (default config.pool_method); "cls" goes through the
+        pooler when there is one."""
+        method = method or self.config.pool_method
+        v = pool(h, key_valid, method)
+        if method == "cls" and self.pooler is not None:
             v = self.pooler(v)
         return v
 
