@@ -1,5 +1,6 @@
-"""The side-by-side speed scripts run end to end on tiny shapes and report both frameworks and
-their ratio (the figures themselves are measured on a quiet machine, not asserted here)."""
+"""The side-by-side speed scripts run end to end (`benchmarks/run_all.py --quick`: the CPU set
+on tiny shapes) and report both frameworks and their ratio. The figures themselves are
+measured on a quiet machine and recorded in the README, not asserted here."""
 
 from __future__ import annotations
 
@@ -12,29 +13,19 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TINY = ["--layers", "1", "--width", "32", "--heads", "2", "--rounds", "1", "--threads", "1", "--device", "cpu"]
-
-
-def run_script(name: str, *args: str, out: Path) -> dict:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args, "--json", str(out)], cwd=BENCHMARKS,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "ratio lmforge / transformers:" in done.stdout, done.stdout
-    row = json.loads(out.read_text().splitlines()[-1])
-    assert set(row["best"]) == {"lmforge", "transformers"} and all(v > 0 for v in row["best"].values())
-    return row
 
 
 @pytest.mark.slow
-def test_train_speed_script(tmp_path):
-    row = run_script("train_speed.py", *TINY, "--context", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
-                     out=tmp_path / "train.jsonl")
-    assert row["unit"] == "tokens/s" and row["shapes"]["context"] == 16
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--compile"]], ids=["eager", "compiled"])
-def test_decode_speed_script(tmp_path, extra):
-    row = run_script("decode_speed.py", *TINY, "--context", "64", "--vocab", "64", "--prompt", "4", "--new", "8",
-                     *extra, out=tmp_path / "decode.jsonl")
-    assert row["shapes"]["new_tokens"] == 8 and row["shapes"]["compile"] == bool(extra)
+def test_run_all_quick_runs_every_cpu_benchmark(tmp_path):
+    out = tmp_path / "results.jsonl"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("ratio lmforge / transformers:") == 4, done.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["title"].split()[0] for r in rows] == ["training", "greedy", "greedy", "greedy"]
+    assert [(r["shapes"].get("compile"), r["shapes"]["dtype"]) for r in rows] == [
+        (False, "float32"), (False, "float32"), (True, "float32"), (False, "bfloat16")]
+    for row in rows:
+        assert set(row["best"]) == {"lmforge", "transformers"} and all(v > 0 for v in row["best"].values())
