@@ -10,6 +10,8 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.processors import TemplateProcessing
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
@@ -18,7 +20,7 @@ from lmforge.api import Model
 from lmforge.cli import main
 from lmforge.config import get_preset
 from lmforge.errors import ConfigError, ModelDirError
-from lmforge.generate.decode import GenerationConfig, generate_ids
+from lmforge.generate.decode import GenerationConfig, encode_prompt, generate, generate_ids
 from lmforge.interop import export_hf, import_hf
 from lmforge.interop.gpt2 import GPT2
 from lmforge.interop.llama import LLAMA
@@ -101,6 +103,35 @@ def test_greedy_generation_matches_transformers_generate(case, tok, tmp_path):
                          eos_token_id=None, pad_token_id=0)[0, prompt.shape[1]:].tolist()
     ours, _, _ = generate_ids(lm.module, prompt.tolist(), GenerationConfig(max_new_tokens=32, greedy=True))
     assert len(theirs) == 32 and ours[0] == theirs
+
+
+def test_prompts_start_with_bos_where_they_did_in_transformers(tok, tmp_path):
+    """A Llama tokenizer's post-processor puts <s> before every text in transformers; imported,
+    lmforge's text prompts start with it too, so greedy generation from the same text gives the
+    same tokens. An explicit add_bos_token=false wins, and GPT-2 (no template) adds nothing."""
+    hf = make_hf("llama-gqa", tok, tmp_path / "hf")
+    tok_file = tmp_path / "hf" / "tokenizer.json"
+    with_bos = HFTokenizer.from_file(str(tok_file))
+    with_bos.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.bos_id)])
+    with_bos.save(str(tok_file))
+    text = "the lazy fox"
+    ids = AutoTokenizer.from_pretrained(tmp_path / "hf")(text).input_ids
+    assert ids == [tok.bos_id] + tok.encode(text)
+
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    lm = lmforge.load(tmp_path / "ours", device="cpu")
+    assert lm.tokenizer.add_bos and encode_prompt(lm.tokenizer, text) == ids
+    theirs = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    ours = generate(lm.module, lm.tokenizer, text, GenerationConfig(max_new_tokens=16, greedy=True, ignore_eos=True))
+    assert ours[0].prompt_tokens == len(ids) and ours[0].ids == theirs
+
+    cfg = tmp_path / "hf" / "tokenizer_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "add_bos_token": False}))
+    assert not lmforge.load(tmp_path / "hf", device="cpu").tokenizer.add_bos
+    make_hf("gpt2", tok, tmp_path / "gpt2")
+    gpt2 = lmforge.load(tmp_path / "gpt2", device="cpu").tokenizer
+    assert not gpt2.add_bos and encode_prompt(gpt2, text) == tok.encode(text)
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])

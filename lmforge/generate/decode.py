@@ -206,6 +206,12 @@ def finish(ids: list[int], cfg: GenerationConfig, eos_id: int | None) -> tuple[l
     return ids, "length"
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """A text prompt's ids: with the bos token first when the tokenizer says so (`add_bos`,
+    an imported Llama), as `transformers`' tokenizer(text) gives them."""
+    return tokenizer.encode(text, bos=tokenizer.add_bos)
+
+
 def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: GenerationConfig | None = None, *,
              stream: Callable[[int, str], None] | None = None, draft=None) -> list[Completion]:
     """Generate text for one prompt or a batch. `stream(index, text_piece)` receives text as
@@ -219,8 +225,8 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
     if not prompts:
         raise LmforgeError("no prompts given")
     start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
-    prompt_ids = [list(p) if not isinstance(p, str) else tokenizer.encode(p) or ([start] if start is not None else [])
-                  for p in prompts]
+    prompt_ids = [list(p) if not isinstance(p, str)
+                  else encode_prompt(tokenizer, p) or ([start] if start is not None else []) for p in prompts]
     decoders = [tokenizer.decode_stream() for _ in prompts]
     texts = ["" for _ in prompts]
     emitted = [0 for _ in prompts]       # characters already passed to `stream`

@@ -119,11 +119,12 @@ ROLE_FIELDS = {"bos": ("bos_token", "cls_token"), "eos": ("eos_token", "sep_toke
                "unk": ("unk_token",), "mask": ("mask_token",)}
 
 
-def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
+def read_hf_tokenizer(path: Path, hf: dict[str, Any], decoder: bool = True) -> Tokenizer:
     """The tokenizer of an HF directory. Roles come from tokenizer_config.json (or the older
     special_tokens_map.json), [CLS] / [SEP] standing in for bos / eos, then from config.json's
     *_token_id fields. Fixed padding and truncation saved in tokenizer.json are switched off:
-    lmforge pads its batches itself and never cuts a text silently."""
+    lmforge pads its batches itself and never cuts a text silently. A decoder's prompts start
+    with bos when they did in `transformers` (`add_bos_token`, else the post-processor's template)."""
     if not (path / TOKENIZER_FILE).is_file():
         found = [n for n in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt") if (path / n).is_file()]
         raise ModelDirError(f"{path} has no {TOKENIZER_FILE}{f' (only {found})' if found else ''}; lmforge reads the "
@@ -145,10 +146,20 @@ def read_hf_tokenizer(path: Path, hf: dict[str, Any]) -> Tokenizer:
             token_id = token_id[0] if token_id else None
         if tokenizer.special.get(role) is None and isinstance(token_id, int):
             tokenizer.special[role] = tokenizer.id_to_token(token_id)
+    explicit = named.get("add_bos_token")
+    if decoder and (explicit if isinstance(explicit, bool) else prepends_bos(tokenizer)):
+        tokenizer.extra["add_bos_token"] = True
     template = path / "chat_template.jinja"               # where transformers 5 writes the chat template
     if template.is_file() and "chat_template" not in tokenizer.extra:
         tokenizer.extra["chat_template"] = template.read_text(encoding="utf-8")
     return tokenizer
+
+
+def prepends_bos(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer.json post-processor starts every text with the bos token."""
+    bos = tokenizer.bos_id
+    return bos is not None and tokenizer.hf.encode("a", add_special_tokens=True).ids[:1] == [bos] \
+        and tokenizer.hf.encode("a", add_special_tokens=False).ids[:1] != [bos]
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -195,7 +206,7 @@ def read_hf(path: str | Path, progress: bool = False
     pooling = sentence_pooling(path)
     if pooling:
         config = dataclasses.replace(config, pooling=pooling)
-    tokenizer = read_hf_tokenizer(path, hf)
+    tokenizer = read_hf_tokenizer(path, hf, decoder=config.family == "decoder")
     with torch.device("meta"):
         model = build_model(config)
     weights = to_lmforge(arch, config, model, checkpoint.names, checkpoint.shape, checkpoint.read, str(path),

@@ -69,6 +69,12 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     @property
+    def add_bos(self) -> bool:
+        """Whether a decoder's prompts start with the bos token: an imported tokenizer that did so
+        in `transformers` (Llama's) records `add_bos_token` in tokenizer_config.json."""
+        return bool(self.extra.get("add_bos_token")) and self.bos_id is not None
+
+    @property
     def special_ids(self) -> set[int]:
         return {i for i in (self._role_id(r) for r in self.special) if i is not None}
 
@@ -142,7 +148,7 @@ class Tokenizer:
             if tok is None and hf.token_to_id(SPECIAL_TOKENS[role]) is not None:
                 tok = SPECIAL_TOKENS[role]
             special[role] = tok
-        keep = {k: v for k, v in cfg.items() if k in ("chat_template", "lmforge_chat_template")}
+        keep = {k: v for k, v in cfg.items() if k in ("chat_template", "lmforge_chat_template", "add_bos_token")}
         return cls(hf, kind, special, keep)
 
     def __repr__(self) -> str:
