@@ -3,7 +3,9 @@ directories and a tiny trained model, built once per test session."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,18 @@ def topics_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pairs_tsv(tmp_path_factory) -> Path:
     return write_pairs_tsv(tmp_path_factory.mktemp("tables") / "pairs.tsv")
+
+
+def edit_hf_dir(src: Path, dst: Path, config: dict | None = None, tensors: dict | None = None) -> Path:
+    """A copy of HF dir `src` with config.json fields / safetensors entries changed (None deletes)."""
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(src, dst)
+    if config:
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.update(config)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    if tensors:
+        weights = load_file(dst / "model.safetensors")
+        weights.update(tensors)
+        save_file({k: v for k, v in weights.items() if v is not None}, dst / "model.safetensors", {"format": "pt"})
+    return dst

@@ -5,7 +5,6 @@ and compared logit for logit and token for token."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -26,6 +25,8 @@ from lmforge.interop.gpt2 import GPT2
 from lmforge.interop.llama import LLAMA
 from lmforge.model import build_model
 from lmforge.tokenizers import train_char_tokenizer
+
+from .conftest import edit_hf_dir
 
 TEXT = "the quick brown fox jumps over the lazy dog; def main(): return 42"
 SPECIAL = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
@@ -187,41 +188,27 @@ def gpt2_dir(tok, tmp_path_factory):
     return d
 
 
-def edit(src, dst, config=None, tensors=None):
-    """A copy of HF dir `src` with config.json fields / safetensors entries changed (None deletes)."""
-    shutil.copytree(src, dst)
-    if config:
-        cfg = json.loads((dst / "config.json").read_text())
-        cfg.update(config)
-        (dst / "config.json").write_text(json.dumps(cfg))
-    if tensors:
-        weights = load_file(dst / "model.safetensors")
-        weights.update(tensors)
-        save_file({k: v for k, v in weights.items() if v is not None}, dst / "model.safetensors", {"format": "pt"})
-    return dst
-
-
 def test_unsupported_architecture_lists_the_supported_ones(gpt2_dir, tmp_path):
-    d = edit(gpt2_dir, tmp_path / "neox", config={"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "neox", config={"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]})
     with pytest.raises(ConfigError, match=r"model_type='gpt_neox' cannot be imported; lmforge supports gpt2 .*llama"):
         import_hf(d, tmp_path / "out")
-    d = edit(gpt2_dir, tmp_path / "cls", config={"architectures": ["GPT2ForSequenceClassification"]})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "cls", config={"architectures": ["GPT2ForSequenceClassification"]})
     with pytest.raises(ConfigError, match=r"GPT2ForSequenceClassification.*supports gpt2 \(GPT2LMHeadModel"):
         lmforge.load(d)
 
 
 def test_missing_mismatched_and_unexpected_tensors_are_named(gpt2_dir, tmp_path):
-    d = edit(gpt2_dir, tmp_path / "missing", tensors={"transformer.h.1.ln_2.bias": None})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "missing", tensors={"transformer.h.1.ln_2.bias": None})
     with pytest.raises(ModelDirError, match=r"no tensor 'transformer.h.1.ln_2.bias' \(shape \(32,\)\)"):
         import_hf(d, tmp_path / "out")
-    d = edit(gpt2_dir, tmp_path / "shape", tensors={"transformer.h.0.attn.c_attn.weight": torch.zeros(96, 32)})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "shape", tensors={"transformer.h.0.attn.c_attn.weight": torch.zeros(96, 32)})
     with pytest.raises(ModelDirError, match=r"'transformer.h.0.attn.c_attn.weight' has shape \(96, 32\) but "
                                             r"config.json implies \(32, 96\)"):
         import_hf(d, tmp_path / "out")
-    d = edit(gpt2_dir, tmp_path / "extra", tensors={"score.weight": torch.zeros(2, 32)})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "extra", tensors={"score.weight": torch.zeros(2, 32)})
     with pytest.raises(ModelDirError, match=r"no place for: \['score.weight'\]"):
         import_hf(d, tmp_path / "out")
-    d = edit(gpt2_dir, tmp_path / "layers", config={"n_layer": 3})
+    d = edit_hf_dir(gpt2_dir, tmp_path / "layers", config={"n_layer": 3})
     with pytest.raises(ModelDirError, match=r"no tensor 'transformer.h.2.ln_1.weight'"):
         import_hf(d, tmp_path / "out")
 
@@ -253,11 +240,11 @@ def test_export_refuses_a_model_no_hf_architecture_holds(tok, tmp_path):
 
 
 def test_directory_errors(gpt2_dir, tmp_path, capsys):
-    d = edit(gpt2_dir, tmp_path / "pickle")
+    d = edit_hf_dir(gpt2_dir, tmp_path / "pickle")
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     with pytest.raises(ModelDirError, match=r"pytorch_model.bin, a pickle, which lmforge never loads"):
         import_hf(d, tmp_path / "out")
-    d = edit(gpt2_dir, tmp_path / "notok")
+    d = edit_hf_dir(gpt2_dir, tmp_path / "notok")
     (d / "tokenizer.json").unlink()
     with pytest.raises(ModelDirError, match=r"has no tokenizer.json; .*AutoTokenizer"):
         import_hf(d, tmp_path / "out")

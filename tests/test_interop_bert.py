@@ -6,12 +6,10 @@ embeddings against `sentence-transformers`, and classification fine-tuning from 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -27,7 +25,7 @@ from lmforge.interop.bert import BERT
 from lmforge.model import build_model
 from lmforge.tokenizers import train_wordpiece_tokenizer
 
-from .conftest import write_topics_csv
+from .conftest import edit_hf_dir, write_topics_csv
 
 TEXT = "the quick brown fox jumps over the lazy dog while the cat sleeps on a warm mat"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -188,36 +186,22 @@ def bert_dir(tmp_path_factory):
     return d
 
 
-def edit(src, dst, config=None, tensors=None):
-    """A copy of HF dir `src` with config.json fields / safetensors entries changed (None deletes)."""
-    shutil.copytree(src, dst)
-    if config:
-        cfg = json.loads((dst / "config.json").read_text())
-        cfg.update(config)
-        (dst / "config.json").write_text(json.dumps(cfg))
-    if tensors:
-        weights = load_file(dst / "model.safetensors")
-        weights.update(tensors)
-        save_file({k: v for k, v in weights.items() if v is not None}, dst / "model.safetensors", {"format": "pt"})
-    return dst
-
-
 def test_bert_errors_name_the_field_the_key_and_the_shapes(bert_dir, tmp_path):
-    d = edit(bert_dir, tmp_path / "token", config={"architectures": ["BertForTokenClassification"]})
+    d = edit_hf_dir(bert_dir, tmp_path / "token", config={"architectures": ["BertForTokenClassification"]})
     with pytest.raises(ConfigError, match=r"BertForTokenClassification.*lmforge supports gpt2 .*bert \(BertModel / "
                                           r"BertForMaskedLM / BertForSequenceClassification"):
         import_hf(d, tmp_path / "out")
-    d = edit(bert_dir, tmp_path / "relative", config={"position_embedding_type": "relative_key"})
+    d = edit_hf_dir(bert_dir, tmp_path / "relative", config={"position_embedding_type": "relative_key"})
     with pytest.raises(ConfigError, match=r"position_embedding_type='relative_key' is not supported"):
         import_hf(d, tmp_path / "out")
-    d = edit(bert_dir, tmp_path / "regression", config={"problem_type": "regression"})
+    d = edit_hf_dir(bert_dir, tmp_path / "regression", config={"problem_type": "regression"})
     with pytest.raises(ConfigError, match=r"problem_type='regression' is not supported"):
         import_hf(d, tmp_path / "out")
-    d = edit(bert_dir, tmp_path / "shape", tensors={"bert.encoder.layer.1.attention.self.key.weight": torch.zeros(32, 16)})
+    d = edit_hf_dir(bert_dir, tmp_path / "shape", tensors={"bert.encoder.layer.1.attention.self.key.weight": torch.zeros(32, 16)})
     with pytest.raises(ModelDirError, match=r"'bert.encoder.layer.1.attention.self.key.weight' has shape \(32, 16\) "
                                             r"but config.json implies \(32, 32\)"):
         import_hf(d, tmp_path / "out")
-    d = edit(bert_dir, tmp_path / "missing", tensors={"bert.encoder.layer.0.output.LayerNorm.bias": None})
+    d = edit_hf_dir(bert_dir, tmp_path / "missing", tensors={"bert.encoder.layer.0.output.LayerNorm.bias": None})
     with pytest.raises(ModelDirError, match=r"no tensor 'bert.encoder.layer.0.output.LayerNorm.bias' \(shape \(32,\)\)"):
         import_hf(d, tmp_path / "out")
     with pytest.raises(ConfigError, match=r"hidden_act='silu'"):

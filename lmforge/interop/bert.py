@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse
+from .keys import Architecture, Rule, hf_value, refuse, require_config, require_hf
 
 B, H = "transformer.blocks.{i}.", "bert.encoder.layer.{i}."     # one block: lmforge's name, HF's name
 EMB = "bert.embeddings."
@@ -63,13 +63,10 @@ EXPORTED_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """Every head on; `heads_from_checkpoint` then keeps those the checkpoint holds."""
-    for field, needed, why in (
-            ("position_embedding_type", "absolute", "lmforge's BERT has learned absolute positions, not relative "
-                                                    "ones"),
-            ("is_decoder", False, "lmforge imports BERT as a bidirectional encoder"),
-            ("add_cross_attention", False, "lmforge's encoder has no cross attention")):
-        if hf_value(hf, field, needed) != needed:
-            raise refuse(field, hf[field], why)
+    require_hf(hf, (
+        ("position_embedding_type", "absolute", "lmforge's BERT has learned absolute positions, not relative ones"),
+        ("is_decoder", False, "lmforge imports BERT as a bidirectional encoder"),
+        ("add_cross_attention", False, "lmforge's encoder has no cross attention")))
     act = hf_value(hf, "hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise refuse("hidden_act", act, f"lmforge's MLP supports {', '.join(ACTIVATIONS)}")
@@ -105,15 +102,14 @@ def heads_from_checkpoint(config: ModelConfig, hf: dict[str, Any], names: set[st
 
 
 def config_to_hf(c: ModelConfig) -> dict[str, Any]:
-    for field, needed, why in (("family", "encoder", "BERT is an encoder"),
-                               ("position", "learned", "BERT has learned position embeddings"),
-                               ("norm", "layernorm", "BERT uses LayerNorm"),
-                               ("norm_position", "post", "BERT normalises after each residual add"),
-                               ("embed_norm", True, "BERT normalises the summed embeddings"),
-                               ("embed_scale", False, "BERT does not scale its embeddings"),
-                               ("bias", True, "BERT's layers all have biases")):
-        if getattr(c, field) != needed:
-            raise refuse(field, getattr(c, field), why)
+    require_config(c, (
+        ("family", "encoder", "BERT is an encoder"),
+        ("position", "learned", "BERT has learned position embeddings"),
+        ("norm", "layernorm", "BERT uses LayerNorm"),
+        ("norm_position", "post", "BERT normalises after each residual add"),
+        ("embed_norm", True, "BERT normalises the summed embeddings"),
+        ("embed_scale", False, "BERT does not scale its embeddings"),
+        ("bias", True, "BERT's layers all have biases")))
     if c.mlp not in EXPORTED_ACTIVATION:
         raise refuse("mlp", c.mlp, f"BERT's MLP is one of {', '.join(EXPORTED_ACTIVATION)}")
     if c.kv_heads != c.n_head:

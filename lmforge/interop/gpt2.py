@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse
+from .keys import Architecture, Rule, hf_value, refuse, require_config, require_hf
 
 B, H = "transformer.blocks.{i}.", "transformer.h.{i}."     # one block: lmforge's name, HF's name
 
@@ -40,12 +40,10 @@ EXPORTED_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    for field, needed, why in (
-            ("scale_attn_weights", True, "lmforge always scales attention scores by 1/sqrt(head size)"),
-            ("scale_attn_by_inverse_layer_idx", False, "lmforge does not scale attention by 1/layer index"),
-            ("add_cross_attention", False, "lmforge's GPT-2 import is decoder-only, without cross attention")):
-        if hf_value(hf, field, needed) != needed:
-            raise refuse(field, hf[field], why)
+    require_hf(hf, (
+        ("scale_attn_weights", True, "lmforge always scales attention scores by 1/sqrt(head size)"),
+        ("scale_attn_by_inverse_layer_idx", False, "lmforge does not scale attention by 1/layer index"),
+        ("add_cross_attention", False, "lmforge's GPT-2 import is decoder-only, without cross attention")))
     act = hf_value(hf, "activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise refuse("activation_function", act, f"lmforge's MLP supports {', '.join(ACTIVATIONS)}")
@@ -60,13 +58,12 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def config_to_hf(c: ModelConfig) -> dict[str, Any]:
-    for field, needed, why in (("family", "decoder", "GPT-2 is a decoder-only model"),
-                               ("position", "learned", "GPT-2 has learned position embeddings"),
-                               ("norm", "layernorm", "GPT-2 uses LayerNorm"),
-                               ("norm_position", "pre", "GPT-2 normalises before each sub-layer"),
-                               ("bias", True, "GPT-2's layers all have biases")):
-        if getattr(c, field) != needed:
-            raise refuse(field, getattr(c, field), why)
+    require_config(c, (
+        ("family", "decoder", "GPT-2 is a decoder-only model"),
+        ("position", "learned", "GPT-2 has learned position embeddings"),
+        ("norm", "layernorm", "GPT-2 uses LayerNorm"),
+        ("norm_position", "pre", "GPT-2 normalises before each sub-layer"),
+        ("bias", True, "GPT-2's layers all have biases")))
     if c.mlp not in EXPORTED_ACTIVATION:
         raise refuse("mlp", c.mlp, f"GPT-2's MLP is one of {', '.join(EXPORTED_ACTIVATION)}")
     if c.kv_heads != c.n_head:

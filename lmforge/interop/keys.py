@@ -91,6 +91,20 @@ def hf_value(hf: dict[str, Any], field: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def require_hf(hf: dict[str, Any], rules: tuple[tuple[str, Any, str], ...]) -> None:
+    """(field, the only value lmforge can import, why) for HF config.json fields: refuse others."""
+    for field, needed, why in rules:
+        if hf_value(hf, field, needed) != needed:
+            raise refuse(field, hf[field], why)
+
+
+def require_config(c: ModelConfig, rules: tuple[tuple[str, Any, str], ...]) -> None:
+    """(field, the only value the HF architecture can hold, why) for lmforge config fields."""
+    for field, needed, why in rules:
+        if getattr(c, field) != needed:
+            raise refuse(field, getattr(c, field), why)
+
+
 def own_tensors(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor the model stores, tied copies (lm_head = tok_emb) once."""
     seen: set[int] = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse
+from .keys import Architecture, Rule, hf_value, refuse, require_config
 
 B, H = "transformer.blocks.{i}.", "model.layers.{i}."     # one block: lmforge's name, HF's name
 
@@ -78,13 +78,12 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def config_to_hf(c: ModelConfig) -> dict[str, Any]:
-    for field, needed, why in (("family", "decoder", "Llama is a decoder-only model"),
-                               ("position", "rope", "Llama uses rotary positions"),
-                               ("norm", "rmsnorm", "Llama uses RMSNorm"),
-                               ("norm_position", "pre", "Llama normalises before each sub-layer"),
-                               ("mlp", "swiglu", "Llama's MLP is SwiGLU")):
-        if getattr(c, field) != needed:
-            raise refuse(field, getattr(c, field), why)
+    require_config(c, (
+        ("family", "decoder", "Llama is a decoder-only model"),
+        ("position", "rope", "Llama uses rotary positions"),
+        ("norm", "rmsnorm", "Llama uses RMSNorm"),
+        ("norm_position", "pre", "Llama normalises before each sub-layer"),
+        ("mlp", "swiglu", "Llama's MLP is SwiGLU")))
     rope = {"rope_type": "default", "rope_theta": c.rope_theta}
     return {"vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.ff_dim,
             "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.kv_heads,
