@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from .config import POOLINGS
 from .errors import LmforgeError
 from .options import add_options, from_args, option
 
@@ -430,9 +431,6 @@ def _export(ns):
 
 
 # --------------------------------------------------------------------------------- embed
-from .config import POOLINGS  # noqa: E402
-
-
 @dataclass
 class EmbedArgs:
     model_dir: str = option(None, "encoder (or decoder) model directory, e.g. an imported all-MiniLM-L6-v2",
