@@ -270,6 +270,24 @@ def _distill(ns):
 
 
 # --------------------------------------------------------------------- classify, translate
+def _input_texts(verb_name: str, texts: list[str], file: str | None, column: str, column_flag: str,
+                 ref_column: str | None = None, ref_flag: str = "") -> tuple[list[str], list[str | None] | None]:
+    """The texts a verb runs on: those given as arguments, then the lines of --file (or its
+    `column`, for a CSV / TSV / JSONL table). With `ref_column`, also that column's values, one
+    per text (None for the argument texts); else None."""
+    from .data.tables import read_table, read_texts
+    texts, refs = list(texts), None
+    if file and ref_column:
+        rows = read_table(file, [column, ref_column], (), {column: column_flag, ref_column: ref_flag})
+        refs = [None] * len(texts) + [r[ref_column] for r in rows]
+        texts += [r[column] for r in rows]
+    elif file:
+        texts += read_texts(file, column, column_flag)
+    if not texts:
+        raise LmforgeError(f"nothing to {verb_name}: give texts as arguments or --file FILE")
+    return texts, refs
+
+
 @dataclass
 class ClassifyArgs:
     model_dir: str = option(None, "classifier model directory (from `lmforge finetune --task classify`)",
@@ -290,18 +308,9 @@ class ClassifyArgs:
 @options_of(ClassifyArgs)
 def _classify(ns):
     from .api import load
-    from .data.tables import read_table, read_texts
     args = from_args(ClassifyArgs, ns)
-    texts, truth = list(args.texts), None
-    if args.file and args.label_column:
-        rows = read_table(args.file, [args.text_column, args.label_column], (),
-                          {args.text_column: "--text-column", args.label_column: "--label-column"})
-        texts += [r[args.text_column] for r in rows]
-        truth = [None] * len(args.texts) + [r[args.label_column] for r in rows]
-    elif args.file:
-        texts += read_texts(args.file, args.text_column)
-    if not texts:
-        raise LmforgeError("nothing to classify: give texts as arguments or --file FILE")
+    texts, truth = _input_texts("classify", args.texts, args.file, args.text_column, "--text-column",
+                                args.label_column, "--label-column")
     lm = load(args.model_dir, device=args.device)
     results = lm.classify(texts, batch_size=args.batch_size)
     for text, r in zip(texts, results):
@@ -353,18 +362,9 @@ class TranslateArgs:
 @options_of(TranslateArgs)
 def _translate(ns):
     from .api import load
-    from .data.tables import read_table, read_texts
     args = from_args(TranslateArgs, ns)
-    texts, refs = list(args.texts), None
-    if args.file and args.target_column:
-        rows = read_table(args.file, [args.source_column, args.target_column], (),
-                          {args.source_column: "--source-column", args.target_column: "--target-column"})
-        texts += [r[args.source_column] for r in rows]
-        refs = [r[args.target_column] for r in rows]
-    elif args.file:
-        texts += read_texts(args.file, args.source_column, "--source-column")
-    if not texts:
-        raise LmforgeError("nothing to translate: give texts as arguments or --file FILE")
+    texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
+                               args.target_column, "--target-column")
     lm = load(args.model_dir, device=args.device)
     outputs = lm.translate(texts, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                            length_penalty=args.length_penalty, batch_size=args.batch_size)
@@ -372,6 +372,7 @@ def _translate(ns):
         print(json.dumps({"source": text, "translation": out}, ensure_ascii=False) if args.json else out)
     if refs is not None:
         from .evaluate.bleu import translation_scores
+        refs = refs[len(args.texts):]                        # the --file rows: the argument texts have none
         s = translation_scores(outputs[len(args.texts):], refs)
         print(f"BLEU {s['bleu']:.2f} ({s['bleu_tokenize']} tokens), chrF {s['chrf']:.2f} over {len(refs)} pairs",
               file=sys.stderr)
@@ -452,11 +453,8 @@ class EmbedArgs:
 @options_of(EmbedArgs)
 def _embed(ns):
     from .api import load
-    from .data.tables import read_texts
     args = from_args(EmbedArgs, ns)
-    texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
-    if not texts:
-        raise LmforgeError("nothing to embed: give texts as arguments or --file FILE")
+    texts, _ = _input_texts("embed", args.texts, args.file, args.text_column, "--text-column")
     vectors = load(args.model_dir, device=args.device).embed(texts, pooling=args.pooling, normalize=args.normalize,
                                                              batch_size=args.batch_size)
     if args.similarity:
