@@ -17,7 +17,8 @@ import dataclasses
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse, require_config, require_hf
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, refuse, require_config,
+                   require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "bert.encoder.layer.{i}."     # one block: lmforge's name, HF's name
 EMB = "bert.embeddings."
@@ -25,10 +26,6 @@ EMB = "bert.embeddings."
 
 def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
     return c.d_model, c.d_model, c.d_model
-
-
-def weight_and_bias(ours: str, hf: str) -> tuple[Rule, Rule]:
-    return Rule(ours + ".weight", hf + ".weight"), Rule(ours + ".bias", hf + ".bias")
 
 
 KEYS = (
@@ -56,25 +53,18 @@ IGNORED = (EMB + "position_ids",                 # a buffer of 0..511 older chec
            "cls.predictions.decoder.bias",       # older checkpoints' second copy of cls.predictions.bias
            "cls.seq_relationship.weight", "cls.seq_relationship.bias")   # the next-sentence head: no counterpart
 
-# HF hidden_act -> lmforge mlp (the MLM head's activation is the same)
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-EXPORTED_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
-
-
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """Every head on; `heads_from_checkpoint` then keeps those the checkpoint holds."""
     require_hf(hf, (
         ("position_embedding_type", "absolute", "lmforge's BERT has learned absolute positions, not relative ones"),
         ("is_decoder", False, "lmforge imports BERT as a bidirectional encoder"),
         ("add_cross_attention", False, "lmforge's encoder has no cross attention")))
-    act = hf_value(hf, "hidden_act", "gelu")
-    if act not in ACTIVATIONS:
-        raise refuse("hidden_act", act, f"lmforge's MLP supports {', '.join(ACTIVATIONS)}")
+    mlp = activation_from_hf(hf, "hidden_act", "gelu")
     return ModelConfig(
         family="encoder", vocab_size=hf_value(hf, "vocab_size", 30522), pad_vocab_multiple=1,
         context_length=hf_value(hf, "max_position_embeddings", 512), n_layer=hf_value(hf, "num_hidden_layers", 12),
         n_head=hf_value(hf, "num_attention_heads", 12), d_model=hf_value(hf, "hidden_size", 768),
-        d_ff=hf_value(hf, "intermediate_size", 3072), mlp=ACTIVATIONS[act], norm="layernorm",
+        d_ff=hf_value(hf, "intermediate_size", 3072), mlp=mlp, norm="layernorm",
         norm_eps=hf_value(hf, "layer_norm_eps", 1e-12), norm_position="post", position="learned",
         type_vocab_size=hf_value(hf, "type_vocab_size", 2), embed_norm=True, pooler=True, mlm_head=True, bias=True,
         dropout=hf_value(hf, "hidden_dropout_prob", 0.1),   # one rate for BERT's hidden and attention dropout
@@ -110,14 +100,13 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         ("embed_norm", True, "BERT normalises the summed embeddings"),
         ("embed_scale", False, "BERT does not scale its embeddings"),
         ("bias", True, "BERT's layers all have biases")))
-    if c.mlp not in EXPORTED_ACTIVATION:
-        raise refuse("mlp", c.mlp, f"BERT's MLP is one of {', '.join(EXPORTED_ACTIVATION)}")
+    activation = activation_to_hf(c, "BERT")
     if c.kv_heads != c.n_head:
         raise refuse("n_kv_head", c.n_kv_head, "BERT has as many key/value heads as query heads")
     if c.type_vocab_size < 1:
         raise refuse("type_vocab_size", c.type_vocab_size, "BERT always adds segment embeddings")
     fields = {"vocab_size": c.vocab_size, "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
-              "num_attention_heads": c.n_head, "intermediate_size": c.ff_dim, "hidden_act": EXPORTED_ACTIVATION[c.mlp],
+              "num_attention_heads": c.n_head, "intermediate_size": c.ff_dim, "hidden_act": activation,
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
               "max_position_embeddings": c.context_length, "type_vocab_size": c.type_vocab_size,
               "layer_norm_eps": c.norm_eps, "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,

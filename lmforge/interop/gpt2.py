@@ -9,49 +9,36 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse, require_config, require_hf
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, refuse, require_config,
+                   require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "transformer.h.{i}."     # one block: lmforge's name, HF's name
 
 KEYS = (
     Rule("transformer.tok_emb.weight", "transformer.wte.weight", vocab_rows=True),
     Rule("transformer.pos_emb.weight", "transformer.wpe.weight"),
-    Rule(B + "attn_norm.weight", H + "ln_1.weight"),
-    Rule(B + "attn_norm.bias", H + "ln_1.bias"),
-    Rule(B + "attn.qkv.weight", H + "attn.c_attn.weight", transpose=True),
-    Rule(B + "attn.qkv.bias", H + "attn.c_attn.bias"),
-    Rule(B + "attn.out.weight", H + "attn.c_proj.weight", transpose=True),
-    Rule(B + "attn.out.bias", H + "attn.c_proj.bias"),
-    Rule(B + "mlp_norm.weight", H + "ln_2.weight"),
-    Rule(B + "mlp_norm.bias", H + "ln_2.bias"),
-    Rule(B + "mlp.fc.weight", H + "mlp.c_fc.weight", transpose=True),
-    Rule(B + "mlp.fc.bias", H + "mlp.c_fc.bias"),
-    Rule(B + "mlp.proj.weight", H + "mlp.c_proj.weight", transpose=True),
-    Rule(B + "mlp.proj.bias", H + "mlp.c_proj.bias"),
-    Rule("transformer.norm.weight", "transformer.ln_f.weight"),
-    Rule("transformer.norm.bias", "transformer.ln_f.bias"),
+    *weight_and_bias(B + "attn_norm", H + "ln_1"),
+    *weight_and_bias(B + "attn.qkv", H + "attn.c_attn", transpose=True),        # Conv1D: (in, out) weights
+    *weight_and_bias(B + "attn.out", H + "attn.c_proj", transpose=True),
+    *weight_and_bias(B + "mlp_norm", H + "ln_2"),
+    *weight_and_bias(B + "mlp.fc", H + "mlp.c_fc", transpose=True),
+    *weight_and_bias(B + "mlp.proj", H + "mlp.c_proj", transpose=True),
+    *weight_and_bias("transformer.norm", "transformer.ln_f"),
     Rule("lm_head.weight", "lm_head.weight", vocab_rows=True),      # absent when tied to wte
 )
 IGNORED = (H + "attn.bias", H + "attn.masked_bias")                  # causal-mask buffers of old checkpoints
-
-# HF activation_function -> lmforge mlp ("gelu_new" is the tanh approximation GPT-2 was trained with)
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-EXPORTED_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     require_hf(hf, (
         ("scale_attn_weights", True, "lmforge always scales attention scores by 1/sqrt(head size)"),
         ("scale_attn_by_inverse_layer_idx", False, "lmforge does not scale attention by 1/layer index"),
         ("add_cross_attention", False, "lmforge's GPT-2 import is decoder-only, without cross attention")))
-    act = hf_value(hf, "activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise refuse("activation_function", act, f"lmforge's MLP supports {', '.join(ACTIVATIONS)}")
+    mlp = activation_from_hf(hf, "activation_function", "gelu_new")
     return ModelConfig(
         family="decoder", vocab_size=hf_value(hf, "vocab_size", 50257), pad_vocab_multiple=1,
         context_length=hf_value(hf, "n_positions", 1024), n_layer=hf_value(hf, "n_layer", 12),
         n_head=hf_value(hf, "n_head", 12), d_model=hf_value(hf, "n_embd", 768), d_ff=hf.get("n_inner"),
-        mlp=ACTIVATIONS[act], norm="layernorm", norm_eps=hf_value(hf, "layer_norm_epsilon", 1e-5),
+        mlp=mlp, norm="layernorm", norm_eps=hf_value(hf, "layer_norm_epsilon", 1e-5),
         norm_position="pre", position="learned", bias=True,
         dropout=hf_value(hf, "resid_pdrop", 0.1),          # lmforge has one dropout rate for all three of GPT-2's
         tie_embeddings=hf_value(hf, "tie_word_embeddings", True), init_std=hf_value(hf, "initializer_range", 0.02))
@@ -64,12 +51,11 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         ("norm", "layernorm", "GPT-2 uses LayerNorm"),
         ("norm_position", "pre", "GPT-2 normalises before each sub-layer"),
         ("bias", True, "GPT-2's layers all have biases")))
-    if c.mlp not in EXPORTED_ACTIVATION:
-        raise refuse("mlp", c.mlp, f"GPT-2's MLP is one of {', '.join(EXPORTED_ACTIVATION)}")
+    activation = activation_to_hf(c, "GPT-2")
     if c.kv_heads != c.n_head:
         raise refuse("n_kv_head", c.n_kv_head, "GPT-2 has as many key/value heads as query heads")
     return {"vocab_size": c.vocab_size, "n_positions": c.context_length, "n_embd": c.d_model, "n_layer": c.n_layer,
-            "n_head": c.n_head, "n_inner": c.ff_dim, "activation_function": EXPORTED_ACTIVATION[c.mlp],
+            "n_head": c.n_head, "n_inner": c.ff_dim, "activation_function": activation,
             "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
             "layer_norm_epsilon": c.norm_eps, "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,

@@ -91,6 +91,31 @@ def hf_value(hf: dict[str, Any], field: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def weight_and_bias(ours: str, hf: str, **kw) -> tuple[Rule, Rule]:
+    """The two rules of a Linear or LayerNorm: `ours`.weight <-> `hf`.weight, and the bias."""
+    return Rule(ours + ".weight", hf + ".weight", **kw), Rule(ours + ".bias", hf + ".bias")
+
+
+# HF activation names (GPT-2's activation_function, BERT's hidden_act) <-> lmforge's mlp;
+# "gelu_new" is the tanh approximation GPT-2 was trained with
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+EXPORTED_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+def activation_from_hf(hf: dict[str, Any], field: str, default: str) -> str:
+    """lmforge's mlp for the activation named in config.json `field`, or the error naming it."""
+    act = hf_value(hf, field, default)
+    if act not in ACTIVATIONS:
+        raise refuse(field, act, f"lmforge's MLP supports {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[act]
+
+
+def activation_to_hf(c: ModelConfig, architecture: str) -> str:
+    if c.mlp not in EXPORTED_ACTIVATION:
+        raise refuse("mlp", c.mlp, f"{architecture}'s MLP is one of {', '.join(EXPORTED_ACTIVATION)}")
+    return EXPORTED_ACTIVATION[c.mlp]
+
+
 def require_hf(hf: dict[str, Any], rules: tuple[tuple[str, Any, str], ...]) -> None:
     """(field, the only value lmforge can import, why) for HF config.json fields: refuse others."""
     for field, needed, why in rules:
