@@ -27,22 +27,23 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
+def prepared(tmp_path_factory, corpus_file: Path, tokenizer: str, **kw) -> Path:
+    """The test corpus prepared with `tokenizer` into a fresh data directory."""
+    from lmforge.data.shards import PrepareConfig, prepare
+    out = tmp_path_factory.mktemp("data") / tokenizer
+    prepare(PrepareConfig(inputs=[str(corpus_file)], out=str(out), tokenizer=tokenizer, val_fraction=0.1,
+                          progress=False, **kw))
+    return out
+
+
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory, corpus_file) -> Path:
-    from lmforge.data.shards import PrepareConfig, prepare
-    out = tmp_path_factory.mktemp("data") / "char"
-    prepare(PrepareConfig(inputs=[str(corpus_file)], out=str(out), tokenizer="char", val_fraction=0.1,
-                          progress=False))
-    return out
+    return prepared(tmp_path_factory, corpus_file, "char")
 
 
 @pytest.fixture(scope="session")
 def bpe_data(tmp_path_factory, corpus_file) -> Path:
-    from lmforge.data.shards import PrepareConfig, prepare
-    out = tmp_path_factory.mktemp("data") / "bpe"
-    prepare(PrepareConfig(inputs=[str(corpus_file)], out=str(out), tokenizer="bpe", vocab_size=512,
-                          val_fraction=0.1, progress=False))
-    return out
+    return prepared(tmp_path_factory, corpus_file, "bpe", vocab_size=512)
 
 
 def tiny_train_config(data: Path, out: Path, **kw):
@@ -109,11 +110,7 @@ def write_pairs_tsv(path: Path, n: int = 300) -> Path:
 
 @pytest.fixture(scope="session")
 def wordpiece_data(tmp_path_factory, corpus_file) -> Path:
-    from lmforge.data.shards import PrepareConfig, prepare
-    out = tmp_path_factory.mktemp("data") / "wordpiece"
-    prepare(PrepareConfig(inputs=[str(corpus_file)], out=str(out), tokenizer="wordpiece", vocab_size=600,
-                          val_fraction=0.1, progress=False))
-    return out
+    return prepared(tmp_path_factory, corpus_file, "wordpiece", vocab_size=600)
 
 
 @pytest.fixture(scope="session")

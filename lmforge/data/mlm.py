@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..options import option
 from ..train.objective import Objective
-from .shards import load_split
+from .shards import load_splits
 
 
 @dataclass
@@ -69,12 +69,7 @@ class MaskedLMObjective(Objective):
         self.T = context_length - (self.bos is not None)                # window tokens after <bos>
         self.mask_id, self.vocab_size = tokenizer.mask_id, tokenizer.vocab_size
         self.special = tokenizer.special_ids
-        self.data = {split: load_split(data_dir, split) for split in ("train", "val")}
-        for split, arr in self.data.items():
-            if len(arr) < self.T + 1:
-                raise DataError(f"the {split} split of {data_dir} has {len(arr)} tokens, fewer than the context "
-                                f"length {context_length}; use a smaller --context-length, more text, or a larger "
-                                f"--val-fraction in `lmforge prepare`")
+        self.data = load_splits(data_dir, self.T + 1, f"the context length {context_length}")
 
     def frozen(self, config) -> tuple[str, ...]:
         return ("pooler.", "classifier.")

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
 from ..train.objective import Objective
-from .shards import load_split
+from .shards import load_splits
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -25,12 +24,7 @@ class CausalLMObjective(Objective):
 
     def __init__(self, data_dir: str | Path, context_length: int):
         self.T = context_length
-        self.data = {split: load_split(data_dir, split) for split in ("train", "val")}
-        for split, arr in self.data.items():
-            if len(arr) < self.T + 1:
-                raise DataError(f"the {split} split of {data_dir} has {len(arr)} tokens, fewer than context_length "
-                                f"+ 1 = {self.T + 1}; use a smaller --context-length, more text, or a larger "
-                                f"--val-fraction in `lmforge prepare`")
+        self.data = load_splits(data_dir, self.T + 1, f"context_length + 1 = {self.T + 1}")
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.data[split]) - self.T, (n,), generator=generator)

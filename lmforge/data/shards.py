@@ -170,6 +170,17 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
     return np.memmap(path, dtype=meta["dtype"], mode="r")
 
 
+def load_splits(data_dir: str | Path, window: int, needed: str) -> dict[str, np.memmap]:
+    """The train and val splits, each checked to hold one training window of `window` tokens
+    (`needed` says what that is, for the error)."""
+    data = {split: load_split(data_dir, split) for split in ("train", "val")}
+    for split, arr in data.items():
+        if len(arr) < window:
+            raise DataError(f"the {split} split of {data_dir} has {len(arr)} tokens, fewer than {needed}; use a "
+                            f"smaller --context-length, more text, or a larger --val-fraction in `lmforge prepare`")
+    return data
+
+
 def copy_tokenizer(data_dir: str | Path, out_dir: str | Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (Path(data_dir) / name).is_file():
