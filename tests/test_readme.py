@@ -87,7 +87,9 @@ def test_readme_has_the_two_setup_commands():
     assert "pip install -e . && lmforge quickstart" in setup
     assert re.search(r'pip install -e "\.\[test\]" && python -m pytest\s+# run the tests', setup)
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "# run the tests" in ci       # .ci/run runs the README's test line
+    readme_line = re.search(r"^(.*?)\s*# run the tests$", setup, flags=re.M)[1]
+    ci_line = re.search(r"^(.*?)\s*# run the tests$", ci, flags=re.M)[1]
+    assert ci_line == readme_line == 'pip install -e ".[test]" && python -m pytest'   # CI runs the README's command
 
 
 @pytest.mark.slow
