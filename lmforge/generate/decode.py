@@ -163,6 +163,8 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
     step_fn = compiled_decode_step(model) if cfg.compile else decode_one_token
     out = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    ends_at_eos = eos_id is not None and not cfg.ignore_eos
+    slots = torch.arange(T0, T0 + max_new, device=device)        # cache slot of each decode step
     n_steps = 0
     t0 = time.perf_counter()
     try:
@@ -178,15 +180,14 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
             n_steps = i + 1
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], ~done[:, None])
-            if eos_id is not None and not cfg.ignore_eos:
+            if ends_at_eos:
                 done |= nxt == eos_id
             stop = on_tokens(nxt) if on_tokens is not None else None
-            if stop or i == max_new - 1 or bool(done.all()):
+            if stop or i == max_new - 1 or (ends_at_eos and bool(done.all())):    # a host sync only when needed
                 break
-            slot = torch.tensor([T0 + i], device=device)
             key_valid[:, T0 + i] = True
             last_pos = last_pos + 1
-            logits = step_fn(model, nxt[:, None], slot, last_pos, key_valid)
+            logits = step_fn(model, nxt[:, None], slots[i: i + 1], last_pos, key_valid)
     finally:
         if not cfg.compile:
             model.clear_cache()        # a compiled step keeps its cache buffers for the next call
