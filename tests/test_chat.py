@@ -54,8 +54,8 @@ def test_sft_batches_put_the_loss_only_on_assistant_tokens(tmp_path, tok):
 @pytest.mark.parametrize("line, message", [
     ('{"messages": [}', r":2 is not valid JSON"),
     ('{"text": "hi"}', r":2 has no \"messages\" field"),
-    ('{"messages": [{"role": "bot", "content": "x"}]}', r"line 2: message 0 .*\"role\" \(system, user, assistant\)"),
-    ('{"messages": [{"role": "user", "content": "x"}]}', r"line 2 has no assistant message"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}', r"bad.jsonl:2: message 0 .*\"role\" \(system, user, assistant\)"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', r"bad.jsonl:2 has no assistant message"),
 ])
 def test_a_malformed_chat_line_is_named(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
