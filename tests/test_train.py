@@ -49,7 +49,7 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 
 def test_training_writes_the_model_directory_and_loss_falls(tiny_model_dir):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl",
-                 "loss.png", "train_config.json"):
+                 "loss.png", "train_config.yaml"):
         assert (tiny_model_dir / name).is_file(), name
     assert (tiny_model_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     losses = _losses(tiny_model_dir)
