@@ -470,6 +470,18 @@ def _embed(ns):
     return 0
 
 
+# --------------------------------------------------------------------------------- serve
+from .serve import ServeArgs  # noqa: E402
+
+
+@verb("serve", "an OpenAI-compatible HTTP server (continuous batching) with a playground page at /")
+@options_of(ServeArgs)
+def _serve(ns):
+    from .serve import serve
+    serve(from_args(ServeArgs, ns))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="lmforge: tokenize, train, evaluate and "

@@ -62,6 +62,7 @@ class TokenPicker:
             self.seen[0, torch.tensor(prompt_ids, device=device)] = True
         self.text = ""              # generated text so far (cut at a stop string)
         self.emitted = 0            # characters handed out
+        self.stopped = False        # ended by a stop string
         self.hold = max((len(s) for s in params.stop), default=1) - 1
         self._decoder = None
 
@@ -131,12 +132,17 @@ class TokenPicker:
         self.text += piece
         hit = find_stop(self.text, self.params.stop, before)
         if hit is not None:
-            self.text = self.text[:hit]
+            self.text, self.stopped = self.text[:hit], True
             return self._take(len(self.text)), "stop"
         return self._take(len(self.text) - self.hold), None
 
-    def flush(self) -> str:
-        """What was held back (text that could still have become a stop string)."""
+    def flush(self, tokenizer, ids: list[int]) -> str:
+        """At the end: what was held back (text that could still have become a stop string, an
+        incomplete character); the text is then `tokenizer.decode` of the ids, as `generate` gives it."""
+        if not self.stopped:
+            full = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id and not self.params.ignore_eos
+                                    else ids)
+            self.text = full        # (a stream of invalid bytes may have been shown differently)
         return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:

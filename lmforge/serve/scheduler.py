@@ -255,7 +255,7 @@ class Scheduler:
                 self.metrics.generated_tokens.inc()
             s.emit(("token", s, tok, piece, entry))
             if reason is not None:
-                tail = s.picker.flush()
+                tail = s.picker.flush(self.tokenizer, s.out_ids)
                 if tail:
                     s.emit(("token", s, None, tail, None))
                 s.finish_reason = reason
