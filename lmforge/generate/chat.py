@@ -16,7 +16,8 @@ from typing import Callable, TextIO
 from ..data.chat import ChatTemplate, Message, chat_template
 from ..errors import LmforgeError
 from ..options import option
-from .decode import GenerationConfig, generate
+from .core import GenerationConfig
+from .dispatch import generate
 
 
 class Chat:

@@ -18,14 +18,13 @@ and the next round overwrites them.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LmforgeError
-from .decode import GenerationConfig, finish, prefill, prepare_prompts
+from .core import GenerationConfig, RunClock, decoding_run, finish, prefill, prepare_prompts
 from .sampling import probabilities
 
 
@@ -101,16 +100,12 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
         stop = on_tokens(torch.tensor([token], device=device)) if on_tokens is not None else None
         return bool(stop) or len(out) == max_new or (eos_id is not None and not cfg.ignore_eos and token == eos_id)
 
-    was_training = model.training, draft.training
-    model.eval(), draft.eval()
-    model.setup_cache(1, T0 + max_new)
-    draft.setup_cache(1, T0 + max_new)
     drafted = kept_total = steps = 0
-    t0 = time.perf_counter()
-    try:
+    with decoding_run(model, draft, batch_size=1, cache_len=T0 + max_new):
+        clock = RunClock()
         first = draw(dist(prefill(model, tokens[:, :T0], None, None)))
         prefill(draft, tokens[:, :T0], None, None)
-        t_prefill = time.perf_counter() - t0
+        clock.prefilled()
         done, draft_len = emit(int(first)), T0                            # draft cache holds slots [0, draft_len)
         while not done:
             n = T0 + len(out) - 1                                         # slot of `last`, in neither cache yet
@@ -136,14 +131,8 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
                 if done := emit(token):
                     break
             draft_len = min(draft_len, n + 1 + kept)                      # the draft's cache is valid up to here
-    finally:
-        for m, mode in zip((model, draft), was_training):
-            m.clear_cache()
-            m.train(mode)
-    decode_time = max(time.perf_counter() - t0 - t_prefill, 1e-9)
     ids, reason = finish(out, cfg, eos_id)
-    stats = {"prompt_tokens": T0, "new_tokens": len(out), "batch": 1, "prefill_s": t_prefill, "decode_s": decode_time,
-             "tokens_per_s": max(len(out) - 1, 1) / decode_time, "draft_tokens": cfg.draft_tokens,
-             "drafted": drafted, "accepted": kept_total, "acceptance_rate": kept_total / max(drafted, 1),
-             "model_steps": steps, "tokens_per_step": (len(out) - 1) / max(steps, 1)}
+    stats = clock.stats(T0, len(out), 1, draft_tokens=cfg.draft_tokens, drafted=drafted, accepted=kept_total,
+                        acceptance_rate=kept_total / max(drafted, 1), model_steps=steps,
+                        tokens_per_step=(len(out) - 1) / max(steps, 1))
     return [ids], [reason], stats
