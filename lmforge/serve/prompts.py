@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..data.chat import ChatTemplate, chat_template
 from ..errors import LmforgeError
-from ..generate.decode import encode_prompt
+from ..generate.core import encode_prompt
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate.decode import _find_stop as find_stop
+from ..generate.dispatch import _find_stop as find_stop
 from ..generate.sampling import apply_repetition_penalty, filter_top_k, filter_top_p
 
 MAX_LOGPROBS = 20
