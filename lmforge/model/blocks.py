@@ -151,6 +151,7 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
         self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
+        self.recorded: list[torch.Tensor] | None = None   # set to a list to collect the attention weights (viz)
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -184,6 +185,8 @@ class Attention(nn.Module):
         if self.kv_cache is not None and not self.cross:
             assert input_pos is not None, "decoding with a KV cache needs input_pos (the cache slots)"
             k, v = self.kv_cache.update(input_pos, k, v)
+        if self.recorded is not None:
+            self.recorded.append(attention_weights(q, k, mask, is_causal and mask is None))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -191,6 +194,20 @@ class Attention(nn.Module):
         )                                            # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, q_dim)   # (B, T, nh*hs)
         return self.out(y)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """The weights `scaled_dot_product_attention` applies, written out (for looking at, not for
+    speed): q (B, nh, Tq, hs), k (B, nkv, Tk, hs) -> (B, nh, Tq, Tk) float32, rows summing to 1."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)               # grouped-query heads
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif is_causal:
+        Tq, Tk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1),
+                                    float("-inf"))
+    return scores.softmax(-1)
 
 
 # ----------------------------------------------------------------------------------- MLP

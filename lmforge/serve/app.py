@@ -326,7 +326,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         text = body.get("text")
         if not isinstance(text, str) or not text:
             raise ApiError("'text' must be a non-empty string", "text")
-        kind = body.get("kind", "self")
+        kind = body.get("kind", "auto")
         maps, tokens = await on_model(lm.attention_maps, text, kind=kind, max_tokens=MAX_ATTENTION_TOKENS,
                                       with_tokens=True)
         layer = _number_field(body, "layer", 0, maps.shape[0] - 1)
