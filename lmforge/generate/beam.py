@@ -127,7 +127,7 @@ def beam_generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig,
     config, K = model.config, cfg.num_beams
     device = device or next(model.parameters()).device
     idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
-                                                   cfg.truncate_prompt, pad_id)
+                                                   cfg.truncate_prompt, pad_id, within="beam search")
     B, T0 = idx.shape
     idx, pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
     key_valid = torch.zeros((B, T0 + max_new), dtype=torch.bool, device=device)

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import LmforgeError
 from ..options import option
+from .sampling import MAX_LOGPROBS
 
 
 @dataclass
@@ -46,6 +47,13 @@ class GenerationConfig:
                                         "(larger favours longer outputs)")
     early_stopping: bool = option(True, "beam search: stop once num_beams hypotheses have ended (--no-early-stopping "
                                         "continues while a running beam can still win)")
+    min_p: float = option(0.0, "sample only tokens at least this fraction as likely as the most likely one "
+                               "(min-p; 0 disables it)")
+    logprobs: int | None = option(None, "report each generated token's log-probability and the K most likely "
+                                        "alternatives (0-20; with --json)")
+    json_mode: bool = option(False, "constrain the output to one syntactically valid JSON object")
+    sink_tokens: int = option(0, "past the context window (rotary models): keep this many first tokens in the "
+                                 "rolling cache as attention sinks")
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -64,6 +72,16 @@ class GenerationConfig:
             raise LmforgeError(f"num_beams={self.num_beams} must be at least 1")
         if self.num_beams > 1 and self.repetition_penalty != 1.0:
             raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise LmforgeError(f"min_p={self.min_p} must be in [0, 1] (0 disables it)")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise LmforgeError(f"logprobs={self.logprobs} must be between 0 and {MAX_LOGPROBS} "
+                               f"(the most likely alternatives reported per token)")
+        if self.sink_tokens < 0:
+            raise LmforgeError(f"sink_tokens={self.sink_tokens} must be >= 0")
+        if self.num_beams > 1 and (self.logprobs is not None or self.json_mode):
+            raise LmforgeError("--logprobs and --json-mode work with sampling or greedy decoding, not beam search; "
+                               "drop --num-beams")
 
 
 @dataclass
@@ -73,6 +91,8 @@ class Completion:
     finish_reason: str        # "eos", "stop" or "length"
     prompt_tokens: int = 0
     stats: dict = field(default_factory=dict)
+    logprobs: list[dict] | None = None   # with cfg.logprobs: per generated token {"token", "id", "logprob",
+                                         # "top": [{"token", "id", "logprob"}, ...]} (the model's own distribution)
 
 
 @torch.no_grad()
@@ -85,9 +105,10 @@ def prefill(model, idx: torch.Tensor, pos_ids: torch.Tensor | None, key_valid: t
 
 @torch.no_grad()
 def decode_one_token(model, token: torch.Tensor, slot: torch.Tensor, pos_ids: torch.Tensor,
-                     key_valid: torch.Tensor) -> torch.Tensor:
-    """One step: token (B, 1) written at cache `slot` (1,) -> logits (B, V)."""
-    return model(token, input_pos=slot, pos_ids=pos_ids, key_valid=key_valid)[:, -1]
+                     key_valid: torch.Tensor, ring: bool = False) -> torch.Tensor:
+    """One step: token (B, 1) written at cache `slot` (1,) -> logits (B, V). `ring`: the cache is
+    a rolling buffer (past the context window), `key_valid` alone says which slots to attend to."""
+    return model(token, input_pos=slot, pos_ids=pos_ids, key_valid=key_valid, ring=ring)[:, -1]
 
 
 def compiled_decode_step(model):
@@ -102,8 +123,11 @@ def compiled_decode_step(model):
 
 
 def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, truncate: bool,
-                    pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Left-pad prompts; check them against the context. Returns idx, pos_ids, valid, new tokens."""
+                    pad_id: int, past_window: bool = False, within: str = "beam search and speculative decoding"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Left-pad prompts; check them against the context. Returns idx, pos_ids, valid, new tokens.
+    Unless `past_window` (plain decoding, which rolls its cache), prompt + new tokens must fit the
+    context: max_new_tokens is cut, with a warning that names the `within` strategy."""
     longest = max(len(p) for p in prompt_ids)
     if longest == 0:
         raise LmforgeError("empty prompt: give at least one token of text")
@@ -113,14 +137,17 @@ def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_to
                                f"pass a shorter prompt or --truncate-prompt to keep its last "
                                f"{context_length - 1} tokens")
         keep = max(1, context_length - max_new_tokens)
+        if past_window:                               # leave half the window to generate before it rolls
+            keep = min(context_length - 1, max(keep, context_length // 2))
         warnings.warn(f"prompt of {longest} tokens truncated to its last {keep} to fit the context "
                       f"of {context_length}", stacklevel=3)
         prompt_ids = [p[-keep:] for p in prompt_ids]
         longest = max(len(p) for p in prompt_ids)
-    if longest + max_new_tokens > context_length:
+    if longest + max_new_tokens > context_length and not past_window:
         new = context_length - longest
         warnings.warn(f"max_new_tokens={max_new_tokens} does not fit after a {longest}-token prompt in the "
-                      f"{context_length}-token context; generating at most {new}", stacklevel=3)
+                      f"{context_length}-token context, and {within} cannot go past it; generating at most {new} "
+                      f"(plain sampling or greedy decoding goes past the window)", stacklevel=3)
         max_new_tokens = new
     B = len(prompt_ids)
     idx = torch.full((B, longest), pad_id, dtype=torch.long)

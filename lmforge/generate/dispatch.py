@@ -13,13 +13,15 @@ from ..errors import LmforgeError
 from .beam import beam_generate_ids
 from .core import Completion, GenerationConfig, encode_prompt
 from .decode import decode_ids
+from .json_mode import JsonState, json_table
 from .speculative import speculative_generate_ids
 
 
 @torch.no_grad()
 def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
                  pad_id: int = 0, on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
-                 device: torch.device | str | None = None, draft=None) -> tuple[list[list[int]], list[str], dict]:
+                 device: torch.device | str | None = None, draft=None, json_states: list | None = None
+                 ) -> tuple[list[list[int]], list[str], dict]:
     """Generate for a batch of token-id prompts: speculative decoding with a
     `draft` model, beam search when cfg.num_beams > 1, else plain sampling / greedy decoding. `on_tokens(next_ids (B,))`
     is called after every step; returning True stops everything (stop strings use this); beam
@@ -32,7 +34,8 @@ def generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, e
                                         on_tokens=on_tokens, device=device)
     if cfg.num_beams > 1:
         return beam_generate_ids(model, prompt_ids, cfg, eos_id=eos_id, pad_id=pad_id, device=device)
-    return decode_ids(model, prompt_ids, cfg, eos_id=eos_id, pad_id=pad_id, on_tokens=on_tokens, device=device)
+    return decode_ids(model, prompt_ids, cfg, eos_id=eos_id, pad_id=pad_id, on_tokens=on_tokens, device=device,
+                      json_states=json_states)
 
 
 def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: GenerationConfig | None = None, *,
@@ -86,8 +89,13 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
             emit(b, len(texts[b]) if stopped[b] else len(texts[b]) - hold)
         return all(stopped)
 
+    json_states = None
+    if cfg.json_mode:
+        table = json_table(tokenizer, model.config.vocab_size)
+        json_states = [JsonState(table) for _ in prompts]
     ids, reasons, stats = generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id or 0,
-                                       on_tokens=on_tokens, draft=draft)
+                                       on_tokens=on_tokens, draft=draft, json_states=json_states)
+    token_logprobs = stats.pop("token_logprobs", None)
     for b in range(len(prompts)):
         emit(b, len(texts[b]))          # flush what was held back
     results = []
@@ -99,8 +107,19 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
             text, reason = text[:hit], "stop"
         if stream is not None and cfg.num_beams > 1:
             stream(b, text)
-        results.append(Completion(text, ids[b], reason, len(prompt_ids[b]), stats))
+        logprobs = None if token_logprobs is None else logprob_records(tokenizer, token_logprobs[b][: len(ids[b])],
+                                                                      ids[b])
+        results.append(Completion(text, ids[b], reason, len(prompt_ids[b]), stats, logprobs))
     return results
+
+
+def logprob_records(tokenizer, rows: list[tuple[float, list[int], list[float]]], ids: list[int]) -> list[dict]:
+    """JSON-ready log-probabilities: per token its text, id, logprob and the top alternatives."""
+    def piece(i: int) -> str:
+        return tokenizer.decode([i], skip_special_tokens=False)
+    return [{"token": piece(tok), "id": tok, "logprob": lp,
+             "top": [{"token": piece(t), "id": t, "logprob": tl} for t, tl in zip(top_ids, top_lps)]}
+            for tok, (lp, top_ids, top_lps) in zip(ids, rows)]
 
 
 def _find_stop(text: str, stops: list[str], new_from: int) -> int | None:

@@ -73,12 +73,15 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
                            f"give one prompt, or drop --draft to decode them as a batch")
     if cfg.repetition_penalty != 1.0:
         raise LmforgeError("--repetition-penalty is not supported with a draft model; drop one of the two")
+    if cfg.logprobs is not None or cfg.json_mode:
+        raise LmforgeError("--logprobs and --json-mode are not supported with a draft model; drop --draft")
     if draft.config.vocab_size != model.config.vocab_size:
         raise LmforgeError(f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's "
                            f"({model.config.vocab_size}); a draft must use the same tokenizer")
     device = device or next(model.parameters()).device
     context = min(model.config.context_length, draft.config.context_length)
-    idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id)
+    idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id,
+                                         within="speculative decoding")
     T0 = idx.shape[1]
     tokens = torch.full((1, T0 + max_new), pad_id, dtype=torch.long, device=device)   # prompt + generated
     tokens[:, :T0] = idx
@@ -86,7 +89,7 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
 
     def dist(logits: torch.Tensor) -> torch.Tensor:                       # greedy compares raw scores
-        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
 
     def draw(scores: torch.Tensor) -> torch.Tensor:                       # (1, V) -> (1,)
         return scores.argmax(-1) if greedy else torch.multinomial(scores, 1, generator=generator).squeeze(-1)
