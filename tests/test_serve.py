@@ -159,6 +159,24 @@ def test_seeded_sampling_reproduces_and_n(client, model_dir):
     assert two.choices[0].text != two.choices[1].text and two.usage.completion_tokens == 24
 
 
+def test_min_p_and_json_mode_as_lmforge_generate(client, model_dir):
+    kw = dict(model="m", prompt="x = ", max_tokens=10, temperature=1.0, seed=3)
+    got = client.completions.create(extra_body={"min_p": 0.2}, **kw).choices[0].text
+    assert got == cli_generate(model_dir, "x = ", "--max-new-tokens", "10", "--temperature", "1.0", "--seed", "3",
+                               "--min-p", "0.2")
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "JSON please"}],
+                                           max_tokens=30, temperature=0, response_format={"type": "json_object"})
+    text = reply.choices[0].message.content
+    assert text.lstrip().startswith("{")
+    constrained = client.completions.create(model="m", prompt="data:", max_tokens=30, temperature=0,
+                                            extra_body={"response_format": {"type": "json_object"}}).choices[0].text
+    assert constrained == cli_generate(model_dir, "data:", "--max-new-tokens", "30", "--greedy", "--json-mode")
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    with pytest.raises(openai.BadRequestError, match="min_p"):
+        client.completions.create(extra_body={"min_p": 1.5}, **kw)
+
+
 def test_logprobs(client):
     r = client.completions.create(model="m", prompt="def f(x):", max_tokens=6, temperature=0, logprobs=3)
     lp = r.choices[0].logprobs

@@ -23,7 +23,7 @@ from ..errors import LmforgeError
 from .metrics import Metrics
 from .protocol import (ApiError, LogprobFormatter, chat_messages, completion_prompts, new_id, now, sampling_params,
                        stream_options, usage)
-from .prompts import chat_prompt, encode_text, json_constraint
+from .prompts import chat_prompt, chat_roles, encode_text, json_constraint
 from . import ServeArgs
 from .scheduler import QueueFull, Scheduler, Sequence
 
@@ -126,7 +126,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
             for j in range(n):
                 sp = params if n == 1 or params.seed is None else _replace(params, seed=params.seed + j)
                 if json_mode:
-                    sp = _replace(sp, constraint=json_constraint(tokenizer))
+                    sp = _replace(sp, constraint=json_constraint(tokenizer, config.vocab_size))
                 seqs.append(Sequence(ids, sp, events.emit, index=p * n + j))
         return seqs
 
@@ -233,7 +233,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         params, n, json_mode = sampling_params(body, chat=True, default_max_tokens=None)
         stream, include_usage = stream_options(body)
         try:
-            ids, stops = chat_prompt(tokenizer, chat_messages(body, _roles(tokenizer)))
+            ids, stops = chat_prompt(tokenizer, chat_messages(body, chat_roles(tokenizer)))
         except LmforgeError as e:
             raise ApiError(str(e), "messages") from None
         check_prompt(ids, "messages")
@@ -338,7 +338,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     async def tokenize(request: Request) -> Response:
         body = await read_json(request)
         if "messages" in body:
-            ids, _ = chat_prompt(tokenizer, chat_messages(body, _roles(tokenizer)))
+            ids, _ = chat_prompt(tokenizer, chat_messages(body, chat_roles(tokenizer)))
         elif isinstance(body.get("prompt"), str):
             add = body.get("add_special_tokens", True)
             ids = encode_text(tokenizer, body["prompt"]) if add is not False else tokenizer.encode(body["prompt"])
@@ -429,11 +429,6 @@ def _replace(params, **changes):
 def _fit(params, prompt_len: int, context: int):
     """max_tokens cut to what fits after the prompt (the reply then ends with finish_reason "length")."""
     return _replace(params, max_tokens=max(1, min(params.max_tokens, context - prompt_len)))
-
-
-def _roles(tokenizer) -> tuple[str, ...]:
-    from ..data.chat import ROLES
-    return ROLES
 
 
 def _number_field(body: dict, name: str, lo: int, hi: int) -> int:

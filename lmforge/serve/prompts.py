@@ -4,9 +4,11 @@ through the generation package's pieces, so the server prompts a model exactly a
 
 from __future__ import annotations
 
-from ..data.chat import ChatTemplate, chat_template
+from ..data.chat import ROLES, ChatTemplate, chat_template
 from ..errors import LmforgeError
+from ..generate.chat_template import chat_ids, jinja_template
 from ..generate.core import encode_prompt
+from ..generate.json_mode import JsonState, json_table
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
@@ -21,13 +23,23 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return ids
 
 
+def chat_roles(tokenizer) -> tuple[str, ...] | None:
+    """The roles lmforge's template knows; None for a Jinja template (it judges roles itself)."""
+    return None if chat_template(tokenizer) is None and jinja_template(tokenizer) is not None else ROLES
+
+
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-    """(prompt ids ending with the assistant's header, stop strings that end its turn)."""
-    template = chat_template(tokenizer) or ChatTemplate()
+    """(prompt ids ending with the assistant's header, stop strings that end its turn), rendered
+    as `lmforge chat` renders them: lmforge's own template, else the tokenizer's Jinja
+    `chat_template` (a Hugging Face model's), else the default template."""
+    template = chat_template(tokenizer)
+    if template is None and jinja_template(tokenizer) is not None:
+        return chat_ids(tokenizer, messages, add_generation_prompt=True), []
+    template = template or ChatTemplate()
     ids, _ = template.render(tokenizer, messages, add_generation_prompt=True)
     return ids, [template.user.strip()]
 
 
-def json_constraint(tokenizer):
-    """A fresh JSON-mode constraint for one sequence (`allowed()` mask, `advance(token)`)."""
-    raise LmforgeError("response_format json_object is not available in this build yet; drop response_format")
+def json_constraint(tokenizer, vocab_size: int) -> JsonState:
+    """A fresh JSON-mode state for one sequence (the per-tokenizer mask table is built once)."""
+    return JsonState(json_table(tokenizer, vocab_size))

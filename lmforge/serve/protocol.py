@@ -125,8 +125,9 @@ def completion_prompts(body: dict) -> list[str | list[int]]:
                    "(not empty)", "prompt")
 
 
-def chat_messages(body: dict, roles: tuple[str, ...]) -> list[dict[str, str]]:
-    """'messages' as [{"role", "content"}] with string content (or a list of text parts)."""
+def chat_messages(body: dict, roles: tuple[str, ...] | None) -> list[dict[str, str]]:
+    """'messages' as [{"role", "content"}] with string content (or a list of text parts); `roles`:
+    the ones the template knows (None: any string, a Jinja template judges)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
@@ -135,8 +136,9 @@ def chat_messages(body: dict, roles: tuple[str, ...]) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise ApiError(f"messages[{i}] must be an object with \"role\" and \"content\"", f"messages[{i}]")
         role, content = m.get("role"), m.get("content")
-        if role not in roles:
-            raise ApiError(f"messages[{i}].role is {role!r}; this model's chat template knows {', '.join(roles)}",
+        if not isinstance(role, str) or (roles is not None and role not in roles):
+            known = ", ".join(roles) if roles is not None else "string roles"
+            raise ApiError(f"messages[{i}].role is {role!r}; this model's chat template knows {known}",
                            f"messages[{i}].role")
         if isinstance(content, list):           # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)

@@ -2,9 +2,11 @@
 `TokenPicker` that turns a row of logits into the next token (with its log-probability and
 the top alternatives when asked), tracks the text, and finds stop strings.
 
-The filters are `lmforge.generate.sampling`'s, applied in the order `lmforge generate` uses
-(repetition penalty, temperature, top-k, top-p, then min-p), so a seeded request samples the
-same tokens as `lmforge generate --seed` on the same prompt.
+The filters, log-probabilities and JSON-mode masks are `lmforge.generate`'s, applied in the
+order `lmforge generate` uses (repetition penalty, JSON mask, temperature, top-k, top-p, min-p),
+so a seeded request samples the same tokens as `lmforge generate --seed` on the same prompt.
+Each sequence has its own random generator (its seed), so rows choose one by one; rows that
+decode plainly greedily share one argmax.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..generate.dispatch import _find_stop as find_stop
-from ..generate.sampling import apply_repetition_penalty, filter_top_k, filter_top_p
-
-MAX_LOGPROBS = 20
+from ..generate.sampling import MAX_LOGPROBS, apply_repetition_penalty, sample_next, token_logprobs  # noqa: F401
 
 
 @dataclass
@@ -32,19 +32,11 @@ class SamplingParams:
     logprobs: int | None = None        # None: none; K: the chosen token's log-probability and the top K
     echo_logprobs: bool = False         # also score the prompt tokens (completions with echo + logprobs)
     ignore_eos: bool = False
-    constraint: object | None = None    # JSON mode: `allowed() -> (V,) bool` and `advance(token_id)`
+    constraint: object | None = None    # JSON mode: a `generate.json_mode.JsonState` (allowed_mask, advance)
 
     @property
     def plain_greedy(self) -> bool:
         return self.temperature == 0 and self.repetition_penalty == 1.0 and self.constraint is None
-
-
-def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    """Drop tokens whose probability is below min_p times the most likely token's."""
-    if min_p <= 0.0:
-        return logits
-    probs = logits.softmax(-1)
-    return logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
 
 
 class TokenPicker:
@@ -83,34 +75,23 @@ class TokenPicker:
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, params.repetition_penalty)
         if params.constraint is not None:
-            logits = logits.masked_fill(~params.constraint.allowed().to(logits.device), float("-inf"))
-        if params.temperature == 0:
-            return int(logits.argmax(-1))
-        logits = filter_top_p(filter_top_k(logits / params.temperature, params.top_k), params.top_p)
-        probs = filter_min_p(logits, params.min_p).softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            from ..generate.json_mode import apply_json_masks
+            logits = apply_json_masks(logits, [params.constraint])
+        return int(sample_next(logits, params.temperature, params.top_k, params.top_p, self.generator, params.min_p))
 
     def _entry(self, logits: torch.Tensor, tok: int) -> tuple:
         """(token, its log-probability, [(alternative, log-probability)] * K) under the model's
         own distribution (before temperature and filters, as vLLM reports them)."""
-        logp = logits.log_softmax(-1)
-        k = self.params.logprobs
-        top = torch.topk(logp, k) if k else None
-        alts = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
-        return tok, float(logp[tok]), alts
+        chosen, top_ids, top_lps = token_logprobs(logits[None], torch.tensor([tok], device=logits.device),
+                                                  self.params.logprobs)
+        return tok, float(chosen[0]), list(zip(top_ids[0].tolist(), top_lps[0].tolist()))
 
     def score_prompt(self, logits: torch.Tensor, prompt_ids: list[int]) -> list[tuple | None]:
         """logits (T-1, V) predicting prompt tokens 1..T-1 -> entries, None for the first token."""
-        logp = logits.log_softmax(-1)
-        k = self.params.logprobs or 0
-        entries: list[tuple | None] = [None]
         targets = torch.tensor(prompt_ids[1:], device=logits.device)
-        chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
-        top = torch.topk(logp, k) if k else None
-        for t, tok in enumerate(prompt_ids[1:]):
-            alts = list(zip(top.indices[t].tolist(), top.values[t].tolist())) if top is not None else []
-            entries.append((tok, chosen[t], alts))
-        return entries
+        chosen, top_ids, top_lps = token_logprobs(logits, targets, self.params.logprobs or 0)
+        return [None] + [(tok, lp, list(zip(ids, lps))) for tok, lp, ids, lps in
+                         zip(prompt_ids[1:], chosen.tolist(), top_ids.tolist(), top_lps.tolist())]
 
     # ---- text ---------------------------------------------------------------------------------
     def accept(self, tok: int, tokenizer) -> tuple[str, str | None]:
