@@ -340,3 +340,36 @@ def test_playground_in_a_browser(server, tmp_path):
             assert all(u.startswith(server) for u in requested)              # nothing from the internet
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("labels", [[], ["sports", "music"]])
+def test_encoder_models_embed_classify_and_refuse_generation(char_data, labels):
+    """An encoder served in-process (Starlette's test client): embeddings, the playground's
+    similarity / label probabilities and attention, and a clear 400 for generation."""
+    from starlette.testclient import TestClient
+
+    from lmforge.api import Model
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    from lmforge.serve import ServeArgs
+    from lmforge.serve.app import create_app
+    from lmforge.tokenizers import Tokenizer
+    tokenizer = Tokenizer.load(char_data)
+    torch.manual_seed(0)
+    config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=labels)
+    lm = Model(build_model(config).eval(), config, tokenizer)
+    with TestClient(create_app(lm, ServeArgs(model_dir="x", model_name="enc"))) as http:
+        r = http.post("/v1/embeddings", json={"input": ["a cat", "a dog"]})
+        assert r.status_code == 200
+        got = torch.tensor([d["embedding"] for d in r.json()["data"]])
+        torch.testing.assert_close(got, lm.embed(["a cat", "a dog"]), atol=1e-5, rtol=1e-5)
+        out = http.post("/classify", json={"input": ["a cat", "a dog"]}).json()
+        if labels:
+            assert out["kind"] == "labels" and out["results"] == lm.classify(["a cat", "a dog"])
+        else:
+            assert out["kind"] == "similarity" and out["similarity"][0][0] == pytest.approx(1.0, abs=1e-5)
+        attn = http.post("/attention", json={"text": "a cat", "layer": 1}).json()
+        assert attn["layers"] == 2 and len(attn["maps"]) == 2 and attn["keys"][0] == "<bos>"
+        bad = http.post("/v1/completions", json={"prompt": "x"})
+        assert bad.status_code == 400 and "needs a decoder" in bad.json()["error"]["message"]
+        assert "lmforge playground" in http.get("/").text
