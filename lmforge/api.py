@@ -195,7 +195,8 @@ class Model:
         if self.config.family == "decoder":
             src = self.tokenizer.encode(text, bos=self.tokenizer.add_bos)[:limit]
         else:                                             # <bos> text <eos>, as the encoder saw it in training
-            bos = [self.tokenizer.bos_id] if self.config.family == "encoder" and self.tokenizer.bos_id is not None else []
+            encoder_bos = self.config.family == "encoder" and self.tokenizer.bos_id is not None
+            bos = [self.tokenizer.bos_id] if encoder_bos else []
             eos = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
             src = (bos + self.tokenizer.encode(text))[: limit - len(eos)] + eos
         if not src:

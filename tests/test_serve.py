@@ -210,11 +210,11 @@ def test_models_tokenizer_routes_and_auth(client, server):
 
 
 def test_16_concurrent_streams_equal_their_solo_outputs(client, lm):
-    lengths = [4 + 3 * i for i in range(16)]          # they finish at different steps: rows leave and are reused
+    lengths = [4 + 2 * i for i in range(16)]          # they finish at different steps: rows leave and are reused
     solo = [client.completions.create(model="m", prompt=p, max_tokens=n, temperature=0).choices[0].text
             for p, n in zip(PROMPTS, lengths)]
-    assert solo == lm.generate(PROMPTS, max_new_tokens=max(lengths), greedy=True) or all(
-        lm.generate(p, max_new_tokens=n, greedy=True) == s for p, n, s in zip(PROMPTS, lengths, solo))
+    longest = lm.generate(PROMPTS, max_new_tokens=max(lengths), greedy=True)   # one character per token
+    assert solo == [text[:n] for text, n in zip(longest, lengths)]
     got, errors = [None] * 16, []
 
     def one(i: int) -> None:

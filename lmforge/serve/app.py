@@ -101,8 +101,9 @@ def create_app(lm, args: ServeArgs) -> Starlette:
 
     def need_decoder(what: str) -> Scheduler:
         if scheduler is None:
+            other = "/v1/embeddings" + (" or /classify" if config.labels else "")
             raise ApiError(f"{what} needs a decoder (GPT / Llama) model; this one is a {config.family} model "
-                           f"(use /v1/embeddings{' or /classify' if config.labels else ''})", code="model_not_supported")
+                           f"(use {other})", code="model_not_supported")
         return scheduler
 
     def check_prompt(ids: list[int], where: str) -> None:
@@ -113,10 +114,10 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         if bad:
             raise ApiError(f"{where} holds token id {bad[0]}, outside the vocabulary of {config.vocab_size}", where)
 
-    async def run(request: Request, seqs: list[Sequence], events: _Events) -> None:
-        """Submit and wait in the background for the caller (`respond`) to read events."""
+    def submit(seqs: list[Sequence]) -> None:
+        """Queue a request's sequences; their events then arrive on the request's `_Events`."""
         try:
-            need_decoder("generation").submit(seqs)
+            scheduler.submit(seqs)
         except QueueFull as e:
             raise ApiError(f"server is busy: {e}", status=503, kind="server_error", code="queue_full") from None
 
@@ -172,7 +173,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         events = _Events()
         seqs = sequences(prompts, _fit(params, max(len(p) for p in prompts), config.context_length), n, json_mode,
                          events)
-        await run(request, seqs, events)
+        submit(seqs)
         rid, created = new_id("cmpl"), now()
         prompt_text = {s.index: (texts[s.index // n] if isinstance(texts[s.index // n], str)
                                  else tokenizer.decode(prompts[s.index // n])) if echo else "" for s in seqs}
@@ -240,7 +241,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         params = _replace(_fit(params, len(ids), config.context_length), stop=params.stop + stops)
         events = _Events()
         seqs = sequences([ids], params, n, json_mode, events)
-        await run(request, seqs, events)
+        submit(seqs)
         rid, created = new_id("chatcmpl"), now()
 
         if stream:

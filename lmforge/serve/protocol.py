@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from .sampling import MAX_LOGPROBS, SamplingParams
+from ..generate.sampling import MAX_LOGPROBS
+from .sampling import SamplingParams
 
 MAX_N = 8            # choices per request
 MAX_STOPS = 4        # stop strings per request (OpenAI's limit)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..generate.dispatch import _find_stop as find_stop
-from ..generate.sampling import MAX_LOGPROBS, apply_repetition_penalty, sample_next, token_logprobs  # noqa: F401
+from ..generate.sampling import apply_repetition_penalty, sample_next, token_logprobs
 
 
 @dataclass
