@@ -3,7 +3,7 @@ local file, run by lm-eval's `local-completions` model against the server (echo 
 requests), and the same items scored by lmforge's own `Model.loglikelihood`. The accuracies
 must agree.
 
-    pip install lm-eval                     # not a test dependency
+    pip install "lm-eval[api]"              # not a test dependency
     python benchmarks/serve_lm_eval.py runs/quickstart --items 40
 
 Items come from the Python documentation corpus lmforge's quickstart uses: the context is a
@@ -26,20 +26,24 @@ import time
 from pathlib import Path
 
 
-def make_items(n: int, seed: int = 0) -> list[dict]:
+def make_items(n: int, fits, seed: int = 0) -> list[dict]:
+    """n items whose context + " " + choice `fits` the model's context."""
     from lmforge.quickstart import pydoc_corpus
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", pydoc_corpus()[:400_000])]
     sentences = [" ".join(s.split()) for s in sentences if 8 <= len(s.split()) <= 20 and s.isascii()]
     rng = random.Random(seed)
     rng.shuffle(sentences)
     items = []
-    for s in sentences[:n]:
+    for s in sentences:
+        if len(items) == n:
+            break
         words = s.split()
         context, gold = " ".join(words[:-2]), " ".join(words[-2:])
         others = [" ".join(o.split()[-2:]) for o in rng.sample(sentences, 3)]
         choices = [gold] + [o for o in others if o != gold][:3]
         rng.shuffle(choices)
-        items.append({"context": context, "choices": choices, "label": choices.index(gold)})
+        if all(fits(context + " " + c) for c in choices):
+            items.append({"context": context, "choices": choices, "label": choices.index(gold)})
     return items
 
 
@@ -75,11 +79,11 @@ def main() -> None:
 
     import lmforge
     work = Path(tempfile.mkdtemp(prefix="serve-lm-eval-"))
-    items = make_items(args.items)
+    lm = lmforge.load(args.model_dir, device="cpu")
+    items = make_items(args.items, lambda text: len(lm.tokenizer.encode(text)) < lm.config.context_length - 1)
     (work / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (work / "lmforge_mc.yaml").write_text(TASK.format(data=work / "items.jsonl"))
 
-    lm = lmforge.load(args.model_dir, device="cpu")
     t0 = time.perf_counter()
     own = []
     for item in items:                          # lm-eval joins context and choice with one space
