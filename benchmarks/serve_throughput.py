@@ -41,7 +41,8 @@ def free_port() -> int:
 
 
 def build_model(out: Path, preset: str, context: int) -> Path:
-    """A random decoder of `preset`'s shape on a char tokenizer (end-of-text never greedy)."""
+    """A random decoder of `preset`'s shape on a char tokenizer (end-of-text never greedy, so each
+    request writes all its tokens, one character each: streamed text counts the tokens)."""
     from lmforge.api import Model
     from lmforge.config import get_preset
     from lmforge.data.shards import PrepareConfig, prepare
@@ -55,8 +56,10 @@ def build_model(out: Path, preset: str, context: int) -> Path:
     torch.manual_seed(0)
     config = get_preset(preset, vocab_size=tokenizer.vocab_size, context_length=context)
     module = build(config).eval()
+    unwanted = [i for i in range(tokenizer.vocab_size)      # special and byte-fallback tokens: one character per token
+                if i in tokenizer.special_ids or tokenizer.id_to_token(i).startswith("<0x")]
     with torch.no_grad():
-        module.lm_head.weight[sorted(tokenizer.special_ids)] = 0.0     # tied: the embedding rows too
+        module.lm_head.weight[unwanted] = 0.0                 # logit 0, never the greedy choice (tied: embeddings too)
     lm = Model(module, config, tokenizer)
     lm.save(out / "model")
     lm.save(out / "hf", format="hf")
@@ -76,7 +79,7 @@ async def one_request(client, url: str, model: str, prompt: str, tokens: int, ex
             chunk = json.loads(line[6:])
             for choice in chunk.get("choices", []):
                 if choice.get("text"):
-                    n += 1
+                    n += len(choice["text"])                   # one character per token (see build_model)
                     first = first or time.perf_counter() - t0
     return first or float("nan"), n, time.perf_counter() - t0
 
