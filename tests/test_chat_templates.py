@@ -93,3 +93,27 @@ def test_lmforge_template_as_jinja_chats_the_same_in_transformers(make_dir):
     for messages in (CHAT, CHAT[1:3]):
         ids, _ = template.render(tok, messages, add_generation_prompt=messages[-1]["role"] == "user")
         assert hf_ids(d, messages, messages[-1]["role"] == "user") == ids
+
+
+def test_a_model_with_a_jinja_template_chats_with_it(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from lmforge.api import load
+    from lmforge.generate import GenerationConfig
+    from lmforge.generate.chat import Chat
+    d = tmp_path / "hf-chat"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("lmforge_chat_template", None)
+    short = "{% for m in messages %}<{{ m.role[0] }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": short}))
+    lm = load(d, device="cpu")
+    chat = Chat(lm.module, lm.tokenizer, gen=GenerationConfig(max_new_tokens=5, greedy=True))
+    turn = [{"role": "user", "content": "hi"}]
+    assert chat.prompt_ids(turn) == chat_ids(lm.tokenizer, turn)
+    assert lm.tokenizer.decode(chat.prompt_ids(turn)) == "<u>hi<a>"
+    assert isinstance(chat.reply("hi"), str)
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": "{% for m in messages %}"}))
+    with pytest.raises(LmforgeError, match="does not render"):
+        load(d, device="cpu").chat(turn)

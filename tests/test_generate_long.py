@@ -187,3 +187,31 @@ def test_json_mode_refuses_a_tokenizer_without_braces():
     hf = HF(WordLevel({"<eos>": 0, "a": 1, "b": 2}, unk_token="<eos>"))
     with pytest.raises(LmforgeError, match="cannot spell a JSON object"):
         json_table(Tokenizer(hf, "hf", {"eos": "<eos>"}))
+
+
+@pytest.mark.slow
+def test_compiled_step_past_the_window_gives_the_same_tokens():
+    model = tiny("rope")
+    cfg = dict(max_new_tokens=3 * CTX, greedy=True)
+    eager, _, _ = generate_ids(model, [[1, 2, 3]], GenerationConfig(**cfg))
+    compiled, _, stats = generate_ids(model, [[1, 2, 3]], GenerationConfig(**cfg, compile=True))
+    assert compiled == eager and stats["window"] == "rolling"
+
+
+def test_cli_logprobs_json_score_and_bad_input(tiny_model_dir, capsys):
+    from lmforge.cli import main
+    d = str(tiny_model_dir)
+    assert main(["generate", d, "The ", "--json", "--greedy", "--max-new-tokens", "40", "--logprobs", "2",
+                 "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["tokens"] == 40 and row["window"] == "reencode" and len(row["logprobs"]) == 40
+    assert len(row["logprobs"][0]["top"]) == 2
+    assert main(["score", d, "The for", "--continuation", " statement", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["logprob"] < 0
+    assert main(["score", d, "The for", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("total ")
+    for bad, words in ((["--logprobs", "21", "--json"], "logprobs=21"), (["--min-p", "1.5"], "min_p=1.5"),
+                       (["--logprobs", "2"], "add --json")):
+        assert main(["generate", d, "The", "--device", "cpu", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -30,6 +30,7 @@ import torch
 from ..errors import LmforgeError
 from .core import (GenerationConfig, RunClock, compiled_decode_step, decode_one_token, decoding_run, finish,
                    prefill, prepare_prompts)
+from .json_mode import apply_json_masks
 from .sampling import apply_repetition_penalty, sample_next, token_logprobs
 
 
@@ -104,7 +105,6 @@ def decode_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, eos
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
             if json_states is not None:
-                from .json_mode import apply_json_masks
                 logits = apply_json_masks(logits, json_states)
             nxt = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator, cfg.min_p)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)

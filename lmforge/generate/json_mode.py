@@ -157,6 +157,15 @@ class JsonTokenTable:
             raise LmforgeError("--json-mode: this tokenizer has no token that starts with '{', so it cannot spell a "
                                "JSON object; train the tokenizer on text containing JSON, or drop --json-mode")
         self.max_closers = max((t.count("}") + t.count("]") for t in self.texts if t), default=0)
+        # inside a string most tokens are plain text: accepted without reading them, and the state stays
+        self.string_safe = torch.tensor([t is not None and ('"' not in t and "\\" not in t and min(t) >= " ")
+                                         for t in self.texts], dtype=torch.bool)
+        self.string_unsafe = [i for i, t in enumerate(self.texts) if t is not None and not self.string_safe[i]]
+        # elsewhere most tokens fail at their first character: try each first character once
+        self.by_first: dict[str, list[int]] = {}
+        for i, t in enumerate(self.texts):
+            if t is not None and "\ufffd" not in t:
+                self.by_first.setdefault(t[0], []).append(i)
         self.masks: dict[tuple, torch.Tensor] = {}
         self.device = torch.device("cpu")
 
@@ -168,12 +177,16 @@ class JsonTokenTable:
         key = self.key(lex, stack)
         m = self.masks.get(key)
         if m is None:
+            m = torch.zeros(self.vocab_size, dtype=torch.bool)
             if lex == ("done",):
                 allowed = [self.eos_id]
+            elif lex[0] == "str":
+                m |= self.string_safe
+                allowed = [i for i in self.string_unsafe if self._accepts(lex, key[1], self.texts[i])]
             else:
                 # a token closes fewer containers than the key holds, so the stack below never matters
-                allowed = [i for i, t in enumerate(self.texts) if t is not None and self._accepts(lex, key[1], t)]
-            m = torch.zeros(self.vocab_size, dtype=torch.bool)
+                allowed = [i for first, ids in self.by_first.items() if step_char(lex, key[1], first)[0] is not FAIL
+                           for i in ids if self._accepts(lex, key[1], self.texts[i])]
             m[allowed] = True
             self.masks[key] = m = m.to(self.device)
         return m
