@@ -114,6 +114,40 @@ class Model:
         session.messages = turns[:-1]
         return session.reply(turns[-1]["content"])
 
+    def attention_maps(self, text: str, kind: str = "auto", target: str | None = None, max_tokens: int | None = None,
+                       with_tokens: bool = False):
+        """Attention weights for `text`: (layers, heads, T, T) float32, row q holding how much
+        query token q attends to each key token. Encoder-decoders: `kind` "cross" (the decoder
+        reading the source; default), "encoder" or "decoder", over `target` (default: the
+        model's greedy translation). `with_tokens`: also (query token strings, key token strings)."""
+        from .viz.attention import attention_maps, check_kind
+        kind = check_kind(self.config.family, kind)
+        limit = min(max_tokens or self.config.context_length, self.config.context_length)
+        if self.config.family == "decoder":
+            src = self.tokenizer.encode(text, bos=self.tokenizer.add_bos)[:limit]
+        else:                                             # <bos> text <eos>, as the encoder saw it in training
+            encoder_bos = self.config.family == "encoder" and self.tokenizer.bos_id is not None
+            bos = [self.tokenizer.bos_id] if encoder_bos else []
+            eos = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+            src = (bos + self.tokenizer.encode(text))[: limit - len(eos)] + eos
+        if not src:
+            raise LmforgeError("attention maps need a text of at least one token")
+        tgt = None
+        if self.config.family == "seq2seq":
+            target = self.translate(text, num_beams=1) if target is None else target
+            tgt_tok = self.target_tokenizer
+            tgt = ([tgt_tok.bos_id] + tgt_tok.encode(target))[:limit]
+        maps = attention_maps(self.module, src, tgt, kind)
+        if not with_tokens:
+            return maps
+        def strings(tok, ids):
+            return [tok.decode([i], skip_special_tokens=False) for i in ids]
+        src_s = strings(self.tokenizer, src)
+        tgt_s = strings(self.target_tokenizer, tgt) if tgt is not None else None
+        queries, keys = {"self": (src_s, src_s), "encoder": (src_s, src_s), "decoder": (tgt_s, tgt_s),
+                         "cross": (tgt_s, src_s)}[kind]
+        return maps, (queries, keys)
+
     def _draft_module(self, draft: "Model | None"):
         if draft is None:
             return None

@@ -501,6 +501,53 @@ def _embed(ns):
     return 0
 
 
+# ----------------------------------------------------------------------------- attention
+@dataclass
+class AttentionArgs:
+    model_dir: str = option(None, "model directory", positional=True)
+    text: str = option(None, "the text whose attention to draw", positional=True)
+    layer: int = option(0, "layer to draw (0 is the first, -1 the last)")
+    head: int | None = option(None, "head to draw (default: a grid of all heads of the layer)")
+    kind: str = option("auto", "encoder-decoders: cross (the decoder reading the source; auto), encoder or decoder",
+                       choices=("auto", "self", "cross", "encoder", "decoder"))
+    target: str | None = option(None, "encoder-decoders: the target text (default: the model's greedy translation)")
+    out: str = option("attention.png", "PNG file to write")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("attention", "draw a model's attention weights for a text (one head, or all heads of a layer) as a PNG")
+@options_of(AttentionArgs)
+def _attention(ns):
+    from .api import load
+    from .viz.attention import plot_attention
+    args = from_args(AttentionArgs, ns)
+    lm = load(args.model_dir, device=args.device)
+    maps, (queries, keys) = lm.attention_maps(args.text, kind=args.kind, target=args.target, with_tokens=True)
+    n_layers, n_heads = maps.shape[:2]
+    if not -n_layers <= args.layer < n_layers:
+        raise LmforgeError(f"--layer {args.layer} does not exist: the model has {n_layers} layers (0..{n_layers - 1})")
+    if args.head is not None and not 0 <= args.head < n_heads:
+        raise LmforgeError(f"--head {args.head} does not exist: each layer has {n_heads} heads (0..{n_heads - 1})")
+    layer = args.layer % n_layers
+    what = "all heads" if args.head is None else f"head {args.head}"
+    out = plot_attention(maps[layer], queries, keys, args.out, args.head,
+                         f"{lm.path.name}: layer {layer}, {what}")
+    print(f"wrote {out} (layer {layer} of {n_layers}, {what} of {n_heads}, {len(queries)} x {len(keys)} tokens)")
+    return 0
+
+
+# --------------------------------------------------------------------------------- serve
+from .serve import ServeArgs  # noqa: E402
+
+
+@verb("serve", "an OpenAI-compatible HTTP server (continuous batching) with a playground page at /")
+@options_of(ServeArgs)
+def _serve(ns):
+    from .serve import serve
+    serve(from_args(ServeArgs, ns))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="lmforge: tokenize, train, evaluate and "

@@ -2,7 +2,9 @@
 
 Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
 `pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin; `$(python -c 'CODE')`
-is expanded as the shell would) and the ```python blocks
+is expanded as the shell would; `lmforge serve ... &` starts a server in the background, on a
+free port that replaces the README's 8000 everywhere, for the `curl` commands and the python
+blocks after it) and the ```python blocks
 are executed. Tiny settings are appended per verb (argparse keeps the last value);
 `--max-steps N` and `--stop-after N` become N // 1000 so the README's "train 3000 steps, stop
 after 2000, then resume" stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
@@ -46,6 +48,8 @@ TINY: dict[str, list[str]] = {
     "classify": ["--device", "cpu"],
     "translate": ["--device", "cpu", "--max-new-tokens", "8"],
     "embed": ["--device", "cpu"],
+    "serve": ["--device", "cpu"],
+    "attention": ["--device", "cpu"],
 }
 
 
@@ -64,7 +68,7 @@ def readme_commands() -> list[tuple[list[str], str | None]]:
                 if argv[:1] == ["echo"] and "|" in argv:                 # echo TEXT | lmforge ...
                     pipe = argv.index("|")
                     argv, stdin = argv[pipe + 1:], " ".join(argv[1:pipe]) + "\n"
-                if argv and argv[0] in ("lmforge", "torchrun"):
+                if argv and argv[0] in ("lmforge", "torchrun", "curl"):
                     commands.append((argv, stdin))
     return commands
 
@@ -96,7 +100,6 @@ def test_readme_has_the_two_setup_commands():
 
 @pytest.mark.slow
 def test_every_readme_command_runs(tmp_path, monkeypatch):
-    from lmforge.cli import main
     monkeypatch.chdir(tmp_path)
     Path("my_corpus.txt").write_text(corpus_text(), encoding="utf-8")
     Path("my_chats.jsonl").write_text(readme_blocks("jsonl")[0], encoding="utf-8")
@@ -105,7 +108,58 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     commands = readme_commands()
     assert len(commands) >= 8
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(_free_port())
+    servers: list[subprocess.Popen] = []
+    try:
+        _run_commands(commands, env, port, servers, monkeypatch)
+        for code in readme_blocks("python"):
+            code = re.sub(r"max_steps=\d+", "max_steps=2", code)
+            code = re.sub(r"max_new_tokens=\d+", "max_new_tokens=8", code)     # fits the tiny 32-token context
+            code = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            exec(compile(code, "README.md", "exec"), {})
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(argv: list[str], env: dict, port: str) -> subprocess.Popen:
+    """`lmforge serve ... &`: a background server; returns once /health answers."""
+    import time
+    import urllib.request
+    server = subprocess.Popen([sys.executable, "-m", "lmforge", *argv[1:]], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert server.poll() is None, f"{shlex.join(argv)} exited: {server.stderr.read()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    raise AssertionError(f"{shlex.join(argv)} did not answer /health within 120 s")
+
+
+def _run_commands(commands, env: dict, port: str, servers: list, monkeypatch) -> None:
+    from lmforge.cli import main
     for argv, stdin in commands:
+        argv = [port if a == "8000" and prev == "--port" else a.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                for prev, a in zip([""] + argv, argv)]
+        if argv[-1] == "&":
+            servers.append(_start_server(shrink(argv[:-1]), env, port))
+            continue
+        if argv[0] == "curl":
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0 and '"error"' not in done.stdout, f"{shlex.join(argv)}\n{done.stdout}"
+            continue
         argv = shrink(argv)
         if argv[0] == "torchrun":
             cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
@@ -115,7 +169,3 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             if stdin is not None:
                 monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
             assert main(argv[1:]) == 0, shlex.join(argv)
-    for code in readme_blocks("python"):
-        code = re.sub(r"max_steps=\d+", "max_steps=2", code)
-        code = re.sub(r"max_new_tokens=\d+", "max_new_tokens=8", code)     # fits the tiny 32-token context
-        exec(compile(code, "README.md", "exec"), {})

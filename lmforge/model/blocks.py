@@ -123,7 +123,13 @@ class KVCache(nn.Module):
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # input_pos (T,) slots; k, v (B, n_kv, T, hs) -> full caches (B, n_kv, max_len, hs)
+        # input_pos (T,) slots shared by the batch, or (B, T) slots per row (continuous batching:
+        # each row at its own length); k, v (B, n_kv, T, hs) -> full caches (B, n_kv, max_len, hs)
+        if input_pos.dim() == 2:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]           # (B, 1)
+            self.k_cache[rows, :, input_pos] = k.transpose(1, 2).to(self.k_cache.dtype)   # (B, T, n_kv, hs)
+            self.v_cache[rows, :, input_pos] = v.transpose(1, 2).to(self.v_cache.dtype)
+            return self.k_cache, self.v_cache
         self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
         self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         return self.k_cache, self.v_cache
@@ -152,6 +158,7 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
         self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
+        self.recorded: list[torch.Tensor] | None = None   # set to a list to collect the attention weights (viz)
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -185,6 +192,8 @@ class Attention(nn.Module):
         if self.kv_cache is not None and not self.cross:
             assert input_pos is not None, "decoding with a KV cache needs input_pos (the cache slots)"
             k, v = self.kv_cache.update(input_pos, k, v)
+        if self.recorded is not None:
+            self.recorded.append(attention_weights(q, k, mask, is_causal and mask is None))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -192,6 +201,20 @@ class Attention(nn.Module):
         )                                            # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, q_dim)   # (B, T, nh*hs)
         return self.out(y)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """The weights `scaled_dot_product_attention` applies, written out (for looking at, not for
+    speed): q (B, nh, Tq, hs), k (B, nkv, Tk, hs) -> (B, nh, Tq, Tk) float32, rows summing to 1."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)               # grouped-query heads
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif is_causal:
+        Tq, Tk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1),
+                                    float("-inf"))
+    return scores.softmax(-1)
 
 
 # ----------------------------------------------------------------------------------- MLP
@@ -252,7 +275,8 @@ def attention_mask(*, causal: bool, q_pos: torch.Tensor | None, k_len: int, key_
                    device: torch.device) -> torch.Tensor | None:
     """Boolean (B|1, 1, Tq, Tk) mask, or None when plain `is_causal` / no mask will do.
 
-    q_pos: slot of each query (Tq,) when decoding with a cache (keys are slots 0..k_len-1).
+    q_pos: slot of each query (Tq,) when decoding with a cache (keys are slots 0..k_len-1), or
+        (B, Tq) when every row has its own slots (continuous batching).
     key_valid: (B, Tk) True at real tokens, False at padding.
     """
     if q_pos is None and key_valid is None:
@@ -260,12 +284,13 @@ def attention_mask(*, causal: bool, q_pos: torch.Tensor | None, k_len: int, key_
     if q_pos is None:
         q_pos = torch.arange(k_len, device=device)
     k_pos = torch.arange(k_len, device=device)
-    allowed = (k_pos[None, :] <= q_pos[:, None]) if causal else torch.ones(len(q_pos), k_len, dtype=torch.bool,
-                                                                           device=device)
-    allowed = allowed[None, None]                                   # (1, 1, Tq, Tk)
+    q = q_pos[..., None]                                            # (Tq, 1) or (B, Tq, 1)
+    allowed = (k_pos <= q) if causal else torch.ones(*q_pos.shape, k_len, dtype=torch.bool, device=device)
+    allowed = allowed[:, None] if q_pos.dim() == 2 else allowed[None, None]   # (B|1, 1, Tq, Tk)
     if key_valid is not None:
-        itself = k_pos[None, :] == q_pos[:, None]                   # a query always sees itself
-        allowed = allowed & (key_valid[:, None, None, :] | itself[None, None])
+        itself = k_pos == q                                         # a query always sees itself
+        itself = itself[:, None] if q_pos.dim() == 2 else itself[None, None]
+        allowed = allowed & (key_valid[:, None, None, :] | itself)
     return allowed
 
 

@@ -1,0 +1,95 @@
+"""The continuous-batching scheduler in-process: sequences that join and leave a running batch
+decode exactly as they would alone; a cancelled sequence frees its row at once; the queue limit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from lmforge.config import get_preset
+from lmforge.generate import GenerationConfig, generate_ids
+from lmforge.model import build_model
+from lmforge.serve.sampling import SamplingParams
+from lmforge.serve.scheduler import QueueFull, Scheduler, Sequence
+
+
+class LetterTokenizer:
+    """Token i is the letter chr(65 + i); no end-of-text token."""
+    eos_id = None
+    special_ids: set[int] = set()
+
+    def decode(self, ids, **kw):
+        return "".join(chr(65 + i) for i in ids)
+
+    def decode_stream(self):
+        class Stream:
+            def step(self, i):
+                return chr(65 + i)
+        return Stream()
+
+
+def run(scheduler: Scheduler, prompts, lengths, **params) -> dict[int, list[int]]:
+    done, results = threading.Event(), {}
+
+    def emit(event, i):
+        if event[0] == "finish":
+            results[i] = list(event[1].out_ids)
+            if len(results) == len(prompts):
+                done.set()
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        scheduler.submit([Sequence(p, SamplingParams(max_tokens=n, **params), lambda e, i=i: emit(e, i))])
+    assert done.wait(60)
+    return results
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_joining_and_leaving_sequences_decode_as_alone(preset):
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, vocab_size=50)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(1, 13)), [3], [7, 7, 7, 7]]
+    lengths = [12, 5, 20, 9, 15, 3]                          # 6 sequences through 4 rows: some wait, rows are reused
+    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16).start()
+    try:
+        got = run(scheduler, prompts, lengths, temperature=0.0)
+        seeded = run(scheduler, prompts[:2], [10, 10], temperature=1.0, seed=5)
+    finally:
+        scheduler.shutdown()
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        alone, _, _ = generate_ids(model, [p], GenerationConfig(max_new_tokens=n, greedy=True))
+        assert got[i] == alone[0], i
+    for i, p in enumerate(prompts[:2]):
+        alone, _, _ = generate_ids(model, [p], GenerationConfig(max_new_tokens=10, temperature=1.0, seed=5))
+        assert seeded[i] == alone[0]
+
+
+def test_cancel_frees_the_row_and_the_queue_limit():
+    torch.manual_seed(0)
+    model = build_model(get_preset("gpt-tiny", vocab_size=50, context_length=4096)).eval()
+    scheduler = Scheduler(model, LetterTokenizer(), max_batch=1, max_queue=2).start()
+    try:
+        first_token = threading.Event()
+        finished = threading.Event()
+
+        def emit(event):
+            if event[0] == "token":
+                first_token.set()
+            elif event[0] == "finish":
+                finished.set()
+        long = Sequence([1, 2, 3], SamplingParams(max_tokens=4000, temperature=0.0), emit)
+        scheduler.submit([long])
+        assert first_token.wait(30)
+        waiting = [Sequence([4], SamplingParams(max_tokens=2, temperature=0.0), lambda e: None) for _ in range(2)]
+        scheduler.submit(waiting)                                   # the one row is busy: these wait
+        with pytest.raises(QueueFull, match="the queue holds 2"):
+            scheduler.submit([Sequence([4], SamplingParams(max_tokens=2), lambda e: None)])
+        scheduler.cancel([long])
+        for _ in range(600):
+            if all(s.finish_reason for s in waiting):
+                break
+            threading.Event().wait(0.05)
+        assert all(s.finish_reason == "length" for s in waiting)     # they got the freed row
+        assert not finished.is_set() and len(long.out_ids) < 4000 and scheduler.running == 0
+    finally:
+        scheduler.shutdown()
