@@ -24,7 +24,7 @@ from .data.pairs import Seq2SeqOptions
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
-from .interop import export_hf, import_hf
+from .interop import export_gguf, export_hf, import_gguf, import_hf
 from .model import build_model
 from .quantize import QuantizeArgs, quantize, quantize_model
 from .tokenizers import Tokenizer, train_tokenizer
@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "import_hf", "export_hf", "LmforgeError", "ConfigError", "DataError",
+           "TrainConfig", "train", "import_hf", "export_hf", "import_gguf", "export_gguf", "LmforgeError", "ConfigError", "DataError",
            "ModelDirError", "FinetuneArgs", "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions", "LoRAConfig",
            "apply_lora", "merge_lora", "merge_adapter", "QuantizeArgs", "quantize", "quantize_model", "DistillArgs",
            "distill"]

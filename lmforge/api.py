@@ -39,11 +39,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
-    """(config, weights, tokenizer, source name) of an lmforge model directory or a Hugging Face
-    one (converted through `lmforge.interop`'s key tables). Tensors are read, not yet placed."""
+    """(config, weights, tokenizer, source name) of an lmforge model directory, a Hugging Face
+    one or a GGUF file (converted through `lmforge.interop`'s key tables). Tensors are read, not
+    yet placed."""
     from .adapt.lora import is_adapter_dir
-    from .interop import is_hf_dir, read_hf
+    from .interop import is_gguf_file, is_hf_dir, read_gguf, read_hf
     path = Path(path)
+    if is_gguf_file(path):
+        config, weights, tokenizer, _ = read_gguf(path)
+        return config, weights, tokenizer, str(path)
     if is_hf_dir(path):
         config, weights, tokenizer, _ = read_hf(path)
         return config, weights, tokenizer, str(path)
@@ -219,7 +223,8 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
-    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — for inference
+    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — or a GGUF
+    file (Llama or GPT-2 kind, dequantized to float32) for inference
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
     from .model import inference_layout
