@@ -21,7 +21,7 @@ from lmforge.data.chat import ChatTemplate, set_chat_template
 from lmforge.errors import ConfigError, ModelDirError
 from lmforge.interop import export_gguf, import_gguf
 from lmforge.interop.gguf.quants import dequantize
-from lmforge.interop.gguf.vocab import tokenizer_from_metadata
+from lmforge.interop.gguf.vocab import tokenizer_from_metadata, tokenizer_metadata
 from lmforge.model import build_model
 from lmforge.tokenizers import train_char_tokenizer
 from lmforge.tokenizers.bpe import train_bpe_tokenizer
@@ -150,6 +150,24 @@ def test_sentencepiece_vocabulary_with_merges_encodes_like_transformers(tmp_path
     for text in ("abc abc", "a bc cab", "ab é", "c"):
         assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"], text
         assert ours.decode(ours.encode(text)) == text
+
+
+def test_an_imported_sentencepiece_tokenizer_exports_and_reads_back():
+    """A Llama tokenizer as transformers builds it (byte-fallback BPE, Metaspace "▁", merges) goes
+    to GGUF's sentencepiece form (merge order as scores, the space prefix) and back unchanged in use."""
+    from transformers import LlamaTokenizer
+    pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "\u2581ab", "bc", "\u2581abc", "\u2581b"]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces])}
+    merges = [("\u2581", "a"), ("a", "b"), ("\u2581a", "b"), ("b", "c"), ("\u2581ab", "c"), ("\u2581", "b")]
+    hf = LlamaTokenizer(vocab=vocab, merges=merges)
+    ours = lmforge.Tokenizer(hf.backend_tokenizer, "hf", {"bos": "<s>", "eos": "</s>", "unk": "<unk>"})
+    meta = tokenizer_metadata(ours, len(vocab))
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_space_prefix"] is True
+    back = tokenizer_from_metadata(meta, "test")
+    # (not text starting with a space: llama.cpp always adds the prefix, transformers' Metaspace only when missing)
+    for text in ("abc abc", "a bc cab", "ab é 🙂", "c", "cab  abc"):
+        assert back.encode(text) == ours.encode(text) == hf(text, add_special_tokens=False)["input_ids"], text
+        assert back.decode(back.encode(text)) == text
 
 
 def test_chat_template_is_written_in_jinja_and_survives_the_round_trip(bpe, tmp_path):

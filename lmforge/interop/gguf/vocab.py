@@ -42,16 +42,20 @@ def tokenizer_metadata(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
     """The tokenizer.* keys for `tokenizer`, its token list padded to the model's `n_vocab` rows."""
     spec = json.loads(tokenizer.hf.to_str())
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or spec.get("normalizer"):
+    if model.get("type") != "BPE":
         raise ConfigError(f"the {tokenizer.kind} tokenizer has no GGUF form; llama.cpp reads byte-level BPE "
                           f"(lmforge's bpe) and sentencepiece-style vocabularies (lmforge's char)")
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not model.get("byte_fallback"):
+    space_prefix = sentencepiece_prefix(spec)
+    if (pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not model.get("byte_fallback")
+            and not spec.get("normalizer")):
         kind, fmt = "gpt2", lambda tok: tok
-    elif not pre and model.get("byte_fallback") and not model.get("merges"):
+    elif not pre and not spec.get("normalizer") and model.get("byte_fallback") and not model.get("merges"):
         if any(SPACE in tok for tok in model["vocab"]):
             raise ConfigError(f"the char tokenizer's vocabulary holds {SPACE!r}, which GGUF's sentencepiece form "
                               f"uses for the space; retrain it without that character")
-        kind, fmt = "llama", lambda tok: tok.replace(" ", SPACE)
+        kind, fmt, space_prefix = "llama", lambda tok: tok.replace(" ", SPACE), False
+    elif space_prefix is not None and model.get("byte_fallback"):     # an imported Llama / TinyLlama tokenizer
+        kind, fmt = "llama", lambda tok: tok
     else:
         raise ConfigError(f"the {tokenizer.kind} tokenizer ({pre.get('type', 'no')} pre-tokenizer) has no GGUF form "
                           f"lmforge writes; GGUF holds byte-level BPE (lmforge's bpe) or a char vocabulary")
@@ -79,14 +83,40 @@ def tokenizer_metadata(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
         meta["tokenizer.ggml.pre"] = "gpt-2"
         meta["tokenizer.ggml.merges"] = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     else:
-        meta["tokenizer.ggml.scores"] = [0.0] * n_vocab      # no merges: every piece is one character
-        meta["tokenizer.ggml.add_space_prefix"] = False
+        meta["tokenizer.ggml.scores"] = merge_scores(tokens, types, model.get("merges") or [])
+        meta["tokenizer.ggml.add_space_prefix"] = space_prefix
     for role, key in ROLE_KEYS.items():
         token_id = getattr(tokenizer, f"{role}_id")
         if token_id is not None:
             meta[key] = token_id
     meta.update(chat_template_metadata(tokenizer))
     return meta
+
+
+def sentencepiece_prefix(spec: dict[str, Any]) -> bool | None:
+    """For a sentencepiece-style tokenizer.json (spaces become "▁", by a Metaspace pre-tokenizer
+    or a Replace normalizer): whether it adds "▁" before the text; None for other tokenizers."""
+    pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer") or {}
+    if pre.get("type") == "Metaspace" and pre.get("replacement") == SPACE and not pre.get("split") and not norm:
+        return pre.get("prepend_scheme", "always") != "never"
+    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    kinds = [(n.get("type"), n.get("prepend"), n.get("content"), (n.get("pattern") or {}).get("String")) for n in steps]
+    if not pre and ("Replace", None, SPACE, " ") in kinds and all(
+            k == ("Replace", None, SPACE, " ") or k == ("Prepend", SPACE, None, None) for k in kinds):
+        return ("Prepend", SPACE, None, None) in kinds
+    return None
+
+
+def merge_scores(tokens: list[str], types: list[int], merges: list) -> list[float]:
+    """Sentencepiece scores that make llama.cpp merge in BPE's order: a token made by merge number
+    r scores -r; single symbols, bytes and specials 0; a piece no merge makes scores below all."""
+    made: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        made.setdefault(a + b, rank)
+    floor = -float(len(merges) + 1)
+    return [-float(made[t]) if t in made else 0.0 if len(t) == 1 or kind != NORMAL else floor
+            for t, kind in zip(tokens, types)]
 
 
 def chat_template_metadata(tokenizer: Tokenizer) -> dict[str, str]:
