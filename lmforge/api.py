@@ -21,93 +21,10 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .errors import LmforgeError, ModelDirError
-from .modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights
+from .errors import LmforgeError
+from .loading import (build_with_weights, load_model, read_model_dir, resolve_device, resolve_dtype,  # noqa: F401
+                      write_model_dir)
 from .tokenizers import Tokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise LmforgeError(f"dtype={dtype!r} is unknown; use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
-    """(config, weights, tokenizer, source name) of an lmforge model directory, a Hugging Face
-    one or a GGUF file (converted through `lmforge.interop`'s key tables). Tensors are read, not
-    yet placed."""
-    from .adapt.lora import is_adapter_dir
-    from .interop import is_gguf_file, is_hf_dir, read_gguf, read_hf
-    path = Path(path)
-    if is_gguf_file(path):
-        config, weights, tokenizer, _ = read_gguf(path)
-        return config, weights, tokenizer, str(path)
-    if is_hf_dir(path):
-        config, weights, tokenizer, _ = read_hf(path)
-        return config, weights, tokenizer, str(path)
-    if is_adapter_dir(path):
-        raise ModelDirError(f"{path} holds LoRA adapters, not a whole model; merge them into their base first "
-                            f"(`lmforge merge-lora {path} MERGED_DIR`) and use MERGED_DIR")
-    path = check_model_dir(path, (CONFIG_FILE, WEIGHTS_FILE))
-    weights, _ = read_weights(path / WEIGHTS_FILE)
-    return ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), str(path / WEIGHTS_FILE)
-
-
-def build_with_weights(config: ModelConfig, weights: dict[str, torch.Tensor], source: str,
-                       optional: tuple[str, ...] = ()) -> torch.nn.Module:
-    """The model of `config` holding `weights`, materialised once: built on the meta device, the
-    tensors assigned. Parameters under `optional` prefixes (a new head) may be missing and are
-    initialised as in a fresh model."""
-    from .model import build_model
-    from .model.blocks import init_weights
-    with torch.device("meta"):
-        model = build_model(config)
-    load_weights_into(model, weights, source, optional)
-    for prefix in optional:                       # a new head is still on meta: initialise it as a fresh model would
-        head = model.get_submodule(prefix.rstrip("."))
-        if any(p.device.type == "meta" for p in head.parameters()):
-            init_weights(head.to_empty(device="cpu"), config)
-    _materialise_buffers(model)
-    return model
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-               **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """(module, config, tokenizer) from an lmforge or Hugging Face model directory; a LoRA
-    directory loads as its base model with the adapters merged in."""
-    from .adapt.lora import ADAPTER_FILE, is_adapter_dir, load_lora_model, merge_lora
-    path = Path(path)
-    if is_adapter_dir(path):
-        check_model_dir(path, (CONFIG_FILE, ADAPTER_FILE))
-        model, config, tokenizer, _ = load_lora_model(path, device=device, dtype=dtype, **config_overrides)
-        return merge_lora(model).eval(), config, tokenizer
-    config, weights, tokenizer, source = read_model_dir(path)
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    model = build_with_weights(config, weights, source)
-    del weights                        # the model owns the tensors now: a dtype cast below frees them one by one
-    device = torch.device(device)
-    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
-    return model, config, tokenizer
-
-
-def _materialise_buffers(model: torch.nn.Module) -> None:
-    """After building on meta and assigning loaded weights: compute the non-persistent buffers
-    (RoPE / sinusoidal tables, via each module's `init_buffers`) and re-tie shared weights."""
-    for module in model.modules():
-        if hasattr(module, "init_buffers"):
-            module.init_buffers()
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    assert not leftover, f"tensors left on the meta device after loading: {leftover}"
-
 
 class Model:
     """A loaded model directory: `module` (torch), `config`, `tokenizer`, and the verbs."""
@@ -207,15 +124,7 @@ class Model:
             return Path(directory)
         if format != "lmforge":
             raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.config.save(d / CONFIG_FILE)
-        save_weights(self.module, d / WEIGHTS_FILE)
-        self.tokenizer.save(d)
-        if self.target_tokenizer is not self.tokenizer:
-            from .data.pairs import TARGET_TOKENIZER_DIR
-            self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
-        return d
+        return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
@@ -228,7 +137,6 @@ def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Mo
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
     from .model import inference_layout
-    from .train.trainer import resolve_device
     dev = resolve_device(device)
     module, config, tokenizer = load_model(path, dev, dtype)
     return Model(inference_layout(module, dev), config, tokenizer, Path(path))

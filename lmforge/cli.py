@@ -383,9 +383,10 @@ def _translate(ns):
 @verb("presets", "list the model presets with their sizes")
 def _presets(ns):
     from .config import PRESETS
+    from .model import num_params
     print(f"{'preset':<14}{'family':<9}{'params':>10}  layers x width, heads/kv, context, positions, mlp")
     for name, c in sorted(PRESETS.items()):
-        print(f"{name:<14}{c.family:<9}{c.num_params() / 1e6:>9.1f}M  {c.n_layer} x {c.d_model}, "
+        print(f"{name:<14}{c.family:<9}{num_params(c) / 1e6:>9.1f}M  {c.n_layer} x {c.d_model}, "
               f"{c.n_head}/{c.kv_heads}, {c.context_length}, {c.position}, {c.mlp}")
     return 0
 

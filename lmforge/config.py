@@ -163,19 +163,6 @@ class ModelConfig:
             raise ConfigError(f"{path} is not valid JSON ({e}); restore it or re-create the model directory") from e
         return cls.from_dict(d, source=str(path))
 
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameter count from the shapes (matches `sum(p.numel())` of the built model)."""
-        from .model import build_model
-        import torch
-        with torch.device("meta"):
-            model = build_model(self)
-        return model.num_params(embeddings=embeddings)
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N + 12·L·d·T (the PaLM / nanoGPT MFU convention)."""
-        n = self.num_params(embeddings=False)
-        return 6 * n + 12 * self.n_layer * self.d_model * self.context_length
-
 
 def derive(base: ModelConfig, **changes: Any) -> ModelConfig:
     """A new config from `base` with some fields changed (validated)."""

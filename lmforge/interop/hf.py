@@ -23,7 +23,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelDirError
 from ..model import build_model
-from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights, save_tensors,
+from ..model.weights import load_weights_into
+from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights, save_tensors,
                         write_json)
 from ..tokenizers import Tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE

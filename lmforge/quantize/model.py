@@ -2,7 +2,7 @@
 
 `quantize_model` replaces every Linear whose weight is not shared (a tied output head keeps
 the embedding's float weights) and returns the record that goes into config.json as
-`quantization`; `build_model` reads that record back (`swap_in_quantized`) so a quantized
+`quantization`; loading reads that record back (`model.quantized.swap_in_quantized`) so a quantized
 directory loads, generates and evaluates with the usual verbs.
 """
 
@@ -16,20 +16,16 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import ConfigError, LmforgeError
-from ..model import replace_module
+from ..model import replace_module, shared_parameters
 from ..options import option
-from .linear import Int4Linear, Int8Linear
-
-QUANTIZED = {8: Int8Linear, 4: Int4Linear}
+from ..model.quantized import QUANTIZED
 REPORT_FILE = "quantize_report.json"
 
 
 def quantizable_linears(model: nn.Module) -> list[str]:
     """Names of the Linear layers whose weight no other module shares."""
-    count: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        count[id(p)] = count.get(id(p), 0) + 1
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and count[id(m.weight)] == 1]
+    shared = shared_parameters(model)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) not in shared]
 
 
 def check_group_size(model: nn.Module, names: list[str], group_size: int) -> None:
@@ -56,16 +52,6 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 64) -> dict:
     return {"bits": bits, "group_size": group_size if bits == 4 else None, "modules": names}
 
 
-def swap_in_quantized(model: nn.Module, record: dict) -> None:
-    """Give a freshly built model the (empty) quantized layers listed in a config's record."""
-    cls = QUANTIZED[record["bits"]]
-    extra = {"group_size": record["group_size"]} if record["bits"] == 4 else {}
-    for name in record["modules"]:
-        linear = model.get_submodule(name)
-        replace_module(model, name, cls(linear.in_features, linear.out_features, linear.bias is not None,
-                                        device=linear.weight.device, dtype=linear.weight.dtype, **extra))
-
-
 # ------------------------------------------------------------------------------ the verb
 @dataclass
 class QuantizeArgs:
@@ -83,7 +69,7 @@ class QuantizeArgs:
 def quantize(args: QuantizeArgs) -> dict:
     """Write the quantized copy of `args.model_dir` to `args.out_dir`; with `report`, measure both.
     Returns {"out": path, "quantization": record, "report": rows or None}."""
-    from ..api import Model, load_model
+    from ..loading import load_model, write_model_dir
     from ..evaluate.perplexity import read_text_file
     if args.report and not args.text:
         raise LmforgeError("--report measures perplexity on a text: give it with --text FILE")
@@ -95,7 +81,7 @@ def quantize(args: QuantizeArgs) -> dict:
     if Path(args.out_dir).resolve() == Path(args.model_dir).resolve():
         raise ConfigError("OUT_DIR must differ from MODEL_DIR: the quantized copy must not overwrite the original")
     record = quantize_model(model, args.bits, args.group_size)
-    Model(model, dataclasses.replace(config, quantization=record), tokenizer).save(args.out_dir)
+    write_model_dir(args.out_dir, model, dataclasses.replace(config, quantization=record), tokenizer)
     rows = None
     if args.report:
         rows = quantization_report(args.model_dir, [args.out_dir], text, args.report_tokens, args.device)
@@ -106,8 +92,8 @@ def quantize(args: QuantizeArgs) -> dict:
 # ---------------------------------------------------------------------------- the report
 def weights_bytes(model_dir: str | Path) -> int:
     """Bytes of weights a model directory needs (a LoRA directory: its base's plus its adapters)."""
-    from ..adapt.lora import ADAPTER_FILE, adapter_base, is_adapter_dir
-    from ..modeldir import WEIGHTS_FILE
+    from ..loading import adapter_base, is_adapter_dir
+    from ..modeldir import ADAPTER_FILE, WEIGHTS_FILE
     d = Path(model_dir)
     if is_adapter_dir(d):
         return weights_bytes(adapter_base(d)) + (d / ADAPTER_FILE).stat().st_size

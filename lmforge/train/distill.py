@@ -97,9 +97,8 @@ class DistillArgs:
 
 def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Train a `student_preset` model on `cfg.data` from `args.teacher`'s soft targets."""
-    from ..api import load_model
+    from ..loading import load_model, resolve_device
     from .run import same_tokenizer, train
-    from .trainer import resolve_device
     if not args.teacher:
         raise ConfigError("give the teacher model directory with --teacher DIR")
     cfg = dataclasses.replace(cfg or TrainConfig(), preset=args.student_preset, init_from=None)

@@ -31,12 +31,14 @@ import torch
 from ..config import ModelConfig, get_preset
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
-from ..model import build_model, new_head_prefixes
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
+from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
+from ..model import build_model, new_head_prefixes, num_params
+from ..model.lora import apply_lora, trainable_state_dict
+from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
 from ..tokenizers import Tokenizer
 from . import checkpoint
 from .objective import Objective
-from .trainer import TrainConfig, Trainer, check_memory_fits, resolve_device
+from .trainer import TrainConfig, Trainer, check_memory_fits
 
 
 def _clm(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
@@ -133,8 +135,6 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
     """The model to train (resumed from --out, started from --init-from, or fresh from the
     preset), its config and tokenizer, the train state when resuming, the objective, and the
     LoRA settings in effect (`lora` adapts an --init-from base; a resumed LoRA run keeps its own)."""
-    from ..adapt.lora import ADAPTER_FILE, apply_lora, is_adapter_dir, load_lora_model
-    from ..api import build_with_weights, read_model_dir
     lora = lora if lora is not None and lora.enabled else None
     tokenizer: Tokenizer | None = None
     if cfg.objective in SHARD_OBJECTIVES:
@@ -232,8 +232,8 @@ def train(cfg: TrainConfig, *, lora=None,
         sample_fn = decoder_sampler(tokenizer, cfg)
     hooks: dict[str, Any] = {"extra_files": objective.extra_files}
     if lora is not None:
-        from ..adapt.lora import ADAPTER_FILE, trainable_state_dict, write_adapter_config
-        print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {config.num_params():,} parameters")
+        from ..adapt.lora import write_adapter_config
+        print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {num_params(config):,} parameters")
         hooks.update(tensors_to_save=trainable_state_dict, weights_file=ADAPTER_FILE)
         if not cfg.resume:
             def extra_files(out: Path) -> None:

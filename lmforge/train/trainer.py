@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from ..errors import ConfigError, LmforgeError
+from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
+from ..model import flops_per_token, num_params
 from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, state_dict_for_save, write_json
 from ..options import option
 from ..viz.plots import plot_loss
@@ -99,16 +101,6 @@ class TrainConfig:
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
 def autocast_for(device: torch.device, dtype: str):
     """The autocast context for this device and dtype choice (a no-op for fp32)."""
     if dtype == "auto":
@@ -128,7 +120,7 @@ def peak_flops(device: torch.device) -> float | None:
 def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device, trainable_fraction: float = 1.0):
     """Refuse a configuration that cannot fit: weights + AdamW state + activations of one
     micro-batch (a rough, deliberately generous estimate) against the free memory."""
-    n = config.num_params()
+    n = num_params(config)
     T, d, L, V = config.context_length, config.d_model, config.n_layer, config.padded_vocab_size
     act_bytes = 4 if device.type == "cpu" else 2
     attn = config.n_head * T * T * 4 * batch_size * L if device.type == "cpu" else 0  # math attention keeps scores
@@ -268,8 +260,8 @@ class Trainer:
         min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         save_every = cfg.save_interval or cfg.eval_interval
         sample_every = cfg.eval_interval if cfg.sample_interval is None else cfg.sample_interval
-        flops_per_token = self.model_config.flops_per_token() if hasattr(self.model_config, "flops_per_token") else 0
         peak = peak_flops(device)
+        tokens_flops = flops_per_token(self.model_config) if peak else 0      # for MFU, where the GPU's peak is known
         end_step = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, step + cfg.stop_after)
         bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not (main and cfg.progress),
                    dynamic_ncols=True)
@@ -312,8 +304,8 @@ class Trainer:
                     tps = tokens_since / max(now - t_last, 1e-9)
                     row = {"kind": "train", "step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens,
                            "tokens_per_s": round(tps, 1)}
-                    if peak and flops_per_token:
-                        row["mfu"] = round(flops_per_token * tps / (peak * W), 4)
+                    if peak and tokens_flops:
+                        row["mfu"] = round(tokens_flops * tps / (peak * W), 4)
                     self.log.write(**row)
                     post = {"loss": f"{loss_val:.4f}", "tok/s": f"{tps:,.0f}"}
                     if "mfu" in row:

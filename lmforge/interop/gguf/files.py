@@ -20,8 +20,8 @@ import torch
 from ...config import ModelConfig
 from ...errors import ConfigError, ModelDirError
 from ...model import build_model
-from ...modeldir import (CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_model_dir, load_weights_into, read_weights,
-                         save_tensors)
+from ...model.weights import load_weights_into
+from ...modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_model_dir, read_weights, save_tensors
 from ...tokenizers import Tokenizer
 from ..keys import Architecture, own_tensors, to_hf, to_lmforge
 from .quants import BLOCKS, OUTTYPES, SUPPORTED, dequantize, export_type
