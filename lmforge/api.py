@@ -115,15 +115,22 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
-    def save(self, directory: str | Path, format: str = "lmforge") -> Path:
-        """Write a model directory; format="hf" writes one that `transformers` loads."""
+    def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto") -> Path:
+        """Write a model directory; format="hf" writes one that `transformers` loads, format="gguf"
+        one .gguf file (`directory` names it) that llama.cpp and Ollama run, its matrices in
+        `outtype` (auto, f32, f16, bf16, q8_0)."""
         from .modeldir import save_weights, state_dict_for_save
         if format == "hf":
             from .interop import write_hf
             write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
             return Path(directory)
+        if format == "gguf":
+            from .interop import write_gguf
+            write_gguf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, outtype,
+                       overwrite=True)
+            return Path(directory)
         if format != "lmforge":
-            raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
+            raise LmforgeError(f"format={format!r} is unknown; use lmforge, hf or gguf")
         return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer)
 
     def __repr__(self) -> str:

@@ -78,6 +78,8 @@ def test_f32_round_trip_is_exact_and_transformers_reads_the_file(case, bpe, tmp_
 
     back = lmforge.load(tmp_path / "m.gguf", device="cpu")                     # load reads .gguf directly
     assert torch.equal(logits(back.module, x), logits(lm.module, x))
+    lm.save(tmp_path / "api.gguf", format="gguf")                               # the Python side of export
+    assert torch.equal(logits(lmforge.load(tmp_path / "api.gguf", device="cpu").module, x), logits(lm.module, x))
     assert back.config.tie_embeddings == lm.config.tie_embeddings and back.config.bias == lm.config.bias
     assert back.tokenizer.encode(UNICODE) == bpe.encode(UNICODE) and back.tokenizer.decode(bpe.encode(UNICODE)) == UNICODE
     assert back.tokenizer.kind == "bpe" and back.tokenizer.special == bpe.special
