@@ -101,6 +101,11 @@ def main() -> None:
                 break
         return out
 
+    text = "The for statement 说中文 🙂 naïve café — x² ∑\ttab  two spaces"
+    llama_ids = theirs["llama.cpp f32"].tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    same_ids = llama_ids == lm.tokenizer.encode(text)
+    print(f"tokenizer: llama.cpp encodes a Unicode text {'like' if same_ids else 'UNLIKE'} lmforge ({len(llama_ids)} "
+          f"tokens)")
     ref, got = lmforge_tokens(lm.module), llamacpp_tokens(theirs["llama.cpp f32"])
     same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
     print(f"greedy tokens, lmforge fp32 vs llama.cpp f32 on the exported file: {same} of {args.new} equal"
@@ -120,7 +125,8 @@ def main() -> None:
                   params=f"{sum(p.numel() for p in lm.module.parameters()) / 1e6:.1f}M", vocab=config.vocab_size,
                   batch=1, prompt=len(prompt), new_tokens=args.new, threads=args.threads, device="cpu")
     row = report("batch-1 greedy decoding, lmforge vs llama.cpp (GGUF export)", shapes, results, "tokens/s", args,
-                 {"greedy_tokens_equal": same, "file_bytes": {t: f.stat().st_size for t, f in files.items()}})
+                 {"greedy_tokens_equal": same, "tokenizer_equal": same_ids,
+                  "file_bytes": {t: f.stat().st_size for t, f in files.items()}})
     best = row["best"]
     for ours_name, theirs_name in (("lmforge fp32", "llama.cpp f32"), ("lmforge int8", "llama.cpp q8_0"),
                                    ("lmforge int4", "llama.cpp q8_0")):

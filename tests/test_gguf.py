@@ -81,7 +81,8 @@ def test_f32_round_trip_is_exact_and_transformers_reads_the_file(case, bpe, tmp_
     lm.save(tmp_path / "api.gguf", format="gguf")                               # the Python side of export
     assert torch.equal(logits(lmforge.load(tmp_path / "api.gguf", device="cpu").module, x), logits(lm.module, x))
     assert back.config.tie_embeddings == lm.config.tie_embeddings and back.config.bias == lm.config.bias
-    assert back.tokenizer.encode(UNICODE) == bpe.encode(UNICODE) and back.tokenizer.decode(bpe.encode(UNICODE)) == UNICODE
+    assert back.tokenizer.encode(UNICODE) == bpe.encode(UNICODE)
+    assert back.tokenizer.decode(bpe.encode(UNICODE)) == UNICODE
     assert back.tokenizer.kind == "bpe" and back.tokenizer.special == bpe.special
 
     if lm.config.bias and preset.startswith("llama"):
@@ -142,8 +143,9 @@ def test_sentencepiece_vocabulary_with_merges_encodes_like_transformers(tmp_path
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_scores(scores)
-    for key, fn in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id), ("unk", writer.add_unk_token_id)):
-        fn(meta[f"tokenizer.ggml.{key}_token_id" if key != "unk" else "tokenizer.ggml.unknown_token_id"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -285,7 +287,8 @@ def test_export_refusals_and_file_errors(bpe, tmp_path, capsys):
     cases = [
         (["export", str(tmp_path / "bert"), str(tmp_path / "b.gguf"), "--format", "gguf"], "no GGUF architecture"),
         (["export", str(tmp_path / "ours"), str(tmp_path / "noext"), "--format", "gguf"], "should end in .gguf"),
-        (["export", str(tmp_path / "ours"), str(tmp_path / "hf"), "--outtype", "q8_0"], "--outtype is for --format gguf"),
+        (["export", str(tmp_path / "ours"), str(tmp_path / "hf"), "--outtype", "q8_0"],
+         "--outtype is for --format gguf"),
         (["import", str(tmp_path / "missing.gguf"), str(tmp_path / "x")], "missing.gguf does not exist"),
     ]
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")

@@ -194,7 +194,7 @@ def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names:
     for rule in tqdm(rules, desc="converting", unit="tensor", disable=not progress):
         parts = [read(name) for name in rule.hf]
         if rule.rotary:
-            parts = [p if heads is None else deinterleave_rotary(p, heads) for p, heads in zip(parts, rule.rotary(config))]
+            parts = [p if n is None else deinterleave_rotary(p, n) for p, n in zip(parts, rule.rotary(config))]
         if rule.transpose:
             parts = [p.t() for p in parts]                      # (in, out) -> (out, in)
         out[rule.ours] = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
@@ -215,7 +215,7 @@ def to_hf(arch: Architecture, config: ModelConfig, own: dict[str, tuple[int, ...
             t = t[: config.vocab_size].clone()              # drop the rows padding the vocabulary
         parts = t.split(rule.part_rows(t.shape[0], config)) if len(rule.hf) > 1 else (t,)
         if rule.rotary:
-            parts = [p if heads is None else interleave_rotary(p, heads) for p, heads in zip(parts, rule.rotary(config))]
+            parts = [p if n is None else interleave_rotary(p, n) for p, n in zip(parts, rule.rotary(config))]
         for name, part in zip(rule.hf, parts):
             part = part.t() if rule.transpose else part    # (out, in) -> (in, out)
             out[name] = part.clone(memory_format=torch.contiguous_format) if len(parts) > 1 else part.contiguous()
