@@ -35,7 +35,8 @@ def build(args, out: Path) -> Path:
     from lmforge.tokenizers.bpe import train_bpe_tokenizer
     tokenizer = train_bpe_tokenizer([pydoc_corpus()[:2_000_000]], vocab_size=args.vocab)
     preset = "llama-1b" if args.arch == "llama" else "gpt2-124m"
-    kv = {"n_kv_head": args.kv_heads, "d_ff": None} if args.arch == "llama" else {}   # d_ff: 8/3 d_model
+    kv = ({"n_kv_head": args.kv_heads, "d_ff": 64 * -(-8 * args.width // 3 // 64)}   # SwiGLU width ~8/3 d_model
+          if args.arch == "llama" else {})
     config = get_preset(preset, n_layer=args.layers, d_model=args.width, n_head=args.heads, context_length=args.context,
                         vocab_size=tokenizer.vocab_size, pad_vocab_multiple=1, dropout=0.0, **kv)
     torch.manual_seed(0)
