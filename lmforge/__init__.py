@@ -21,7 +21,7 @@ from .config import PRESETS, ModelConfig, ModelOverrides, get_preset
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
-from .interop import export_hf, import_hf
+from .interop import export_gguf, export_hf, import_gguf, import_hf
 from .model import build_model
 from .quantize import QuantizeArgs, quantize, quantize_model
 from .tasks import TASKS, ClassifyOptions, MLMOptions, Seq2SeqOptions
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverrides", "TASKS", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
-           "TrainConfig", "train", "import_hf", "export_hf", "LmforgeError", "ConfigError", "DataError",
+           "TrainConfig", "train", "import_hf", "export_hf", "import_gguf", "export_gguf", "LmforgeError", "ConfigError", "DataError",
            "ModelDirError", "FinetuneArgs", "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions", "LoRAConfig",
            "apply_lora", "merge_lora", "merge_adapter", "QuantizeArgs", "quantize", "quantize_model", "DistillArgs",
            "distill"]

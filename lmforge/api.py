@@ -169,15 +169,22 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
-    def save(self, directory: str | Path, format: str = "lmforge") -> Path:
-        """Write a model directory; format="hf" writes one that `transformers` loads."""
+    def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto") -> Path:
+        """Write a model directory; format="hf" writes one that `transformers` loads, format="gguf"
+        one .gguf file (`directory` names it) that llama.cpp and Ollama run, its matrices in
+        `outtype` (auto, f32, f16, bf16, q8_0)."""
         from .modeldir import state_dict_for_save
         if format == "hf":
             from .interop import write_hf
             write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
             return Path(directory)
+        if format == "gguf":
+            from .interop import write_gguf
+            write_gguf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, outtype,
+                       overwrite=True)
+            return Path(directory)
         if format != "lmforge":
-            raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
+            raise LmforgeError(f"format={format!r} is unknown; use lmforge, hf or gguf")
         return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer)
 
     def __repr__(self) -> str:
@@ -186,7 +193,8 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Model:
-    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — for inference
+    """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — or a GGUF
+    file (Llama or GPT-2 kind, dequantized to float32) for inference
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
     module, config, tokenizer = load_for_inference(path, device, dtype)

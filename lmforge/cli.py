@@ -428,7 +428,8 @@ def _presets(ns):
 @dataclass
 class ImportArgs:
     hf_dir: str = option(None, "Hugging Face model directory (config.json, model.safetensors or its sharded index, "
-                               "tokenizer.json)", positional=True)
+                               "tokenizer.json), or a .gguf file (llama or gpt2; F32 / F16 / BF16 / Q8_0 / Q4_0 / "
+                               "Q4_K tensors are dequantized to float32)", positional=True)
     out_dir: str = option(None, "lmforge model directory to write", positional=True)
     overwrite: bool = option(False, "replace a model already in OUT_DIR")
     progress: bool = option(True, "show a progress bar")
@@ -437,28 +438,43 @@ class ImportArgs:
 @dataclass
 class ExportArgs:
     model_dir: str = option(None, "lmforge model directory", positional=True)
-    out_dir: str = option(None, "directory to write", positional=True)
-    format: str = option("hf", "hf: a directory transformers loads with from_pretrained", choices=["hf"])
+    out_dir: str = option(None, "directory to write (hf), or the .gguf file to write (gguf)", positional=True)
+    format: str = option("hf", "hf: a directory transformers loads with from_pretrained; gguf: one file that "
+                               "llama.cpp, Ollama and LM Studio run", choices=["hf", "gguf"])
+    outtype: str = option("auto", "gguf tensor type of the matrices: auto (as stored), f32, f16, bf16, q8_0; norms and "
+                                  "biases stay f32", choices=["auto", "f32", "f16", "bf16", "q8_0"])
     overwrite: bool = option(False, "replace a model already in OUT_DIR")
     progress: bool = option(True, "show a progress bar")
 
 
-@verb("import", "convert a Hugging Face GPT-2, Llama or BERT checkpoint into an lmforge model directory")
+@verb("import", "convert a Hugging Face GPT-2, Llama or BERT checkpoint, or a Llama / GPT-2 GGUF file, into an "
+                "lmforge model directory")
 @options_of(ImportArgs)
 def _import(ns):
-    from .interop import import_hf
+    from .interop import import_gguf, import_hf, is_gguf_file
     args = from_args(ImportArgs, ns)
-    done = import_hf(args.hf_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
+    convert = import_gguf if is_gguf_file(args.hf_dir) else import_hf
+    done = convert(args.hf_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
     print(f"imported {args.hf_dir} ({done['architecture']}, {done['params'] / 1e6:.2f}M parameters, "
           f"{done['dtype']}) into {done['out']}")
     return 0
 
 
-@verb("export", "write an lmforge model directory in Hugging Face format (GPT-2, Llama or BERT)")
+@verb("export", "write an lmforge model directory in Hugging Face format (GPT-2, Llama or BERT) or as a GGUF file "
+                "(Llama or GPT-2 kind)")
 @options_of(ExportArgs)
 def _export(ns):
-    from .interop import export_hf
+    from .interop import export_gguf, export_hf
     args = from_args(ExportArgs, ns)
+    if args.format == "gguf":
+        done = export_gguf(args.model_dir, args.out_dir, args.outtype, overwrite=args.overwrite,
+                           progress=args.progress)
+        print(f"exported {args.model_dir} as {done['architecture']} ({done['params'] / 1e6:.2f}M parameters, "
+              f"{done['outtype']}, {done['bytes'] / 1e6:.1f} MB) into {done['out']}; run it with "
+              f"`llama-cli -m {done['out']}` or an Ollama Modelfile `FROM ./{os.path.basename(done['out'])}`")
+        return 0
+    if args.outtype != "auto":
+        raise LmforgeError("--outtype is for --format gguf; the hf format keeps the stored dtype")
     done = export_hf(args.model_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
     print(f"exported {args.model_dir} as {done['architecture']} ({done['params'] / 1e6:.2f}M parameters, "
           f"{done['dtype']}) into {done['out']}; load it with transformers' from_pretrained")

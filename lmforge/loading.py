@@ -1,7 +1,7 @@
 """Reading a model directory into a module: the layer every verb loads through.
 
-An lmforge directory (config.json + model.safetensors + tokenizer), a Hugging Face one
-(converted through `lmforge.interop`'s key tables) or a LoRA run's directory (its base with
+An lmforge directory (config.json + model.safetensors + tokenizer), a Hugging Face one or a
+GGUF file (converted through `lmforge.interop`'s key tables) or a LoRA run's directory (its base with
 the adapters applied) becomes (module, config, tokenizer). The module is built on the meta
 device and the tensors assigned, so weights are materialised once; quantized configs get their
 int8 / int4 layers before the weights arrive; `resolve_device` / `resolve_dtype` turn the
@@ -23,7 +23,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import ConfigError, LmforgeError, ModelDirError
-from .interop import is_hf_dir, read_hf
+from .interop import is_gguf_file, is_hf_dir, read_gguf, read_hf
 from .model import build_model, inference_layout, new_head_prefixes
 from .model.blocks import init_weights
 from .model.lora import LoRAConfig, apply_lora, load_adapter_weights, merge_lora
@@ -70,9 +70,13 @@ def build(config: ModelConfig) -> torch.nn.Module:
 
 
 def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
-    """(config, weights, tokenizer, source name) of an lmforge model directory or a Hugging Face
-    one (converted through `lmforge.interop`'s key tables). Tensors are read, not yet placed."""
+    """(config, weights, tokenizer, source name) of an lmforge model directory, a Hugging Face
+    one or a GGUF file (converted through `lmforge.interop`'s key tables). Tensors are read, not
+    yet placed."""
     path = Path(path)
+    if is_gguf_file(path):
+        config, weights, tokenizer, _ = read_gguf(path)
+        return config, weights, tokenizer, str(path)
     if is_hf_dir(path):
         config, weights, tokenizer, _ = read_hf(path)
         return config, weights, tokenizer, str(path)

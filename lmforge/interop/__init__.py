@@ -1,4 +1,5 @@
-"""Interoperability with Hugging Face `transformers` checkpoints (GPT-2, Llama, BERT).
+"""Interoperability with Hugging Face `transformers` checkpoints (GPT-2, Llama, BERT) and GGUF
+files (llama.cpp, Ollama: Llama and GPT-2 kinds, the `gguf` subpackage).
 
     >>> import lmforge
     >>> lmforge.import_hf("hf/gpt2", "runs/gpt2")                # doctest: +SKIP
@@ -9,6 +10,8 @@
 mapping (`gpt2.py`, `llama.py`, `bert.py`), `hf.py` the directory reading and writing.
 """
 
+from .gguf import export_gguf, import_gguf, is_gguf_file, read_gguf, write_gguf
 from .hf import ARCHITECTURES, export_hf, import_hf, is_hf_dir, read_hf, write_hf
 
-__all__ = ["ARCHITECTURES", "export_hf", "import_hf", "is_hf_dir", "read_hf", "write_hf"]
+__all__ = ["ARCHITECTURES", "export_hf", "import_hf", "is_hf_dir", "read_hf", "write_hf", "export_gguf",
+           "import_gguf", "is_gguf_file", "read_gguf", "write_gguf"]

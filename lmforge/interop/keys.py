@@ -2,9 +2,11 @@
 
 An `Architecture` is everything lmforge knows about one HF model type: its config mapping
 both ways and a table of `Rule`s, one per lmforge tensor. A rule names the lmforge tensor, the
-HF tensor(s) it comes from, and the only two transforms there are — a transpose (GPT-2's
-Conv1D stores (in, out)) and a fusion (several HF tensors concatenated along dim 0, split
-again on export with sizes from the config). Nothing is guessed from the shape of a name.
+HF tensor(s) it comes from, and the only transforms there are — a transpose (GPT-2's
+Conv1D stores (in, out)), a fusion (several HF tensors concatenated along dim 0, split
+again on export with sizes from the config) and the rotary interleave llama.cpp's GGUF files
+apply to Llama's q / k rows (`rotary`). Nothing is guessed from the shape of a name. The same
+tables serve GGUF (`gguf/tables.py`): there "hf" names the GGUF tensor.
 
     >>> rule = Rule("blocks.{i}.attn.qkv.weight", ("h.{i}.q.weight", "h.{i}.k.weight"),
     ...             split=lambda c: (4, 2))
@@ -35,6 +37,9 @@ class Rule:
     transpose: bool = False                    # HF stores the matrix as (in, out) (GPT-2's Conv1D), we as (out, in)
     split: Callable[[ModelConfig], tuple[int, ...]] | None = None   # rows of each fused part, from the config
     vocab_rows: bool = False                   # one row per token: export drops lmforge's vocabulary padding
+    rotary: Callable[[ModelConfig], tuple[int | None, ...]] | None = None
+    # per fused part: the heads whose rows the other format stores in llama.cpp's interleaved RoPE order
+    # (None: the part is stored as lmforge stores it)
 
     def __post_init__(self) -> None:
         if isinstance(self.hf, str):
@@ -78,6 +83,24 @@ class Architecture:
 
     def ignored_names(self, n_layer: int) -> set[str]:
         return {name.format(i=i) for name in self.ignored for i in range(n_layer)}
+
+
+def interleave_rotary(rows: torch.Tensor, n_head: int) -> torch.Tensor:
+    """lmforge's (= HF's) "rotate half" q / k rows -> llama.cpp's interleaved pairs, per head:
+    within a head, rows [x0..x(h/2-1), y0..y(h/2-1)] become [x0, y0, x1, y1, ...] (the
+    permutation llama.cpp's convert_hf_to_gguf.py applies to Llama's attn_q / attn_k).
+
+        >>> interleave_rotary(torch.arange(8), 2).tolist()     # 2 heads of 4 rows
+        [0, 2, 1, 3, 4, 6, 5, 7]
+    """
+    shape = rows.shape
+    return rows.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).transpose(1, 2).reshape(shape)
+
+
+def deinterleave_rotary(rows: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of `interleave_rotary`: llama.cpp's interleaved q / k rows -> lmforge's."""
+    shape = rows.shape
+    return rows.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
 def refuse(field: str, value: Any, why: str) -> ConfigError:
@@ -170,6 +193,8 @@ def to_lmforge(arch: Architecture, config: ModelConfig, model: nn.Module, names:
     out = {}
     for rule in tqdm(rules, desc="converting", unit="tensor", disable=not progress):
         parts = [read(name) for name in rule.hf]
+        if rule.rotary:
+            parts = [p if n is None else deinterleave_rotary(p, n) for p, n in zip(parts, rule.rotary(config))]
         if rule.transpose:
             parts = [p.t() for p in parts]                      # (in, out) -> (out, in)
         out[rule.ours] = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
@@ -189,6 +214,8 @@ def to_hf(arch: Architecture, config: ModelConfig, own: dict[str, tuple[int, ...
         if rule.vocab_rows and t.shape[0] != config.vocab_size:
             t = t[: config.vocab_size].clone()              # drop the rows padding the vocabulary
         parts = t.split(rule.part_rows(t.shape[0], config)) if len(rule.hf) > 1 else (t,)
+        if rule.rotary:
+            parts = [p if n is None else interleave_rotary(p, n) for p, n in zip(parts, rule.rotary(config))]
         for name, part in zip(rule.hf, parts):
             part = part.t() if rule.transpose else part    # (out, in) -> (in, out)
             out[name] = part.clone(memory_format=torch.contiguous_format) if len(parts) > 1 else part.contiguous()
