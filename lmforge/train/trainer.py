@@ -1,5 +1,6 @@
 """The one training loop. Every objective (causal LM, masked LM, classification, seq2seq,
-SFT) runs through `Trainer.fit`; torchrun/DDP wraps the same loop.
+SFT) runs through `Trainer.fit`; under torchrun a strategy (DDP or FSDP2, `distributed.py`)
+wraps the same loop.
 
 Per step: draw the step's micro-batch indices from the data generator (all ranks draw the
 same), run this rank's micro-batches with gradient accumulation (DDP syncs only on the last),
@@ -27,11 +28,12 @@ from ..config import ModelConfig
 from ..errors import ConfigError, LmforgeError
 from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
 from ..model import flops_per_token, num_params
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, state_dict_for_save, write_json
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, write_json
 from ..options import option
 from ..viz.plots import plot_loss
 from . import checkpoint
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, barrier,
+                          init_distributed, make_strategy, optimizer_state_by_name)
 from .objective import Objective
 from .optim import make_adamw
 from .schedule import lr_at
@@ -82,6 +84,11 @@ class TrainConfig:
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
+    strategy: str = option("auto", "with torchrun: ddp (every process holds the whole model), fsdp (parameters, "
+                                   "gradients and optimizer state sharded over the processes; sharded checkpoints); "
+                                   "auto: ddp under torchrun, nothing for one process", choices=STRATEGIES)
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass "
+                                                   "instead of keeping them: less memory, ~1/3 more compute")
     resume: bool = option(False, "continue the run in --out exactly where it stopped")
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
                                           "continue later with --resume")
@@ -101,10 +108,13 @@ class TrainConfig:
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
+def resolve_dtype_name(device: torch.device, dtype: str) -> str:
+    return ("bfloat16" if device.type == "cuda" else "float32") if dtype == "auto" else dtype
+
+
 def autocast_for(device: torch.device, dtype: str):
     """The autocast context for this device and dtype choice (a no-op for fp32)."""
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = resolve_dtype_name(device, dtype)
     if dtype == "float32":
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -150,27 +160,53 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def saved_names(model: nn.Module, names: Any) -> list[str]:
+    """`names` (state dict keys, in order) without the second name of a tied parameter
+    (safetensors stores shared tensors once; loading ties them again)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    seen: set[int] = set()
+    out = []
+    for name in names:
+        if name in params:
+            if id(params[name]) in seen:
+                continue
+            seen.add(id(params[name]))
+        out.append(name)
+    return out
+
+
 class Trainer:
-    """The loop. `tensors_to_save(model)` picks what a checkpoint stores as `weights_file` (default:
-    the whole model as model.safetensors; a LoRA run stores only its adapters); `extra_files(out)`
-    writes anything else the model directory needs at the start of the run."""
+    """The loop. `names_to_save(model)` picks the state-dict entries a checkpoint stores as
+    `weights_file` (default: the whole model as model.safetensors; a LoRA run stores only its
+    adapters); `extra_files(out)` writes anything else the model directory needs at the start."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
                  extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
-                 tensors_to_save: Callable[[nn.Module], dict[str, torch.Tensor]] = state_dict_for_save,
-                 weights_file: str = WEIGHTS_FILE):
+                 names_to_save: Callable[[nn.Module], set[str]] | None = None, weights_file: str = WEIGHTS_FILE):
         self.cfg, self.model, self.objective, self.model_config = cfg, model, objective, model_config
         self.tokenizer, self.sample_fn, self.extra_files = tokenizer, sample_fn, extra_files
         self.extra_metadata = extra_metadata or {}
-        self.tensors_to_save, self.weights_file = tensors_to_save, weights_file
+        self.names_to_save, self.weights_file = names_to_save, weights_file
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
-        self.dist: DistInfo = init_distributed(self.device.type)
+        self.dist: DistInfo = init_distributed(self.device.type, cfg.strategy)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg.strategy == "fsdp" and cfg.optimizer == "muon":
+            raise ConfigError("--optimizer muon orthogonalises whole matrices, which --strategy fsdp splits over the "
+                              "processes; use --optimizer adamw with fsdp, or --strategy ddp with muon")
+        if cfg.strategy == "fsdp" and cfg.compile:
+            raise ConfigError("--compile is not supported with --strategy fsdp yet; drop --compile, or use "
+                              "--strategy ddp")
+        mixed = resolve_dtype_name(self.device, cfg.dtype) == "bfloat16" and self.device.type == "cuda"
+        self.strategy: Strategy = make_strategy(cfg.strategy, self.dist, self.device, mixed_precision=mixed)
         self.autocast = autocast_for(self.device, cfg.dtype)
         self.log = MetricsLog(self.out / METRICS_FILE, self.dist.is_main)
+
+    def full_params(self):
+        """Every rank holds the whole model inside (enter on every rank): see `Strategy.full_params`."""
+        return self.strategy.full_params(self.model)
 
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,8 +227,8 @@ class Trainer:
         metrics = {"val_loss": val_loss}
         if self.objective.reports_perplexity:
             metrics["val_ppl"] = math.exp(min(val_loss, 50.0))
-        raw = self._raw(model)
-        metrics.update(self.objective.evaluate(raw, self.device, self.autocast))
+        with self.full_params():
+            metrics.update(self.objective.evaluate(self._raw(model), self.device, self.autocast))
         model.train(was_training)
         return metrics
 
@@ -207,16 +243,97 @@ class Trainer:
         model = getattr(model, "module", model)          # DDP
         return getattr(model, "_orig_mod", model)        # torch.compile
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What `weights_file` stores: contiguous CPU tensors on rank 0 (gathered under FSDP), {} elsewhere."""
+        full = self.strategy.full_state_dict(self.model)
+        if not self.dist.is_main:
+            return {}
+        names = saved_names(self.model, full)
+        if self.names_to_save is not None:
+            keep = self.names_to_save(self.model)
+            names = [n for n in names if n in keep]
+        return {n: full[n].detach().to("cpu").contiguous() for n in names}
+
+    def _batch_shape(self) -> torch.Tensor:
+        return torch.tensor([self.dist.world_size, self.cfg.grad_accum, self.cfg.batch_size])
+
+    def _sharded_state(self, optimizer, data_gen: torch.Generator, step: int, tokens: int,
+                       rng_key: str | None = None) -> dict[str, Any]:
+        """The DCP train state of this rank: model and optimizer (sharded under FSDP), counters, data
+        order, and this rank's RNG (`rng_key`: which saved rank's RNG to load into it)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        model_state, optim_state = get_state_dict(self.model, optimizer)
+        state = {"model": model_state, "optimizer": optim_state, "counters": torch.tensor([step, tokens]),
+                 "batch_shape": self._batch_shape(), "data_rng": data_gen.get_state(),
+                 rng_key or f"rng_rank{self.dist.rank}": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state[f"cuda_{rng_key or f'rng_rank{self.dist.rank}'}"] = torch.cuda.get_rng_state()
+        return state
+
     def _save(self, step: int, optimizer, data_gen: torch.Generator, tokens: int) -> None:
+        if self.strategy.sharded:
+            checkpoint.save_sharded_checkpoint(self.out, step, self._sharded_state(optimizer, data_gen, step, tokens),
+                                               self._weights, self.extra_metadata, self.weights_file, self.dist)
+            return
+        weights = self._weights()
         if self.dist.is_main:
             state = {
                 "step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
                 "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "batch_shape": self._batch_shape(),
             }
-            checkpoint.save_checkpoint(self.out, self.tensors_to_save(self.model), step, state, self.extra_metadata,
-                                       self.weights_file)
+            checkpoint.save_checkpoint(self.out, weights, step, state, self.extra_metadata, self.weights_file)
         barrier(self.dist)
+
+    def _check_batch_shape(self, saved: torch.Tensor | None) -> None:
+        """Resuming on another number of processes is exact only with the same sequences per step."""
+        if saved is None:
+            return
+        (W0, A0, B0), (W, A, B) = saved.tolist(), self._batch_shape().tolist()
+        if W0 * A0 * B0 == W * A * B:
+            return
+        fix = (f"pass --grad-accum {W0 * A0 * B0 // (W * B)}" if W0 * A0 * B0 % (W * B) == 0
+               else f"pick --batch-size and --grad-accum with processes x grad-accum x batch-size = {W0 * A0 * B0}")
+        raise ConfigError(f"the checkpoint in {self.out} was trained with {W0} process(es) x --grad-accum {A0} x "
+                          f"--batch-size {B0} = {W0 * A0 * B0} sequences per step, this run has {W} x {A} x {B} = "
+                          f"{W * A * B}; {fix} to continue the same run")
+
+    def _resume(self, state: dict[str, Any], optimizer, data_gen: torch.Generator) -> tuple[int, int]:
+        """Load a train state (a DCP directory or a .pt file, whichever strategy wrote it) into
+        this run's (wrapped) model and optimizer; returns (step, tokens)."""
+        if "sharded" in state:
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+            path = Path(state["sharded"])
+            keys = checkpoint.sharded_keys(path)
+            rng_key = f"rng_rank{self.dist.rank}"
+            rng_key = rng_key if rng_key in keys else "rng_rank0"           # more ranks than the run had
+            loaded = self._sharded_state(optimizer, data_gen, 0, 0, rng_key)
+            if f"cuda_{rng_key}" not in keys:
+                loaded.pop(f"cuda_{rng_key}", None)
+            checkpoint.load_sharded_state(path, loaded)
+            self._check_batch_shape(loaded["batch_shape"])
+            set_state_dict(self.model, optimizer, model_state_dict=loaded["model"],
+                           optim_state_dict=loaded["optimizer"])
+            data_gen.set_state(loaded["data_rng"])
+            torch.set_rng_state(loaded[rng_key])
+            if f"cuda_{rng_key}" in loaded:
+                torch.cuda.set_rng_state(loaded[f"cuda_{rng_key}"])
+            step, tokens = loaded["counters"].tolist()
+            return int(step), int(tokens)
+        self._check_batch_shape(state.get("batch_shape"))
+        if self.strategy.sharded:        # a DDP / one-process checkpoint: shard its whole optimizer state
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            set_optimizer_state_dict(self.model, optimizer, optimizer_state_by_name(self.model, optimizer,
+                                                                                   state["optimizer"]),
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return int(state["step"]), int(state["tokens"])
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,6 +348,10 @@ class Trainer:
                 self.extra_files(self.out)
             write_json(self.out / "train_config.json", asdict(cfg))
         model = self.model.to(device)
+        if cfg.activation_checkpointing:
+            activation_checkpointing(model)
+        train_model: nn.Module = torch.compile(model) if cfg.compile else model
+        train_model = self.strategy.wrap(train_model)     # FSDP shards `model` in place: build the optimizer after
         if cfg.optimizer == "muon":
             from .muon import make_muon
             optimizer = make_muon(model, cfg.lr, cfg.muon_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -241,21 +362,10 @@ class Trainer:
         data_gen = torch.Generator().manual_seed(cfg.seed)
         step, tokens = 0, 0
         if resume_state is not None:
-            optimizer.load_state_dict(resume_state["optimizer"])
-            data_gen.set_state(resume_state["data_rng"])
-            torch.set_rng_state(resume_state["torch_rng"])
-            if resume_state.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
-            step, tokens = int(resume_state["step"]), int(resume_state["tokens"])
+            step, tokens = self._resume(resume_state, optimizer, data_gen)
         if step >= cfg.max_steps:
             raise ConfigError(f"the run in {self.out} is already at step {step} of max_steps={cfg.max_steps}; "
                               f"pass a larger --max-steps to train further")
-        train_model: nn.Module = model
-        if cfg.compile:
-            train_model = torch.compile(train_model)
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
         model.train()
         min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         save_every = cfg.save_interval or cfg.eval_interval
@@ -280,9 +390,7 @@ class Trainer:
                 for a in range(A):
                     batch = self._to_device(self.objective.collate("train", indices[a]))
                     step_tokens += self.objective.tokens_in(batch)
-                    sync = a == A - 1 or not dist.enabled
-                    ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-                    with ctx:
+                    with self.strategy.micro_batch(train_model, last=a == A - 1):
                         with self.autocast():
                             loss = self.objective.loss(train_model, batch) / A
                         loss.backward()
@@ -321,11 +429,12 @@ class Trainer:
                     summary.update(metrics)
                     if main:
                         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if main and self.sample_fn is not None and sample_every and (step % sample_every == 0
-                                                                              or step == cfg.max_steps):
-                    text = self.sample_fn(model)
-                    self.log.write(kind="sample", step=step, text=text)
-                    bar.write(f"sample at step {step}: {text!r}")
+                if self.sample_fn is not None and sample_every and (step % sample_every == 0 or step == cfg.max_steps):
+                    with self.full_params():
+                        if main:
+                            text = self.sample_fn(model)
+                            self.log.write(kind="sample", step=step, text=text)
+                            bar.write(f"sample at step {step}: {text!r}")
                 if step % save_every == 0 or step == end_step:
                     self._save(step, optimizer, data_gen, tokens)
                     if main:
