@@ -20,6 +20,7 @@ loads under FSDP too (`distributed.optimizer_state_by_name`).
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,13 @@ def load_sharded_state(path: Path, state: dict[str, Any]) -> None:
     """Fill `state` (DTensors or whole tensors, any number of ranks) in place from a DCP directory."""
     import torch.distributed.checkpoint as dcp
     check_shards(path)
-    dcp.load(state, checkpoint_id=path)
+    with warnings.catch_warnings():      # one process without a process group is a supported way to load
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=path)
 
 
 def sharded_keys(path: Path) -> set[str]:
-    """The flattened keys a DCP directory holds (e.g. "rng.rank1")."""
+    """The flattened keys a DCP directory holds (e.g. "rng_rank1")."""
     from torch.distributed.checkpoint import FileSystemReader
     return set(FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 

@@ -189,16 +189,16 @@ class Trainer:
         self.extra_metadata = extra_metadata or {}
         self.names_to_save, self.weights_file = names_to_save, weights_file
         self.out = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
-        self.dist: DistInfo = init_distributed(self.device.type, cfg.strategy)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
         if cfg.strategy == "fsdp" and cfg.optimizer == "muon":
             raise ConfigError("--optimizer muon orthogonalises whole matrices, which --strategy fsdp splits over the "
                               "processes; use --optimizer adamw with fsdp, or --strategy ddp with muon")
         if cfg.strategy == "fsdp" and cfg.compile:
             raise ConfigError("--compile is not supported with --strategy fsdp yet; drop --compile, or use "
                               "--strategy ddp")
+        self.device = resolve_device(cfg.device)
+        self.dist: DistInfo = init_distributed(self.device.type, cfg.strategy)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         mixed = resolve_dtype_name(self.device, cfg.dtype) == "bfloat16" and self.device.type == "cuda"
         self.strategy: Strategy = make_strategy(cfg.strategy, self.dist, self.device, mixed_precision=mixed)
         self.autocast = autocast_for(self.device, cfg.dtype)
