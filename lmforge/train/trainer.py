@@ -217,11 +217,16 @@ class Trainer:
         B, iters, W = self.cfg.batch_size, self.cfg.eval_iters, self.dist.world_size
         indices = self.objective.sample("val", iters * B, gen).view(iters, B)
         total = torch.zeros(2, device=self.device)                     # (sum of batch losses, batches)
-        for i in range(self.dist.rank, iters, W):                      # ranks share the batches
-            batch = self._to_device(self.objective.collate("val", indices[i]))
+        # ranks share the batches; under FSDP every forward is a collective, so every rank runs as many
+        # (a rank past the last batch repeats one and does not count it)
+        end = math.ceil(iters / W) * W if self.strategy.sharded else iters
+        for i in range(self.dist.rank, end, W):
+            batch = self._to_device(self.objective.collate("val", indices[i % iters]))
             with self.autocast():
-                total[0] += self.objective.eval_loss(model, batch).float()
-            total[1] += 1
+                loss = self.objective.eval_loss(model, batch).float()
+            if i < iters:
+                total[0] += loss
+                total[1] += 1
         total = all_reduce_mean(total, self.dist)
         val_loss = (total[0] / total[1]).item()
         metrics = {"val_loss": val_loss}
