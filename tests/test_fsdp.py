@@ -23,7 +23,7 @@ from lmforge.modeldir import ADAPTER_FILE, WEIGHTS_FILE, read_weights
 from lmforge.train.distributed import activation_checkpointing, blocks_of
 
 COMMON = ["--preset", "gpt-tiny", "--context-length", "32", "--batch-size", "4", "--max-steps", "6",
-          "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1", "--sample-interval", "3",
+          "--eval-interval", "3", "--eval-iters", "3", "--log-interval", "1", "--sample-interval", "3",
           "--sample-tokens", "8", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -160,3 +160,32 @@ def test_encoder_classifier_with_lora_and_activation_checkpointing_under_fsdp(tm
     adapters, _ = read_weights(tmp_path / "fsdp" / ADAPTER_FILE)
     assert any(".lora_B." in k for k in adapters) and any(k.startswith("classifier.") for k in adapters)
     assert (tmp_path / "fsdp" / "classification_report.json").is_file()
+
+
+def test_an_interrupted_sharded_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from lmforge.train import checkpoint
+    from lmforge.train.distributed import DistInfo
+    one = DistInfo()
+
+    def save(step):
+        state = {"model": {"w": torch.full((4,), float(step))}, "counters": torch.tensor([step, 0])}
+        checkpoint.save_sharded_checkpoint(tmp_path, step, state, lambda: {"w": torch.full((4,), float(step))},
+                                           None, WEIGHTS_FILE, one)
+
+    save(3)
+    (tmp_path / "train_state" / ".step-00000006.partial").mkdir()         # a save killed while writing shards
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save_tensors", killed)               # killed before the commit
+    with pytest.raises(KeyboardInterrupt):
+        save(6)
+    monkeypatch.undo()
+    weights, state, step = checkpoint.load_checkpoint(tmp_path)
+    assert step == 3 and weights["w"].tolist() == [3.0] * 4 and state["sharded"].endswith("step-00000003")
+    loaded = {"model": {"w": torch.zeros(4)}, "counters": torch.zeros(2, dtype=torch.long)}
+    checkpoint.load_sharded_state(tmp_path / "train_state" / "step-00000003", loaded)
+    assert loaded["model"]["w"].tolist() == [3.0] * 4 and loaded["counters"].tolist() == [3, 0]
+    save(6)                                                                # the next save cleans up
+    assert sorted(p.name for p in (tmp_path / "train_state").iterdir()) == ["step-00000006"]
+    assert checkpoint.checkpoint_step(tmp_path) == 6 and read_weights(tmp_path / WEIGHTS_FILE)[0]["w"].tolist() == [6.0] * 4

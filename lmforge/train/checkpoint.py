@@ -70,11 +70,15 @@ def save_sharded_checkpoint(out_dir: Path, step: int, state: dict[str, Any], ful
         shutil.rmtree(partial, ignore_errors=True)              # left by a save that was interrupted
         partial.parent.mkdir(parents=True, exist_ok=True)
     barrier(info)
-    dcp.save(state, checkpoint_id=partial)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        dcp.save(state, checkpoint_id=partial)
     tensors = full_tensors()
     barrier(info)                                               # every rank's shards are on disk
     if info.is_main:
-        if final.exists():                                       # the same step saved again (e.g. Ctrl-C at once)
+        if final.exists() and checkpoint_step(out_dir, weights_file) != step:
+            shutil.rmtree(final)                                 # left by a save killed before its commit
+        if final.exists():                                       # the committed step saved again (Ctrl-C at once)
             shutil.rmtree(partial)
         else:
             partial.rename(final)
