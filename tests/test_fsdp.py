@@ -18,8 +18,10 @@ import torch
 
 from lmforge.cli import main
 from lmforge.config import get_preset
+from lmforge.errors import ModelDirError
 from lmforge.model import build_model
 from lmforge.modeldir import ADAPTER_FILE, WEIGHTS_FILE, read_weights
+from lmforge.train import TrainConfig, train
 from lmforge.train.distributed import activation_checkpointing, blocks_of
 
 COMMON = ["--preset", "gpt-tiny", "--context-length", "32", "--batch-size", "4", "--max-steps", "6",
@@ -125,9 +127,7 @@ def test_fsdp_on_two_nodes_matches_one_process_and_resumes_on_one(tmp_path, char
     resume = ["train", "--data", str(char_data), "--resume", *COMMON]
     assert main([*resume, "--out", str(broken), "--grad-accum", "1"]) == 2
     (broken / "train_state" / "step-00000003" / "__1_0.distcp").unlink()
-    with pytest.raises(Exception, match=r"missing __1_0.distcp .*copy the missing files back"):
-        from lmforge.train import train
-        from lmforge.train.trainer import TrainConfig
+    with pytest.raises(ModelDirError, match=r"missing __1_0.distcp .*copy the missing files back"):
         train(TrainConfig(data=str(char_data), out=str(broken), preset="gpt-tiny", context_length=32, batch_size=4,
                           grad_accum=2, max_steps=6, resume=True, device="cpu", progress=False))
 
@@ -188,4 +188,5 @@ def test_an_interrupted_sharded_save_leaves_the_previous_checkpoint(tmp_path, mo
     assert loaded["model"]["w"].tolist() == [3.0] * 4 and loaded["counters"].tolist() == [3, 0]
     save(6)                                                                # the next save cleans up
     assert sorted(p.name for p in (tmp_path / "train_state").iterdir()) == ["step-00000006"]
-    assert checkpoint.checkpoint_step(tmp_path) == 6 and read_weights(tmp_path / WEIGHTS_FILE)[0]["w"].tolist() == [6.0] * 4
+    assert checkpoint.checkpoint_step(tmp_path) == 6
+    assert read_weights(tmp_path / WEIGHTS_FILE)[0]["w"].tolist() == [6.0] * 4

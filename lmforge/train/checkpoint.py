@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelDirError
+from ..errors import ConfigError, ModelDirError
 from ..modeldir import WEIGHTS_FILE, atomic_write, read_weights, read_weights_metadata, save_tensors
 
 STATE_DIR = "train_state"
@@ -144,3 +144,94 @@ def load_checkpoint(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> tuple[di
         state = torch.load(path, map_location="cpu", weights_only=True)
     weights, _ = read_weights(out_dir / weights_file)
     return weights, state, step
+
+
+# ---- the train state of a run (what `Trainer` saves and resumes) ---------------------------------
+def batch_shape(world_size: int, grad_accum: int, batch_size: int) -> torch.Tensor:
+    """(processes, micro-batches, sequences per micro-batch): their product is the sequences per step."""
+    return torch.tensor([world_size, grad_accum, batch_size])
+
+
+def check_batch_shape(saved: torch.Tensor | None, current: torch.Tensor, out_dir: Path) -> None:
+    """Resuming on another number of processes is exact only with the same sequences per step."""
+    if saved is None:                 # a checkpoint from before the shape was recorded
+        return
+    (W0, A0, B0), (W, A, B) = saved.tolist(), current.tolist()
+    if W0 * A0 * B0 == W * A * B:
+        return
+    fix = (f"pass --grad-accum {W0 * A0 * B0 // (W * B)}" if W0 * A0 * B0 % (W * B) == 0
+           else f"pick --batch-size and --grad-accum with processes x grad-accum x batch-size = {W0 * A0 * B0}")
+    raise ConfigError(f"the checkpoint in {out_dir} was trained with {W0} process(es) x --grad-accum {A0} x "
+                      f"--batch-size {B0} = {W0 * A0 * B0} sequences per step, this run has {W} x {A} x {B} = "
+                      f"{W * A * B}; {fix} to continue the same run")
+
+
+def _sharded_train_state(model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
+                         shape: torch.Tensor, rng_key: str) -> dict[str, Any]:
+    """One rank's DCP train state: model and optimizer (sharded under FSDP), counters, data order,
+    and this rank's RNG under `rng_key`."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state, "counters": torch.tensor([step, tokens]),
+             "batch_shape": shape, "data_rng": data_gen.get_state(), rng_key: torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state[f"cuda_{rng_key}"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
+                     shape: torch.Tensor, weights: Any, extra_metadata: dict[str, str] | None,
+                     weights_file: str) -> None:
+    """Every rank: checkpoint the run at `step`, as a DCP directory under a sharding `strategy`, else
+    as a .pt file from rank 0. `weights()` gives the tensors of `weights_file` (on rank 0; it gathers)."""
+    info = strategy.info
+    if strategy.sharded:
+        state = _sharded_train_state(model, optimizer, data_gen, step, tokens, shape, f"rng_rank{info.rank}")
+        save_sharded_checkpoint(out_dir, step, state, weights, extra_metadata, weights_file, info)
+        return
+    from .distributed import barrier
+    tensors = weights()
+    if info.is_main:
+        state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
+                 "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 "batch_shape": shape}
+        save_checkpoint(out_dir, tensors, step, state, extra_metadata, weights_file)
+    barrier(info)
+
+
+def resume_train_state(state: dict[str, Any], strategy, model, optimizer, data_gen: torch.Generator,
+                       shape: torch.Tensor, out_dir: Path) -> tuple[int, int]:
+    """Load a train state (a DCP directory or a .pt file, whichever strategy wrote it) into this
+    run's (sharded or whole) model and optimizer; returns (step, tokens)."""
+    if "sharded" in state:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+        path = Path(state["sharded"])
+        keys = sharded_keys(path)
+        rng_key = f"rng_rank{strategy.info.rank}"
+        rng_key = rng_key if rng_key in keys else "rng_rank0"           # more ranks than the run had
+        loaded = _sharded_train_state(model, optimizer, data_gen, 0, 0, shape.clone(), rng_key)   # filled in place
+        if f"cuda_{rng_key}" not in keys:
+            loaded.pop(f"cuda_{rng_key}", None)
+        load_sharded_state(path, loaded)
+        check_batch_shape(loaded["batch_shape"], shape, out_dir)
+        set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        data_gen.set_state(loaded["data_rng"])
+        torch.set_rng_state(loaded[rng_key])
+        if f"cuda_{rng_key}" in loaded:
+            torch.cuda.set_rng_state(loaded[f"cuda_{rng_key}"])
+        step, tokens = loaded["counters"].tolist()
+        return int(step), int(tokens)
+    check_batch_shape(state.get("batch_shape"), shape, out_dir)
+    if strategy.sharded:        # a DDP / one-process checkpoint: shard its whole optimizer state
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from .distributed import optimizer_state_by_name
+        set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, optimizer, state["optimizer"]),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    data_gen.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), int(state["tokens"])

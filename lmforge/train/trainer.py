@@ -32,8 +32,8 @@ from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, write_json
 from ..options import option
 from ..viz.plots import plot_loss
 from . import checkpoint
-from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, barrier,
-                          init_distributed, make_strategy, optimizer_state_by_name)
+from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed,
+                          make_strategy)
 from .objective import Objective
 from .optim import make_adamw
 from .schedule import lr_at
@@ -260,85 +260,11 @@ class Trainer:
         return {n: full[n].detach().to("cpu").contiguous() for n in names}
 
     def _batch_shape(self) -> torch.Tensor:
-        return torch.tensor([self.dist.world_size, self.cfg.grad_accum, self.cfg.batch_size])
-
-    def _sharded_state(self, optimizer, data_gen: torch.Generator, step: int, tokens: int,
-                       rng_key: str | None = None) -> dict[str, Any]:
-        """The DCP train state of this rank: model and optimizer (sharded under FSDP), counters, data
-        order, and this rank's RNG (`rng_key`: which saved rank's RNG to load into it)."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        model_state, optim_state = get_state_dict(self.model, optimizer)
-        state = {"model": model_state, "optimizer": optim_state, "counters": torch.tensor([step, tokens]),
-                 "batch_shape": self._batch_shape(), "data_rng": data_gen.get_state(),
-                 rng_key or f"rng_rank{self.dist.rank}": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state[f"cuda_{rng_key or f'rng_rank{self.dist.rank}'}"] = torch.cuda.get_rng_state()
-        return state
+        return checkpoint.batch_shape(self.dist.world_size, self.cfg.grad_accum, self.cfg.batch_size)
 
     def _save(self, step: int, optimizer, data_gen: torch.Generator, tokens: int) -> None:
-        if self.strategy.sharded:
-            checkpoint.save_sharded_checkpoint(self.out, step, self._sharded_state(optimizer, data_gen, step, tokens),
-                                               self._weights, self.extra_metadata, self.weights_file, self.dist)
-            return
-        weights = self._weights()
-        if self.dist.is_main:
-            state = {
-                "step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
-                "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "batch_shape": self._batch_shape(),
-            }
-            checkpoint.save_checkpoint(self.out, weights, step, state, self.extra_metadata, self.weights_file)
-        barrier(self.dist)
-
-    def _check_batch_shape(self, saved: torch.Tensor | None) -> None:
-        """Resuming on another number of processes is exact only with the same sequences per step."""
-        if saved is None:
-            return
-        (W0, A0, B0), (W, A, B) = saved.tolist(), self._batch_shape().tolist()
-        if W0 * A0 * B0 == W * A * B:
-            return
-        fix = (f"pass --grad-accum {W0 * A0 * B0 // (W * B)}" if W0 * A0 * B0 % (W * B) == 0
-               else f"pick --batch-size and --grad-accum with processes x grad-accum x batch-size = {W0 * A0 * B0}")
-        raise ConfigError(f"the checkpoint in {self.out} was trained with {W0} process(es) x --grad-accum {A0} x "
-                          f"--batch-size {B0} = {W0 * A0 * B0} sequences per step, this run has {W} x {A} x {B} = "
-                          f"{W * A * B}; {fix} to continue the same run")
-
-    def _resume(self, state: dict[str, Any], optimizer, data_gen: torch.Generator) -> tuple[int, int]:
-        """Load a train state (a DCP directory or a .pt file, whichever strategy wrote it) into
-        this run's (wrapped) model and optimizer; returns (step, tokens)."""
-        if "sharded" in state:
-            from torch.distributed.checkpoint.state_dict import set_state_dict
-            path = Path(state["sharded"])
-            keys = checkpoint.sharded_keys(path)
-            rng_key = f"rng_rank{self.dist.rank}"
-            rng_key = rng_key if rng_key in keys else "rng_rank0"           # more ranks than the run had
-            loaded = self._sharded_state(optimizer, data_gen, 0, 0, rng_key)
-            if f"cuda_{rng_key}" not in keys:
-                loaded.pop(f"cuda_{rng_key}", None)
-            checkpoint.load_sharded_state(path, loaded)
-            self._check_batch_shape(loaded["batch_shape"])
-            set_state_dict(self.model, optimizer, model_state_dict=loaded["model"],
-                           optim_state_dict=loaded["optimizer"])
-            data_gen.set_state(loaded["data_rng"])
-            torch.set_rng_state(loaded[rng_key])
-            if f"cuda_{rng_key}" in loaded:
-                torch.cuda.set_rng_state(loaded[f"cuda_{rng_key}"])
-            step, tokens = loaded["counters"].tolist()
-            return int(step), int(tokens)
-        self._check_batch_shape(state.get("batch_shape"))
-        if self.strategy.sharded:        # a DDP / one-process checkpoint: shard its whole optimizer state
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(self.model, optimizer, optimizer_state_by_name(self.model, optimizer,
-                                                                                   state["optimizer"]),
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(state["step"]), int(state["tokens"])
+        checkpoint.save_train_state(self.out, self.strategy, self.model, optimizer, data_gen, step, tokens,
+                                    self._batch_shape(), self._weights, self.extra_metadata, self.weights_file)
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -367,7 +293,8 @@ class Trainer:
         data_gen = torch.Generator().manual_seed(cfg.seed)
         step, tokens = 0, 0
         if resume_state is not None:
-            step, tokens = self._resume(resume_state, optimizer, data_gen)
+            step, tokens = checkpoint.resume_train_state(resume_state, self.strategy, self.model, optimizer, data_gen,
+                                                         self._batch_shape(), self.out)
         if step >= cfg.max_steps:
             raise ConfigError(f"the run in {self.out} is already at step {step} of max_steps={cfg.max_steps}; "
                               f"pass a larger --max-steps to train further")
