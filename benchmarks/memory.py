@@ -40,7 +40,7 @@ def worker(args) -> None:
     """One process of one configuration (started by torchrun)."""
     from lmforge.config import get_preset
     from lmforge.model import build_model
-    from lmforge.train.objective import Objective
+    from lmforge.tasks import Task
     from lmforge.train.trainer import TrainConfig, Trainer
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -50,7 +50,7 @@ def worker(args) -> None:
     config = get_preset(args.preset, dropout=0.0)
     T, V = config.context_length, config.vocab_size
 
-    class RandomTokens(Objective):
+    class RandomTokens(Task):
         """Windows of pseudo-random tokens (a function of the example index): no data files needed."""
         name = "random-tokens"
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,14 @@ import torch
 
 from .config import ModelConfig
 from .errors import LmforgeError
-from .loading import (build_with_weights, load_model, read_model_dir, resolve_device, resolve_dtype,  # noqa: F401
-                      write_model_dir)
+from .loading import (build_with_weights, load_for_inference, load_model, read_model_dir,  # noqa: F401
+                      resolve_device, resolve_dtype, write_model_dir)
 from .tokenizers import Tokenizer
+# the GenerationConfig fields that apply to encoder-decoder decoding, and translation's own defaults
+# (max_new_tokens is capped by the model's context)
+TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens")
+TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024}
+
 
 class Model:
     """A loaded model directory: `module` (torch), `config`, `tokenizer`, and the verbs."""
@@ -57,7 +61,7 @@ class Model:
                  batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
         """For each text: {"label": the most likely class, "score": its probability, "probs":
         {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks)."""
-        from .data.classify import predict_proba
+        from .tasks.classify import predict_proba
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
@@ -67,26 +71,32 @@ class Model:
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
         return out[0] if single else out
 
-    def embed(self, texts: str | list[str], pooling: str = "auto", normalize: bool = True,
-              batch_size: int = 64) -> torch.Tensor:
-        """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text;
-        pooled by `pooling` (auto, mean, cls, last; see `lmforge.embed`) and of unit length
-        when `normalize`, so `a @ b` is the cosine similarity."""
-        from .embed import embed_texts
+    def embed(self, texts: str | list[str], **options: Any) -> torch.Tensor:
+        """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text.
+        Options are `lmforge.embed.EmbedOptions` fields: `pooling` (auto, mean, cls, last),
+        `normalize` (unit length, so `a @ b` is the cosine similarity), `batch_size`."""
+        from .embed import EmbedOptions, embed_texts
+        o = EmbedOptions(**options)
         single = isinstance(texts, str)
-        vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), pooling, normalize,
-                              batch_size)
+        vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), o.pooling,
+                              o.normalize, o.batch_size)
         return vectors[0] if single else vectors
 
-    def translate(self, texts: str | list[str], num_beams: int = 4, max_new_tokens: int | None = None,
-                  length_penalty: float = 1.0, batch_size: int = 32) -> str | list[str]:
+    def translate(self, texts: str | list[str], batch_size: int = 32, **options: Any) -> str | list[str]:
         """Translate (or summarise) with an encoder-decoder model directory: greedy with
-        num_beams=1, else beam search over the KV cache."""
+        num_beams=1, else beam search over the KV cache. Options are the GenerationConfig fields
+        in `TRANSLATE_OPTIONS` (defaults: `TRANSLATE_DEFAULTS`, 4 beams)."""
+        from .generate import GenerationConfig
         from .generate.seq2seq import translate
+        unknown = sorted(set(options) - set(TRANSLATE_OPTIONS))
+        if unknown:
+            raise LmforgeError(f"translate does not take {', '.join(unknown)}; its options are "
+                               f"{', '.join(TRANSLATE_OPTIONS)}")
+        gen = GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})
         single = isinstance(texts, str)
         out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
-                        num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                        batch_size=batch_size)
+                        num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
+                        length_penalty=gen.length_penalty, batch_size=batch_size)
         return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:
@@ -117,7 +127,7 @@ class Model:
 
     def save(self, directory: str | Path, format: str = "lmforge") -> Path:
         """Write a model directory; format="hf" writes one that `transformers` loads."""
-        from .modeldir import save_weights, state_dict_for_save
+        from .modeldir import state_dict_for_save
         if format == "hf":
             from .interop import write_hf
             write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
@@ -135,7 +145,5 @@ def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Mo
     """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — for inference
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
-    from .model import inference_layout
-    dev = resolve_device(device)
-    module, config, tokenizer = load_model(path, dev, dtype)
-    return Model(inference_layout(module, dev), config, tokenizer, Path(path))
+    module, config, tokenizer = load_for_inference(path, device, dtype)
+    return Model(module, config, tokenizer, Path(path))

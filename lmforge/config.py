@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import option
 
 FAMILIES = ("decoder", "encoder", "seq2seq")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -162,6 +163,22 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); restore it or re-create the model directory") from e
         return cls.from_dict(d, source=str(path))
+
+
+@dataclass
+class ModelOverrides:
+    """The ModelConfig fields a training run may change from its preset (None: the preset's)."""
+    context_length: int | None = option(None, "override the preset's context length", fixed=True)
+    n_layer: int | None = option(None, "override the preset's number of layers", fixed=True)
+    n_head: int | None = option(None, "override the preset's number of attention heads", fixed=True)
+    n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)",
+                                   fixed=True)
+    d_model: int | None = option(None, "override the preset's width", fixed=True)
+    dropout: float | None = option(None, "override the preset's dropout", fixed=True)
+
+    def given(self) -> dict[str, Any]:
+        """{field: value} of the overrides that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def derive(base: ModelConfig, **changes: Any) -> ModelConfig:

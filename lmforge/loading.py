@@ -24,7 +24,7 @@ import torch
 from .config import ModelConfig
 from .errors import ConfigError, LmforgeError, ModelDirError
 from .interop import is_hf_dir, read_hf
-from .model import build_model, new_head_prefixes
+from .model import build_model, inference_layout, new_head_prefixes
 from .model.blocks import init_weights
 from .model.lora import LoRAConfig, apply_lora, load_adapter_weights, merge_lora
 from .model.quantized import swap_in_quantized
@@ -117,6 +117,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
     return model, config, tokenizer
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None
+                       ) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
+    """`load_model` on the resolved device (the GPU when there is one), the weights laid out for
+    fast inference there (`model.inference_layout`)."""
+    dev = resolve_device(device)
+    module, config, tokenizer = load_model(path, dev, dtype)
+    return inference_layout(module, dev), config, tokenizer
 
 
 def _materialise_buffers(model: torch.nn.Module) -> None:

@@ -8,6 +8,7 @@ sums run in another order), weights to 1e-5.
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,8 @@ import torch
 
 from lmforge.cli import main
 from lmforge.config import get_preset
-from lmforge.errors import ModelDirError
 from lmforge.model import build_model
 from lmforge.modeldir import ADAPTER_FILE, WEIGHTS_FILE, read_weights
-from lmforge.train import TrainConfig, train
 from lmforge.train.distributed import activation_checkpointing, blocks_of
 
 COMMON = ["--preset", "gpt-tiny", "--context-length", "32", "--batch-size", "4", "--max-steps", "6",
@@ -105,7 +104,7 @@ def test_strategy_errors(tmp_path, char_data, capsys):
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_nodes_matches_one_process_and_resumes_on_one(tmp_path, char_data, reference):
+def test_fsdp_on_two_nodes_matches_one_process_and_resumes_on_one(tmp_path, char_data, reference, capsys):
     """Two torchrun launchers (--nnodes 2, one process each) meet at a c10d rendezvous on 127.0.0.1
     and train with FSDP for 3 steps; the sharded checkpoint then resumes on one process (2 -> 1)."""
     out = tmp_path / "two-nodes"
@@ -126,10 +125,11 @@ def test_fsdp_on_two_nodes_matches_one_process_and_resumes_on_one(tmp_path, char
     broken = shutil.copytree(out, tmp_path / "broken")
     resume = ["train", "--data", str(char_data), "--resume", *COMMON]
     assert main([*resume, "--out", str(broken), "--grad-accum", "1"]) == 2
+    assert "pass --grad-accum 2 to continue the same run" in capsys.readouterr().err
     (broken / "train_state" / "step-00000003" / "__1_0.distcp").unlink()
-    with pytest.raises(ModelDirError, match=r"missing __1_0.distcp .*copy the missing files back"):
-        train(TrainConfig(data=str(char_data), out=str(broken), preset="gpt-tiny", context_length=32, batch_size=4,
-                          grad_accum=2, max_steps=6, resume=True, device="cpu", progress=False))
+    capsys.readouterr()
+    assert main([*resume, "--out", str(broken), "--grad-accum", "2"]) == 2
+    assert re.search(r"missing __1_0.distcp .*copy the missing files back", capsys.readouterr().err)
 
     assert main([*resume, "--out", str(out), "--grad-accum", "2"]) == 0        # 2 processes -> 1
     _same_run(out, reference)

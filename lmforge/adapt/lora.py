@@ -1,25 +1,8 @@
 """LoRA runs: the adapter directory a LoRA fine-tune writes, and merging it into its base.
 
 The adapter modules themselves (`LoRAConfig`, `LoRALinear`, `apply_lora`, `merge_lora`) live in
-`lmforge.model.lora`; reading an adapter directory back is `lmforge.loading.load_lora_model`.
-LoRA (Hu et al., 2021):
-
-A targeted Linear computes x Wᵀ + b + (alpha / r) · x Aᵀ Bᵀ with A (r, in) random and B (out, r)
-zero, so at initialisation the model computes exactly what it computed before. Only A and B
-train; `merge_lora` folds W + (alpha / r) · B A back into plain Linear layers for export.
-
-Targets are short names or patterns over the names of Linear modules:
-
-    q, k, v  query / key / value projections. Self-attention fuses them into one Linear
-             (`attn.qkv`, output rows [q | k | v]): each chosen projection gets its own A and B
-             that update only its rows — what separate q, k, v Linears with LoRA would compute.
-             Cross attention has `cross_attn.q` and a fused `cross_attn.kv` (rows [k | v]).
-    o        attention output projections (`attn.out`, `cross_attn.out`)
-    mlp      the MLP's `fc` (SwiGLU: gate and up, fused) and `proj`
-    *.mlp.fc, lm_head, ...   fnmatch patterns (a pattern also matches as a name suffix)
-
-The adapters extend the wrapped Linear's parameter names (`...attn.qkv.lora_A.q`,
-`...attn.qkv.lora_B.q`) and the Linear keeps `weight` and `bias`, so base weights load unchanged.
+`lmforge.model.lora` (how targets are chosen and what A and B compute); reading an adapter
+directory back is `lmforge.loading.load_lora_model`.
 
 A LoRA run (`lmforge finetune MODEL --lora-rank R`) writes a model directory without a full
 copy of the weights:

@@ -120,18 +120,18 @@ def quantization_report(original: str | Path, quantized: list[str | Path], text:
     quantized copies, each loaded from disk as a user would; ratios are against the original.
     Speed is the best of `repeats` greedy batch-1 decodes, taken in turns (original, copies,
     original, ...) so a busy machine slows them alike."""
-    from ..api import load
     from ..evaluate.perplexity import perplexity
+    from ..loading import load_for_inference
     paths = [original, *quantized]
-    models = [load(path, device=device, dtype="float32") for path in paths]
-    rows = [{"model": describe(lm.config.quantization), "dir": str(path), "bytes": weights_bytes(path),
-             "ppl": perplexity(lm.module, lm.tokenizer, text, stride=lm.config.context_length // 2)["ppl"],
-             "decode_tokens_per_s": 0.0} for path, lm in zip(paths, models)]
-    for lm in models:
-        decode_tokens_per_s(lm.module, 4)                                # warm-up
+    models = [load_for_inference(path, device=device, dtype="float32") for path in paths]
+    rows = [{"model": describe(config.quantization), "dir": str(path), "bytes": weights_bytes(path),
+             "ppl": perplexity(module, tokenizer, text, stride=config.context_length // 2)["ppl"],
+             "decode_tokens_per_s": 0.0} for path, (module, config, tokenizer) in zip(paths, models)]
+    for module, _, _ in models:
+        decode_tokens_per_s(module, 4)                                   # warm-up
     for _ in range(repeats):
-        for row, lm in zip(rows, models):
-            row["decode_tokens_per_s"] = max(row["decode_tokens_per_s"], decode_tokens_per_s(lm.module, n_tokens))
+        for row, (module, _, _) in zip(rows, models):
+            row["decode_tokens_per_s"] = max(row["decode_tokens_per_s"], decode_tokens_per_s(module, n_tokens))
     base = rows[0]
     for row in rows:
         row["size_ratio"] = row["bytes"] / base["bytes"]

@@ -1,4 +1,4 @@
-"""The one training loop. Every objective (causal LM, masked LM, classification, seq2seq,
+"""The one training loop. Every task (causal LM, masked LM, classification, seq2seq,
 SFT) runs through `Trainer.fit`; under torchrun a strategy (DDP or FSDP2, `distributed.py`)
 wraps the same loop.
 
@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,17 +24,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..config import ModelConfig
+from ..config import ModelConfig, ModelOverrides
 from ..errors import ConfigError, LmforgeError
 from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
 from ..model import flops_per_token, num_params
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, write_json
-from ..options import option
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
+from ..options import nested, option
 from ..viz.plots import plot_loss
 from . import checkpoint
 from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed,
                           make_strategy)
-from .objective import Objective
+from ..tasks import Task
 from .optim import make_adamw
 from .schedule import lr_at
 
@@ -48,29 +48,27 @@ class TrainConfig:
     data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`) for clm / mlm; a CSV / TSV / "
                                       "JSONL table for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
-    preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)")
-    objective: str = option("clm", "training objective: clm (next-token prediction), mlm (masked LM, encoders), "
-                                   "classify (labelled table), seq2seq (pairs table, encoder-decoders)")
-    context_length: int | None = option(None, "override the preset's context length")
-    n_layer: int | None = option(None, "override the preset's number of layers")
-    n_head: int | None = option(None, "override the preset's number of attention heads")
-    n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)")
-    d_model: int | None = option(None, "override the preset's width")
-    dropout: float | None = option(None, "override the preset's dropout")
+    preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)", fixed=True)
+    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
+                              "(labelled table), seq2seq (pairs table, encoder-decoders), sft (chat JSONL)",
+                       aliases=("--objective",), fixed=True)
+    model: ModelOverrides = nested(ModelOverrides)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
-    batch_size: int = option(16, "sequences per micro-batch (per process)")
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
-    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)")
-    lr: float = option(1e-3, "peak learning rate")
-    min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)")
-    warmup_steps: int = option(100, "linear warmup steps")
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step (a resume on another number of "
+                                "processes changes it to keep processes x grad-accum x batch-size; the checkpoint "
+                                "checks that product)")
+    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True)
+    lr: float = option(1e-3, "peak learning rate", fixed=True)
+    min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)", fixed=True)
+    warmup_steps: int = option(100, "linear warmup steps", fixed=True)
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True)
     optimizer: str = option("adamw", "adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
-                            choices=("adamw", "muon"))
-    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.95, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)")
+                            choices=("adamw", "muon"), fixed=True)
+    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", fixed=True)
+    beta1: float = option(0.9, "AdamW beta1", fixed=True)
+    beta2: float = option(0.95, "AdamW beta2", fixed=True)
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", fixed=True)
     eval_interval: int = option(200, "evaluate every this many steps")
     eval_iters: int = option(20, "validation batches per evaluation")
     log_interval: int = option(10, "log the training loss every this many steps")
@@ -79,21 +77,24 @@ class TrainConfig:
                                                "0 disables)")
     sample_tokens: int = option(64, "tokens per training sample")
     sample_prompt: str = option("", "prompt for training samples")
-    seed: int = option(1337, "random seed (data order, init, dropout)")
+    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
     strategy: str = option("auto", "with torchrun: ddp (every process holds the whole model), fsdp (parameters, "
                                    "gradients and optimizer state sharded over the processes; sharded checkpoints); "
-                                   "auto: ddp under torchrun, nothing for one process", choices=STRATEGIES)
+                                   "auto: ddp under torchrun, nothing for one process", choices=STRATEGIES, saved=False)
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass "
                                                    "instead of keeping them: less memory, ~1/3 more compute")
-    resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    resume: bool = option(False, "continue the run in --out exactly where it stopped (its train_config.yaml gives "
+                                 "the settings; flags typed again may not change how it was trained)", saved=False)
+    force: bool = option(False, "with --resume: accept flags that change what the checkpoint was trained with "
+                                "(batch size, schedule, model shape, task options)", saved=False)
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
-                                          "continue later with --resume")
+                                          "continue later with --resume", saved=False)
     progress: bool = option(True, "show a progress bar")
-    task_options: Any = option(None, "the objective's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
+    task_options: Any = option(None, "the task's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
@@ -103,9 +104,14 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be positive")
 
-    def model_overrides(self) -> dict[str, Any]:
-        keys = ("context_length", "n_layer", "n_head", "n_kv_head", "d_model", "dropout")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    def options_for(self, cls: type) -> Any:
+        """The task's options: `task_options` when set (checked to be a `cls`), else `cls()`."""
+        if self.task_options is None:
+            return cls()
+        if not isinstance(self.task_options, cls):
+            raise ConfigError(f"task {self.task} takes {cls.__name__} as task_options, not "
+                              f"{type(self.task_options).__name__}")
+        return self.task_options
 
 
 def resolve_dtype_name(device: torch.device, dtype: str) -> str:
@@ -180,7 +186,7 @@ class Trainer:
     `weights_file` (default: the whole model as model.safetensors; a LoRA run stores only its
     adapters); `extra_files(out)` writes anything else the model directory needs at the start."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
+    def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Task, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
                  extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
                  names_to_save: Callable[[nn.Module], set[str]] | None = None, weights_file: str = WEIGHTS_FILE):
@@ -277,7 +283,6 @@ class Trainer:
                 self.tokenizer.save(self.out)
             if self.extra_files is not None:
                 self.extra_files(self.out)
-            write_json(self.out / "train_config.json", asdict(cfg))
         model = self.model.to(device)
         if cfg.activation_checkpointing:
             activation_checkpointing(model)
