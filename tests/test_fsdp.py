@@ -142,7 +142,7 @@ def test_one_process_checkpoint_resumes_under_fsdp_on_two(tmp_path, char_data, r
     assert main(["train", "--data", str(char_data), "--out", str(out), "--grad-accum", "2", "--stop-after", "3",
                  *COMMON]) == 0
     _torchrun("--standalone", "--nproc_per_node", "2", "-m", "lmforge", "train", "--data", str(char_data),
-              "--out", str(out), "--strategy", "fsdp", "--resume", *COMMON)
+              "--out", str(out), "--strategy", "fsdp", "--resume", "--grad-accum", "1", *COMMON)
     _same_run(out, reference)
     assert [p.name for p in (out / "train_state").iterdir()] == ["step-00000006"]
 
