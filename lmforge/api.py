@@ -121,6 +121,16 @@ class Model:
         check_draft(self.tokenizer, draft.tokenizer, f"the draft model {draft.path}")
         return draft.module
 
+    def score(self, text: str) -> dict[str, Any]:
+        """Per-token log-probabilities of `text`: {"tokens": [{"token", "id", "logprob"}], "logprob", "greedy"}."""
+        from .evaluate.score import score_text
+        return score_text(self.module, self.tokenizer, text)
+
+    def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
+        """(log p(continuation | context), whether greedy decoding would write it): lm-eval's request."""
+        from .evaluate.score import loglikelihood
+        return loglikelihood(self.module, self.tokenizer, context, continuation)
+
     def perplexity(self, text: str, stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)

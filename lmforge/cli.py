@@ -163,16 +163,21 @@ def _generate(ns):
     def write(_, piece):
         sys.stdout.write(piece)
         sys.stdout.flush()
+    if gen.logprobs is not None and not args.json:
+        raise LmforgeError("--logprobs is printed with --json; add --json")
     stream = write if args.stream and len(prompts) == 1 and not args.json else None
     if stream is not None:
         sys.stdout.write(prompts[0])
     completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream, draft=lm._draft_module(draft))
     for prompt, c in zip(prompts, completions):
         if args.json:
-            speculative = {k: round(c.stats[k], 4) for k in ("acceptance_rate", "tokens_per_step") if k in c.stats}
+            extra = {k: round(c.stats[k], 4) if isinstance(c.stats[k], float) else c.stats[k]
+                     for k in ("acceptance_rate", "tokens_per_step", "window", "reencodes") if k in c.stats}
+            if c.logprobs is not None:
+                extra["logprobs"] = c.logprobs
             print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
                               "tokens": len(c.ids), "tokens_per_s": round(c.stats["tokens_per_s"], 1),
-                              **speculative}, ensure_ascii=False))
+                              **extra}, ensure_ascii=False))
         elif stream is not None:
             print()
         else:
@@ -209,6 +214,32 @@ def _eval(ns):
                         batch_size=args.batch_size, progress=True)
     print(json.dumps({"file": args.text, **{k: round(v, 4) if isinstance(v, float) else v
                                             for k, v in result.items()}}))
+    return 0
+
+
+@dataclass
+class ScoreArgs:
+    model_dir: str = option(None, "model directory", positional=True)
+    text: str = option(None, "the text to score", positional=True)
+    continuation: str | None = option(None, "score only this continuation after TEXT (lm-eval's loglikelihood)")
+    device: str = option("auto", "auto, cpu or cuda")
+
+
+@verb("score", "per-token log-probabilities of a text under a model (or of a continuation after it)")
+@options_of(ScoreArgs)
+def _score(ns):
+    from .api import load
+    args = from_args(ScoreArgs, ns)
+    lm = load(args.model_dir, device=args.device)
+    if args.continuation is not None:
+        logprob, greedy = lm.loglikelihood(args.text, args.continuation)
+        print(json.dumps({"context": args.text, "continuation": args.continuation, "logprob": round(logprob, 4),
+                          "greedy": greedy}, ensure_ascii=False))
+        return 0
+    result = lm.score(args.text)
+    for t in result["tokens"]:
+        print(f"{t['logprob']:9.4f}  {t['id']:6d}  {json.dumps(t['token'], ensure_ascii=False)}")
+    print(f"total {result['logprob']:.4f} over {len(result['tokens'])} tokens")
     return 0
 
 

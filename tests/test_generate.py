@@ -88,8 +88,9 @@ def test_prompt_longer_than_context(lm):
     with pytest.warns(UserWarning, match="truncated"):
         out = lm.generate(long_prompt, max_new_tokens=5, truncate_prompt=True, greedy=True)
     assert isinstance(out, str)
-    with pytest.warns(UserWarning, match="generating at most"):
-        lm.generate("The", max_new_tokens=100, greedy=True)
+    with pytest.warns(UserWarning, match="generating at most"):      # beam search stays within the window
+        lm.generate("The", max_new_tokens=100, num_beams=2)
+    assert len(lm.generate("The", max_new_tokens=100, greedy=True, ignore_eos=True)) == 100   # plain goes past
 
 
 def test_bad_generation_settings():

@@ -19,7 +19,8 @@ from lmforge.api import Model
 from lmforge.cli import main
 from lmforge.config import get_preset
 from lmforge.errors import ConfigError, ModelDirError
-from lmforge.generate.decode import GenerationConfig, encode_prompt, generate, generate_ids
+from lmforge.generate import GenerationConfig, generate, generate_ids
+from lmforge.generate.core import encode_prompt
 from lmforge.interop import export_hf, import_hf
 from lmforge.interop.gpt2 import GPT2
 from lmforge.interop.llama import LLAMA

@@ -36,6 +36,7 @@ TINY: dict[str, list[str]] = {
     "finetune": ["--batch-size", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu"],
     "generate": ["--max-new-tokens", "8", "--device", "cpu"],
     "eval": ["--stride", "16", "--device", "cpu"],
+    "score": ["--device", "cpu"],
     "import": ["--no-progress"],
     "export": ["--no-progress"],
     "chat": ["--max-new-tokens", "8", "--device", "cpu"],

@@ -14,7 +14,8 @@ messages — so generation stops by itself at the end of the reply:
     <eos><|system|>\nYou are terse.\n<|user|>\nCapital of France?\n<|assistant|>\nParis.<eos>
 
 The template lives in the model directory (tokenizer_config.json, key "lmforge_chat_template"),
-so a fine-tuned model chats with the template it learned. SFT trains on the assistant tokens
+so a fine-tuned model chats with the template it learned; its Jinja equivalent (`jinja()`) is
+stored beside it as "chat_template", so the exported model chats the same in `transformers`. SFT trains on the assistant tokens
 only (content + the closing <eos>); headers, system and user text are context, never targets.
 """
 
@@ -64,6 +65,18 @@ class ChatTemplate:
             add(tokenizer.encode(self.assistant), False)
         return ids, target
 
+    def jinja(self) -> str:
+        """This template as Jinja, for `transformers`' apply_chat_template (same text as `render`)."""
+        lit = json.dumps       # a JSON string is a valid Jinja string literal
+        return ("{{ eos_token }}{% for message in messages %}"
+                f"{{% if message['role'] == 'system' %}}{{{{ {lit(self.system)} }}}}"
+                f"{{% elif message['role'] == 'user' %}}{{{{ {lit(self.user)} }}}}"
+                f"{{% else %}}{{{{ {lit(self.assistant)} }}}}{{% endif %}}"
+                "{{ message['content'] }}"
+                f"{{% if message['role'] == 'assistant' %}}{{{{ eos_token }}}}{{% else %}}{{{{ {lit(self.end)} }}}}"
+                "{% endif %}{% endfor %}"
+                f"{{% if add_generation_prompt %}}{{{{ {lit(self.assistant)} }}}}{{% endif %}}")
+
 
 def chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:
     """The template stored with this tokenizer (None for a model never instruction-tuned)."""
@@ -74,6 +87,7 @@ def chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:
 def set_chat_template(tokenizer: Tokenizer, template: ChatTemplate) -> None:
     """Attach `template`; it is written to tokenizer_config.json when the tokenizer is saved."""
     tokenizer.extra[TEMPLATE_KEY] = dataclasses.asdict(template)
+    tokenizer.extra["chat_template"] = template.jinja()
 
 
 def check_messages(messages, where: str) -> list[Message]:

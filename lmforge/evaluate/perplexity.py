@@ -13,22 +13,23 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DataError, LmforgeError
 
 
 @torch.inference_mode()
-def perplexity_of_ids(model, ids: list[int] | torch.Tensor, *, stride: int | None = None, batch_size: int = 8,
-                      progress: bool = False) -> dict[str, float]:
+def scored_logprobs(model, ids: list[int] | torch.Tensor, *, stride: int | None = None, batch_size: int = 8,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """log p(ids[i] | history) for every i >= 1 (float32, len(ids) - 1), whether each token was the
+    model's most likely one, and the number of windows (sliding window as in the module doc)."""
     ids = torch.as_tensor(ids, dtype=torch.long)
     T = model.config.context_length
     stride = stride or T
     if not 0 < stride <= T:
         raise LmforgeError(f"stride={stride} must be between 1 and the context length {T}")
     if len(ids) < 2:
-        raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}; give a longer text")
+        raise DataError(f"need at least 2 tokens to score, got {len(ids)}; give a longer text")
     device = next(model.parameters()).device
     windows: list[tuple[int, int, int]] = []          # (begin, end, number of targets scored)
     prev_end = 1                                      # token 0 has no history: never scored
@@ -42,25 +43,29 @@ def perplexity_of_ids(model, ids: list[int] | torch.Tensor, *, stride: int | Non
             break
     was_training = model.training
     model.eval()
-    nll, count = 0.0, 0
-    for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
+    logprobs, greedy = torch.zeros(len(ids) - 1), torch.zeros(len(ids) - 1, dtype=torch.bool)
+    for i in tqdm(range(0, len(windows), batch_size), desc="scoring", disable=not progress):
         chunk = windows[i: i + batch_size]
         L = max(e - b - 1 for b, e, _ in chunk)
         x = torch.zeros(len(chunk), L, dtype=torch.long)
-        y = torch.full((len(chunk), L), -100, dtype=torch.long)
+        for r, (b, e, _) in enumerate(chunk):
+            x[r, : e - b - 1] = ids[b: e - 1]
+        logp = torch.log_softmax(model(x.to(device)).float(), dim=-1).cpu()      # (B, L, V)
         for r, (b, e, n_new) in enumerate(chunk):
             n = e - b - 1
-            x[r, :n] = ids[b: e - 1]
-            y[r, n - n_new: n] = ids[e - n_new: e]
-        logits = model(x.to(device)).float()
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(device).view(-1), ignore_index=-100,
-                               reduction="sum")
-        nll += loss.item()
-        count += sum(n for _, _, n in chunk)
+            rows, targets = logp[r, n - n_new: n], ids[e - n_new: e]
+            logprobs[e - n_new - 1: e - 1] = rows.gather(-1, targets[:, None]).squeeze(-1)
+            greedy[e - n_new - 1: e - 1] = rows.argmax(-1) == targets
     model.train(was_training)
-    mean = nll / count
-    return {"nll": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": count, "windows": len(windows),
-            "stride": stride}
+    return logprobs, greedy, len(windows)
+
+
+def perplexity_of_ids(model, ids: list[int] | torch.Tensor, *, stride: int | None = None, batch_size: int = 8,
+                      progress: bool = False) -> dict[str, float]:
+    logprobs, _, n_windows = scored_logprobs(model, ids, stride=stride, batch_size=batch_size, progress=progress)
+    mean = -float(logprobs.double().sum()) / len(logprobs)
+    return {"nll": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": len(logprobs), "windows": n_windows,
+            "stride": stride or model.config.context_length}
 
 
 def perplexity(model, tokenizer, text: str, *, stride: int | None = None, batch_size: int = 8,

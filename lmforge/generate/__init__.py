@@ -1,6 +1,15 @@
-"""Decoding: sampling filters and the prefill / decode-one-token loop over the KV cache."""
+"""Decoding. Layers, top to bottom (a module imports only those below it):
 
-from .decode import Completion, GenerationConfig, decode_one_token, generate, generate_ids, prefill
+    dispatch.py     generate (text), generate_ids (token ids): picks one of the three below
+    decode.py       plain sampling / greedy      beam.py (beam_search)      speculative.py
+    core.py         GenerationConfig, Completion, prepare_prompts, prefill, decode_one_token, decoding_run
+    sampling.py     logits -> tokens: penalties, filters, sampling
+
+`chat.py` (a conversation) and `seq2seq.py` (encoder-decoders) sit beside `dispatch.py`.
+"""
+
+from .core import Completion, GenerationConfig, decode_one_token, prefill
+from .dispatch import generate, generate_ids
 from .sampling import apply_repetition_penalty, filter_top_k, filter_top_p, sample_next
 
 __all__ = ["Completion", "GenerationConfig", "generate", "generate_ids", "prefill", "decode_one_token",

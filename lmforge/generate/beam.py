@@ -20,13 +20,12 @@ encoder-decoder.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .decode import GenerationConfig, decode_one_token, prefill, prepare_prompts
+from .core import GenerationConfig, RunClock, decode_one_token, decoding_run, prefill, prepare_prompts
 
 
 @dataclass
@@ -128,18 +127,15 @@ def beam_generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig,
     config, K = model.config, cfg.num_beams
     device = device or next(model.parameters()).device
     idx, pos_ids, valid, max_new = prepare_prompts(prompt_ids, config.context_length, cfg.max_new_tokens,
-                                                   cfg.truncate_prompt, pad_id)
+                                                   cfg.truncate_prompt, pad_id, within="beam search")
     B, T0 = idx.shape
     idx, pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
     key_valid = torch.zeros((B, T0 + max_new), dtype=torch.bool, device=device)
     key_valid[:, :T0] = valid
-    was_training = model.training
-    model.eval()
-    model.setup_cache(B, T0 + max_new)
-    t0 = time.perf_counter()
-    try:
+    with decoding_run(model, batch_size=B, cache_len=T0 + max_new):
+        clock = RunClock()
         logits = prefill(model, idx, pos_ids, key_valid)                       # (B, V)
-        t_prefill = time.perf_counter() - t0
+        clock.prefilled()
         expand = torch.arange(B, device=device).repeat_interleave(K)            # K cache rows per prompt
         model.reorder_cache(expand)
         key_valid, last_pos = key_valid[expand], pos_ids[expand, -1:]           # (B*K, T), (B*K, 1)
@@ -152,11 +148,5 @@ def beam_generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig,
 
         result = beam_search(step, logits[expand], K, max_new, None if cfg.ignore_eos else eos_id, pad_id,
                              cfg.length_penalty, cfg.early_stopping)
-    finally:
-        model.clear_cache()
-        model.train(was_training)
     ids, reasons = best_hypotheses(result, None if cfg.ignore_eos else eos_id)
-    decode_time = max(time.perf_counter() - t0 - t_prefill, 1e-9)
-    stats = {"prompt_tokens": T0, "new_tokens": result.steps, "batch": B, "beams": K, "prefill_s": t_prefill,
-             "decode_s": decode_time, "tokens_per_s": B * max(result.steps - 1, 1) / decode_time}
-    return ids, reasons, stats
+    return ids, reasons, clock.stats(T0, result.steps, B, beams=K)

@@ -16,7 +16,9 @@ from typing import Callable, TextIO
 from ..data.chat import ChatTemplate, Message, chat_template
 from ..errors import LmforgeError
 from ..options import option
-from .decode import GenerationConfig, generate
+from .chat_template import chat_ids, jinja_template
+from .core import GenerationConfig
+from .dispatch import generate
 
 
 class Chat:
@@ -25,8 +27,11 @@ class Chat:
     def __init__(self, model, tokenizer, system: str = "", gen: GenerationConfig | None = None, draft=None):
         self.model, self.tokenizer, self.draft = model, tokenizer, draft
         self.gen = gen or GenerationConfig(max_new_tokens=200)
-        self.template = chat_template(tokenizer)
-        if self.template is None:
+        self.template = chat_template(tokenizer)                 # lmforge's own (what SFT trained with)
+        self.jinja = jinja_template(tokenizer) if self.template is None else None   # a Hugging Face model's
+        if self.jinja is not None:
+            chat_ids(tokenizer, [{"role": "user", "content": "hi"}])   # a template that does not render fails now
+        elif self.template is None:
             warnings.warn("this model has no chat template (it was not instruction-tuned with `lmforge finetune "
                           "--task sft`); using the default one", stacklevel=2)
             self.template = ChatTemplate()
@@ -35,6 +40,8 @@ class Chat:
         self.dropped = 0                        # turns dropped to stay within the context
 
     def prompt_ids(self, messages: list[Message]) -> list[int]:
+        if self.jinja is not None:
+            return chat_ids(self.tokenizer, self.system + messages, add_generation_prompt=True)
         return self.template.render(self.tokenizer, self.system + messages, add_generation_prompt=True)[0]
 
     def _fit(self, messages: list[Message], budget: int) -> tuple[list[Message], list[int]]:
@@ -55,8 +62,9 @@ class Chat:
         context = self.model.config.context_length
         reserve = min(self.gen.max_new_tokens, context // 4)           # room kept for the reply
         messages, ids = self._fit(self.messages + [{"role": "user", "content": text}], context - reserve)
+        turn_start = [] if self.jinja is not None else [self.template.user.strip()]   # a new turn ends the reply
         gen = dataclasses.replace(self.gen, max_new_tokens=min(self.gen.max_new_tokens, context - len(ids)),
-                                  stop=[*self.gen.stop, self.template.user.strip()])   # a new turn ends the reply
+                                  stop=[*self.gen.stop, *turn_start])
         completion = generate(self.model, self.tokenizer, [ids], gen, draft=self.draft,
                               stream=None if stream is None else lambda _, piece: stream(piece))[0]
         reply = completion.text.strip()

@@ -18,14 +18,13 @@ and the next round overwrites them.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LmforgeError
-from .decode import GenerationConfig, finish, prefill, prepare_prompts
+from .core import GenerationConfig, RunClock, decoding_run, finish, prefill, prepare_prompts
 from .sampling import probabilities
 
 
@@ -74,12 +73,15 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
                            f"give one prompt, or drop --draft to decode them as a batch")
     if cfg.repetition_penalty != 1.0:
         raise LmforgeError("--repetition-penalty is not supported with a draft model; drop one of the two")
+    if cfg.logprobs is not None or cfg.json_mode:
+        raise LmforgeError("--logprobs and --json-mode are not supported with a draft model; drop --draft")
     if draft.config.vocab_size != model.config.vocab_size:
         raise LmforgeError(f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's "
                            f"({model.config.vocab_size}); a draft must use the same tokenizer")
     device = device or next(model.parameters()).device
     context = min(model.config.context_length, draft.config.context_length)
-    idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id)
+    idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id,
+                                         within="speculative decoding")
     T0 = idx.shape[1]
     tokens = torch.full((1, T0 + max_new), pad_id, dtype=torch.long, device=device)   # prompt + generated
     tokens[:, :T0] = idx
@@ -87,7 +89,7 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
 
     def dist(logits: torch.Tensor) -> torch.Tensor:                       # greedy compares raw scores
-        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
 
     def draw(scores: torch.Tensor) -> torch.Tensor:                       # (1, V) -> (1,)
         return scores.argmax(-1) if greedy else torch.multinomial(scores, 1, generator=generator).squeeze(-1)
@@ -101,16 +103,12 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
         stop = on_tokens(torch.tensor([token], device=device)) if on_tokens is not None else None
         return bool(stop) or len(out) == max_new or (eos_id is not None and not cfg.ignore_eos and token == eos_id)
 
-    was_training = model.training, draft.training
-    model.eval(), draft.eval()
-    model.setup_cache(1, T0 + max_new)
-    draft.setup_cache(1, T0 + max_new)
     drafted = kept_total = steps = 0
-    t0 = time.perf_counter()
-    try:
+    with decoding_run(model, draft, batch_size=1, cache_len=T0 + max_new):
+        clock = RunClock()
         first = draw(dist(prefill(model, tokens[:, :T0], None, None)))
         prefill(draft, tokens[:, :T0], None, None)
-        t_prefill = time.perf_counter() - t0
+        clock.prefilled()
         done, draft_len = emit(int(first)), T0                            # draft cache holds slots [0, draft_len)
         while not done:
             n = T0 + len(out) - 1                                         # slot of `last`, in neither cache yet
@@ -136,14 +134,8 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
                 if done := emit(token):
                     break
             draft_len = min(draft_len, n + 1 + kept)                      # the draft's cache is valid up to here
-    finally:
-        for m, mode in zip((model, draft), was_training):
-            m.clear_cache()
-            m.train(mode)
-    decode_time = max(time.perf_counter() - t0 - t_prefill, 1e-9)
     ids, reason = finish(out, cfg, eos_id)
-    stats = {"prompt_tokens": T0, "new_tokens": len(out), "batch": 1, "prefill_s": t_prefill, "decode_s": decode_time,
-             "tokens_per_s": max(len(out) - 1, 1) / decode_time, "draft_tokens": cfg.draft_tokens,
-             "drafted": drafted, "accepted": kept_total, "acceptance_rate": kept_total / max(drafted, 1),
-             "model_steps": steps, "tokens_per_step": (len(out) - 1) / max(steps, 1)}
+    stats = clock.stats(T0, len(out), 1, draft_tokens=cfg.draft_tokens, drafted=drafted, accepted=kept_total,
+                        acceptance_rate=kept_total / max(drafted, 1), model_steps=steps,
+                        tokens_per_step=(len(out) - 1) / max(steps, 1))
     return [ids], [reason], stats

@@ -89,6 +89,13 @@ class Rotary(nn.Module):
     def init_buffers(self) -> None:  # non-persistent buffers are not saved: rebuild after meta-device init
         self.cos, self.sin = self._tables()
 
+    def extend(self, n_pos: int) -> None:
+        """Tables for positions up to n_pos (decoding past the context with a rolling cache)."""
+        if n_pos > self.max_pos:
+            device = self.cos.device
+            self.max_pos = n_pos
+            self.cos, self.sin = (t.to(device) for t in self._tables())
+
     def forward(self, pos_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # pos_ids (B, T) or (T,) -> cos, sin broadcastable to (B, nh, T, hs/2)
         cos, sin = self.cos[pos_ids], self.sin[pos_ids]
@@ -305,7 +312,7 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, *, pos_ids: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
-                type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                type_ids: torch.Tensor | None = None, ring: bool = False) -> torch.Tensor:
         """idx (B, T) token ids -> hidden states (B, T, d).
 
         pos_ids: (B, T) or (T,) positions (default: 0..T-1, or input_pos when decoding).
@@ -314,6 +321,8 @@ class Transformer(nn.Module):
         memory, memory_valid: encoder output (B, S, d) and its padding mask (B, S), for cross
             attention; while decoding, memory was projected by `setup_cache` and only the mask is given.
         type_ids: (B, T) segment ids when the config has segment embeddings (default: all 0).
+        ring: the cache is a rolling buffer (decoding past the context): slots are not in text
+            order, every cached key precedes the query, and key_valid alone says which to see.
         """
         B, T = idx.shape
         if pos_ids is None:
@@ -327,7 +336,7 @@ class Transformer(nn.Module):
             cache = self.blocks[0].attn.kv_cache
             assert cache is not None, "input_pos given but no KV cache: call setup_cache first"
             k_len = cache.k_cache.shape[2]
-        mask = attention_mask(causal=self.causal, q_pos=input_pos, k_len=k_len, key_valid=key_valid,
+        mask = attention_mask(causal=self.causal and not ring, q_pos=input_pos, k_len=k_len, key_valid=key_valid,
                               device=idx.device)
         memory_mask = None
         if memory_valid is not None:
