@@ -54,6 +54,8 @@ SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "va
 
 def print_summary(summary: dict) -> None:
     """The last line of a training verb: final metrics and where the model is."""
+    if os.environ.get("RANK", "0") != "0":          # under torchrun: rank 0 speaks for the run
+        return
     shown = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
           + f"; model directory {summary['out']}" + (f"; merged model {summary['merged']}" if "merged" in summary

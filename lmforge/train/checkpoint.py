@@ -2,22 +2,31 @@
 
     model.safetensors                 weights; metadata {"step": N} — the commit point (a LoRA run
                                       commits adapter.safetensors instead: `weights_file`)
-    train_state/step-00000N.pt        optimizer state, RNG states, counters (tensors and plain
-                                      Python values only: loaded with torch.load(weights_only=True))
+    train_state/step-00000N.pt        one process or DDP: optimizer state, RNG states, counters
+                                      (tensors and plain Python values only: loaded with
+                                      torch.load(weights_only=True))
+    train_state/step-00000N/          FSDP: a `torch.distributed.checkpoint` directory that every
+                                      rank writes its shards into (`__R_0.distcp`, `.metadata`):
+                                      model, optimizer, counters, data order, each rank's RNG
 
-A save writes the train state first, then atomically replaces model.safetensors, then
-deletes older train states. An interrupted save therefore always leaves a weights file whose
-step has a matching train state.
+A save writes the train state first (an FSDP one into `.step-00000N.partial/`, renamed once
+every rank has finished), then atomically replaces model.safetensors (under FSDP gathered to
+rank 0), then deletes older train states. An interrupted save therefore always leaves a
+weights file whose step has a complete train state. A DCP train state loads on any number of
+processes, with or without FSDP (torch.distributed.checkpoint reshards on load); a `.pt` one
+loads under FSDP too (`distributed.optimizer_state_by_name`).
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ModelDirError
+from ..errors import ConfigError, ModelDirError
 from ..modeldir import WEIGHTS_FILE, atomic_write, read_weights, read_weights_metadata, save_tensors
 
 STATE_DIR = "train_state"
@@ -27,6 +36,16 @@ def state_path(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / STATE_DIR / f"step-{step:08d}.pt"
 
 
+def sharded_state_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / STATE_DIR / f"step-{step:08d}"
+
+
+def _delete_other_states(out_dir: Path, keep: Path) -> None:
+    for old in (Path(out_dir) / STATE_DIR).glob("step-*"):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
 def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], step: int, state: dict[str, Any],
                     extra_metadata: dict[str, str] | None = None, weights_file: str = WEIGHTS_FILE) -> None:
     """Save the train state, then commit `tensors` (from `modeldir.state_dict_for_save`) as `weights_file`."""
@@ -34,9 +53,68 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], step: int, 
     path = state_path(out_dir, step)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     save_tensors(tensors, out_dir / weights_file, {"step": str(step), **(extra_metadata or {})})
-    for old in (out_dir / STATE_DIR).glob("step-*.pt"):
-        if old != path:
-            old.unlink(missing_ok=True)
+    _delete_other_states(out_dir, path)
+
+
+def save_sharded_checkpoint(out_dir: Path, step: int, state: dict[str, Any], full_tensors: Any,
+                            extra_metadata: dict[str, str] | None, weights_file: str, info) -> None:
+    """Every rank: write `state` (DTensors: each rank its shards) as the DCP directory of `step`;
+    then rank 0 commits the tensors `full_tensors()` returns there (called on every rank: it
+    gathers) as `weights_file`. `info`: the run's `DistInfo`."""
+    import torch.distributed.checkpoint as dcp
+    from .distributed import barrier
+    out_dir = Path(out_dir)
+    final = sharded_state_path(out_dir, step)
+    partial = final.with_name(f".{final.name}.partial")
+    if info.is_main:
+        shutil.rmtree(partial, ignore_errors=True)              # left by a save that was interrupted
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        dcp.save(state, checkpoint_id=partial)
+    tensors = full_tensors()
+    barrier(info)                                               # every rank's shards are on disk
+    if info.is_main:
+        if final.exists() and checkpoint_step(out_dir, weights_file) != step:
+            shutil.rmtree(final)                                 # left by a save killed before its commit
+        if final.exists():                                       # the committed step saved again (Ctrl-C at once)
+            shutil.rmtree(partial)
+        else:
+            partial.rename(final)
+        save_tensors(tensors, out_dir / weights_file, {"step": str(step), **(extra_metadata or {})})
+        _delete_other_states(out_dir, final)
+    barrier(info)
+
+
+def check_shards(path: Path) -> None:
+    """Refuse a DCP directory with a missing file (e.g. one rank's shard was not copied back)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    if not (path / ".metadata").is_file():
+        raise ModelDirError(f"cannot resume: {path} has no .metadata (it is not a complete sharded checkpoint); "
+                            f"restore the directory as it was written, or start a new run")
+    storage = FileSystemReader(str(path)).read_metadata().storage_data or {}
+    files = sorted({info.relative_path for info in storage.values()})
+    missing = [f for f in files if not (path / f).is_file()]
+    if missing:
+        raise ModelDirError(f"cannot resume: {path} is missing {', '.join(missing)} (shards written by "
+                            f"{len(files)} ranks: {', '.join(files)}); copy the missing files back from the machine "
+                            f"that wrote them, or fine-tune from the weights with --init-from")
+
+
+def load_sharded_state(path: Path, state: dict[str, Any]) -> None:
+    """Fill `state` (DTensors or whole tensors, any number of ranks) in place from a DCP directory."""
+    import torch.distributed.checkpoint as dcp
+    check_shards(path)
+    with warnings.catch_warnings():      # one process without a process group is a supported way to load
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=path)
+
+
+def sharded_keys(path: Path) -> set[str]:
+    """The flattened keys a DCP directory holds (e.g. "rng_rank1")."""
+    from torch.distributed.checkpoint import FileSystemReader
+    return set(FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
 def checkpoint_step(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> int | None:
@@ -56,9 +134,104 @@ def load_checkpoint(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> tuple[di
         raise ModelDirError(f"cannot resume: {out_dir / weights_file} is missing or records no training step; "
                             f"start a new run without --resume (or with a new --out)")
     path = state_path(out_dir, step)
-    if not path.is_file():
+    if sharded_state_path(out_dir, step).is_dir():                  # FSDP: loaded by the trainer, after sharding
+        state: dict[str, Any] = {"sharded": str(sharded_state_path(out_dir, step))}
+        check_shards(sharded_state_path(out_dir, step))
+    elif not path.is_file():
         raise ModelDirError(f"cannot resume: the weights are at step {step} but {path} is missing; the train state "
                             f"was deleted — start a new run, or fine-tune from these weights with --init-from")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     weights, _ = read_weights(out_dir / weights_file)
     return weights, state, step
+
+
+# ---- the train state of a run (what `Trainer` saves and resumes) ---------------------------------
+def batch_shape(world_size: int, grad_accum: int, batch_size: int) -> torch.Tensor:
+    """(processes, micro-batches, sequences per micro-batch): their product is the sequences per step."""
+    return torch.tensor([world_size, grad_accum, batch_size])
+
+
+def check_batch_shape(saved: torch.Tensor | None, current: torch.Tensor, out_dir: Path) -> None:
+    """Resuming on another number of processes is exact only with the same sequences per step."""
+    if saved is None:                 # a checkpoint from before the shape was recorded
+        return
+    (W0, A0, B0), (W, A, B) = saved.tolist(), current.tolist()
+    if W0 * A0 * B0 == W * A * B:
+        return
+    fix = (f"pass --grad-accum {W0 * A0 * B0 // (W * B)}" if W0 * A0 * B0 % (W * B) == 0
+           else f"pick --batch-size and --grad-accum with processes x grad-accum x batch-size = {W0 * A0 * B0}")
+    raise ConfigError(f"the checkpoint in {out_dir} was trained with {W0} process(es) x --grad-accum {A0} x "
+                      f"--batch-size {B0} = {W0 * A0 * B0} sequences per step, this run has {W} x {A} x {B} = "
+                      f"{W * A * B}; {fix} to continue the same run")
+
+
+def _sharded_train_state(model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
+                         shape: torch.Tensor, rng_key: str) -> dict[str, Any]:
+    """One rank's DCP train state: model and optimizer (sharded under FSDP), counters, data order,
+    and this rank's RNG under `rng_key`."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state, "counters": torch.tensor([step, tokens]),
+             "batch_shape": shape, "data_rng": data_gen.get_state(), rng_key: torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state[f"cuda_{rng_key}"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
+                     shape: torch.Tensor, weights: Any, extra_metadata: dict[str, str] | None,
+                     weights_file: str) -> None:
+    """Every rank: checkpoint the run at `step`, as a DCP directory under a sharding `strategy`, else
+    as a .pt file from rank 0. `weights()` gives the tensors of `weights_file` (on rank 0; it gathers)."""
+    info = strategy.info
+    if strategy.sharded:
+        state = _sharded_train_state(model, optimizer, data_gen, step, tokens, shape, f"rng_rank{info.rank}")
+        save_sharded_checkpoint(out_dir, step, state, weights, extra_metadata, weights_file, info)
+        return
+    from .distributed import barrier
+    tensors = weights()
+    if info.is_main:
+        state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
+                 "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 "batch_shape": shape}
+        save_checkpoint(out_dir, tensors, step, state, extra_metadata, weights_file)
+    barrier(info)
+
+
+def resume_train_state(state: dict[str, Any], strategy, model, optimizer, data_gen: torch.Generator,
+                       shape: torch.Tensor, out_dir: Path) -> tuple[int, int]:
+    """Load a train state (a DCP directory or a .pt file, whichever strategy wrote it) into this
+    run's (sharded or whole) model and optimizer; returns (step, tokens)."""
+    if "sharded" in state:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+        path = Path(state["sharded"])
+        keys = sharded_keys(path)
+        rng_key = f"rng_rank{strategy.info.rank}"
+        rng_key = rng_key if rng_key in keys else "rng_rank0"           # more ranks than the run had
+        loaded = _sharded_train_state(model, optimizer, data_gen, 0, 0, shape.clone(), rng_key)   # filled in place
+        if f"cuda_{rng_key}" not in keys:
+            loaded.pop(f"cuda_{rng_key}", None)
+        load_sharded_state(path, loaded)
+        check_batch_shape(loaded["batch_shape"], shape, out_dir)
+        set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        data_gen.set_state(loaded["data_rng"])
+        torch.set_rng_state(loaded[rng_key])
+        if f"cuda_{rng_key}" in loaded:
+            torch.cuda.set_rng_state(loaded[f"cuda_{rng_key}"])
+        step, tokens = loaded["counters"].tolist()
+        return int(step), int(tokens)
+    check_batch_shape(state.get("batch_shape"), shape, out_dir)
+    if strategy.sharded:        # a DDP / one-process checkpoint: shard its whole optimizer state
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from .distributed import optimizer_state_by_name
+        set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, optimizer, state["optimizer"]),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    data_gen.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), int(state["tokens"])

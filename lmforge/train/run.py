@@ -33,7 +33,7 @@ from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
 from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
 from ..model import build_model, new_head_prefixes, num_params
-from ..model.lora import apply_lora, trainable_state_dict
+from ..model.lora import apply_lora
 from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
 from ..tokenizers import Tokenizer
 from ..options import cli_fields, flat_settings
@@ -85,6 +85,11 @@ def decoder_sampler(tokenizer: Tokenizer, cfg: TrainConfig) -> Callable[[torch.n
                                temperature=0.8, top_k=50, seed=cfg.seed)
         return generate(model, tokenizer, cfg.sample_prompt, gen)[0].text
     return sample
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """What a LoRA checkpoint stores: the parameters that train (adapters + any new head)."""
+    return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
@@ -210,7 +215,7 @@ def train(cfg: TrainConfig, *, lora=None,
     if lora is not None:
         from ..adapt.lora import write_adapter_config
         print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {num_params(config):,} parameters")
-        hooks.update(tensors_to_save=trainable_state_dict, weights_file=ADAPTER_FILE)
+        hooks.update(names_to_save=trainable_names, weights_file=ADAPTER_FILE)
     settings = run_settings(cfg, lora)
 
     def extra_files(out: Path) -> None:
@@ -223,6 +228,8 @@ def train(cfg: TrainConfig, *, lora=None,
         warnings.filterwarnings("ignore", message=".*max_new_tokens.*")
         trainer = Trainer(cfg, model, task, config, tokenizer=tokenizer, sample_fn=sample_fn, **hooks)
         summary = trainer.fit(resume_state)
-        if not summary.get("stopped") and trainer.dist.is_main:
-            summary.update(task.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
+        if not summary.get("stopped"):
+            with trainer.full_params():                     # every rank: FSDP gathers the whole model
+                if trainer.dist.is_main:
+                    summary.update(task.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
     return summary

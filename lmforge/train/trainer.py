@@ -1,5 +1,6 @@
 """The one training loop. Every task (causal LM, masked LM, classification, seq2seq,
-SFT) runs through `Trainer.fit`; torchrun/DDP wraps the same loop.
+SFT) runs through `Trainer.fit`; under torchrun a strategy (DDP or FSDP2, `distributed.py`)
+wraps the same loop.
 
 Per step: draw the step's micro-batch indices from the data generator (all ranks draw the
 same), run this rank's micro-batches with gradient accumulation (DDP syncs only on the last),
@@ -27,11 +28,12 @@ from ..config import ModelConfig, ModelOverrides
 from ..errors import ConfigError, LmforgeError
 from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
 from ..model import flops_per_token, num_params
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, state_dict_for_save
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
 from ..options import nested, option
 from ..viz.plots import plot_loss
 from . import checkpoint
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed,
+                          make_strategy)
 from ..tasks import Task
 from .optim import make_adamw
 from .schedule import lr_at
@@ -53,7 +55,9 @@ class TrainConfig:
     model: ModelOverrides = nested(ModelOverrides)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
     batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True)
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", fixed=True)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step (a resume on another number of "
+                                "processes changes it to keep processes x grad-accum x batch-size; the checkpoint "
+                                "checks that product)")
     max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True)
     lr: float = option(1e-3, "peak learning rate", fixed=True)
     min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)", fixed=True)
@@ -78,6 +82,11 @@ class TrainConfig:
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
+    strategy: str = option("auto", "with torchrun: ddp (every process holds the whole model), fsdp (parameters, "
+                                   "gradients and optimizer state sharded over the processes; sharded checkpoints); "
+                                   "auto: ddp under torchrun, nothing for one process", choices=STRATEGIES, saved=False)
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass "
+                                                   "instead of keeping them: less memory, ~1/3 more compute")
     resume: bool = option(False, "continue the run in --out exactly where it stopped (its train_config.yaml gives "
                                  "the settings; flags typed again may not change how it was trained)", saved=False)
     force: bool = option(False, "with --resume: accept flags that change what the checkpoint was trained with "
@@ -105,10 +114,13 @@ class TrainConfig:
         return self.task_options
 
 
+def resolve_dtype_name(device: torch.device, dtype: str) -> str:
+    return ("bfloat16" if device.type == "cuda" else "float32") if dtype == "auto" else dtype
+
+
 def autocast_for(device: torch.device, dtype: str):
     """The autocast context for this device and dtype choice (a no-op for fp32)."""
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = resolve_dtype_name(device, dtype)
     if dtype == "float32":
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -154,27 +166,53 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def saved_names(model: nn.Module, names: Any) -> list[str]:
+    """`names` (state dict keys, in order) without the second name of a tied parameter
+    (safetensors stores shared tensors once; loading ties them again)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    seen: set[int] = set()
+    out = []
+    for name in names:
+        if name in params:
+            if id(params[name]) in seen:
+                continue
+            seen.add(id(params[name]))
+        out.append(name)
+    return out
+
+
 class Trainer:
-    """The loop. `tensors_to_save(model)` picks what a checkpoint stores as `weights_file` (default:
-    the whole model as model.safetensors; a LoRA run stores only its adapters); `extra_files(out)`
-    writes anything else the model directory needs at the start of the run."""
+    """The loop. `names_to_save(model)` picks the state-dict entries a checkpoint stores as
+    `weights_file` (default: the whole model as model.safetensors; a LoRA run stores only its
+    adapters); `extra_files(out)` writes anything else the model directory needs at the start."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Task, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
                  extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
-                 tensors_to_save: Callable[[nn.Module], dict[str, torch.Tensor]] = state_dict_for_save,
-                 weights_file: str = WEIGHTS_FILE):
+                 names_to_save: Callable[[nn.Module], set[str]] | None = None, weights_file: str = WEIGHTS_FILE):
         self.cfg, self.model, self.objective, self.model_config = cfg, model, objective, model_config
         self.tokenizer, self.sample_fn, self.extra_files = tokenizer, sample_fn, extra_files
         self.extra_metadata = extra_metadata or {}
-        self.tensors_to_save, self.weights_file = tensors_to_save, weights_file
+        self.names_to_save, self.weights_file = names_to_save, weights_file
         self.out = Path(cfg.out)
+        if cfg.strategy == "fsdp" and cfg.optimizer == "muon":
+            raise ConfigError("--optimizer muon orthogonalises whole matrices, which --strategy fsdp splits over the "
+                              "processes; use --optimizer adamw with fsdp, or --strategy ddp with muon")
+        if cfg.strategy == "fsdp" and cfg.compile:
+            raise ConfigError("--compile is not supported with --strategy fsdp yet; drop --compile, or use "
+                              "--strategy ddp")
         self.device = resolve_device(cfg.device)
-        self.dist: DistInfo = init_distributed(self.device.type)
+        self.dist: DistInfo = init_distributed(self.device.type, cfg.strategy)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        mixed = resolve_dtype_name(self.device, cfg.dtype) == "bfloat16" and self.device.type == "cuda"
+        self.strategy: Strategy = make_strategy(cfg.strategy, self.dist, self.device, mixed_precision=mixed)
         self.autocast = autocast_for(self.device, cfg.dtype)
         self.log = MetricsLog(self.out / METRICS_FILE, self.dist.is_main)
+
+    def full_params(self):
+        """Every rank holds the whole model inside (enter on every rank): see `Strategy.full_params`."""
+        return self.strategy.full_params(self.model)
 
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -185,18 +223,23 @@ class Trainer:
         B, iters, W = self.cfg.batch_size, self.cfg.eval_iters, self.dist.world_size
         indices = self.objective.sample("val", iters * B, gen).view(iters, B)
         total = torch.zeros(2, device=self.device)                     # (sum of batch losses, batches)
-        for i in range(self.dist.rank, iters, W):                      # ranks share the batches
-            batch = self._to_device(self.objective.collate("val", indices[i]))
+        # ranks share the batches; under FSDP every forward is a collective, so every rank runs as many
+        # (a rank past the last batch repeats one and does not count it)
+        end = math.ceil(iters / W) * W if self.strategy.sharded else iters
+        for i in range(self.dist.rank, end, W):
+            batch = self._to_device(self.objective.collate("val", indices[i % iters]))
             with self.autocast():
-                total[0] += self.objective.eval_loss(model, batch).float()
-            total[1] += 1
+                loss = self.objective.eval_loss(model, batch).float()
+            if i < iters:
+                total[0] += loss
+                total[1] += 1
         total = all_reduce_mean(total, self.dist)
         val_loss = (total[0] / total[1]).item()
         metrics = {"val_loss": val_loss}
         if self.objective.reports_perplexity:
             metrics["val_ppl"] = math.exp(min(val_loss, 50.0))
-        raw = self._raw(model)
-        metrics.update(self.objective.evaluate(raw, self.device, self.autocast))
+        with self.full_params():
+            metrics.update(self.objective.evaluate(self._raw(model), self.device, self.autocast))
         model.train(was_training)
         return metrics
 
@@ -211,16 +254,23 @@ class Trainer:
         model = getattr(model, "module", model)          # DDP
         return getattr(model, "_orig_mod", model)        # torch.compile
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What `weights_file` stores: contiguous CPU tensors on rank 0 (gathered under FSDP), {} elsewhere."""
+        full = self.strategy.full_state_dict(self.model)
+        if not self.dist.is_main:
+            return {}
+        names = saved_names(self.model, full)
+        if self.names_to_save is not None:
+            keep = self.names_to_save(self.model)
+            names = [n for n in names if n in keep]
+        return {n: full[n].detach().to("cpu").contiguous() for n in names}
+
+    def _batch_shape(self) -> torch.Tensor:
+        return checkpoint.batch_shape(self.dist.world_size, self.cfg.grad_accum, self.cfg.batch_size)
+
     def _save(self, step: int, optimizer, data_gen: torch.Generator, tokens: int) -> None:
-        if self.dist.is_main:
-            state = {
-                "step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
-                "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            }
-            checkpoint.save_checkpoint(self.out, self.tensors_to_save(self.model), step, state, self.extra_metadata,
-                                       self.weights_file)
-        barrier(self.dist)
+        checkpoint.save_train_state(self.out, self.strategy, self.model, optimizer, data_gen, step, tokens,
+                                    self._batch_shape(), self._weights, self.extra_metadata, self.weights_file)
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -234,6 +284,10 @@ class Trainer:
             if self.extra_files is not None:
                 self.extra_files(self.out)
         model = self.model.to(device)
+        if cfg.activation_checkpointing:
+            activation_checkpointing(model)
+        train_model: nn.Module = torch.compile(model) if cfg.compile else model
+        train_model = self.strategy.wrap(train_model)     # FSDP shards `model` in place: build the optimizer after
         if cfg.optimizer == "muon":
             from .muon import make_muon
             optimizer = make_muon(model, cfg.lr, cfg.muon_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -244,21 +298,11 @@ class Trainer:
         data_gen = torch.Generator().manual_seed(cfg.seed)
         step, tokens = 0, 0
         if resume_state is not None:
-            optimizer.load_state_dict(resume_state["optimizer"])
-            data_gen.set_state(resume_state["data_rng"])
-            torch.set_rng_state(resume_state["torch_rng"])
-            if resume_state.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
-            step, tokens = int(resume_state["step"]), int(resume_state["tokens"])
+            step, tokens = checkpoint.resume_train_state(resume_state, self.strategy, self.model, optimizer, data_gen,
+                                                         self._batch_shape(), self.out)
         if step >= cfg.max_steps:
             raise ConfigError(f"the run in {self.out} is already at step {step} of max_steps={cfg.max_steps}; "
                               f"pass a larger --max-steps to train further")
-        train_model: nn.Module = model
-        if cfg.compile:
-            train_model = torch.compile(train_model)
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
         model.train()
         min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         save_every = cfg.save_interval or cfg.eval_interval
@@ -283,9 +327,7 @@ class Trainer:
                 for a in range(A):
                     batch = self._to_device(self.objective.collate("train", indices[a]))
                     step_tokens += self.objective.tokens_in(batch)
-                    sync = a == A - 1 or not dist.enabled
-                    ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-                    with ctx:
+                    with self.strategy.micro_batch(train_model, last=a == A - 1):
                         with self.autocast():
                             loss = self.objective.loss(train_model, batch) / A
                         loss.backward()
@@ -324,11 +366,12 @@ class Trainer:
                     summary.update(metrics)
                     if main:
                         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if main and self.sample_fn is not None and sample_every and (step % sample_every == 0
-                                                                              or step == cfg.max_steps):
-                    text = self.sample_fn(model)
-                    self.log.write(kind="sample", step=step, text=text)
-                    bar.write(f"sample at step {step}: {text!r}")
+                if self.sample_fn is not None and sample_every and (step % sample_every == 0 or step == cfg.max_steps):
+                    with self.full_params():
+                        if main:
+                            text = self.sample_fn(model)
+                            self.log.write(kind="sample", step=step, text=text)
+                            bar.write(f"sample at step {step}: {text!r}")
                 if step % save_every == 0 or step == end_step:
                     self._save(step, optimizer, data_gen, tokens)
                     if main:
