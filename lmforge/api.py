@@ -194,24 +194,29 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
-    def save(self, directory: str | Path, format: str = "lmforge") -> Path:
-        """Write a model directory; format="hf" writes one that `transformers` loads."""
+    def save(self, directory: str | Path, format: str = "lmforge", overwrite: bool = False,
+             inputs: list[tuple[str, str | Path | None]] = ()) -> Path:
+        """Write a model directory; format="hf" writes one that `transformers` loads. The directory
+        appears whole or not at all; it must not be this model's own directory or one of `inputs`,
+        and one holding anything is replaced only with `overwrite` (see `lmforge.safety`)."""
         from .modeldir import save_weights, state_dict_for_save
+        from .safety import staged_output
+        inputs = [("the model's own directory", self.path), *inputs]
         if format == "hf":
             from .interop import write_hf
-            write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
+            write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=overwrite,
+                     inputs=inputs)
             return Path(directory)
         if format != "lmforge":
             raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.config.save(d / CONFIG_FILE)
-        save_weights(self.module, d / WEIGHTS_FILE)
-        self.tokenizer.save(d)
-        if self.target_tokenizer is not self.tokenizer:
-            from .data.pairs import TARGET_TOKENIZER_DIR
-            self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
-        return d
+        with staged_output(directory, inputs=inputs, overwrite=overwrite, out_name="the output directory") as d:
+            self.config.save(d / CONFIG_FILE)
+            save_weights(self.module, d / WEIGHTS_FILE)
+            self.tokenizer.save(d)
+            if self.target_tokenizer is not self.tokenizer:
+                from .data.pairs import TARGET_TOKENIZER_DIR
+                self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
+        return Path(directory)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())

@@ -114,7 +114,24 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
         if tuple(t.shape) != tuple(expected[name].shape):
             raise ModelDirError(f"{source}: tensor {name!r} has shape {tuple(t.shape)} but the model expects "
                                 f"{tuple(expected[name].shape)}; the config and weights come from different models")
+    check_finite(tensors, source)
     model.load_state_dict(tensors, strict=False, assign=any(p.device.type == "meta" for p in model.parameters()))
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or inf (a corrupted file, or a run that diverged): such a model
+    would generate empty text and score NaN without saying why. Checked in slices, so no tensor
+    is copied whole."""
+    for name, t in tensors.items():
+        if not t.is_floating_point() or t.device.type == "meta":
+            continue
+        flat = t.reshape(-1)
+        for piece in flat.split(1 << 22):
+            if not bool(torch.isfinite(piece).all()):
+                bad = int((~torch.isfinite(flat)).sum())
+                raise ModelDirError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); the "
+                                    f"file is corrupted or the training diverged — restore it, or use an earlier "
+                                    f"checkpoint")
 
 
 def _is_tied(model: nn.Module, name: str) -> bool:

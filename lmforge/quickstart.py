@@ -4,14 +4,19 @@ small GPT in minutes on a laptop CPU, report validation perplexity and samples."
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .options import option
+from .options import at_least, device_name, option, validate
+from .safety import check_not_input, contents, resolved
 
 MARKER = ".lmforge-quickstart"
+MARKER_TEXT = "made by lmforge quickstart; re-running quickstart replaces this directory\n"
+SOURCE = "source/pydoc_topics.txt"
 SAMPLE_PROMPTS = ["The for statement", "A class definition", "Exceptions are"]
 
 
@@ -21,15 +26,18 @@ class QuickstartConfig:
     data: str = option("data/pydoc", "where to write the prepared corpus")
     preset: str = option("gpt-mini", "model preset")
     tokenizer: str = option("bpe", "tokenizer kind: bpe or char")
-    vocab_size: int = option(1024, "BPE vocabulary size")
-    context_length: int = option(128, "context length")
-    batch_size: int = option(32, "sequences per step")
-    max_steps: int = option(1500, "training steps")
+    vocab_size: int = option(1024, "BPE vocabulary size", check=at_least(1))
+    context_length: int = option(128, "context length", check=at_least(1))
+    batch_size: int = option(32, "sequences per step", check=at_least(1))
+    max_steps: int = option(1500, "training steps", check=at_least(1))
     lr: float = option(2e-3, "peak learning rate")
     dropout: float = option(0.2, "dropout (the corpus is small: regularise)")
-    eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps")
-    device: str = option("auto", "auto, cpu or cuda")
+    eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps", check=at_least(1))
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
     progress: bool = option(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def pydoc_corpus() -> str:
@@ -38,38 +46,55 @@ def pydoc_corpus() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
 
+def _ours(path: Path, data: Path) -> bool:
+    """Whether quickstart may replace `path`: it is absent or empty, holds quickstart's marker, or
+    holds a run (perhaps interrupted) trained on quickstart's data directory. Anything else is
+    refused: quickstart never replaces a model or data it did not make."""
+    held = contents(path)
+    if not held:
+        return False
+    if (path / MARKER).is_file():
+        return True
+    try:
+        run = json.loads((path / "train_config.json").read_text())
+        if isinstance(run, dict) and resolved(run.get("data", "")) == resolved(data) and (data / MARKER).is_file():
+            return True
+    except (OSError, ValueError):
+        pass
+    raise ConfigError(f"{path} already holds {held} that quickstart did not make; pass another "
+                      f"{'--data' if path == data else '--out'} (quickstart only replaces what it made)")
+
+
 def quickstart(cfg: QuickstartConfig) -> dict:
     from .api import load
     from .data.shards import PrepareConfig, load_split, prepare
     from .evaluate.perplexity import perplexity_of_ids
     from .train import TrainConfig, train
-    from .train.checkpoint import checkpoint_step
 
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    if checkpoint_step(out) is not None:
-        if not (out / MARKER).is_file():
-            raise ConfigError(f"{out} already holds a model that quickstart did not make; pass another --out")
-        import shutil
-        shutil.rmtree(out)
-    data = Path(cfg.data)
-    source = data / "source" / "pydoc_topics.txt"
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_text(pydoc_corpus(), encoding="utf-8")
-    print(f"[1/3] preparing {source} ({source.stat().st_size / 1e3:.0f} KB, the Python reference text)")
-    meta = prepare(PrepareConfig(inputs=[str(source)], out=str(data), tokenizer=cfg.tokenizer,
-                                 vocab_size=cfg.vocab_size, val_fraction=0.05, progress=cfg.progress))
+    out, data = Path(cfg.out), Path(cfg.data)
+    check_not_input(out, [("--data", data)], "--out")
+    replace_out, replace_data = _ours(out, data), _ours(data, data)
+    corpus = pydoc_corpus()
+    with tempfile.TemporaryDirectory() as tmp:
+        text_file = Path(tmp) / "pydoc_topics.txt"
+        text_file.write_text(corpus, encoding="utf-8")
+        print(f"[1/3] preparing the Python reference text ({text_file.stat().st_size / 1e3:.0f} KB) into {data}")
+        meta = prepare(PrepareConfig(inputs=[str(text_file)], out=str(data), tokenizer=cfg.tokenizer,
+                                     vocab_size=cfg.vocab_size, val_fraction=0.05, progress=cfg.progress,
+                                     overwrite=replace_data),
+                       extra_files={MARKER: MARKER_TEXT, SOURCE: corpus})
+    source = data / SOURCE
     print(f"      {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
           f"{meta['bytes_per_token']:.2f} bytes/token, vocabulary {meta['vocab_size']}")
     print(f"[2/3] training {cfg.preset} for {cfg.max_steps} steps into {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by lmforge quickstart; re-running quickstart replaces this directory\n")
     tcfg = TrainConfig(data=str(data), out=str(out), preset=cfg.preset, context_length=cfg.context_length,
                        batch_size=cfg.batch_size, max_steps=cfg.max_steps, lr=cfg.lr,
                        warmup_steps=min(100, cfg.max_steps // 10), eval_interval=cfg.eval_interval,
                        eval_iters=10, log_interval=10, sample_interval=0, device=cfg.device, dropout=cfg.dropout,
-                       progress=cfg.progress)
+                       progress=cfg.progress, overwrite=replace_out)
     summary = train(tcfg)
+    (out / MARKER).write_text(MARKER_TEXT)
     print("[3/3] evaluating")
     lm = load(out, device=cfg.device)
     val = load_split(data, "val")

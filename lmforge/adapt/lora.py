@@ -48,8 +48,9 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ModelDirError
 from ..model import replace_module
 from ..model.blocks import MLP, Attention
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights, write_json
-from ..options import option
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, read_weights, write_json
+from ..fileio import read_json
+from ..options import option, validate
 
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 ALIASES = ("q", "k", "v", "o", "mlp")
@@ -74,6 +75,7 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         self.lora_targets = _split_commas(self.lora_targets)
         self.lora_train = _split_commas(self.lora_train)
+        validate(self)
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank={self.lora_rank} must be >= 0 (0 disables LoRA)")
         if self.lora_alpha <= 0:
@@ -296,11 +298,16 @@ def write_adapter_config(out: Path, cfg: LoRAConfig, base_dir: str | Path) -> No
 
 def read_adapter_config(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise ModelDirError(f"{adapter_dir} holds no LoRA adapters (no {ADAPTER_CONFIG}); give the --out directory "
+                            f"of a LoRA fine-tuning (`lmforge finetune MODEL_DIR --lora-rank R --out DIR`)")
+    info = read_json(path, "re-run the LoRA fine-tuning")
     try:
-        info = json.loads(path.read_text())
         LoRAConfig(**info["lora"])
+        if not isinstance(info["base_model"], str):
+            raise TypeError("base_model is not a path")
         return info
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise ModelDirError(f"{path} is not a valid LoRA adapter config ({e}); re-run the LoRA fine-tuning") from e
 
 
@@ -308,12 +315,17 @@ def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
     """The base model directory of an adapter, checked against the fingerprints it recorded."""
     adapter_dir = Path(adapter_dir)
     info = read_adapter_config(adapter_dir)
+    if base is None and os.path.isabs(info["base_model"]):
+        raise ModelDirError(f"{adapter_dir / ADAPTER_CONFIG} names its base by an absolute path, which lmforge never "
+                            f"writes; pass the base model directory (`--base DIR`)")
     base_dir = Path(base) if base is not None else (adapter_dir / info["base_model"]).resolve()
     if not base_dir.is_dir():
         raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which does not "
                             f"exist; pass the base model directory (`--base DIR`)")
-    if config_sha256(ModelConfig.load(check_model_dir(base_dir, (CONFIG_FILE,)) / CONFIG_FILE)) != \
-            info["base_config_sha256"]:
+    if not all((base_dir / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
+        raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which is not a "
+                            f"model directory; pass the base model directory (`--base DIR`)")
+    if config_sha256(ModelConfig.load(base_dir / CONFIG_FILE)) != info["base_config_sha256"]:
         raise ModelDirError(f"the adapter in {adapter_dir} was trained on a different base: {base_dir}/config.json "
                             f"does not match the config hash {info['base_config_sha256']} it recorded; pass the "
                             f"base model it was trained on")
@@ -351,8 +363,13 @@ def load_lora_model(adapter_dir: str | Path, base: str | Path | None = None, dev
     return model, config, Tokenizer.load(adapter_dir), lora
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | None = None) -> Path:
-    """Write base + merged adapters as a plain model directory (for export or quantization)."""
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write base + merged adapters as a plain model directory (for export or quantization); never
+    into the adapter or base directory, into one holding anything only with `overwrite`."""
     from ..api import Model
+    from ..safety import check_output
+    inputs = [("the adapter directory", adapter_dir), ("the base model", adapter_base(Path(adapter_dir), base))]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     model, config, tokenizer, _ = load_lora_model(adapter_dir, base)
-    return Model(merge_lora(model), config, tokenizer).save(out_dir)
+    return Model(merge_lora(model), config, tokenizer).save(out_dir, overwrite=overwrite, inputs=inputs)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..fileio import open_text
 from ..tokenizers import Tokenizer
 from ..train.objective import Objective
 from .pretrain import lm_loss
@@ -99,7 +100,7 @@ def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
         raise DataError(f"chat data {path} does not exist; give a .jsonl file with one "
                         f"{{\"messages\": [...]}} conversation per line")
     conversations = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..options import option
+from ..options import option, validate
 from ..train.objective import Objective
 from .shards import load_splits
 
@@ -28,6 +28,7 @@ class MLMOptions:
                                     "<mask>, 10%% a random token, 10%% stay)")
 
     def __post_init__(self) -> None:
+        validate(self)
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob={self.mask_prob} must be in (0, 1)")
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..options import option
+from ..options import at_least, option
 from ..tokenizers import Tokenizer
 from ..train.objective import Objective
 from .batching import pad_right
@@ -41,8 +41,8 @@ class Seq2SeqOptions(TableOptions):
     label_smoothing: float = option(0.1, "label smoothing of the training loss (validation loss is plain "
                                          "cross-entropy)")
     eval_translations: int = option(64, "validation pairs translated (greedily) for BLEU / chrF at each "
-                                        "evaluation")
-    test_beams: int = option(4, "beam size for the final test-set translations")
+                                        "evaluation (0: none)", check=at_least(0))
+    test_beams: int = option(4, "beam size for the final test-set translations", check=at_least(1))
 
     def __post_init__(self) -> None:
         super().__post_init__()

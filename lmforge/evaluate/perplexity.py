@@ -16,12 +16,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import DataError, LmforgeError
+from ..errors import ConfigError, DataError, LmforgeError
 
 
 @torch.inference_mode()
 def perplexity_of_ids(model, ids: list[int] | torch.Tensor, *, stride: int | None = None, batch_size: int = 8,
                       progress: bool = False) -> dict[str, float]:
+    if model.config.family != "decoder":
+        raise ConfigError(f"perplexity needs a decoder (a causal language model), but this model is a "
+                          f"{model.config.family}; evaluate an encoder-decoder with `lmforge translate --file TABLE "
+                          f"--target-column COL` (BLEU, chrF), a classifier with `lmforge classify --file TABLE "
+                          f"--label-column COL`")
     ids = torch.as_tensor(ids, dtype=torch.long)
     T = model.config.context_length
     stride = stride or T
@@ -80,12 +85,5 @@ def perplexity(model, tokenizer, text: str, *, stride: int | None = None, batch_
 
 
 def read_text_file(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"text file {p} does not exist; check the path")
-    data = p.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                        f"convert it to UTF-8 first") from None
+    from ..fileio import read_text
+    return read_text(path)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..data.pretrain import lm_loss
 from ..errors import ConfigError
-from ..options import option
+from ..options import option, validate
 from ..tokenizers import Tokenizer
 from .objective import Objective
 from .trainer import TrainConfig
@@ -89,6 +89,7 @@ class DistillArgs:
     alpha: float = option(0.5, "weight of the soft-target loss; 1 - alpha weighs the true next tokens")
 
     def __post_init__(self) -> None:
+        validate(self)
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature} must be positive")
         if not 0.0 <= self.alpha <= 1.0:
@@ -116,4 +117,4 @@ def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]
                               f"{teacher_config.context_length} or less")
         return DistillObjective(inner, teacher, args.temperature, args.alpha)
 
-    return train(cfg, wrap_objective=wrap)
+    return train(cfg, wrap_objective=wrap, inputs=[("--teacher", args.teacher)])
