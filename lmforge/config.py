@@ -166,7 +166,7 @@ class ModelConfig:
     def load(cls, path: str | Path) -> "ModelConfig":
         from .fileio import read_json
         path = Path(path)
-        d = read_json(path, "restore it or re-create the model directory")
+        d = read_json(path, "restore it or re-create the model directory", ConfigError)
         if not isinstance(d, dict):
             raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object of config fields; restore it "
                               f"or re-create the model directory")

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import DataError
+from .errors import DataError, LmforgeError
 
 UTF8_FIX = "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`)"
 
@@ -76,14 +76,16 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         raise _decode_error(path, e) from None
 
 
-def read_json(path: str | Path, fix: str = "restore it or re-create it") -> Any:
-    """The parsed JSON content of `path`, or a one-line DataError naming the file and `fix`."""
+def read_json(path: str | Path, fix: str = "restore it or re-create it", error: type[LmforgeError] = DataError) -> Any:
+    """The parsed JSON content of `path`, or a one-line `error` naming the file and `fix`."""
     path = Path(path)
-    text = read_text(path)
     try:
+        text = read_text(path)
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+        raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+    except DataError as e:
+        raise error(str(e)) from None
 
 
 class _CheckedText(io.TextIOWrapper):

@@ -128,9 +128,9 @@ def device_name(v: str) -> str | None:
     return None if DEVICE_PATTERN.fullmatch(str(v)) else "is not a device; use auto, cpu, cuda, cuda:N or mps"
 
 
-def validate(obj: Any) -> None:
+def validate(obj: Any, error: type[Exception] = ConfigError) -> None:
     """Check every field of dataclass `obj`: floats must be finite, values among `choices`, and
-    each field's `check`. Raises ConfigError naming the field, the value and the rule. Called
+    each field's `check`. Raises `error` (ConfigError unless said) naming the field, the value and the rule. Called
     from `__post_init__`, so the Python API and the CLI (before any work) refuse alike."""
     for f in dataclasses.fields(obj):
         value, meta = getattr(obj, f.name), f.metadata
@@ -142,4 +142,4 @@ def validate(obj: Any) -> None:
         elif meta.get("check") is not None:
             problem = meta["check"](value)
         if problem:
-            raise ConfigError(f"{f.name}={value!r} {problem}")
+            raise error(f"{f.name}={value!r} {problem}")

@@ -34,6 +34,7 @@ LOCK_FILE = ".lmforge-lock"
 PARTIAL, OLD = ".partial-", ".old-"
 # what lmforge itself leaves in a directory that says nothing about its content
 OWN_HIDDEN = (LOCK_FILE,)
+_HELD: set[Path] = set()      # directories whose RunLock this process holds
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -147,7 +148,7 @@ def _lock_holder(out: Path) -> str:
 def check_no_writer(out: Path) -> None:
     """Refuse when another live process is writing `out` (a training run or a staged writer)."""
     own = f"{PARTIAL}{os.getpid()}"
-    if (out / LOCK_FILE).is_file() and _locked_by_other(out / LOCK_FILE):
+    if resolved(out) not in _HELD and (out / LOCK_FILE).is_file() and _locked_by_other(out / LOCK_FILE):
         raise ConfigError(f"{out} is being written by another lmforge process (PID {_lock_holder(out)}); wait for "
                           f"it to finish or stop it, or choose another directory")
     for p in _partials(out):
@@ -200,10 +201,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        _HELD.add(resolved(self.directory))
         return self
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD.discard(resolved(self.directory))
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -144,18 +144,21 @@ def test_fresh_run_over_a_never_checkpointed_run_starts_a_fresh_metrics_file(tmp
 # ------------------------------------------------------------------------------ the run lock
 def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path, char_data, capsys):
     out = tmp_path / "run"
-    with RunLock(out):
-        one_line_error(capsys, ["train", "--data", char_data, "--out", out, "--preset", "gpt-tiny"],
-                       f"PID {os.getpid()}")
-        with pytest.raises(ConfigError, match=f"PID {os.getpid()}"):
-            with staged_output(out):
-                pass
-    train(tiny_train_config(char_data, out, max_steps=2, eval_interval=2))          # released: the run proceeds
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    child = subprocess.run([sys.executable, "-c", "import os; from lmforge.safety import RunLock; "
-                            f"RunLock({str(out)!r}).acquire(); os.kill(os.getpid(), 9)"], env=env)
-    assert child.returncode == -9
-    RunLock(out).acquire().release()                     # the lock died with the killed process
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lmforge.safety import RunLock; "
+                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        one_line_error(capsys, ["train", "--data", char_data, "--out", out, "--preset", "gpt-tiny"],
+                       f"PID {holder.pid}")
+        with pytest.raises(ConfigError, match=f"another lmforge process \\(PID {holder.pid}\\)"):
+            with staged_output(out, overwrite=True):
+                pass
+    finally:
+        holder.kill()                                       # kill -9: no cleanup runs in the holder
+        holder.wait()
+    train(tiny_train_config(char_data, out, max_steps=2, eval_interval=2))   # the lock died with its process
 
 
 # ------------------------------------------------------------------------------ exact resume

@@ -301,7 +301,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     if not path.is_file():
         raise ModelDirError(f"{adapter_dir} holds no LoRA adapters (no {ADAPTER_CONFIG}); give the --out directory "
                             f"of a LoRA fine-tuning (`lmforge finetune MODEL_DIR --lora-rank R --out DIR`)")
-    info = read_json(path, "re-run the LoRA fine-tuning")
+    info = read_json(path, "re-run the LoRA fine-tuning", ModelDirError)
     try:
         LoRAConfig(**info["lora"])
         if not isinstance(info["base_model"], str):

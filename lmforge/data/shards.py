@@ -48,7 +48,7 @@ class PrepareConfig:
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        validate(self)
+        validate(self, DataError)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

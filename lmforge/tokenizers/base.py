@@ -169,8 +169,8 @@ class Tokenizer:
             raise ModelDirError(f"{path} is not a readable tokenizer.json ({e}); re-create it with "
                                 f"`lmforge prepare` or restore it from the data directory") from e
         cfg_path = path.parent / TOKENIZER_CONFIG_FILE
-        cfg = read_json(cfg_path, "restore it from the data directory or re-create it with `lmforge prepare`") \
-            if cfg_path.is_file() else {}
+        fix = "restore it from the data directory or re-create it with `lmforge prepare`"
+        cfg = read_json(cfg_path, fix, ModelDirError) if cfg_path.is_file() else {}
         if not isinstance(cfg, dict):
             raise ModelDirError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not an object; restore it from the "
                                 f"data directory or re-create it with `lmforge prepare`")

@@ -148,23 +148,14 @@ def claim_out(cfg: TrainConfig, inputs: list[tuple[str, str | None]] = ()) -> Ru
     """The output rule for a training run (see `lmforge.safety`), then its lock. --out is never an
     input; --resume continues the run in it; a fresh run needs it new, empty, left by a run that
     never checkpointed, or --overwrite (which empties it). Returns the held lock (None off rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:          # under torchrun, rank 0 checks and locks for all
+        return None
     out = Path(cfg.out)
     inputs = _run_inputs(cfg, list(inputs))
-    check_not_input(out, inputs, "--out")
-    if cfg.resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
-    else:
-        for weights_file in (WEIGHTS_FILE, "adapter.safetensors"):
-            if not cfg.overwrite and (out / weights_file).is_file() and \
-                    (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
-                raise ConfigError(f"{out} already holds a trained model (step {step}); pass --resume to continue "
-                                  f"it, --overwrite to start over in it, or a new --out")
-        check_output(out, inputs=inputs, overwrite=cfg.overwrite or _aborted_run(out), out_name="--out")
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
+    _check_out(cfg, out, inputs)                        # before the lock: a refusal leaves --out untouched
     lock = RunLock(out).acquire()
     try:
+        _check_out(cfg, out, inputs)                    # again: another run may have finished meanwhile
         if cfg.resume:
             clean_temp_files(out)                       # what a killed run's interrupted writes left
         elif contents(out):                             # --overwrite, or a never-checkpointed run: start afresh
@@ -175,6 +166,20 @@ def claim_out(cfg: TrainConfig, inputs: list[tuple[str, str | None]] = ()) -> Ru
         lock.release()
         raise
     return lock
+
+
+def _check_out(cfg: TrainConfig, out: Path, inputs: list[tuple[str, str | None]]) -> None:
+    check_not_input(out, inputs, "--out")
+    if cfg.resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
+        return
+    for weights_file in (WEIGHTS_FILE, "adapter.safetensors"):
+        if not cfg.overwrite and (out / weights_file).is_file() and \
+                (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
+            raise ConfigError(f"{out} already holds a trained model (step {step}); pass --resume to continue "
+                              f"it, --overwrite to start over in it, or a new --out")
+    check_output(out, inputs=inputs, overwrite=cfg.overwrite or _aborted_run(out), out_name="--out")
 
 
 def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
