@@ -95,8 +95,8 @@ def check_output(out: str | Path, *, inputs: Iterable[tuple[str, str | Path | No
                               f"another path")
     held = contents(out)
     if held and not overwrite:
-        raise ConfigError(f"{out_name} {out} already holds {held}; choose a new or empty directory, or pass "
-                          f"--overwrite to replace it")
+        raise ConfigError(f"{out_name} {out} already holds {held}; pass --overwrite to replace it, or choose a "
+                          f"new or empty directory")
     if held and overwrite:
         r = resolved(out)
         if r == Path(r.anchor) or r == resolved(Path.home()) or resolved(Path.cwd()).is_relative_to(r):
