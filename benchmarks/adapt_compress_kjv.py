@@ -57,20 +57,23 @@ def split_corpus(corpus: Path, out: Path, heldout_lines: int) -> tuple[Path, Pat
 
 def train_models(args, out: Path, train_text: Path) -> tuple[Path, Path]:
     data, model, draft = out / "data", out / "model", out / "draft"
-    common = dict(context_length=128, batch_size=16, lr=2e-3, warmup_steps=50, eval_interval=100, eval_iters=10,
-                  sample_interval=0, device=args.device, dropout=0.0)
+    common = dict(batch_size=16, lr=2e-3, warmup_steps=50, eval_interval=100, eval_iters=10,
+                  sample_interval=0, device=args.device)
     if not (data / "meta.json").is_file():
         lmforge.prepare(lmforge.PrepareConfig(inputs=[str(train_text)], out=str(data), tokenizer="bpe",
                                               vocab_size=args.vocab_size))
     if not (model / "model.safetensors").is_file():
         t0 = time.perf_counter()
         lmforge.train(lmforge.TrainConfig(data=str(data), out=str(model), preset="gpt-mini", max_steps=args.steps,
-                                          n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, **common))
+                                          model=lmforge.ModelOverrides(context_length=128, dropout=0.0, n_layer=args.n_layer,
+                                                                       d_model=args.d_model, n_head=args.n_head),
+                                          **common))
         print(f"trained {model} in {(time.perf_counter() - t0) / 60:.1f} min")
     if not (draft / "model.safetensors").is_file():
         t0 = time.perf_counter()
         distill(DistillArgs(teacher=str(model), student_preset="gpt-tiny", temperature=2.0, alpha=0.5),
-                lmforge.TrainConfig(data=str(data), out=str(draft), max_steps=args.draft_steps, **common))
+                lmforge.TrainConfig(data=str(data), out=str(draft), max_steps=args.draft_steps,
+                                    model=lmforge.ModelOverrides(context_length=128, dropout=0.0), **common))
         print(f"distilled {draft} in {(time.perf_counter() - t0) / 60:.1f} min")
     return model, draft
 

@@ -31,6 +31,7 @@ def main() -> None:
     args = p.parse_args()
     from lmforge.data.shards import PrepareConfig, prepare
     from lmforge.quickstart import pydoc_corpus
+    from lmforge.config import ModelOverrides
     from lmforge.train import TrainConfig, train
     work = Path(tempfile.mkdtemp(prefix="muon-bench-"))
     data = args.data
@@ -41,7 +42,8 @@ def main() -> None:
         prepare(PrepareConfig(inputs=[str(src)], out=data, tokenizer="bpe", vocab_size=1024, progress=False))
     curves = {}
     for opt in ("adamw", "muon"):
-        cfg = TrainConfig(data=data, out=str(work / opt), preset=args.preset, context_length=args.context_length,
+        cfg = TrainConfig(data=data, out=str(work / opt), preset=args.preset,
+                          model=ModelOverrides(context_length=args.context_length),
                           batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, muon_lr=args.muon_lr,
                           optimizer=opt, warmup_steps=args.steps // 10, eval_interval=args.eval_interval,
                           eval_iters=10, sample_interval=0, device="cpu", progress=False)

@@ -80,7 +80,8 @@ def main() -> None:
         from lmforge.train.trainer import peak_flops
         peak = peak_flops(device)
         if peak:
-            fpt = ours.config.flops_per_token()
+            from lmforge.model import flops_per_token
+            fpt = flops_per_token(ours.config)
             extra["mfu"] = {k: max(v) * fpt / peak for k, v in results.items()}
     row = report("training throughput (forward + backward + AdamW)", shapes, results, "tokens/s", args, extra)
     if "mfu" in row:

@@ -12,7 +12,7 @@ DATA=${1:-/work/shared/data/fortunes_topics.tsv}
 OUT=${2:-runs/fortune-topics}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-lmforge train --objective classify --data "$DATA" \
+lmforge train --task classify --data "$DATA" \
   --text-column "${TEXT_COLUMN:-text}" --label-column "${LABEL_COLUMN:-label}" \
   --preset bert-tiny --tokenizer wordpiece --vocab-size 8000 --context-length 128 --dropout 0.1 \
   --batch-size 32 --lr 1e-3 --warmup-steps 200 --max-steps "${STEPS:-2000}" --eval-interval 500 \

@@ -13,7 +13,7 @@ DATA=${1:-/work/shared/data/en_zh_pairs.tsv}
 OUT=${2:-runs/en-zh}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-lmforge train --objective seq2seq --data "$DATA" \
+lmforge train --task seq2seq --data "$DATA" \
   --source-column "${SRC:-en}" --target-column "${TGT:-zh}" \
   --preset seq2seq-mini --tokenizer bpe --vocab-size 4000 --context-length 128 \
   --batch-size 16 --lr 1e-3 --warmup-steps 100 --max-steps "${STEPS:-1500}" --eval-interval 500 \

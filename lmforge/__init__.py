@@ -17,16 +17,14 @@ Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`,
 
 from .adapt import LoRAConfig, apply_lora, merge_adapter, merge_lora
 from .api import Model, load, load_model
-from .config import PRESETS, ModelConfig, get_preset
-from .data.classify import ClassifyOptions
-from .data.mlm import MLMOptions
-from .data.pairs import Seq2SeqOptions
+from .config import PRESETS, ModelConfig, ModelOverrides, get_preset
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
 from .interop import export_hf, import_hf
 from .model import build_model
 from .quantize import QuantizeArgs, quantize, quantize_model
+from .tasks import TASKS, ClassifyOptions, MLMOptions, Seq2SeqOptions
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
 from .train.distill import DistillArgs, distill
@@ -34,7 +32,7 @@ from .train.finetune import FinetuneArgs, finetune
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "load", "load_model", "ModelConfig", "PRESETS", "get_preset", "PrepareConfig", "prepare",
+__all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverrides", "TASKS", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
            "TrainConfig", "train", "import_hf", "export_hf", "LmforgeError", "ConfigError", "DataError",
            "ModelDirError", "FinetuneArgs", "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions", "LoRAConfig",

@@ -14,95 +14,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ModelConfig
-from .errors import LmforgeError, ModelDirError
-from .modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights
+from .errors import LmforgeError
+from .loading import (build_with_weights, load_for_inference, load_model, read_model_dir,  # noqa: F401
+                      resolve_device, resolve_dtype, write_model_dir)
 from .tokenizers import Tokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise LmforgeError(f"dtype={dtype!r} is unknown; use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
-    """(config, weights, tokenizer, source name) of an lmforge model directory or a Hugging Face
-    one (converted through `lmforge.interop`'s key tables). Tensors are read, not yet placed."""
-    from .adapt.lora import is_adapter_dir
-    from .interop import is_hf_dir, read_hf
-    path = Path(path)
-    if is_hf_dir(path):
-        config, weights, tokenizer, _ = read_hf(path)
-        return config, weights, tokenizer, str(path)
-    if is_adapter_dir(path):
-        raise ModelDirError(f"{path} holds LoRA adapters, not a whole model; merge them into their base first "
-                            f"(`lmforge merge-lora {path} MERGED_DIR`) and use MERGED_DIR")
-    path = check_model_dir(path, (CONFIG_FILE, WEIGHTS_FILE))
-    weights, _ = read_weights(path / WEIGHTS_FILE)
-    return ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), str(path / WEIGHTS_FILE)
-
-
-def build_with_weights(config: ModelConfig, weights: dict[str, torch.Tensor], source: str,
-                       optional: tuple[str, ...] = ()) -> torch.nn.Module:
-    """The model of `config` holding `weights`, materialised once: built on the meta device, the
-    tensors assigned. Parameters under `optional` prefixes (a new head) may be missing and are
-    initialised as in a fresh model."""
-    from .model import build_model
-    from .model.blocks import init_weights
-    with torch.device("meta"):
-        model = build_model(config)
-    load_weights_into(model, weights, source, optional)
-    for prefix in optional:                       # a new head is still on meta: initialise it as a fresh model would
-        head = model.get_submodule(prefix.rstrip("."))
-        if any(p.device.type == "meta" for p in head.parameters()):
-            init_weights(head.to_empty(device="cpu"), config)
-    _materialise_buffers(model)
-    return model
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-               **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """(module, config, tokenizer) from an lmforge or Hugging Face model directory; a LoRA
-    directory loads as its base model with the adapters merged in."""
-    from .adapt.lora import ADAPTER_FILE, is_adapter_dir, load_lora_model, merge_lora
-    path = Path(path)
-    if is_adapter_dir(path):
-        check_model_dir(path, (CONFIG_FILE, ADAPTER_FILE))
-        model, config, tokenizer, _ = load_lora_model(path, device=device, dtype=dtype, **config_overrides)
-        return merge_lora(model).eval(), config, tokenizer
-    config, weights, tokenizer, source = read_model_dir(path)
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    model = build_with_weights(config, weights, source)
-    del weights                        # the model owns the tensors now: a dtype cast below frees them one by one
-    device = torch.device(device)
-    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
-    return model, config, tokenizer
-
-
-def _materialise_buffers(model: torch.nn.Module) -> None:
-    """After building on meta and assigning loaded weights: compute the non-persistent buffers
-    (RoPE / sinusoidal tables, via each module's `init_buffers`) and re-tie shared weights."""
-    for module in model.modules():
-        if hasattr(module, "init_buffers"):
-            module.init_buffers()
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    assert not leftover, f"tensors left on the meta device after loading: {leftover}"
+# the GenerationConfig fields that apply to encoder-decoder decoding, and translation's own defaults
+# (max_new_tokens is capped by the model's context)
+TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens")
+TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024}
 
 
 class Model:
@@ -136,7 +61,7 @@ class Model:
                  batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
         """For each text: {"label": the most likely class, "score": its probability, "probs":
         {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks)."""
-        from .data.classify import predict_proba
+        from .tasks.classify import predict_proba
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
@@ -146,26 +71,32 @@ class Model:
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
         return out[0] if single else out
 
-    def embed(self, texts: str | list[str], pooling: str = "auto", normalize: bool = True,
-              batch_size: int = 64) -> torch.Tensor:
-        """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text;
-        pooled by `pooling` (auto, mean, cls, last; see `lmforge.embed`) and of unit length
-        when `normalize`, so `a @ b` is the cosine similarity."""
-        from .embed import embed_texts
+    def embed(self, texts: str | list[str], **options: Any) -> torch.Tensor:
+        """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text.
+        Options are `lmforge.embed.EmbedOptions` fields: `pooling` (auto, mean, cls, last),
+        `normalize` (unit length, so `a @ b` is the cosine similarity), `batch_size`."""
+        from .embed import EmbedOptions, embed_texts
+        o = EmbedOptions(**options)
         single = isinstance(texts, str)
-        vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), pooling, normalize,
-                              batch_size)
+        vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), o.pooling,
+                              o.normalize, o.batch_size)
         return vectors[0] if single else vectors
 
-    def translate(self, texts: str | list[str], num_beams: int = 4, max_new_tokens: int | None = None,
-                  length_penalty: float = 1.0, batch_size: int = 32) -> str | list[str]:
+    def translate(self, texts: str | list[str], batch_size: int = 32, **options: Any) -> str | list[str]:
         """Translate (or summarise) with an encoder-decoder model directory: greedy with
-        num_beams=1, else beam search over the KV cache."""
+        num_beams=1, else beam search over the KV cache. Options are the GenerationConfig fields
+        in `TRANSLATE_OPTIONS` (defaults: `TRANSLATE_DEFAULTS`, 4 beams)."""
+        from .generate import GenerationConfig
         from .generate.seq2seq import translate
+        unknown = sorted(set(options) - set(TRANSLATE_OPTIONS))
+        if unknown:
+            raise LmforgeError(f"translate does not take {', '.join(unknown)}; its options are "
+                               f"{', '.join(TRANSLATE_OPTIONS)}")
+        gen = GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})
         single = isinstance(texts, str)
         out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
-                        num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                        batch_size=batch_size)
+                        num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
+                        length_penalty=gen.length_penalty, batch_size=batch_size)
         return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:
@@ -199,8 +130,7 @@ class Model:
         """Write a model directory; format="hf" writes one that `transformers` loads. The directory
         appears whole or not at all; it must not be this model's own directory or one of `inputs`,
         and one holding anything is replaced only with `overwrite` (see `lmforge.safety`)."""
-        from .modeldir import save_weights, state_dict_for_save
-        from .safety import staged_output
+        from .modeldir import state_dict_for_save
         inputs = [("the model's own directory", self.path), *inputs]
         if format == "hf":
             from .interop import write_hf
@@ -209,14 +139,8 @@ class Model:
             return Path(directory)
         if format != "lmforge":
             raise LmforgeError(f"format={format!r} is unknown; use lmforge or hf")
-        with staged_output(directory, inputs=inputs, overwrite=overwrite, out_name="the output directory") as d:
-            self.config.save(d / CONFIG_FILE)
-            save_weights(self.module, d / WEIGHTS_FILE)
-            self.tokenizer.save(d)
-            if self.target_tokenizer is not self.tokenizer:
-                from .data.pairs import TARGET_TOKENIZER_DIR
-                self.target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
-        return Path(directory)
+        return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer,
+                               overwrite=overwrite, inputs=inputs)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
@@ -227,8 +151,5 @@ def load(path: str | Path, device: str = "auto", dtype: str | None = None) -> Mo
     """Load a model directory — lmforge's or a Hugging Face GPT-2 / Llama / BERT one — for inference
     (on GPU when there is one, unless device says), its weights laid out for fast inference
     on that device (`model.inference_layout`)."""
-    from .model import inference_layout
-    from .train.trainer import resolve_device
-    dev = resolve_device(device)
-    module, config, tokenizer = load_model(path, dev, dtype)
-    return Model(inference_layout(module, dev), config, tokenizer, Path(path))
+    module, config, tokenizer = load_for_inference(path, device, dtype)
+    return Model(module, config, tokenizer, Path(path))

@@ -1,6 +1,9 @@
 """`lmforge VERB ...` — a thin layer: each verb builds the same dataclass the Python API takes.
 
-Errors a user can fix (LmforgeError) print as one line without a traceback (exit code 2).
+Every verb also takes `--config FILE.yaml` (its settings under the flags' names; flags typed
+on the command line win) and `--print-config` (print the resolved settings as YAML and stop).
+`--resume` reads the run's own `train_config.yaml` the same way. Errors a user can fix
+(LmforgeError) print as one line without a traceback (exit code 2).
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import POOLINGS
 from .errors import LmforgeError
-from .options import add_options, at_least, device_name, from_args, option, validate
+from .options import add_options, at_least, device_name, field_names, from_args, option, validate
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -30,15 +32,17 @@ def verb(name: str, help: str):
     return wrap
 
 
-def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = None):
-    """Flags for every field of these dataclasses (`defaults` overrides their defaults); a
-    field shared by two classes (e.g. a common base) becomes one flag."""
+def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = None,
+               only: dict[type, tuple[str, ...]] | None = None):
+    """Flags for every field of these dataclasses (`defaults` overrides their defaults; `only`
+    limits a class to some of its fields); a field shared by two classes (e.g. a common base)
+    becomes one flag."""
     def deco(run):
         def add(parser):
             seen = set(skip)
             for cls in classes:
-                add_options(parser, cls, skip=tuple(seen), defaults=defaults)
-                seen |= {f.name for f in dataclasses.fields(cls)}
+                add_options(parser, cls, skip=tuple(seen), defaults=defaults, only=(only or {}).get(cls))
+                seen |= field_names(cls)
         run.options = add
         return run
     return deco
@@ -84,14 +88,12 @@ def _prepare(ns):
 
 
 # --------------------------------------------------------------------------------- train
-from .train.run import task_options  # noqa: E402
+from .tasks import TASK_OPTIONS  # noqa: E402   task -> its options dataclass; the flags apply to that task
 from .train.trainer import TrainConfig  # noqa: E402
-
-TASK_OPTIONS = task_options()          # objective -> its options dataclass; the flags apply to that objective
 
 
 def _with_task_options(cfg: TrainConfig, ns) -> TrainConfig:
-    cls = TASK_OPTIONS.get(cfg.objective)
+    cls = TASK_OPTIONS.get(cfg.task)
     return dataclasses.replace(cfg, task_options=from_args(cls, ns)) if cls else cfg
 
 
@@ -111,12 +113,12 @@ from .train.finetune import FINETUNE_DEFAULTS, FinetuneArgs  # noqa: E402
 
 @verb("finetune", "fine-tune a model directory on new data, in full or with LoRA adapters (the task picks the "
                   "objective)")
-@options_of(FinetuneArgs, LoRAConfig, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "objective", "preset"),
+@options_of(FinetuneArgs, LoRAConfig, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "preset"),
             defaults=FINETUNE_DEFAULTS)
 def _finetune(ns):
     from .train.finetune import finetune
     args = from_args(FinetuneArgs, ns)
-    cfg = _with_task_options(dataclasses.replace(from_args(TrainConfig, ns), objective=args.task), ns)
+    cfg = _with_task_options(dataclasses.replace(from_args(TrainConfig, ns), task=args.task), ns)
     print_summary(finetune(args, cfg, lora=from_args(LoRAConfig, ns)))
     return 0
 
@@ -268,7 +270,7 @@ from .train.distill import DistillArgs  # noqa: E402
 
 
 @verb("distill", "train a smaller student model on a teacher's soft targets (knowledge distillation)")
-@options_of(DistillArgs, TrainConfig, skip=("init_from", "objective", "preset"))
+@options_of(DistillArgs, TrainConfig, skip=("init_from", "task", "preset"))
 def _distill(ns):
     from .train.distill import distill
     summary = distill(from_args(DistillArgs, ns), from_args(TrainConfig, ns))
@@ -350,9 +352,12 @@ def _score_labels(labels: list[str], truth: list[str | None], predicted: list[st
         print(format_metrics(classification_metrics(list(y), list(yhat), present), top=30), file=sys.stderr)
 
 
+from .api import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS  # noqa: E402
+
+
 @dataclass
 class TranslateArgs:
-    model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --objective seq2seq`)",
+    model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --task seq2seq`)",
                             positional=True)
     texts: list[str] = option([], "text(s) to translate", positional=True)
     file: str | None = option(None, "also translate every line of this text file, or a column of a CSV / TSV / "
@@ -360,10 +365,6 @@ class TranslateArgs:
     source_column: str = option("source", "with a table --file: the column holding the source text")
     target_column: str | None = option(None, "with a table --file: a column of reference translations; prints "
                                              "BLEU and chrF against them")
-    num_beams: int = option(4, "beam size (1: greedy)", check=at_least(1))
-    length_penalty: float = option(1.0, "beam score = sum(log p) / length**this (larger favours longer outputs)")
-    max_new_tokens: int | None = option(None, "longest output in tokens (default: the model's context)",
-                                        check=at_least(1))
     batch_size: int = option(32, "texts decoded together", check=at_least(1))
     json: bool = option(False, "print one JSON object per text")
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
@@ -373,15 +374,17 @@ class TranslateArgs:
 
 
 @verb("translate", "translate (or summarise) texts with an encoder-decoder model directory (greedy or beam search)")
-@options_of(TranslateArgs)
+@options_of(TranslateArgs, GenerationConfig, defaults=TRANSLATE_DEFAULTS, only={GenerationConfig: TRANSLATE_OPTIONS})
 def _translate(ns):
     from .api import load
     args = from_args(TranslateArgs, ns)
+    options = {k: getattr(ns, k) for k in TRANSLATE_OPTIONS}
+    GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})         # checks the decoding flags before any work
     texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
                                args.target_column, "--target-column")
     lm = load(args.model_dir, device=args.device)
-    outputs = lm.translate(texts, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                           length_penalty=args.length_penalty, batch_size=args.batch_size)
+    outputs = lm.translate(texts, batch_size=args.batch_size,
+                           **options)
     for text, out in zip(texts, outputs):
         print(json.dumps({"source": text, "translation": out}, ensure_ascii=False) if args.json else out)
     if refs is not None:
@@ -397,9 +400,10 @@ def _translate(ns):
 @verb("presets", "list the model presets with their sizes")
 def _presets(ns):
     from .config import PRESETS
+    from .model import num_params
     print(f"{'preset':<14}{'family':<9}{'params':>10}  layers x width, heads/kv, context, positions, mlp")
     for name, c in sorted(PRESETS.items()):
-        print(f"{name:<14}{c.family:<9}{c.num_params() / 1e6:>9.1f}M  {c.n_layer} x {c.d_model}, "
+        print(f"{name:<14}{c.family:<9}{num_params(c) / 1e6:>9.1f}M  {c.n_layer} x {c.d_model}, "
               f"{c.n_head}/{c.kv_heads}, {c.context_length}, {c.position}, {c.mlp}")
     return 0
 
@@ -460,26 +464,23 @@ class EmbedArgs:
     file: str | None = option(None, "also embed every line of this text file, or a column of a CSV / TSV / JSONL "
                                     "table (--text-column)")
     text_column: str = option("text", "with a table --file: the column holding the text")
-    pooling: str = option("auto", "mean over the tokens, cls (first token, through BERT's pooler), last token; auto: "
-                                  "the model's own (an imported sentence-transformers model's, else cls for encoders)",
-                          choices=POOLINGS)
-    normalize: bool = option(True, "scale every vector to length 1 (dot products are then cosine similarities)")
     similarity: bool = option(False, "print the cosine similarity of every pair of texts instead of the vectors")
-    batch_size: int = option(64, "texts per forward pass", check=at_least(1))
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
 
     def __post_init__(self) -> None:
         validate(self)
 
 
+from .embed import EmbedOptions  # noqa: E402
+
+
 @verb("embed", "sentence embeddings of texts (one JSON vector per line), or their cosine similarities")
-@options_of(EmbedArgs)
+@options_of(EmbedArgs, EmbedOptions)
 def _embed(ns):
     from .api import load
-    args = from_args(EmbedArgs, ns)
+    args, options = from_args(EmbedArgs, ns), from_args(EmbedOptions, ns)        # both checked before any work
     texts, _ = _input_texts("embed", args.texts, args.file, args.text_column, "--text-column")
-    vectors = load(args.model_dir, device=args.device).embed(texts, pooling=args.pooling, normalize=args.normalize,
-                                                             batch_size=args.batch_size)
+    vectors = load(args.model_dir, device=args.device).embed(texts, **dataclasses.asdict(options))
     if args.similarity:
         import torch.nn.functional as F
         unit = F.normalize(vectors, dim=-1)
@@ -503,8 +504,44 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help, add, run) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
         add(p)
-        p.set_defaults(_run=run)
+        p.add_argument("--config", metavar="FILE.yaml", help="read settings from this YAML file (the flags' names, "
+                       "e.g. `batch_size: 16`); flags on the command line override it")
+        p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML (a --config "
+                       "file) and stop")
+        p.set_defaults(_run=run, _parser=p)
     return parser
+
+
+def _settings(ns: argparse.Namespace) -> dict:
+    """The resolved settings of a parsed verb, as a run file holds them (a training verb: only the
+    chosen task's own options)."""
+    from .runfile import settable
+    names = list(settable(ns._parser))
+    task = getattr(ns, "task", None)
+    if task is not None:
+        others = set().union(*(field_names(c) for t, c in TASK_OPTIONS.items() if t != task))
+        own = field_names(TASK_OPTIONS[task]) if task in TASK_OPTIONS else set()
+        names = [n for n in names if n not in others or n in own or n in field_names(TrainConfig)]
+    return {n: getattr(ns, n) for n in names}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse twice when settings come from files: the run's own train_config.yaml (--resume), then
+    --config; flags on the command line win over both."""
+    from pathlib import Path
+
+    from .runfile import TRAIN_CONFIG_FILE, apply_run_file
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "verb", None):
+        return ns
+    saved = Path(ns.out) / TRAIN_CONFIG_FILE if getattr(ns, "resume", False) and getattr(ns, "out", None) else None
+    if saved is not None and saved.is_file():
+        apply_run_file(ns._parser, saved, strict=False)
+    if ns.config:
+        apply_run_file(ns._parser, ns.config)
+    if ns.config or saved is not None and saved.is_file():
+        ns = parser.parse_args(argv)
+    return ns
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -513,10 +550,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = _parse(parser, argv)
+    except LmforgeError as e:
+        verb = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in VERBS), "")
+        print(f"lmforge {verb}: error: {e}".replace("lmforge : ", "lmforge: "), file=sys.stderr)
+        return 2
     if not getattr(ns, "verb", None):
         parser.print_help()
         return 1
+    if ns.print_config:
+        from .runfile import dump_yaml
+        print(dump_yaml(_settings(ns)), end="")
+        return 0
     if os.environ.get("LMFORGE_KEEP_FREED_MEMORY", "1") != "0":
         from .runtime import keep_freed_memory
         keep_freed_memory()                # fewer page faults per step; this process is ours

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import option
 
 FAMILIES = ("decoder", "encoder", "seq2seq")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -172,18 +173,21 @@ class ModelConfig:
                               f"or re-create the model directory")
         return cls.from_dict(d, source=str(path))
 
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameter count from the shapes (matches `sum(p.numel())` of the built model)."""
-        from .model import build_model
-        import torch
-        with torch.device("meta"):
-            model = build_model(self)
-        return model.num_params(embeddings=embeddings)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N + 12·L·d·T (the PaLM / nanoGPT MFU convention)."""
-        n = self.num_params(embeddings=False)
-        return 6 * n + 12 * self.n_layer * self.d_model * self.context_length
+@dataclass
+class ModelOverrides:
+    """The ModelConfig fields a training run may change from its preset (None: the preset's)."""
+    context_length: int | None = option(None, "override the preset's context length", fixed=True)
+    n_layer: int | None = option(None, "override the preset's number of layers", fixed=True)
+    n_head: int | None = option(None, "override the preset's number of attention heads", fixed=True)
+    n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)",
+                                   fixed=True)
+    d_model: int | None = option(None, "override the preset's width", fixed=True)
+    dropout: float | None = option(None, "override the preset's dropout", fixed=True)
+
+    def given(self) -> dict[str, Any]:
+        """{field: value} of the overrides that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def _has_type(value: Any, tp: Any) -> bool:

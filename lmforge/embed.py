@@ -17,20 +17,39 @@ sentence-transformers model declares; else cls for encoders, last for decoders).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .config import POOLINGS
-from .data.classify import encode_for_classification, map_batches, segments
+from .data.classify import encode_for_classification
 from .errors import ConfigError
 from .model.heads import pool
+from .options import option
+from .tasks.classify import map_batches, segments
+
+
+@dataclass
+class EmbedOptions:
+    """How texts become vectors: `Model.embed(texts, **fields)` and the `embed` verb's flags."""
+    pooling: str = option("auto", "mean over the tokens, cls (first token, through BERT's pooler), last token; auto: "
+                                  "the model's own (an imported sentence-transformers model's, else cls for encoders)",
+                          choices=POOLINGS)
+    normalize: bool = option(True, "scale every vector to length 1 (dot products are then cosine similarities)")
+    batch_size: int = option(64, "texts per forward pass")
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
 
 
 def embed_texts(model, tokenizer, texts: list[str], pooling: str = "auto", normalize: bool = True,
                 batch_size: int = 64) -> torch.Tensor:
     """(N, d) float32 vectors of `texts` from an encoder or decoder `model` (unit length when
-    `normalize`)."""
+    `normalize`; see `EmbedOptions`)."""
     config = model.config
     if config.family not in ("encoder", "decoder"):
         raise ConfigError(f"embeddings come from an encoder or a decoder model, not a {config.family}; use a "

@@ -18,6 +18,7 @@ import torch.nn as nn
 from .errors import ModelDirError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"   # a LoRA run's directory
 
 
 def _umask() -> int:
@@ -97,27 +98,6 @@ def read_weights_metadata(path: Path) -> dict[str, str]:
         raise ModelDirError(f"{path} is not a valid safetensors file ({e})") from e
 
 
-def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
-                      optional: tuple[str, ...] = ()) -> None:
-    """Copy `tensors` into `model`, naming any missing, unexpected or mis-shaped key. Keys
-    starting with an `optional` prefix may be missing (a new head keeps its initialisation)."""
-    expected = model.state_dict()
-    tied = {n for n, t in expected.items() if n not in tensors and _is_tied(model, n)}
-    missing = sorted(n for n in set(expected) - set(tensors) - tied if not (optional and n.startswith(optional)))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ModelDirError(f"{source} does not match the model in config.json: missing {missing[:5]}"
-                            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                            f"{' ...' if len(unexpected) > 5 else ''}; the config and weights come from "
-                            f"different models")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise ModelDirError(f"{source}: tensor {name!r} has shape {tuple(t.shape)} but the model expects "
-                                f"{tuple(expected[name].shape)}; the config and weights come from different models")
-    check_finite(tensors, source)
-    model.load_state_dict(tensors, strict=False, assign=any(p.device.type == "meta" for p in model.parameters()))
-
-
 def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
     """Refuse weights holding NaN or inf (a corrupted file, or a run that diverged): such a model
     would generate empty text and score NaN without saying why. Checked in slices, so no tensor
@@ -132,14 +112,6 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
                 raise ModelDirError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); the "
                                     f"file is corrupted or the training diverged — restore it, or use an earlier "
                                     f"checkpoint")
-
-
-def _is_tied(model: nn.Module, name: str) -> bool:
-    params = dict(model.named_parameters(remove_duplicate=False))
-    if name not in params:
-        return False
-    ptr = params[name]
-    return any(p is ptr and n != name for n, p in params.items())
 
 
 def check_model_dir(path: Path, need: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> Path:

@@ -1,9 +1,12 @@
-"""One dataclass drives the Python API and the CLI flags.
+"""One dataclass drives the Python API, the CLI flags and the YAML run file.
 
 Each field is declared with `option(default, "help text", ...)`; `add_options` turns the
 fields of a dataclass into argparse flags (help text, choices, booleans as --x/--no-x) and
-`from_args` builds the dataclass back from the parsed namespace. There is no second list
-of options to keep in sync.
+`from_args` builds the dataclass back from the parsed namespace. A field declared with
+`nested(OtherConfig)` holds a whole dataclass: its fields become flags of their own (flat, as
+if declared in place), so a config that contains another never repeats its fields. A run
+file (`--config FILE.yaml`) uses the flags' names; `flat_settings` writes one back. There is
+no second list of options to keep in sync.
 
     >>> @dataclasses.dataclass
     ... class Demo:
@@ -29,14 +32,84 @@ Check = Callable[[Any], "str | None"]     # a value -> what is wrong with it (No
 
 
 def option(default: Any, help: str, *, choices: list | tuple | None = None, flag: str | None = None,
-           short: str | None = None, positional: bool = False, cli: bool = True, check: Check | None = None) -> Any:
+           short: str | None = None, positional: bool = False, cli: bool = True, aliases: tuple[str, ...] = (),
+           fixed: bool = False, saved: bool = True, check: Check | None = None) -> Any:
     """A dataclass field with CLI metadata. Mutable defaults (lists) are copied per instance.
-    `check(value)` says what is wrong with a value (None when fine); `validate` runs it."""
+    `aliases`: further flag spellings (an old name kept working). `fixed`: a training setting that
+    a resumed run must keep (the checkpoint was trained with it). `saved=False`: a control of one
+    invocation (--resume), left out of the settings a run file keeps. `check(value)` says what is
+    wrong with a value (None when fine); `validate` runs it."""
     meta = {"help": help, "choices": choices, "flag": flag, "short": short,
-            "positional": positional, "cli": cli, "check": check}
+            "positional": positional, "cli": cli, "aliases": aliases, "fixed": fixed,
+            "saved": saved, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def nested(cls: type, defaults: dict[str, Any] | None = None, skip: tuple[str, ...] = ()) -> Any:
+    """A field holding a whole `cls`, its defaults changed by `defaults` (flat names, nested ones
+    included); on the command line its fields are flags of the outer config, except `skip`."""
+    defaults = dict(defaults or {})
+    return dataclasses.field(default_factory=lambda: build_flat(cls, defaults),
+                             metadata={"nested": cls, "defaults": defaults, "skip": skip})
+
+
+def field_names(cls: type) -> set[str]:
+    """Every field name of `cls`, nested configs' included."""
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        names |= field_names(f.metadata["nested"]) if "nested" in f.metadata else {f.name}
+    return names
+
+
+def build_flat(cls: type, values: dict[str, Any]) -> Any:
+    """`cls` from flat {name: value}: each nested config gets the values of its own fields."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if "nested" in f.metadata:
+            inner = f.metadata["nested"]
+            own = field_names(inner)
+            kwargs[f.name] = build_flat(inner, {**f.metadata["defaults"],
+                                                **{k: v for k, v in values.items() if k in own}})
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def _is_nested(f: dataclasses.Field) -> bool:
+    return "nested" in f.metadata
+
+
+def cli_fields(cls: type, skip: tuple[str, ...] = ()) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """{name: (field, default)} of every flag `cls` gives the command line, nested configs
+    flattened (with their changed defaults), positionals included."""
+    out: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if _is_nested(f):
+            inner = cli_fields(f.metadata["nested"], skip + tuple(f.metadata["skip"]))
+            for name, (g, default) in inner.items():
+                out[name] = (g, f.metadata["defaults"].get(name, default))
+            continue
+        if not f.metadata.get("cli", True) or "help" not in f.metadata:
+            continue
+        out[f.name] = (f, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    return out
+
+
+def flat_settings(obj: Any) -> dict[str, Any]:
+    """The flag-named values of a config, nested ones flattened: what a run file holds."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if _is_nested(f):
+            out.update(flat_settings(value))
+        elif f.metadata.get("cli", True) and f.metadata.get("saved", True) and "help" in f.metadata \
+                and not f.metadata.get("positional"):
+            out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -48,17 +121,27 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
-                defaults: dict[str, Any] | None = None) -> None:
-    """Add one flag per field of dataclass `cls` (except `skip`) to `parser`."""
-    hints = typing.get_type_hints(cls)
-    defaults = defaults or {}
+def _hints(cls: type) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if f.name in skip or not meta.get("cli", True) or "help" not in meta:
+        if _is_nested(f):
+            hints.update(_hints(f.metadata["nested"]))
+    hints.update(typing.get_type_hints(cls))
+    return hints
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                defaults: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> None:
+    """Add one flag per field of dataclass `cls` (nested configs flattened; except `skip`; only the
+    fields in `only` when given) to `parser`."""
+    hints = _hints(cls)
+    defaults = defaults or {}
+    for name, (f, field_default) in cli_fields(cls, skip).items():
+        if only is not None and name not in only:
             continue
+        meta = f.metadata
         tp, optional = _base_type(hints[f.name])
-        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        default = defaults.get(f.name, field_default)
         help_text = meta["help"]
         if default not in (None, "", [], False) and tp is not bool:
             help_text += f" (default: {default})"
@@ -79,7 +162,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
                     kwargs.pop("default")
             parser.add_argument(f.name, **kwargs)
             continue
-        names = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+        names = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
         if meta.get("short"):
             names.insert(0, meta["short"])
         if tp is bool:
@@ -96,10 +179,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
 
 
 def from_args(cls: type, ns: argparse.Namespace, **extra: Any) -> Any:
-    """Build dataclass `cls` from the parsed namespace (fields absent there keep defaults)."""
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    """Build dataclass `cls` from the parsed namespace (fields absent there keep defaults;
+    nested configs are built from their own flags)."""
+    values = {name: getattr(ns, name) for name in field_names(cls) if hasattr(ns, name)}
     values.update(extra)
-    return cls(**values)
+    return build_flat(cls, values)
 
 
 # ---------------------------------------------------------------------------- validation

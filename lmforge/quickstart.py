@@ -4,15 +4,17 @@ small GPT in minutes on a laptop CPU, report validation perplexity and samples."
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .options import at_least, device_name, option, validate
+from .options import at_least, nested, option, validate
+from .runfile import TRAIN_CONFIG_FILE, read_run_file
 from .safety import check_not_input, contents, resolved
+from .train import TrainConfig
 
 MARKER = ".lmforge-quickstart"
 MARKER_TEXT = "made by lmforge quickstart; re-running quickstart replaces this directory\n"
@@ -20,21 +22,18 @@ SOURCE = "source/pydoc_topics.txt"
 SAMPLE_PROMPTS = ["The for statement", "A class definition", "Exceptions are"]
 
 
+# the training run of the quickstart: TrainConfig's fields with these defaults (the corpus is small: regularise)
+QUICKSTART_TRAINING = {"out": "runs/quickstart", "data": "data/pydoc", "preset": "gpt-mini", "context_length": 128,
+                       "dropout": 0.2, "batch_size": 32, "max_steps": 1500, "lr": 2e-3, "warmup_steps": 100,
+                       "eval_interval": 250, "eval_iters": 10, "log_interval": 10, "sample_interval": 0}
+
+
 @dataclass
 class QuickstartConfig:
-    out: str = option("runs/quickstart", "model directory to write", short="-o")
-    data: str = option("data/pydoc", "where to write the prepared corpus")
-    preset: str = option("gpt-mini", "model preset")
     tokenizer: str = option("bpe", "tokenizer kind: bpe or char")
     vocab_size: int = option(1024, "BPE vocabulary size", check=at_least(1))
-    context_length: int = option(128, "context length", check=at_least(1))
-    batch_size: int = option(32, "sequences per step", check=at_least(1))
-    max_steps: int = option(1500, "training steps", check=at_least(1))
-    lr: float = option(2e-3, "peak learning rate")
-    dropout: float = option(0.2, "dropout (the corpus is small: regularise)")
-    eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps", check=at_least(1))
-    device: str = option("auto", "auto, cpu or cuda", check=device_name)
-    progress: bool = option(True, "show progress bars")
+    train: TrainConfig = nested(TrainConfig, QUICKSTART_TRAINING,
+                                skip=("task", "init_from", "resume", "force", "stop_after", "overwrite"))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -56,8 +55,8 @@ def _ours(path: Path, data: Path) -> bool:
     if (path / MARKER).is_file():
         return True
     try:
-        run = json.loads((path / "train_config.json").read_text())
-        if isinstance(run, dict) and resolved(run.get("data", "")) == resolved(data) and (data / MARKER).is_file():
+        run = read_run_file(path / TRAIN_CONFIG_FILE)
+        if isinstance(run, dict) and resolved(str(run.get("data", ""))) == resolved(data) and (data / MARKER).is_file():
             return True
     except (OSError, ValueError):
         pass
@@ -69,10 +68,11 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     from .api import load
     from .data.shards import PrepareConfig, load_split, prepare
     from .evaluate.perplexity import perplexity_of_ids
-    from .train import TrainConfig, train
+    from .train import train
 
     t0 = time.perf_counter()
-    out, data = Path(cfg.out), Path(cfg.data)
+    t = cfg.train
+    out, data = Path(t.out), Path(t.data)
     check_not_input(out, [("--data", data)], "--out")
     replace_out, replace_data = _ours(out, data), _ours(data, data)
     corpus = pydoc_corpus()
@@ -81,22 +81,19 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         text_file.write_text(corpus, encoding="utf-8")
         print(f"[1/3] preparing the Python reference text ({text_file.stat().st_size / 1e3:.0f} KB) into {data}")
         meta = prepare(PrepareConfig(inputs=[str(text_file)], out=str(data), tokenizer=cfg.tokenizer,
-                                     vocab_size=cfg.vocab_size, val_fraction=0.05, progress=cfg.progress,
+                                     vocab_size=cfg.vocab_size, val_fraction=0.05, progress=t.progress,
                                      overwrite=replace_data),
                        extra_files={MARKER: MARKER_TEXT, SOURCE: corpus})
     source = data / SOURCE
     print(f"      {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
           f"{meta['bytes_per_token']:.2f} bytes/token, vocabulary {meta['vocab_size']}")
-    print(f"[2/3] training {cfg.preset} for {cfg.max_steps} steps into {out}")
-    tcfg = TrainConfig(data=str(data), out=str(out), preset=cfg.preset, context_length=cfg.context_length,
-                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, lr=cfg.lr,
-                       warmup_steps=min(100, cfg.max_steps // 10), eval_interval=cfg.eval_interval,
-                       eval_iters=10, log_interval=10, sample_interval=0, device=cfg.device, dropout=cfg.dropout,
-                       progress=cfg.progress, overwrite=replace_out)
+    print(f"[2/3] training {t.preset} for {t.max_steps} steps into {out}")
+    tcfg = dataclasses.replace(t, warmup_steps=min(t.warmup_steps, t.max_steps // 10),   # short runs warm up less
+                               overwrite=replace_out)
     summary = train(tcfg)
     (out / MARKER).write_text(MARKER_TEXT)
     print("[3/3] evaluating")
-    lm = load(out, device=cfg.device)
+    lm = load(out, device=t.device)
     val = load_split(data, "val")
     ppl = perplexity_of_ids(lm.module, val.astype("int64"), stride=lm.config.context_length // 2)
     samples = lm.generate(SAMPLE_PROMPTS, max_new_tokens=60, temperature=0.8, top_k=40, seed=0)

@@ -52,7 +52,8 @@ def tiny_train_config(data: Path, out: Path, **kw):
                 lr=3e-3, warmup_steps=5, eval_interval=15, eval_iters=2, log_interval=1, sample_interval=0,
                 progress=False, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    from lmforge.options import build_flat
+    return build_flat(TrainConfig, base)          # flat names: context_length etc. go to the model overrides
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +119,7 @@ def tiny_encoder_dir(tmp_path_factory, wordpiece_data) -> Path:
     """A bert-tiny encoder pretrained with masked LM for 30 steps."""
     from lmforge.train import train
     out = tmp_path_factory.mktemp("runs") / "encoder"
-    train(tiny_train_config(wordpiece_data, out, preset="bert-tiny", objective="mlm", lr=2e-3))
+    train(tiny_train_config(wordpiece_data, out, preset="bert-tiny", task="mlm", lr=2e-3))
     return out
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lmforge.api import load
-from lmforge.data.chat import ChatTemplate, SFTObjective, chat_template, read_chat_jsonl
+from lmforge.data.chat import ChatTemplate, chat_template, read_chat_jsonl
+from lmforge.tasks.sft import SFTTask
 from lmforge.errors import DataError, LmforgeError
 from lmforge.generate import GenerationConfig
 from lmforge.generate.chat import Chat, chat_loop
@@ -37,7 +38,7 @@ def test_sft_batches_put_the_loss_only_on_assistant_tokens(tmp_path, tok):
     path = tmp_path / "chats.jsonl"
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     path.write_text("\n".join(json.dumps({"messages": m}) for m in (CONVERSATION, short)) + "\n")
-    objective = SFTObjective(path, context_length=128, tokenizer=tok)
+    objective = SFTTask(path, context_length=128, tokenizer=tok)
     assert chat_template(tok) == ChatTemplate()                          # attached, so it is saved with the model
     batch = objective.collate("train", torch.tensor([0]))
     ids, target = ChatTemplate().render(tok, CONVERSATION)
@@ -51,10 +52,10 @@ def test_sft_batches_put_the_loss_only_on_assistant_tokens(tmp_path, tok):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"messages": [}', r"line 2 is not valid JSON"),
-    ('{"text": "hi"}', r"line 2 has no \"messages\" field"),
-    ('{"messages": [{"role": "bot", "content": "x"}]}', r"line 2: message 0 .*\"role\" \(system, user, assistant\)"),
-    ('{"messages": [{"role": "user", "content": "x"}]}', r"line 2 has no assistant message"),
+    ('{"messages": [}', r":2 is not valid JSON"),
+    ('{"text": "hi"}', r":2 has no \"messages\" field"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}', r"bad.jsonl:2: message 0 .*\"role\" \(system, user, assistant\)"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', r"bad.jsonl:2 has no assistant message"),
 ])
 def test_a_malformed_chat_line_is_named(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"

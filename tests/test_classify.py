@@ -9,7 +9,8 @@ import torch
 from lmforge.api import load
 from lmforge.cli import main
 from lmforge.config import get_preset
-from lmforge.data.classify import ClassificationObjective, ClassifyOptions, encode_for_classification
+from lmforge.data.classify import encode_for_classification
+from lmforge.tasks.classify import ClassificationTask, ClassifyOptions
 from lmforge.data.tables import read_table, split_indices
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.classification import classification_metrics
@@ -75,11 +76,11 @@ def test_classification_data_errors(tmp_path, tiny_encoder_dir):
     one = tmp_path / "one.csv"
     one.write_text("text,label\nhello,pos\nworld,pos\n")
     with pytest.raises(DataError, match=r"single label \('pos'\).*at least two classes"):
-        ClassificationObjective(one, config, tok)
+        ClassificationTask(one, config, tok)
     with pytest.raises(DataError, match=r"no column 'sentence' \(columns found: text, label\); pass --text-column"):
-        ClassificationObjective(one, config, tok, ClassifyOptions(text_column="sentence"))
+        ClassificationTask(one, config, tok, ClassifyOptions(text_column="sentence"))
     with pytest.raises(ConfigError, match="classification needs an encoder or a decoder"):
-        ClassificationObjective(one, get_preset("seq2seq-tiny"), tok)
+        ClassificationTask(one, get_preset("seq2seq-tiny"), tok)
 
 
 def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
@@ -93,7 +94,7 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
     assert len(ids[0]) == 8 and ids[0][-1] == tok.eos_id and cut == 1
     skewed = tmp_path / "skewed.csv"
     skewed.write_text("text,label\n" + "the a,x\n" * 30 + "the b,y\n" * 10)
-    obj = ClassificationObjective(skewed, config, tok, ClassifyOptions(class_weights=True, test_fraction=0.0))
+    obj = ClassificationTask(skewed, config, tok, ClassifyOptions(class_weights=True, test_fraction=0.0))
     counts = torch.bincount(obj.splits["train"][2])
     torch.testing.assert_close(obj.weights, counts.sum() / (2 * counts.float()))      # inverse frequency
 

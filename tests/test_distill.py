@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.train.distill import DistillArgs, distill, distill_loss
+from lmforge.tasks.distill import distill_loss
+from lmforge.train.distill import DistillArgs, distill
 
 from .conftest import tiny_train_config
 

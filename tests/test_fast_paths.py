@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.config import get_preset
-from lmforge.data.pretrain import lm_loss
+from lmforge.tasks import lm_loss
 from lmforge.model import build_model
 from lmforge.train import train
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmforge.api import load_model
-from lmforge.data.mlm import MLMOptions, mask_tokens
+from lmforge.data.mlm import mask_tokens
+from lmforge.tasks import MLMOptions
 from lmforge.errors import ConfigError
 from lmforge.train import train
 
@@ -58,7 +59,7 @@ def test_mlm_pretraining_writes_an_encoder_and_the_loss_falls(tiny_encoder_dir):
 
 
 def test_mlm_resume_is_exact(tmp_path, wordpiece_data):
-    kw = dict(preset="bert-tiny", objective="mlm", max_steps=6, eval_interval=3, dropout=0.1)
+    kw = dict(preset="bert-tiny", task="mlm", max_steps=6, eval_interval=3, dropout=0.1)
     train(tiny_train_config(wordpiece_data, tmp_path / "straight", **kw))
     train(tiny_train_config(wordpiece_data, tmp_path / "stopped", stop_after=3, **kw))
     train(tiny_train_config(wordpiece_data, tmp_path / "stopped", resume=True, **kw))
@@ -67,9 +68,9 @@ def test_mlm_resume_is_exact(tmp_path, wordpiece_data):
 
 
 def test_mlm_errors(tmp_path, char_data, wordpiece_data):
-    with pytest.raises(ConfigError, match="objective mlm needs an encoder.*bert-tiny"):
-        train(tiny_train_config(wordpiece_data, tmp_path / "a", objective="mlm"))        # gpt-tiny preset
+    with pytest.raises(ConfigError, match="task mlm needs an encoder.*bert-tiny"):
+        train(tiny_train_config(wordpiece_data, tmp_path / "a", task="mlm"))        # gpt-tiny preset
     with pytest.raises(ConfigError, match="mask_prob=1.5"):
         MLMOptions(mask_prob=1.5)
-    with pytest.raises(ConfigError, match="objective clm needs a decoder"):
+    with pytest.raises(ConfigError, match="task clm needs a decoder"):
         train(tiny_train_config(wordpiece_data, tmp_path / "b", preset="bert-tiny"))

@@ -4,8 +4,8 @@ Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ..
 `pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin; `$(python -c 'CODE')`
 is expanded as the shell would) and the ```python blocks
 are executed. Tiny settings are appended per verb (argparse keeps the last value);
-`--max-steps N` becomes N // 1000 so the README's "train 2000 steps, then resume to 3000"
-stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
+`--max-steps N` and `--stop-after N` become N // 1000 so the README's "train 3000 steps, stop
+after 2000, then resume" stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
 The ```jsonl block is the chat file `my_chats.jsonl`. A README command that fails here fails
 the suite, so the README cannot rot.
 """
@@ -75,9 +75,10 @@ def python_output(code: str) -> str:
 
 def shrink(argv: list[str]) -> list[str]:
     argv = list(argv)
-    if "--max-steps" in argv:
-        i = argv.index("--max-steps") + 1
-        argv[i] = str(max(1, int(argv[i]) // 1000))
+    for flag in ("--max-steps", "--stop-after"):
+        if flag in argv:
+            i = argv.index(flag) + 1
+            argv[i] = str(max(1, int(argv[i]) // 1000))
     verb = argv[argv.index("lmforge") + 1] if argv[0] == "torchrun" else argv[1]
     return argv + TINY.get(verb, [])
 

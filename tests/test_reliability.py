@@ -19,7 +19,7 @@ import pytest
 
 from lmforge.cli import main
 from lmforge.errors import ConfigError, DataError, ModelDirError
-from lmforge.safety import RunLock, check_output, confined, staged_output
+from lmforge.safety import check_output, confined, staged_output
 from lmforge.train import train
 from lmforge.train.checkpoint import checkpoint_step
 
@@ -133,7 +133,7 @@ def test_quickstart_never_replaces_what_it_did_not_make(tmp_path, capsys, tiny_m
 def test_fresh_run_over_a_never_checkpointed_run_starts_a_fresh_metrics_file(tmp_path, char_data):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "train_config.json").write_text("{}")                       # a run killed before its first checkpoint
+    (out / "train_config.yaml").write_text("{}\n")                     # a run killed before its first checkpoint
     (out / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n{"kind": "tr')
     (out / ".model.safetensors.abc.tmp").write_bytes(b"half")
     train(tiny_train_config(char_data, out, max_steps=3, eval_interval=3))
@@ -212,7 +212,7 @@ def test_sigint_at_random_points_mid_step_resumes_exactly(tmp_path, char_data, r
     for at in sorted(rng.sample(range(1, 12), 3)) + [None]:
         where = rng.choice(["collate", "loss", "eval"] if at and at % 4 == 0 else ["collate", "loss"])
         hit = Interrupter(at - step if at else -1, where)
-        summary = train(tiny_train_config(char_data, run, resume=step > 0, **RESUME_RUN), wrap_objective=hit.wrap)
+        summary = train(tiny_train_config(char_data, run, resume=step > 0, **RESUME_RUN), wrap_task=hit.wrap)
         if at is None:
             assert not summary["stopped"] and summary["step"] == 12
             break
@@ -224,7 +224,7 @@ def test_sigint_at_random_points_mid_step_resumes_exactly(tmp_path, char_data, r
 def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_resumes_exactly(tmp_path, char_data, reference_run):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):                # both signals inside step 6 (two micro-batches)
-        train(tiny_train_config(char_data, run, **RESUME_RUN), wrap_objective=Interrupter(6, "loss", count=2).wrap)
+        train(tiny_train_config(char_data, run, **RESUME_RUN), wrap_task=Interrupter(6, "loss", count=2).wrap)
     assert checkpoint_step(run) == 4 and max(r["step"] for r in rows(run)) == 5   # step 5 was logged after it
     train(tiny_train_config(char_data, run, resume=True, **RESUME_RUN))
     assert logged(run) == reference_run
@@ -235,7 +235,7 @@ def test_kill_9_mid_step_then_resume_logs_each_step_once_and_exactly(tmp_path, c
     code = ("import os, signal\nfrom lmforge.train import train\nfrom tests.conftest import tiny_train_config\n"
             "from tests.test_reliability import RESUME_RUN, Interrupter\n"
             "hit = Interrupter(7, 'loss', sig=signal.SIGKILL)\n"
-            f"train(tiny_train_config({str(char_data)!r}, {str(run)!r}, **RESUME_RUN), wrap_objective=hit.wrap)\n")
+            f"train(tiny_train_config({str(char_data)!r}, {str(run)!r}, **RESUME_RUN), wrap_task=hit.wrap)\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == -signal.SIGKILL
     assert checkpoint_step(run) == 4 and max(r["step"] for r in rows(run)) == 6

@@ -6,7 +6,7 @@ import torch
 
 from lmforge.api import load_model
 from lmforge.config import get_preset
-from lmforge.data.pretrain import lm_loss
+from lmforge.tasks import lm_loss
 from lmforge.errors import ConfigError, DataError, LmforgeError, ModelDirError
 from lmforge.model import build_model
 from lmforge.train import train
@@ -134,8 +134,8 @@ def test_bad_train_settings(tmp_path, char_data):
         train(tiny_train_config(char_data, tmp_path / "x", preset="gpt-tinyy"))
     with pytest.raises(ConfigError, match="batch_size=0"):
         tiny_train_config(char_data, tmp_path / "x", batch_size=0)
-    with pytest.raises(ConfigError, match="unknown objective"):
-        train(tiny_train_config(char_data, tmp_path / "x", objective="rlhf"))
+    with pytest.raises(ConfigError, match="unknown task"):
+        train(tiny_train_config(char_data, tmp_path / "x", task="rlhf"))
     with pytest.raises(DataError, match="does not exist"):
         train(tiny_train_config(tmp_path / "no-data", tmp_path / "x"))
     with pytest.raises(LmforgeError, match="no CUDA GPU"):

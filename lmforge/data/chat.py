@@ -1,4 +1,4 @@
-"""Conversations: the chat template and supervised fine-tuning (SFT) batches.
+"""Conversations: the chat file format and the chat template (SFT training is `lmforge.tasks.sft`).
 
 A chat file is JSONL, one conversation per line, in the common "messages" format:
 
@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ..errors import DataError
 from ..fileio import open_text
 from ..tokenizers import Tokenizer
-from ..train.objective import Objective
-from .pretrain import lm_loss
+from .reading import json_objects
 
 ROLES = ("system", "user", "assistant")
 TEMPLATE_KEY = "lmforge_chat_template"
@@ -101,15 +97,9 @@ def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
                         f"{{\"messages\": [...]}} conversation per line")
     conversations = []
     with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); fix or remove it") from None
-            if not isinstance(record, dict) or "messages" not in record:
+        for lineno, record in json_objects(enumerate(f, 1), path):
+            where = f"{path}:{lineno}"
+            if "messages" not in record:
                 raise DataError(f"{where} has no \"messages\" field; each line must be {{\"messages\": [...]}}")
             messages = check_messages(record["messages"], where)
             if not any(m["role"] == "assistant" for m in messages):
@@ -118,57 +108,3 @@ def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
     if not conversations:
         raise DataError(f"{path} holds no conversations")
     return conversations
-
-
-class SFTObjective(Objective):
-    """Next-token loss on the assistant tokens of chat conversations (right-padded batches).
-
-    Conversations longer than context_length + 1 tokens are cut at the end; any left without an
-    assistant token are skipped (with a warning). The last 5% of conversations (at least one)
-    are the validation split. The tokenizer gets the chat template (the default one unless it
-    already has one), so it is saved with the fine-tuned model.
-    """
-
-    name = "sft"
-    reports_perplexity = True     # per assistant token
-
-    def __init__(self, path: str | Path, context_length: int, tokenizer: Tokenizer):
-        self.template = chat_template(tokenizer) or ChatTemplate()
-        set_chat_template(tokenizer, self.template)
-        self.pad_id = tokenizer.pad_id or 0
-        examples, cut = [], 0
-        for messages in read_chat_jsonl(path):
-            ids, target = self.template.render(tokenizer, messages)
-            cut += len(ids) > context_length + 1
-            ids, target = ids[: context_length + 1], target[: context_length + 1]
-            if any(target[1:]):
-                examples.append((ids, target))
-        if cut:
-            warnings.warn(f"{cut} conversations in {path} are longer than the context ({context_length + 1} tokens) "
-                          f"and were cut at the end", stacklevel=2)
-        if not examples:
-            raise DataError(f"no conversation in {path} has an assistant token within the first {context_length} "
-                            f"tokens; use shorter conversations (or a model with a longer context)")
-        n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
-        n_train = len(examples) - n_val
-        self.examples = {"train": examples[:n_train], "val": examples[n_train:] or examples}
-
-    def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(len(self.examples[split]), (n,), generator=generator)
-
-    def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = [self.examples[split][i] for i in indices.tolist()]
-        T = max(len(ids) for ids, _ in rows) - 1
-        x = torch.full((len(rows), T), self.pad_id, dtype=torch.long)          # (B, T) inputs, right-padded
-        y = torch.full((len(rows), T), -100, dtype=torch.long)                 # (B, T) targets, -100 = no loss
-        for r, (ids, target) in enumerate(rows):
-            seq, is_target = torch.tensor(ids), torch.tensor(target)
-            x[r, : len(ids) - 1] = seq[:-1]
-            y[r, : len(ids) - 1] = torch.where(is_target[1:], seq[1:], -100)
-        return {"x": x, "y": y}
-
-    def logits_and_targets(self, model, batch):
-        return model(batch["x"]), batch["y"]
-
-    def loss(self, model, batch):
-        return lm_loss(*self.logits_and_targets(model, batch))

@@ -1,7 +1,5 @@
-"""Sequence-to-sequence pairs (translation, summarisation): source / target columns of a CSV /
-TSV / JSONL table -> teacher-forced batches for an encoder-decoder, label-smoothed
-cross-entropy, validation BLEU / chrF on greedy translations, and a final test report with
-beam search written into the model directory.
+"""Sequence-to-sequence pairs (translation, summarisation): source and target texts encoded for
+an encoder-decoder, and the target-side tokenizer of a model directory.
 
     source: text <eos>                    (encoder input, right-padded)
     target: <bos> text <eos>              decoder input = all but the last token,
@@ -14,40 +12,11 @@ stored in `target_tokenizer/` inside the model directory.
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-import torch
-import torch.nn.functional as F
-
-from ..errors import ConfigError
-from ..options import at_least, option
 from ..tokenizers import Tokenizer
-from ..train.objective import Objective
-from .batching import pad_right
-from .tables import TableOptions, read_table, split_indices, table_tokenizer
 
-TARGET_TOKENIZER_DIR, REPORT_FILE = "target_tokenizer", "translation_report.json"
-
-
-@dataclass
-class Seq2SeqOptions(TableOptions):
-    source_column: str = option("source", "table column holding the source text (e.g. en)")
-    target_column: str = option("target", "table column holding the target text (e.g. zh)")
-    separate_vocab: bool = option(False, "training from scratch: a tokenizer per side (stored as target_tokenizer/ "
-                                         "in the model directory) instead of one shared vocabulary")
-    label_smoothing: float = option(0.1, "label smoothing of the training loss (validation loss is plain "
-                                         "cross-entropy)")
-    eval_translations: int = option(64, "validation pairs translated (greedily) for BLEU / chrF at each "
-                                        "evaluation (0: none)", check=at_least(0))
-    test_beams: int = option(4, "beam size for the final test-set translations", check=at_least(1))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+TARGET_TOKENIZER_DIR = "target_tokenizer"
 
 
 def load_target_tokenizer(model_dir: str | Path, source: Tokenizer) -> Tokenizer:
@@ -68,119 +37,3 @@ def encode_pairs(src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], tar
         src_ids.append(s[: max_len - len(eos_s)] + eos_s)
         tgt_ids.append([tgt_tok.bos_id] + t[: max_len - 1] + [tgt_tok.eos_id])   # decoder input <= max_len
     return src_ids, tgt_ids, truncated
-
-
-class Seq2SeqObjective(Objective):
-    name = "seq2seq"
-    reports_perplexity = True
-
-    def __init__(self, path: str | Path, config, tokenizer: Tokenizer | None, options: Seq2SeqOptions | None = None,
-                 tokenizer_dir: str | Path | None = None):
-        o = self.options = options or Seq2SeqOptions()
-        self.path = Path(path)
-        if config.family != "seq2seq":
-            raise ConfigError(f"objective seq2seq needs an encoder-decoder model, not a {config.family}; pick "
-                              f"--preset seq2seq-mini (or seq2seq-tiny, transformer-base)")
-        flags = {o.source_column: "--source-column", o.target_column: "--target-column"}
-        rows = read_table(path, [o.source_column, o.target_column], (), flags)
-        sources = [r[o.source_column] for r in rows]
-        targets = [r[o.target_column] for r in rows]
-        if tokenizer is None:                                   # from scratch: tokenizers trained on the pairs
-            if o.separate_vocab:
-                self.tokenizer = table_tokenizer(o, sources)
-                self.target_tokenizer = table_tokenizer(o, targets)
-            else:
-                self.tokenizer = self.target_tokenizer = table_tokenizer(o, sources + targets)
-            tokenizer = self.tokenizer
-        else:
-            self.target_tokenizer = load_target_tokenizer(tokenizer_dir, tokenizer) if tokenizer_dir else tokenizer
-        if self.target_tokenizer.bos_id is None or self.target_tokenizer.eos_id is None:
-            raise ConfigError("the target tokenizer has no <bos> / <eos> token; seq2seq needs both to start and end "
-                              "a translation")
-        self.src_tok, self.pad_id = tokenizer, tokenizer.pad_id or 0
-        self.tgt_pad = self.target_tokenizer.pad_id or 0
-        src_ids, tgt_ids, truncated = encode_pairs(tokenizer, self.target_tokenizer, sources, targets,
-                                                   config.context_length)
-        if truncated:
-            warnings.warn(f"{truncated} of {len(rows)} pairs of {path} have a side longer than the model's context "
-                          f"of {config.context_length} tokens and were truncated", stacklevel=2)
-        idx = split_indices(len(rows), o.val_fraction, o.test_fraction, o.split_seed)
-        self.splits = {s: ([src_ids[i] for i in ii], [tgt_ids[i] for i in ii]) for s, ii in idx.items()}
-        self.texts = {s: ([sources[i] for i in ii], [targets[i] for i in ii]) for s, ii in idx.items()}
-        print(f"pairs {path}: {len(rows)} rows, split " + ", ".join(f"{s} {len(v[0])}" for s, v in self.splits.items()))
-
-    def model_changes(self) -> dict[str, Any]:
-        if self.tokenizer is None:
-            return {}
-        separate = self.target_tokenizer is not self.tokenizer
-        return {"vocab_size": self.tokenizer.vocab_size,
-                "target_vocab_size": self.target_tokenizer.vocab_size if separate else None}
-
-    def extra_files(self, out_dir: Path) -> None:
-        if self.target_tokenizer is not self.src_tok:
-            self.target_tokenizer.save(Path(out_dir) / TARGET_TOKENIZER_DIR)
-
-    def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(len(self.splits[split][0]), (n,), generator=generator)
-
-    def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        src, tgt = self.splits[split]
-        idx = indices.tolist()
-        x, valid = pad_right([src[i] for i in idx], self.pad_id)
-        y_in, _ = pad_right([tgt[i][:-1] for i in idx], self.tgt_pad)
-        labels, _ = pad_right([tgt[i][1:] for i in idx], self.tgt_pad, fill=-100)
-        return {"src": x, "src_valid": valid, "tgt": y_in, "labels": labels}
-
-    def loss(self, model, batch):
-        logits = model(batch["src"], batch["tgt"], src_valid=batch["src_valid"])     # (B, T, V)
-        smoothing = self.options.label_smoothing if model.training else 0.0
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                               label_smoothing=smoothing)
-
-    def tokens_in(self, batch):
-        return int(batch["src_valid"].sum() + (batch["labels"] != -100).sum())
-
-    # ---- translation quality -----------------------------------------------------------------
-    def _translate(self, model, split: str, n: int | None, num_beams: int) -> tuple[list[str], list[str], list[str]]:
-        from ..generate.seq2seq import generate_seq2seq_ids
-        src_ids = self.splits[split][0][:n]
-        sources, references = (t[:n] for t in self.texts[split])
-        hyps = []
-        for start in range(0, len(src_ids), 32):
-            ids, _ = generate_seq2seq_ids(model, src_ids[start: start + 32], bos_id=self.target_tokenizer.bos_id,
-                                          eos_id=self.target_tokenizer.eos_id, pad_id=self.tgt_pad,
-                                          num_beams=num_beams)
-            hyps += [self.target_tokenizer.decode(s) for s in ids]
-        return list(sources), hyps, list(references)
-
-    def evaluate(self, model, device, autocast) -> dict[str, float]:
-        from ..evaluate.bleu import translation_scores
-        if self.options.eval_translations <= 0:
-            return {}
-        with autocast():
-            _, hyps, refs = self._translate(model, "val", self.options.eval_translations, 1)
-        s = translation_scores(hyps, refs)
-        return {"val_bleu": s["bleu"], "val_chrf": s["chrf"]}
-
-    def sampler(self) -> Callable[[torch.nn.Module], str]:
-        def sample(model) -> str:
-            src, hyp, _ = self._translate(model, "val", 1, 1)
-            return f"{src[0]} => {hyp[0]}"
-        return sample
-
-    def report(self, model, out_dir: Path, device, autocast) -> dict[str, Any]:
-        from ..evaluate.bleu import translation_scores
-        from ..modeldir import write_json
-        split = "test" if self.splits["test"][0] else "val"
-        with autocast():
-            sources, hyps, refs = self._translate(model, split, None, self.options.test_beams)
-        s = translation_scores(hyps, refs)
-        samples = [{"source": a, "reference": r, "translation": h} for a, h, r in zip(sources, hyps, refs)]
-        write_json(Path(out_dir) / REPORT_FILE, {"split": split, "data": str(self.path), "pairs": len(hyps),
-                                                 "num_beams": self.options.test_beams, **s, "samples": samples})
-        print(f"\n{split} set ({len(hyps)} pairs, beam {self.options.test_beams}): BLEU {s['bleu']:.2f} "
-              f"({s['bleu_tokenize']} tokens), chrF {s['chrf']:.2f}")
-        for x in samples[:3]:
-            print(f"  source:      {x['source']}\n  reference:   {x['reference']}\n  translation: {x['translation']}")
-        print(f"wrote {Path(out_dir) / REPORT_FILE}")
-        return {f"{split}_bleu": s["bleu"], f"{split}_chrf": s["chrf"]}

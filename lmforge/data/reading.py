@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import DataError
 
@@ -101,6 +101,26 @@ def _lines(path: Path, errors: str, stats: ReadStats) -> Iterator[tuple[int, str
         yield lineno + 1, pending
 
 
+def json_objects(lines: Iterable[tuple[int, str]], path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a line that is not a
+    JSON object is an error naming the file and line.
+
+    >>> list(json_objects([(1, '{"text": "hi"}'), (2, ' ')], "a.jsonl"))
+    [(1, {'text': 'hi'})]
+    """
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that "
+                            f"line") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno} is a JSON {type(record).__name__}, not an object with named fields")
+        yield lineno, record
+
+
 def iter_documents(files: list[Path], text_field: str = "text", errors: str = "replace",
                    stats: ReadStats | None = None, chunk_chars: int = BLOCK) -> Iterator[tuple[str, bool]]:
     """Yield (text piece, ends_document). A text file is one document streamed in pieces of
@@ -112,16 +132,9 @@ def iter_documents(files: list[Path], text_field: str = "text", errors: str = "r
     for path in files:
         stats.files.append(str(path))
         if path.suffix.lower() == ".jsonl":
-            for lineno, line in _lines(path, errors, stats):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                    raise DataError(f"{path}:{lineno} has no {text_field!r} field (found: {keys}); "
+            for lineno, record in json_objects(_lines(path, errors, stats), path):
+                if text_field not in record:
+                    raise DataError(f"{path}:{lineno} has no {text_field!r} field (found: {sorted(record)}); "
                                     f"pass --text-field with the right name")
                 yield str(record[text_field]), True
         else:

@@ -13,7 +13,6 @@ every class is represented in validation and test in proportion.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import sys
 import warnings
@@ -25,6 +24,7 @@ from typing import Iterator
 from ..errors import DataError
 from ..fileio import open_text, read_text
 from ..options import at_least, option, validate
+from .reading import json_objects
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl"}
 
@@ -60,17 +60,9 @@ def _records(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict[
     """(columns, iterator of (line number, row dict or None for a malformed row))."""
     f = open_text(path, encoding="utf-8-sig", newline="")
     if fmt == "jsonl":
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-        f.close()
-        rows = []
-        for n, line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n} is not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{n} is a JSON {type(rec).__name__}, not an object with named fields")
-            rows.append((n, {k: "" if v is None else str(v) for k, v in rec.items()}))
+        with f:
+            rows = [(n, {k: "" if v is None else str(v) for k, v in rec.items()})
+                    for n, rec in json_objects(enumerate(f, 1), path)]
         columns = list(dict.fromkeys(k for _, r in rows for k in r))
         return columns, iter(rows)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -58,7 +58,7 @@ def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, nu
     from tqdm.auto import tqdm
     if model.config.family != "seq2seq":
         raise LmforgeError(f"this model is a {model.config.family}, not an encoder-decoder; translate needs a "
-                           f"model trained with `lmforge train --objective seq2seq`")
+                           f"model trained with `lmforge train --task seq2seq`")
     out = [""] * len(texts)
     todo = [i for i, t in enumerate(texts) if t.strip()]
     eos = source_tokenizer.eos_id

@@ -23,7 +23,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelDirError
 from ..model import build_model
-from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, load_weights_into, read_weights, save_tensors,
+from ..model.weights import load_weights_into
+from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights, save_tensors,
                         write_json)
 from ..safety import check_output, confined, staged_output
 from ..tokenizers import Tokenizer

@@ -17,21 +17,30 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
+from .weights import load_weights_into, shared_parameters
 
 FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
                                                            "seq2seq": Seq2SeqLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The family's module; a quantized config (`lmforge quantize`) gets its quantized Linear layers."""
+    """The family's module (float Linear layers; `lmforge.loading.build` adds a quantized config's int8 /
+    int4 layers)."""
     if config.family not in FAMILIES:
         raise ConfigError(f"no model is registered for family {config.family!r}; "
                           f"known: {', '.join(sorted(FAMILIES))}")
-    model = FAMILIES[config.family](config)
-    if config.quantization:
-        from ..quantize import swap_in_quantized
-        swap_in_quantized(model, config.quantization)
-    return model
+    return FAMILIES[config.family](config)
+
+
+def num_params(config: ModelConfig, embeddings: bool = True) -> int:
+    """Parameter count of the model `config` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return build_model(config).num_params(embeddings=embeddings)
+
+
+def flops_per_token(config: ModelConfig) -> float:
+    """Training FLOPs per token: 6N + 12·L·d·T (the PaLM / nanoGPT MFU convention)."""
+    return 6 * num_params(config, embeddings=False) + 12 * config.n_layer * config.d_model * config.context_length
 
 
 def new_head_prefixes(base: ModelConfig, config: ModelConfig) -> tuple[str, ...]:
@@ -66,4 +75,4 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-__all__ = ["build_model", "inference_layout", "new_head_prefixes", "replace_module", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]
+__all__ = ["build_model", "num_params", "flops_per_token", "load_weights_into", "shared_parameters", "inference_layout", "new_head_prefixes", "replace_module", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]

@@ -2,7 +2,7 @@
 
 `quantize_model` replaces every Linear whose weight is not shared (a tied output head keeps
 the embedding's float weights) and returns the record that goes into config.json as
-`quantization`; `build_model` reads that record back (`swap_in_quantized`) so a quantized
+`quantization`; loading reads that record back (`model.quantized.swap_in_quantized`) so a quantized
 directory loads, generates and evaluates with the usual verbs.
 """
 
@@ -16,20 +16,16 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import ConfigError, LmforgeError
-from ..model import replace_module
+from ..model import replace_module, shared_parameters
+from ..model.quantized import QUANTIZED
 from ..options import at_least, device_name, option, validate
-from .linear import Int4Linear, Int8Linear
-
-QUANTIZED = {8: Int8Linear, 4: Int4Linear}
 REPORT_FILE = "quantize_report.json"
 
 
 def quantizable_linears(model: nn.Module) -> list[str]:
     """Names of the Linear layers whose weight no other module shares."""
-    count: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        count[id(p)] = count.get(id(p), 0) + 1
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and count[id(m.weight)] == 1]
+    shared = shared_parameters(model)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) not in shared]
 
 
 def check_group_size_value(group_size: int) -> None:
@@ -60,16 +56,6 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 64) -> dict:
     return {"bits": bits, "group_size": group_size if bits == 4 else None, "modules": names}
 
 
-def swap_in_quantized(model: nn.Module, record: dict) -> None:
-    """Give a freshly built model the (empty) quantized layers listed in a config's record."""
-    cls = QUANTIZED[record["bits"]]
-    extra = {"group_size": record["group_size"]} if record["bits"] == 4 else {}
-    for name in record["modules"]:
-        linear = model.get_submodule(name)
-        replace_module(model, name, cls(linear.in_features, linear.out_features, linear.bias is not None,
-                                        device=linear.weight.device, dtype=linear.weight.dtype, **extra))
-
-
 # ------------------------------------------------------------------------------ the verb
 @dataclass
 class QuantizeArgs:
@@ -93,11 +79,11 @@ class QuantizeArgs:
 def quantize(args: QuantizeArgs) -> dict:
     """Write the quantized copy of `args.model_dir` to `args.out_dir`; with `report`, measure both.
     Returns {"out": path, "quantization": record, "report": rows or None}."""
-    from ..api import Model, load_model
+    from ..loading import load_model, write_model_dir
     from ..evaluate.perplexity import read_text_file
     if args.report and not args.text:
         raise LmforgeError("--report measures perplexity on a text: give it with --text FILE")
-    from ..adapt.lora import adapter_base, is_adapter_dir
+    from ..loading import adapter_base, is_adapter_dir
     from ..safety import check_output
     inputs = [("MODEL_DIR", args.model_dir), ("the report's text", args.text)]
     if is_adapter_dir(args.model_dir):
@@ -109,9 +95,8 @@ def quantize(args: QuantizeArgs) -> dict:
         raise ConfigError(f"{args.model_dir} is already quantized (int{config.quantization['bits']}); quantize the "
                           f"original model instead")
     record = quantize_model(model, args.bits, args.group_size)
-    Model(model, dataclasses.replace(config, quantization=record), tokenizer).save(args.out_dir,
-                                                                                  overwrite=args.overwrite,
-                                                                                  inputs=inputs)
+    write_model_dir(args.out_dir, model, dataclasses.replace(config, quantization=record), tokenizer,
+                    overwrite=args.overwrite, inputs=inputs)
     rows = None
     if args.report:
         rows = quantization_report(args.model_dir, [args.out_dir], text, args.report_tokens, args.device)
@@ -122,8 +107,8 @@ def quantize(args: QuantizeArgs) -> dict:
 # ---------------------------------------------------------------------------- the report
 def weights_bytes(model_dir: str | Path) -> int:
     """Bytes of weights a model directory needs (a LoRA directory: its base's plus its adapters)."""
-    from ..adapt.lora import ADAPTER_FILE, adapter_base, is_adapter_dir
-    from ..modeldir import WEIGHTS_FILE
+    from ..loading import adapter_base, is_adapter_dir
+    from ..modeldir import ADAPTER_FILE, WEIGHTS_FILE
     d = Path(model_dir)
     if is_adapter_dir(d):
         return weights_bytes(adapter_base(d)) + (d / ADAPTER_FILE).stat().st_size
@@ -150,18 +135,18 @@ def quantization_report(original: str | Path, quantized: list[str | Path], text:
     quantized copies, each loaded from disk as a user would; ratios are against the original.
     Speed is the best of `repeats` greedy batch-1 decodes, taken in turns (original, copies,
     original, ...) so a busy machine slows them alike."""
-    from ..api import load
     from ..evaluate.perplexity import perplexity
+    from ..loading import load_for_inference
     paths = [original, *quantized]
-    models = [load(path, device=device, dtype="float32") for path in paths]
-    rows = [{"model": describe(lm.config.quantization), "dir": str(path), "bytes": weights_bytes(path),
-             "ppl": perplexity(lm.module, lm.tokenizer, text, stride=lm.config.context_length // 2)["ppl"],
-             "decode_tokens_per_s": 0.0} for path, lm in zip(paths, models)]
-    for lm in models:
-        decode_tokens_per_s(lm.module, 4)                                # warm-up
+    models = [load_for_inference(path, device=device, dtype="float32") for path in paths]
+    rows = [{"model": describe(config.quantization), "dir": str(path), "bytes": weights_bytes(path),
+             "ppl": perplexity(module, tokenizer, text, stride=config.context_length // 2)["ppl"],
+             "decode_tokens_per_s": 0.0} for path, (module, config, tokenizer) in zip(paths, models)]
+    for module, _, _ in models:
+        decode_tokens_per_s(module, 4)                                   # warm-up
     for _ in range(repeats):
-        for row, lm in zip(rows, models):
-            row["decode_tokens_per_s"] = max(row["decode_tokens_per_s"], decode_tokens_per_s(lm.module, n_tokens))
+        for row, (module, _, _) in zip(rows, models):
+            row["decode_tokens_per_s"] = max(row["decode_tokens_per_s"], decode_tokens_per_s(module, n_tokens))
     base = rows[0]
     for row in rows:
         row["size_ratio"] = row["bytes"] / base["bytes"]

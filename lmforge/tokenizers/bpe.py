@@ -1,7 +1,8 @@
 """Byte-level BPE (GPT-2 style) trained on the user's text with HF `tokenizers`.
 
 Every string maps to bytes first, so any UTF-8 text (Chinese, emoji) round-trips exactly.
-The vocabulary holds the 4 special tokens (ids 0-3), the 256 byte symbols, then merges.
+The vocabulary holds the 5 special tokens (ids 0-4: pad, bos, eos, unk, mask), the 256 byte symbols, then
+merges.
 """
 
 from __future__ import annotations

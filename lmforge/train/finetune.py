@@ -1,5 +1,5 @@
 """`lmforge finetune MODEL_DIR --task T --data ... --out ...`: continue training a model
-directory on new data. The task names the objective (a key of `train.run.OBJECTIVES`): clm
+directory on new data. The task (a key of `lmforge.tasks.TASKS`) says what to train for: clm
 (more text), mlm (more masked-LM pretraining), classify (a labelled table: adds a
 classification head, from an encoder or a decoder), seq2seq (a pairs table), sft (chat
 conversations). Every task runs through the same `train()` with `init_from` set, so resume,
@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import option
-from .run import OBJECTIVES, train
+from ..tasks import TASKS
+from .run import train
 from .trainer import TrainConfig
 
 # fine-tuning needs gentler defaults than pretraining from scratch
@@ -39,8 +40,8 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = 
     """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`;
     `options` are the task's (e.g. `ClassifyOptions(text_column="review", label_column="stars")`);
     `lora` (a `LoRAConfig` with lora_rank > 0) trains adapters instead of all weights."""
-    if args.task not in OBJECTIVES:
-        raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(OBJECTIVES)}")
+    if args.task not in TASKS:
+        raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(TASKS)}")
     use_lora = lora is not None and lora.enabled
     if args.merge_to and not use_lora:
         raise ConfigError("--merge-to merges LoRA adapters; add --lora-rank R (a full fine-tune is already merged)")
@@ -50,7 +51,7 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = 
         check_output(args.merge_to, inputs=[("the run's --out", base.out), ("the base model", args.model_dir),
                                             ("--data", base.data)], out_name="--merge-to")
     task_options = options if options is not None else base.task_options
-    summary = train(dataclasses.replace(base, init_from=args.model_dir, objective=args.task, task_options=task_options),
+    summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options),
                     lora=lora)
     if args.merge_to and not summary.get("stopped"):
         from ..adapt.lora import merge_adapter

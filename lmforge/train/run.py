@@ -1,22 +1,22 @@
 """`lmforge train`: build (or resume, or fine-tune) a model and run the trainer with the chosen
-objective.
+task (`lmforge.tasks`).
 
 clm and mlm read prepared shards (`--data` is a directory from `lmforge prepare`); classify,
 seq2seq and sft read a file (a CSV / TSV / JSONL table, or chat JSONL). Every run resolves, in
 order:
 
 1. the tokenizer: the data directory's (shards), else the run's own (--resume), the base
-   model's (--init-from), or one the objective trains on the table (from scratch);
+   model's (--init-from), or one the task trains on the table (from scratch);
 2. the model config: the run's (--resume), the base model's (--init-from, an lmforge or a
    Hugging Face directory), or the preset;
-3. the objective, which reads the data and may fix config fields (class labels, vocabulary
+3. the task, which reads the data and may fix config fields (class labels, vocabulary
    sizes: `model_changes`);
 4. the model: built from that config, weights from the checkpoint or the base model (a new
    classification head starts from its initialisation).
 
 Two extension points keep every variant in the one loop: `lora=` trains LoRA adapters on the
-`init_from` base (plus any new head) and checkpoints only those; `wrap_objective=` wraps the
-task's objective (knowledge distillation wraps its batches with a teacher).
+`init_from` base (plus any new head) and checkpoints only those; `wrap_task=` wraps the
+task (knowledge distillation wraps its batches with a teacher).
 """
 
 from __future__ import annotations
@@ -34,74 +34,51 @@ import torch
 from ..config import ModelConfig, get_preset
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
-from ..model import build_model, new_head_prefixes
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
+from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
+from ..model import build_model, new_head_prefixes, num_params
+from ..model.lora import apply_lora, trainable_state_dict
+from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
 from ..safety import LOCK_FILE, RunLock, check_not_input, check_output, clean_temp_files, contents
 from ..tokenizers import Tokenizer
+from ..options import cli_fields, flat_settings
+from ..runfile import TRAIN_CONFIG_FILE, read_run_file, write_run_file
+from ..tasks import SHARD_TASKS, TASK_OPTIONS, TASKS, Task
 from . import checkpoint
-from .objective import Objective
-from .trainer import TrainConfig, Trainer, check_memory_fits, resolve_device
+from .trainer import TrainConfig, Trainer, check_memory_fits
 
 
-def _clm(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
-    from ..data.pretrain import CausalLMObjective
-    if config.family != "decoder":
-        raise ConfigError(f"objective clm needs a decoder model, but preset {cfg.preset!r} is a {config.family}; "
-                          f"pick a decoder preset (gpt-*, llama-*)")
-    return CausalLMObjective(cfg.data, config.context_length)
+def run_settings(cfg: TrainConfig, lora=None) -> dict[str, Any]:
+    """The full resolved settings of a run under their flag names (what `train_config.yaml`
+    holds): the TrainConfig, the task's options, and the LoRA settings of a LoRA run."""
+    settings = flat_settings(cfg)
+    if cfg.task in TASK_OPTIONS:
+        settings.update(flat_settings(cfg.options_for(TASK_OPTIONS[cfg.task])))
+    if lora is not None and lora.enabled:
+        settings.update(flat_settings(lora))
+    return settings
 
 
-def _mlm(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
-    from ..data.mlm import MaskedLMObjective, MLMOptions
-    if config.family != "encoder":
-        raise ConfigError(f"objective mlm needs an encoder model, but this one is a {config.family}; pick an "
-                          f"encoder preset (bert-tiny, bert-mini, bert-base)")
-    return MaskedLMObjective(cfg.data, config.context_length, tokenizer, _options(cfg, MLMOptions))
+def fixed_settings() -> set[str]:
+    """Settings a resumed run must keep: the `fixed` fields of TrainConfig and every task option."""
+    fixed = {name for name, (f, _) in cli_fields(TrainConfig).items() if f.metadata.get("fixed")}
+    for cls in TASK_OPTIONS.values():
+        fixed |= set(cli_fields(cls))
+    return fixed
 
 
-def _classify(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer | None) -> Objective:
-    from ..data.classify import ClassificationObjective, ClassifyOptions
-    return ClassificationObjective(cfg.data, config, tokenizer, _options(cfg, ClassifyOptions))
-
-
-def _seq2seq(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer | None) -> Objective:
-    from ..data.pairs import Seq2SeqObjective, Seq2SeqOptions
-    tokenizer_dir = cfg.out if cfg.resume else cfg.init_from
-    return Seq2SeqObjective(cfg.data, config, tokenizer, _options(cfg, Seq2SeqOptions), tokenizer_dir)
-
-
-def _sft(cfg: TrainConfig, config: ModelConfig, tokenizer: Tokenizer) -> Objective:
-    from ..data.chat import SFTObjective
-    if config.family != "decoder":
-        raise ConfigError(f"task sft needs a decoder model, but {cfg.init_from or cfg.preset} is a {config.family}")
-    if tokenizer is None:
-        raise ConfigError("task sft fine-tunes an existing model on chats: pass its directory "
-                          "(`lmforge finetune MODEL_DIR --task sft`)")
-    return SFTObjective(cfg.data, config.context_length, tokenizer)
-
-
-# objective name -> builder(train config, model config, tokenizer); table objectives get tokenizer=None
-# when training from scratch and train their own
-OBJECTIVES: dict[str, Callable[[TrainConfig, ModelConfig, Tokenizer], Objective]] = {
-    "clm": _clm, "mlm": _mlm, "classify": _classify, "seq2seq": _seq2seq, "sft": _sft}
-SHARD_OBJECTIVES = ("clm", "mlm")     # --data is a prepared directory; the others read a file
-
-
-def task_options() -> dict[str, type]:
-    """Objective name -> the dataclass of its own options (their fields are CLI flags too)."""
-    from ..data.classify import ClassifyOptions
-    from ..data.mlm import MLMOptions
-    from ..data.pairs import Seq2SeqOptions
-    return {"mlm": MLMOptions, "classify": ClassifyOptions, "seq2seq": Seq2SeqOptions}
-
-
-def _options(cfg: TrainConfig, cls: type) -> Any:
-    if cfg.task_options is None:
-        return cls()
-    if not isinstance(cfg.task_options, cls):
-        raise ConfigError(f"objective {cfg.objective} takes {cls.__name__} as task_options, not "
-                          f"{type(cfg.task_options).__name__}")
-    return cfg.task_options
+def check_resume_settings(cfg: TrainConfig, lora, out: Path) -> None:
+    """Refuse a resume whose settings differ from what the checkpoint was trained with (the
+    run's train_config.yaml), naming the field, unless `cfg.force`."""
+    path = out / TRAIN_CONFIG_FILE
+    if not path.is_file() or cfg.force:
+        return
+    saved, now = read_run_file(path), run_settings(cfg, lora)
+    changed = sorted(k for k in fixed_settings() if k in saved and k in now and saved[k] != now[k])
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"--resume would change {k} from {saved[k]!r} (what {out} was trained with, in {path.name}) "
+                          f"to {now[k]!r}" + (f" (and {', '.join(changed[1:])})" if len(changed) > 1 else "")
+                          + "; drop the flag to continue the run as it was, or add --force to change it")
 
 
 def decoder_sampler(tokenizer: Tokenizer, cfg: TrainConfig) -> Callable[[torch.nn.Module], str]:
@@ -132,13 +109,13 @@ def _run_inputs(cfg: TrainConfig, extra: list[tuple[str, str | None]]) -> list[t
 
 
 # what a run writes before its first checkpoint (a directory holding only these lost nothing if replaced)
-RUN_START_FILES = {"train_config.json", CONFIG_FILE, "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
+RUN_START_FILES = {TRAIN_CONFIG_FILE, CONFIG_FILE, "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
                    "target_tokenizer", "metrics.jsonl", "loss.png", checkpoint.STATE_DIR}
 
 
 def _aborted_run(out: Path) -> bool:
     """A directory a training run started and never checkpointed (killed or failed early)."""
-    if not (out / "train_config.json").is_file():
+    if not (out / TRAIN_CONFIG_FILE).is_file():
         return False
     names = {p.name for p in out.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp")}
     return names <= RUN_START_FILES
@@ -197,21 +174,20 @@ def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, ModelConfig, Tokenizer, dict | None,
-                                                              Objective, Any]:
+                                                              Task, Any]:
     """The model to train (resumed from --out, started from --init-from, or fresh from the
-    preset), its config and tokenizer, the train state when resuming, the objective, and the
+    preset), its config and tokenizer, the train state when resuming, the task, and the
     LoRA settings in effect (`lora` adapts an --init-from base; a resumed LoRA run keeps its own)."""
-    from ..adapt.lora import ADAPTER_FILE, apply_lora, is_adapter_dir, load_lora_model
-    from ..api import build_with_weights, read_model_dir
     lora = lora if lora is not None and lora.enabled else None
     tokenizer: Tokenizer | None = None
-    if cfg.objective in SHARD_OBJECTIVES:
+    if cfg.task in SHARD_TASKS:
         load_meta(cfg.data)
         tokenizer = Tokenizer.load(cfg.data)
     out = Path(cfg.out)
     if cfg.resume:
         if not (out / CONFIG_FILE).is_file():
             raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
+        check_resume_settings(cfg, lora, out)
         if tokenizer is not None and (out / "tokenizer.json").is_file():
             ours, theirs = tokenizer_sha256(Tokenizer.load(out)), tokenizer_sha256(tokenizer)
             if ours != theirs:
@@ -225,9 +201,9 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
             model, config, _, recorded = load_lora_model(out, weights=weights)
             if lora is not None and lora != recorded:
                 raise ConfigError(f"{out} was trained with {recorded}; resume with the same LoRA flags or none")
-            objective = OBJECTIVES[cfg.objective](cfg, config, tokenizer)
+            task = TASKS[cfg.task](cfg, config, tokenizer)
             print(f"resuming {out} at step {step}")
-            return model, config, objective.tokenizer or tokenizer, resume_state, objective, recorded
+            return model, config, task.tokenizer or tokenizer, resume_state, task, recorded
         base_config = config = ModelConfig.load(out / CONFIG_FILE)
         weights, resume_state, step = checkpoint.load_checkpoint(out)
         source = str(out)
@@ -240,7 +216,7 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
                 raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
                                   f"the original model and quantize the result")
             config = base_config
-            overrides = cfg.model_overrides()
+            overrides = cfg.model.given()
             if "dropout" in overrides:
                 config = dataclasses.replace(config, dropout=overrides.pop("dropout"))
             if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
@@ -256,11 +232,11 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
                 raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
                                   "MODEL_DIR --lora-rank R` or --init-from)")
             vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
-            base_config = config = get_preset(cfg.preset, **vocab, **cfg.model_overrides())
+            base_config = config = get_preset(cfg.preset, **vocab, **cfg.model.given())
             weights = None
-    objective = OBJECTIVES[cfg.objective](cfg, config, tokenizer)
-    tokenizer = objective.tokenizer or tokenizer
-    changes = {k: v for k, v in objective.model_changes().items() if getattr(config, k) != v}
+    task = TASKS[cfg.task](cfg, config, tokenizer)
+    tokenizer = task.tokenizer or tokenizer
+    changes = {k: v for k, v in task.model_changes().items() if getattr(config, k) != v}
     if changes and cfg.resume:
         raise ConfigError(f"the data given to resume {out} changes the model's {', '.join(sorted(changes))}; resume "
                           f"with the same --data and task options as the run started with")
@@ -276,57 +252,60 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
         if lora is not None:
             torch.manual_seed(cfg.seed)                      # the adapters' random init
             apply_lora(model, lora, train_also=new_head)     # a new head trains (and is saved) with the adapters
-    return model, config, tokenizer, resume_state, objective, lora
+    return model, config, tokenizer, resume_state, task, lora
 
 
 def train(cfg: TrainConfig, *, lora=None,
-          wrap_objective: Callable[[Objective, ModelConfig, Tokenizer], Objective] | None = None,
+          wrap_task: Callable[[Task, ModelConfig, Tokenizer], Task] | None = None,
           inputs: list[tuple[str, str | None]] = ()) -> dict[str, Any]:
     """Train according to `cfg`; returns a summary (final losses, perplexity or task metrics,
-    step, out), plus the objective's final test report.
+    step, out), plus the task's final test report.
 
     lora: a `LoRAConfig`; when enabled, train adapters on `cfg.init_from` and save only them.
-    wrap_objective(objective, model config, tokenizer): replaces the task's objective (distillation).
+    wrap_task(task, model config, tokenizer): replaces the task (distillation).
     inputs: other directories the run reads ((description, path)), which --out must not be.
     While it runs, the run holds the lock of --out: a second writer is refused."""
-    if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")
     lock = claim_out(cfg, list(inputs))
     try:
-        return _train_locked(cfg, lora, wrap_objective)
+        return _train_locked(cfg, lora, wrap_task)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(cfg: TrainConfig, lora, wrap_objective) -> dict[str, Any]:
-    model, config, tokenizer, resume_state, objective, lora = build_for_training(cfg, lora)
+def _train_locked(cfg: TrainConfig, lora, wrap_task) -> dict[str, Any]:
+    model, config, tokenizer, resume_state, task, lora = build_for_training(cfg, lora)
     if config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; the data was prepared with another tokenizer")
-    freeze(model, objective.frozen(config))
+    freeze(model, task.frozen(config))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device),
                       trainable_fraction=n_trainable / max(1, sum(p.numel() for p in model.parameters())))
-    if wrap_objective is not None:
-        objective = wrap_objective(objective, config, tokenizer)
-    sample_fn = objective.sampler()
+    if wrap_task is not None:
+        task = wrap_task(task, config, tokenizer)
+    sample_fn = task.sampler()
     if sample_fn is None and config.family == "decoder" and not config.labels:
         sample_fn = decoder_sampler(tokenizer, cfg)
-    hooks: dict[str, Any] = {"extra_files": objective.extra_files}
+    hooks: dict[str, Any] = {}
     if lora is not None:
-        from ..adapt.lora import ADAPTER_FILE, trainable_state_dict, write_adapter_config
-        print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {config.num_params():,} parameters")
+        from ..adapt.lora import write_adapter_config
+        print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {num_params(config):,} parameters")
         hooks.update(tensors_to_save=trainable_state_dict, weights_file=ADAPTER_FILE)
-        if not cfg.resume:
-            def extra_files(out: Path) -> None:
-                objective.extra_files(out)
-                write_adapter_config(out, lora, cfg.init_from)
-            hooks["extra_files"] = extra_files
+    settings = run_settings(cfg, lora)
+
+    def extra_files(out: Path) -> None:
+        task.extra_files(out)
+        if lora is not None and not cfg.resume:
+            write_adapter_config(out, lora, cfg.init_from)
+        write_run_file(out / TRAIN_CONFIG_FILE, settings)
+    hooks["extra_files"] = extra_files
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*max_new_tokens.*")
-        trainer = Trainer(cfg, model, objective, config, tokenizer=tokenizer, sample_fn=sample_fn, **hooks)
+        trainer = Trainer(cfg, model, task, config, tokenizer=tokenizer, sample_fn=sample_fn, **hooks)
         summary = trainer.fit(resume_state)
         if not summary.get("stopped") and trainer.dist.is_main:
-            summary.update(objective.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
+            summary.update(task.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
     return summary

@@ -1,4 +1,4 @@
-"""The one training loop. Every objective (causal LM, masked LM, classification, seq2seq,
+"""The one training loop. Every task (causal LM, masked LM, classification, seq2seq,
 SFT) runs through `Trainer.fit`; torchrun/DDP wraps the same loop.
 
 Per step: draw the step's micro-batch indices from the data generator (all ranks draw the
@@ -16,7 +16,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,15 +24,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..config import ModelConfig
+from ..config import ModelConfig, ModelOverrides
 from ..errors import ConfigError, LmforgeError
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, state_dict_for_save, write_json
-from ..options import above, at_least, between, device_name, option, validate
+from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
+from ..model import flops_per_token, num_params
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, state_dict_for_save
+from ..options import above, at_least, between, device_name, nested, option, validate
 from ..viz.plots import plot_loss
 from . import checkpoint
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .interrupt import StopRequest
-from .objective import Objective
+from ..tasks import Task
 from .optim import make_adamw
 from .schedule import lr_at
 
@@ -46,31 +48,28 @@ class TrainConfig:
     data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`) for clm / mlm; a CSV / TSV / "
                                       "JSONL table for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
-    preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)")
-    objective: str = option("clm", "training objective: clm (next-token prediction), mlm (masked LM, encoders), "
-                                   "classify (labelled table), seq2seq (pairs table, encoder-decoders)")
-    context_length: int | None = option(None, "override the preset's context length", check=at_least(1))
-    n_layer: int | None = option(None, "override the preset's number of layers", check=at_least(1))
-    n_head: int | None = option(None, "override the preset's number of attention heads", check=at_least(1))
-    n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)",
-                                   check=at_least(1))
-    d_model: int | None = option(None, "override the preset's width", check=at_least(1))
-    dropout: float | None = option(None, "override the preset's dropout", check=between(0, 1, high_open=True))
+    preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)", fixed=True)
+    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
+                              "(labelled table), seq2seq (pairs table, encoder-decoders), sft (chat JSONL)",
+                       aliases=("--objective",), fixed=True)
+    model: ModelOverrides = nested(ModelOverrides)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
-    batch_size: int = option(16, "sequences per micro-batch (per process)", check=at_least(1))
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", check=at_least(1))
-    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", check=at_least(1))
-    lr: float = option(1e-3, "peak learning rate", check=above(0))
+    batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True, check=at_least(1))
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", fixed=True, check=at_least(1))
+    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True,
+                            check=at_least(1))
+    lr: float = option(1e-3, "peak learning rate", fixed=True, check=above(0))
     min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10; at most --lr)",
-                                  check=at_least(0))
-    warmup_steps: int = option(100, "linear warmup steps", check=at_least(0))
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", check=at_least(0))
+                                  fixed=True, check=at_least(0))
+    warmup_steps: int = option(100, "linear warmup steps", fixed=True, check=at_least(0))
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True, check=at_least(0))
     optimizer: str = option("adamw", "adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
-                            choices=("adamw", "muon"))
-    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", check=above(0))
-    beta1: float = option(0.9, "AdamW beta1", check=between(0, 1, high_open=True))
-    beta2: float = option(0.95, "AdamW beta2", check=between(0, 1, high_open=True))
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", check=at_least(0))
+                            choices=("adamw", "muon"), fixed=True)
+    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", fixed=True,
+                            check=above(0))
+    beta1: float = option(0.9, "AdamW beta1", fixed=True, check=between(0, 1, high_open=True))
+    beta2: float = option(0.95, "AdamW beta2", fixed=True, check=between(0, 1, high_open=True))
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", fixed=True, check=at_least(0))
     eval_interval: int = option(200, "evaluate every this many steps", check=at_least(1))
     eval_iters: int = option(20, "validation batches per evaluation", check=at_least(1))
     log_interval: int = option(10, "log the training loss every this many steps", check=at_least(1))
@@ -80,18 +79,21 @@ class TrainConfig:
                                                "0 disables)", check=at_least(0))
     sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
-    seed: int = option(1337, "random seed (data order, init, dropout)")
+    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
-    resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    resume: bool = option(False, "continue the run in --out exactly where it stopped (its train_config.yaml gives "
+                                 "the settings; flags typed again may not change how it was trained)", saved=False)
+    force: bool = option(False, "with --resume: accept flags that change what the checkpoint was trained with "
+                                "(batch size, schedule, model shape, task options)", saved=False)
     overwrite: bool = option(False, "start a new run in an --out that holds another model or other files, "
-                                    "replacing them (never one of the run's inputs)")
+                                    "replacing them (never one of the run's inputs)", saved=False)
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
-                                          "continue later with --resume", check=at_least(1))
+                                          "continue later with --resume", saved=False, check=at_least(1))
     progress: bool = option(True, "show a progress bar")
-    task_options: Any = option(None, "the objective's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
+    task_options: Any = option(None, "the task's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
@@ -102,19 +104,14 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
 
-    def model_overrides(self) -> dict[str, Any]:
-        keys = ("context_length", "n_layer", "n_head", "n_kv_head", "d_model", "dropout")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+    def options_for(self, cls: type) -> Any:
+        """The task's options: `task_options` when set (checked to be a `cls`), else `cls()`."""
+        if self.task_options is None:
+            return cls()
+        if not isinstance(self.task_options, cls):
+            raise ConfigError(f"task {self.task} takes {cls.__name__} as task_options, not "
+                              f"{type(self.task_options).__name__}")
+        return self.task_options
 
 
 def autocast_for(device: torch.device, dtype: str):
@@ -136,7 +133,7 @@ def peak_flops(device: torch.device) -> float | None:
 def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device, trainable_fraction: float = 1.0):
     """Refuse a configuration that cannot fit: weights + AdamW state + activations of one
     micro-batch (a rough, deliberately generous estimate) against the free memory."""
-    n = config.num_params()
+    n = num_params(config)
     T, d, L, V = config.context_length, config.d_model, config.n_layer, config.padded_vocab_size
     act_bytes = 4 if device.type == "cpu" else 2
     attn = config.n_head * T * T * 4 * batch_size * L if device.type == "cpu" else 0  # math attention keeps scores
@@ -196,7 +193,7 @@ class Trainer:
     the whole model as model.safetensors; a LoRA run stores only its adapters); `extra_files(out)`
     writes anything else the model directory needs at the start of the run."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Objective, model_config: ModelConfig, *,
+    def __init__(self, cfg: TrainConfig, model: nn.Module, objective: Task, model_config: ModelConfig, *,
                  tokenizer=None, sample_fn: Callable[[nn.Module], str] | None = None,
                  extra_files: Callable[[Path], None] | None = None, extra_metadata: dict[str, str] | None = None,
                  tensors_to_save: Callable[[nn.Module], dict[str, torch.Tensor]] = state_dict_for_save,
@@ -272,12 +269,11 @@ class Trainer:
         main = dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "train_config.json", asdict(cfg))     # first: it marks the directory as a run's
+            if self.extra_files is not None:
+                self.extra_files(self.out)              # first: train_config.yaml marks the directory as a run's
             self.model_config.save(self.out / CONFIG_FILE)
             if self.tokenizer is not None:
                 self.tokenizer.save(self.out)
-            if self.extra_files is not None:
-                self.extra_files(self.out)
             self.log.start(int(resume_state["step"]) if resume_state is not None else None)
         model = self.model.to(device)
         if cfg.optimizer == "muon":
@@ -309,8 +305,8 @@ class Trainer:
         min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         save_every = cfg.save_interval or cfg.eval_interval
         sample_every = cfg.eval_interval if cfg.sample_interval is None else cfg.sample_interval
-        flops_per_token = self.model_config.flops_per_token() if hasattr(self.model_config, "flops_per_token") else 0
         peak = peak_flops(device)
+        tokens_flops = flops_per_token(self.model_config) if peak else 0      # for MFU, where the GPU's peak is known
         end_step = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, step + cfg.stop_after)
         bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not (main and cfg.progress),
                    dynamic_ncols=True)
@@ -356,8 +352,8 @@ class Trainer:
                     tps = tokens_since / max(now - t_last, 1e-9)
                     row = {"kind": "train", "step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens,
                            "tokens_per_s": round(tps, 1)}
-                    if peak and flops_per_token:
-                        row["mfu"] = round(flops_per_token * tps / (peak * W), 4)
+                    if peak and tokens_flops:
+                        row["mfu"] = round(tokens_flops * tps / (peak * W), 4)
                     self.log.write(**row)
                     post = {"loss": f"{loss_val:.4f}", "tok/s": f"{tps:,.0f}"}
                     if "mfu" in row:

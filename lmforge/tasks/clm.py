@@ -1,4 +1,4 @@
-"""Causal-LM pretraining batches: random windows of `context_length + 1` tokens from the
+"""Causal-LM pretraining (task `clm`): random windows of `context_length + 1` tokens from the
 memmapped shards (nanoGPT style); inputs are the first T tokens, targets the last T."""
 
 from __future__ import annotations
@@ -7,20 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..train.objective import Objective
-from .shards import load_splits
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+from ..config import ModelConfig
+from ..data.shards import load_splits
+from ..errors import ConfigError
+from .base import NextTokenTask
 
 
-class CausalLMObjective(Objective):
+class CausalLMTask(NextTokenTask):
     name = "clm"
-    reports_perplexity = True
 
     def __init__(self, data_dir: str | Path, context_length: int):
         self.T = context_length
@@ -35,8 +30,9 @@ class CausalLMObjective(Objective):
         rows = torch.from_numpy(rows)
         return {"x": rows[:, :-1], "y": rows[:, 1:]}
 
-    def logits_and_targets(self, model, batch):
-        return model(batch["x"]), batch["y"]
 
-    def loss(self, model, batch):
-        return lm_loss(*self.logits_and_targets(model, batch))
+def build(cfg, config: ModelConfig, tokenizer) -> CausalLMTask:
+    if config.family != "decoder":
+        raise ConfigError(f"task clm needs a decoder model, but preset {cfg.preset!r} is a {config.family}; "
+                          f"pick a decoder preset (gpt-*, llama-*)")
+    return CausalLMTask(cfg.data, config.context_length)

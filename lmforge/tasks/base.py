@@ -1,4 +1,7 @@
-"""What the one trainer needs from a task. Causal LM, masked LM, classification, seq2seq and
+"""What the one trainer needs from a task (`Task`), and the next-token loss the language-model
+tasks share.
+
+A task is what a model is trained for: Causal LM, masked LM, classification, seq2seq and
 SFT differ only here: in the batches they build and the loss they compute.
 
 Sampling is split from collation so that data order is a pure function of one seeded
@@ -13,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 
-class Objective:
+class Task:
     name = "base"
     reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
-    tokenizer = None             # set by objectives that read a table and train their own tokenizer from it
+    tokenizer = None             # set by tasks that read a table and train their own tokenizer from it
 
     # ---- what the data decides about the model (called by `train()` before the model is built) ----
     def model_changes(self) -> dict[str, Any]:
@@ -26,7 +30,7 @@ class Objective:
         return {}
 
     def frozen(self, config) -> tuple[str, ...]:
-        """Parameter-name prefixes this objective does not train (heads it never uses); frozen
+        """Parameter-name prefixes this task does not train (heads it never uses); frozen
         so that the optimizer and DDP see only parameters that get gradients."""
         return ()
 
@@ -43,14 +47,14 @@ class Objective:
         raise NotImplementedError
 
     def eval_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The validation loss (`val_loss`); the training loss unless an objective says otherwise."""
+        """The validation loss (`val_loss`); the training loss unless a task says otherwise."""
         return self.loss(model, batch)
 
     def logits_and_targets(self, model: torch.nn.Module,
                            batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (..., V), targets (...) with -100 where nothing is predicted): what distillation
-        needs from a task. Objectives whose loss is a cross-entropy over logits implement it."""
-        raise NotImplementedError(f"objective {self.name!r} does not expose logits and targets")
+        needs from a task. Tasks whose loss is a cross-entropy over logits implement it."""
+        raise NotImplementedError(f"task {self.name!r} does not expose logits and targets")
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens processed (for tokens/s)."""
@@ -72,3 +76,20 @@ class Objective:
     def report(self, model: torch.nn.Module, out_dir: Path, device: torch.device, autocast: Any) -> dict[str, Any]:
         """After training: the final evaluation on held-out data, written into the model directory."""
         return {}
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+
+
+class NextTokenTask(Task):
+    """A task whose batches are {"x": inputs (B, T), "y": next-token targets (B, T), -100 = no loss}:
+    causal LM and SFT."""
+    reports_perplexity = True
+
+    def logits_and_targets(self, model, batch):
+        return model(batch["x"]), batch["y"]
+
+    def loss(self, model, batch):
+        return lm_loss(*self.logits_and_targets(model, batch))

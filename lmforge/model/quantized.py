@@ -99,3 +99,17 @@ class Int4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"int4 groups of {self.group_size}")
+
+
+QUANTIZED = {8: Int8Linear, 4: Int4Linear}
+
+
+def swap_in_quantized(model: nn.Module, record: dict) -> None:
+    """Give a freshly built model the (empty) quantized layers listed in a config's record."""
+    from . import replace_module
+    cls = QUANTIZED[record["bits"]]
+    extra = {"group_size": record["group_size"]} if record["bits"] == 4 else {}
+    for name in record["modules"]:
+        linear = model.get_submodule(name)
+        replace_module(model, name, cls(linear.in_features, linear.out_features, linear.bias is not None,
+                                        device=linear.weight.device, dtype=linear.weight.dtype, **extra))

@@ -1,0 +1,179 @@
+"""Text classification (task `classify`): labelled rows of a CSV / TSV / JSONL table -> padded
+batches, the cross-entropy loss on the model's classification head, validation accuracy /
+macro-F1, and a final test report (JSON + confusion-matrix PNG) in the model directory. Also
+the batched inference the `classify` and `embed` verbs use (`predict_proba`, `map_batches`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..data.classify import collate_examples, encode_for_classification, sort_labels
+from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
+from ..errors import ConfigError, DataError
+from ..options import option
+from .base import Task
+
+
+@dataclass
+class ClassifyOptions(TableOptions):
+    text_column: str = option("text", "table column holding the text to classify")
+    label_column: str = option("label", "table column holding the class label")
+    text_pair_column: str | None = option(None, "optional column with a second text (sentence-pair tasks); an "
+                                                "encoder sees it as segment 1")
+    class_weights: bool = option(False, "weight the loss by inverse class frequency (imbalanced labels)")
+
+
+def segments(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The segment ids of a batch as keyword arguments, for a model that has segment embeddings."""
+    return {"type_ids": batch["types"]} if model.config.family == "encoder" and model.config.type_vocab_size else {}
+
+
+def class_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, C) logits through the model's forward (segment ids only where the model has them)."""
+    return model(batch["x"], key_valid=batch["valid"], head="classify", **segments(model, batch))
+
+
+def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *,
+                  batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities (N, C) for `texts` (and second texts `pairs`), in input order."""
+    if not model.config.labels:
+        raise ConfigError("this model has no classification head (config.json lists no labels); fine-tune it with "
+                          "`lmforge finetune MODEL_DIR --task classify --data FILE`")
+    ids, types, _ = encode_for_classification(tokenizer, model.config.family, texts, pairs,
+                                              model.config.context_length)
+    return predict_encoded(model, ids, types, tokenizer.pad_id or 0, batch_size=batch_size)
+
+
+def predict_encoded(model, ids: list[list[int]], types: list[list[int]], pad_id: int, *, batch_size: int = 64,
+                    autocast=None) -> torch.Tensor:
+    """Class probabilities (N, C) of encoded examples (batched by length, returned in input order)."""
+    return map_batches(model, ids, types, pad_id, lambda m, batch: class_logits(m, batch).float().softmax(-1),
+                       (len(model.config.labels),), batch_size=batch_size, autocast=autocast)
+
+
+@torch.inference_mode()
+def map_batches(model, ids: list[list[int]], types: list[list[int]], pad_id: int,
+                fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor], shape: tuple[int, ...], *,
+                batch_size: int = 64, autocast=None) -> torch.Tensor:
+    """fn(model, padded batch) -> (b, *shape) for encoded examples batched by length (little
+    padding), in eval mode; returns (N, *shape) float32 on the CPU, in input order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), *shape)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        batch = collate_examples([ids[i] for i in chunk], [types[i] for i in chunk], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out[chunk] = fn(model, batch).float().cpu()
+    model.train(was_training)
+    return out
+
+
+class ClassificationTask(Task):
+    name = "classify"
+
+    def __init__(self, path: str | Path, config, tokenizer, options: ClassifyOptions | None = None):
+        o = self.options = options or ClassifyOptions()
+        self.path, self.family = Path(path), config.family
+        if self.family not in ("encoder", "decoder"):
+            raise ConfigError(f"classification needs an encoder or a decoder model, not a {self.family}; start from "
+                              f"a bert-* or gpt-* / llama-* model")
+        flags = {o.text_column: "--text-column", o.label_column: "--label-column"}
+        if o.text_pair_column:
+            flags[o.text_pair_column] = "--text-pair-column"
+        rows = read_table(path, [o.text_column, o.label_column], (o.text_pair_column,), flags)
+        found = sort_labels({r[o.label_column] for r in rows})
+        if len(found) < 2:
+            raise DataError(f"{path}: column {o.label_column!r} holds a single label ({found[0]!r}) in {len(rows)} "
+                            f"rows; a classifier needs examples of at least two classes")
+        if config.labels and set(found) <= set(config.labels):
+            self.labels = list(config.labels)                        # keep the model's head and its order
+        else:
+            if config.labels:
+                warnings.warn(f"the model's head knows labels {config.labels}; {path} has {found} — training a new "
+                              f"classification head for these", stacklevel=2)
+            self.labels = found
+        if tokenizer is None:                                        # training from scratch: a tokenizer for it
+            tokenizer = table_tokenizer(o, [r[o.text_column] for r in rows])
+            self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_id or 0
+        y = [self.labels.index(r[o.label_column]) for r in rows]
+        ids, types, truncated = encode_for_classification(
+            tokenizer, self.family, [r[o.text_column] for r in rows],
+            [r[o.text_pair_column] for r in rows] if o.text_pair_column else None, config.context_length)
+        if truncated:
+            warnings.warn(f"{truncated} of {len(rows)} texts of {path} are longer than the model's context of "
+                          f"{config.context_length} tokens and were truncated", stacklevel=2)
+        splits = split_indices(len(rows), o.val_fraction, o.test_fraction, o.split_seed,
+                               strata=[r[o.label_column] for r in rows])
+        self.splits = {s: ([ids[i] for i in idx], [types[i] for i in idx], torch.tensor([y[i] for i in idx]))
+                       for s, idx in splits.items()}
+        counts = torch.bincount(self.splits["train"][2], minlength=len(self.labels)).float()
+        self.weights = None
+        if o.class_weights:
+            self.weights = counts.sum() / (len(self.labels) * counts.clamp(min=1))   # inverse frequency, mean 1
+        print(f"classification data {path}: {len(rows)} rows, {len(self.labels)} labels, split "
+              + ", ".join(f"{s} {len(v[0])}" for s, v in self.splits.items()))
+
+    def model_changes(self) -> dict[str, Any]:
+        changes: dict[str, Any] = {"labels": self.labels}
+        if self.tokenizer is not None:
+            changes["vocab_size"] = self.tokenizer.vocab_size
+        return changes
+
+    def frozen(self, config) -> tuple[str, ...]:
+        unused = ("mlm_head.", "lm_head.")            # tied output matrices stay trainable through the embedding
+        return unused + (("pooler.",) if config.pool_method != "cls" else ())
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(len(self.splits[split][0]), (n,), generator=generator)
+
+    def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        ids, types, y = self.splits[split]
+        idx = indices.tolist()
+        batch = collate_examples([ids[i] for i in idx], [types[i] for i in idx], self.pad_id)
+        batch["y"] = y[indices]
+        return batch
+
+    def loss(self, model, batch):
+        logits = class_logits(model, batch)
+        weight = self.weights.to(logits.device) if self.weights is not None else None
+        return F.cross_entropy(logits.float(), batch["y"], weight=weight)
+
+    def tokens_in(self, batch):
+        return int(batch["valid"].sum())
+
+    def _metrics(self, model, split: str, autocast) -> dict[str, Any]:
+        from ..evaluate.classification import classification_metrics
+        ids, types, y = self.splits[split]
+        probs = predict_encoded(model, ids, types, self.pad_id, autocast=autocast)
+        return classification_metrics(y, probs.argmax(-1), self.labels)
+
+    def evaluate(self, model, device, autocast) -> dict[str, float]:
+        m = self._metrics(model, "val", autocast)
+        return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+
+    def report(self, model, out_dir: Path, device, autocast) -> dict[str, Any]:
+        from ..evaluate.classification import format_metrics, write_report
+        split = "test" if len(self.splits["test"][0]) else "val"
+        m = self._metrics(model, split, autocast)
+        json_path, png_path = write_report(m, out_dir, {"split": split, "data": str(self.path)})
+        print(f"\n{split} set ({m['examples']} examples):\n{format_metrics(m, top=30)}")
+        print(f"wrote {json_path} and {png_path}")
+        return {f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]}
+
+
+def build(cfg, config: ModelConfig, tokenizer) -> ClassificationTask:
+    return ClassificationTask(cfg.data, config, tokenizer, cfg.options_for(ClassifyOptions))
