@@ -169,23 +169,29 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
-    def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto") -> Path:
+    def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto", overwrite: bool = False,
+             inputs: list[tuple[str, str | Path | None]] = ()) -> Path:
         """Write a model directory; format="hf" writes one that `transformers` loads, format="gguf"
         one .gguf file (`directory` names it) that llama.cpp and Ollama run, its matrices in
-        `outtype` (auto, f32, f16, bf16, q8_0)."""
+        `outtype` (auto, f32, f16, bf16, q8_0). A directory appears whole or not at all; it must not
+        be this model's own directory or one of `inputs`, and one holding anything is replaced only
+        with `overwrite` (see `lmforge.safety`)."""
         from .modeldir import state_dict_for_save
+        inputs = [("the model's own directory", self.path), *inputs]
         if format == "hf":
             from .interop import write_hf
-            write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=True)
+            write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=overwrite,
+                     inputs=inputs)
             return Path(directory)
         if format == "gguf":
             from .interop import write_gguf
             write_gguf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, outtype,
-                       overwrite=True)
+                       overwrite=overwrite)
             return Path(directory)
         if format != "lmforge":
             raise LmforgeError(f"format={format!r} is unknown; use lmforge, hf or gguf")
-        return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer)
+        return write_model_dir(directory, self.module, self.config, self.tokenizer, self.target_tokenizer,
+                               overwrite=overwrite, inputs=inputs)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import LmforgeError
-from .options import add_options, field_names, from_args, option
+from .options import add_options, at_least, device_name, field_names, from_args, option, validate
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -134,29 +134,28 @@ class GenerateArgs:
     model_dir: str = option(None, "model directory", positional=True)
     prompts: list[str] = option([], "prompt(s); several prompts decode as one padded batch", positional=True)
     prompt_file: str | None = option(None, "read prompts from this file, one per line")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
     dtype: str = option("auto", "auto, float32, bfloat16")
     stream: bool = option(True, "print tokens as they are generated (single prompt)")
     json: bool = option(False, "print one JSON object per completion (text, finish reason, speed)")
     draft: str | None = option(None, "speculative decoding: a smaller model directory with the same tokenizer "
                                      "drafts --draft-tokens tokens per step for the model to verify")
 
+    def __post_init__(self) -> None:
+        validate(self)
+
 
 @verb("generate", "generate text from a model directory")
 @options_of(GenerateArgs, GenerationConfig)
 def _generate(ns):
-    from pathlib import Path
-
     from .api import load
     from .generate import generate
     args = from_args(GenerateArgs, ns)
     gen = from_args(GenerationConfig, ns)
     prompts = list(args.prompts)
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise LmforgeError(f"prompt file {path} does not exist")
-        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from .fileio import read_text
+        prompts += [line for line in read_text(args.prompt_file).splitlines() if line.strip()]
     prompts = prompts or [""]
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
@@ -196,9 +195,13 @@ def _generate(ns):
 class EvalArgs:
     model_dir: str = option(None, "model directory", positional=True)
     text: str | None = option(None, "text file to measure perplexity on")
-    stride: int | None = option(None, "sliding-window stride in tokens (default: the context length)")
-    batch_size: int = option(8, "windows per forward pass")
-    device: str = option("auto", "auto, cpu or cuda")
+    stride: int | None = option(None, "sliding-window stride in tokens (default: the context length)",
+                                check=at_least(1))
+    batch_size: int = option(8, "windows per forward pass", check=at_least(1))
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("eval", "perplexity of a model directory on a text file (sliding window)")
@@ -249,6 +252,10 @@ class MergeLoraArgs:
     adapter_dir: str = option(None, "model directory of a LoRA run (holds adapter.safetensors)", positional=True)
     out_dir: str = option(None, "where to write the base model with the adapters merged in", positional=True)
     base: str | None = option(None, "the base model directory, if it moved since training")
+    overwrite: bool = option(False, "replace a model already in OUT_DIR (never the adapter or base directory)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("merge-lora", "merge a LoRA run's adapters into its base model: a plain model directory for export")
@@ -256,7 +263,7 @@ class MergeLoraArgs:
 def _merge_lora(ns):
     from .adapt.lora import merge_adapter
     args = from_args(MergeLoraArgs, ns)
-    print(f"wrote {merge_adapter(args.adapter_dir, args.out_dir, args.base)}")
+    print(f"wrote {merge_adapter(args.adapter_dir, args.out_dir, args.base, overwrite=args.overwrite)}")
     return 0
 
 
@@ -333,10 +340,13 @@ class ClassifyArgs:
     text_column: str = option("text", "with a table --file: the column holding the text")
     label_column: str | None = option(None, "with a table --file: a column of true labels; prints accuracy, "
                                             "per-class scores and macro-F1 against them")
-    top_k: int = option(1, "show the k most likely labels per text")
-    batch_size: int = option(64, "texts per forward pass")
+    top_k: int = option(1, "show the k most likely labels per text", check=at_least(1))
+    batch_size: int = option(64, "texts per forward pass", check=at_least(1))
     json: bool = option(False, "print one JSON object per text (label, score, every label's probability)")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("classify", "label texts with a classifier model directory (label and probability per text)")
@@ -388,9 +398,12 @@ class TranslateArgs:
     source_column: str = option("source", "with a table --file: the column holding the source text")
     target_column: str | None = option(None, "with a table --file: a column of reference translations; prints "
                                              "BLEU and chrF against them")
-    batch_size: int = option(32, "texts decoded together")
+    batch_size: int = option(32, "texts decoded together", check=at_least(1))
     json: bool = option(False, "print one JSON object per text")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("translate", "translate (or summarise) texts with an encoder-decoder model directory (greedy or beam search)")
@@ -398,11 +411,13 @@ class TranslateArgs:
 def _translate(ns):
     from .api import load
     args = from_args(TranslateArgs, ns)
+    options = {k: getattr(ns, k) for k in TRANSLATE_OPTIONS}
+    GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})         # checks the decoding flags before any work
     texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
                                args.target_column, "--target-column")
     lm = load(args.model_dir, device=args.device)
     outputs = lm.translate(texts, batch_size=args.batch_size,
-                           **{k: getattr(ns, k) for k in TRANSLATE_OPTIONS})
+                           **options)
     for text, out in zip(texts, outputs):
         print(json.dumps({"source": text, "translation": out}, ensure_ascii=False) if args.json else out)
     if refs is not None:
@@ -433,8 +448,11 @@ class ImportArgs:
                                "tokenizer.json), or a .gguf file (llama or gpt2; F32 / F16 / BF16 / Q8_0 / Q4_0 / "
                                "Q4_K tensors are dequantized to float32)", positional=True)
     out_dir: str = option(None, "lmforge model directory to write", positional=True)
-    overwrite: bool = option(False, "replace a model already in OUT_DIR")
+    overwrite: bool = option(False, "replace what OUT_DIR holds, as a whole (never an input directory)")
     progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
@@ -445,8 +463,11 @@ class ExportArgs:
                                "llama.cpp, Ollama and LM Studio run", choices=["hf", "gguf"])
     outtype: str = option("auto", "gguf tensor type of the matrices: auto (as stored), f32, f16, bf16, q8_0; norms and "
                                   "biases stay f32", choices=["auto", "f32", "f16", "bf16", "q8_0"])
-    overwrite: bool = option(False, "replace a model already in OUT_DIR")
+    overwrite: bool = option(False, "replace what OUT_DIR holds, as a whole (never an input directory)")
     progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("import", "convert a Hugging Face GPT-2, Llama or BERT checkpoint, or a Llama / GPT-2 GGUF file, into an "
@@ -493,7 +514,10 @@ class EmbedArgs:
                                     "table (--text-column)")
     text_column: str = option("text", "with a table --file: the column holding the text")
     similarity: bool = option(False, "print the cosine similarity of every pair of texts instead of the vectors")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 from .embed import EmbedOptions  # noqa: E402
@@ -503,9 +527,9 @@ from .embed import EmbedOptions  # noqa: E402
 @options_of(EmbedArgs, EmbedOptions)
 def _embed(ns):
     from .api import load
-    args = from_args(EmbedArgs, ns)
+    args, options = from_args(EmbedArgs, ns), from_args(EmbedOptions, ns)        # both checked before any work
     texts, _ = _input_texts("embed", args.texts, args.file, args.text_column, "--text-column")
-    vectors = load(args.model_dir, device=args.device).embed(texts, **dataclasses.asdict(from_args(EmbedOptions, ns)))
+    vectors = load(args.model_dir, device=args.device).embed(texts, **dataclasses.asdict(options))
     if args.similarity:
         import torch.nn.functional as F
         unit = F.normalize(vectors, dim=-1)
@@ -645,6 +669,15 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"lmforge {ns.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                   # a full disk, a read-only directory, a path through a file, ...
+        if os.environ.get("LMFORGE_DEBUG"):
+            raise
+        from .fileio import os_error_message
+        print(f"lmforge {ns.verb}: error: {os_error_message(e, writing=True)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:              # a second Ctrl-C, or one outside a training loop
+        print(f"\nlmforge {ns.verb}: interrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.showwarning = previous
 

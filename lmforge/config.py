@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,13 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"{source} has unknown fields {unknown}; it may come from a newer lmforge "
                               f"or another tool (use `lmforge import` for Hugging Face checkpoints)")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        hints = typing.get_type_hints(cls)
+        for k, v in values.items():
+            if not _has_type(v, hints[k]):
+                raise ConfigError(f"{source}: field {k!r} is {v!r} ({type(v).__name__}) but must be of type "
+                                  f"{_type_name(hints[k])}; restore the file or re-create the model directory")
+        return cls(**values)
 
     def save(self, path: str | Path) -> None:
         from .modeldir import atomic_write_text
@@ -157,11 +165,12 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
+        from .fileio import read_json
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); restore it or re-create the model directory") from e
+        d = read_json(path, "restore it or re-create the model directory", ConfigError)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object of config fields; restore it "
+                              f"or re-create the model directory")
         return cls.from_dict(d, source=str(path))
 
 
@@ -179,6 +188,32 @@ class ModelOverrides:
     def given(self) -> dict[str, Any]:
         """{field: value} of the overrides that are set."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (int, float, str, bool, list[str],
+    dict, or one of those | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and (item is Any or all(_has_type(v, item) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def derive(base: ModelConfig, **changes: Any) -> ModelConfig:

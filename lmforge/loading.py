@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import json
 from pathlib import Path
 from typing import Any
@@ -145,17 +146,20 @@ def _materialise_buffers(model: torch.nn.Module) -> None:
 
 
 def write_model_dir(directory: str | Path, module: torch.nn.Module, config: ModelConfig, tokenizer: Tokenizer,
-                    target_tokenizer: Tokenizer | None = None) -> Path:
-    """Write an lmforge model directory (config, weights, tokenizer, a seq2seq target tokenizer)."""
+                    target_tokenizer: Tokenizer | None = None, *, overwrite: bool = False,
+                    inputs: list[tuple[str, str | Path | None]] = ()) -> Path:
+    """Write an lmforge model directory (config, weights, tokenizer, a seq2seq target tokenizer).
+    It appears whole or not at all, never over one of `inputs`, over a directory holding anything
+    only with `overwrite` (the output rule of `lmforge.safety`)."""
     from .data.pairs import TARGET_TOKENIZER_DIR
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    config.save(d / CONFIG_FILE)
-    save_weights(module, d / WEIGHTS_FILE)
-    tokenizer.save(d)
-    if target_tokenizer is not None and target_tokenizer is not tokenizer:
-        target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
-    return d
+    from .safety import staged_output
+    with staged_output(directory, inputs=inputs, overwrite=overwrite, out_name="the output directory") as d:
+        config.save(d / CONFIG_FILE)
+        save_weights(module, d / WEIGHTS_FILE)
+        tokenizer.save(d)
+        if target_tokenizer is not None and target_tokenizer is not tokenizer:
+            target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
+    return Path(directory)
 
 
 # ----------------------------------------------------------------- a LoRA run's directory
@@ -179,12 +183,18 @@ def weights_fingerprint(model_dir: Path) -> str:
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
+    from .fileio import read_json
     path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise ModelDirError(f"{adapter_dir} holds no LoRA adapters (no {ADAPTER_CONFIG}); give the --out directory "
+                            f"of a LoRA fine-tuning (`lmforge finetune MODEL_DIR --lora-rank R --out DIR`)")
+    info = read_json(path, "re-run the LoRA fine-tuning", ModelDirError)
     try:
-        info = json.loads(path.read_text())
         LoRAConfig(**info["lora"])
+        if not isinstance(info["base_model"], str):
+            raise TypeError("base_model is not a path")
         return info
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise ModelDirError(f"{path} is not a valid LoRA adapter config ({e}); re-run the LoRA fine-tuning") from e
 
 
@@ -192,12 +202,17 @@ def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
     """The base model directory of an adapter, checked against the fingerprints it recorded."""
     adapter_dir = Path(adapter_dir)
     info = read_adapter_config(adapter_dir)
+    if base is None and os.path.isabs(info["base_model"]):
+        raise ModelDirError(f"{adapter_dir / ADAPTER_CONFIG} names its base by an absolute path, which lmforge never "
+                            f"writes; pass the base model directory (`--base DIR`)")
     base_dir = Path(base) if base is not None else (adapter_dir / info["base_model"]).resolve()
     if not base_dir.is_dir():
         raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which does not "
                             f"exist; pass the base model directory (`--base DIR`)")
-    if config_sha256(ModelConfig.load(check_model_dir(base_dir, (CONFIG_FILE,)) / CONFIG_FILE)) != \
-            info["base_config_sha256"]:
+    if not all((base_dir / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
+        raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which is not a "
+                            f"model directory; pass the base model directory (`--base DIR`)")
+    if config_sha256(ModelConfig.load(base_dir / CONFIG_FILE)) != info["base_config_sha256"]:
         raise ModelDirError(f"the adapter in {adapter_dir} was trained on a different base: {base_dir}/config.json "
                             f"does not match the config hash {info['base_config_sha256']} it recorded; pass the "
                             f"base model it was trained on")

@@ -98,6 +98,22 @@ def read_weights_metadata(path: Path) -> dict[str, str]:
         raise ModelDirError(f"{path} is not a valid safetensors file ({e})") from e
 
 
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or inf (a corrupted file, or a run that diverged): such a model
+    would generate empty text and score NaN without saying why. Checked in slices, so no tensor
+    is copied whole."""
+    for name, t in tensors.items():
+        if not t.is_floating_point() or t.device.type == "meta":
+            continue
+        flat = t.reshape(-1)
+        for piece in flat.split(1 << 22):
+            if not bool(torch.isfinite(piece).all()):
+                bad = int((~torch.isfinite(flat)).sum())
+                raise ModelDirError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); the "
+                                    f"file is corrupted or the training diverged — restore it, or use an earlier "
+                                    f"checkpoint")
+
+
 def check_model_dir(path: Path, need: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> Path:
     path = Path(path)
     if not path.exists():

@@ -20,21 +20,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+Check = Callable[[Any], "str | None"]     # a value -> what is wrong with it (None: fine)
 
 
 def option(default: Any, help: str, *, choices: list | tuple | None = None, flag: str | None = None,
            short: str | None = None, positional: bool = False, cli: bool = True, aliases: tuple[str, ...] = (),
-           fixed: bool = False, saved: bool = True) -> Any:
+           fixed: bool = False, saved: bool = True, check: Check | None = None) -> Any:
     """A dataclass field with CLI metadata. Mutable defaults (lists) are copied per instance.
     `aliases`: further flag spellings (an old name kept working). `fixed`: a training setting that
     a resumed run must keep (the checkpoint was trained with it). `saved=False`: a control of one
-    invocation (--resume), left out of the settings a run file keeps."""
+    invocation (--resume), left out of the settings a run file keeps. `check(value)` says what is
+    wrong with a value (None when fine); `validate` runs it."""
     meta = {"help": help, "choices": choices, "flag": flag, "short": short,
             "positional": positional, "cli": cli, "aliases": aliases, "fixed": fixed,
-            "saved": saved}
+            "saved": saved, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -177,3 +184,46 @@ def from_args(cls: type, ns: argparse.Namespace, **extra: Any) -> Any:
     values = {name: getattr(ns, name) for name in field_names(cls) if hasattr(ns, name)}
     values.update(extra)
     return build_flat(cls, values)
+
+
+# ---------------------------------------------------------------------------- validation
+def at_least(low: float, note: str = "") -> Check:
+    return lambda v: None if v is None or v >= low else f"must be at least {low}{note}"
+
+
+def above(low: float, note: str = "") -> Check:
+    return lambda v: None if v is None or v > low else f"must be greater than {low}{note}"
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False, note: str = "") -> Check:
+    """low <= v <= high (strict on an open side)."""
+    def check(v):
+        if v is None:
+            return None
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        return None if ok else f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}{note}"
+    return check
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_name(v: str) -> str | None:
+    return None if DEVICE_PATTERN.fullmatch(str(v)) else "is not a device; use auto, cpu, cuda, cuda:N or mps"
+
+
+def validate(obj: Any, error: type[Exception] = ConfigError) -> None:
+    """Check every field of dataclass `obj`: floats must be finite, values among `choices`, and
+    each field's `check`. Raises `error` (ConfigError unless said) naming the field, the value and the rule. Called
+    from `__post_init__`, so the Python API and the CLI (before any work) refuse alike."""
+    for f in dataclasses.fields(obj):
+        value, meta = getattr(obj, f.name), f.metadata
+        problem = None
+        if isinstance(value, float) and not math.isfinite(value):
+            problem = "must be a finite number"
+        elif meta.get("choices") and value is not None and value not in meta["choices"]:
+            problem = f"is not one of {', '.join(map(str, meta['choices']))}"
+        elif meta.get("check") is not None:
+            problem = meta["check"](value)
+        if problem:
+            raise error(f"{f.name}={value!r} {problem}")

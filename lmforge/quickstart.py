@@ -5,15 +5,20 @@ small GPT in minutes on a laptop CPU, report validation perplexity and samples."
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .options import nested, option
+from .options import at_least, nested, option, validate
+from .runfile import TRAIN_CONFIG_FILE, read_run_file
+from .safety import check_not_input, contents, resolved
 from .train import TrainConfig
 
 MARKER = ".lmforge-quickstart"
+MARKER_TEXT = "made by lmforge quickstart; re-running quickstart replaces this directory\n"
+SOURCE = "source/pydoc_topics.txt"
 SAMPLE_PROMPTS = ["The for statement", "A class definition", "Exceptions are"]
 
 
@@ -26,9 +31,12 @@ QUICKSTART_TRAINING = {"out": "runs/quickstart", "data": "data/pydoc", "preset":
 @dataclass
 class QuickstartConfig:
     tokenizer: str = option("bpe", "tokenizer kind: bpe or char")
-    vocab_size: int = option(1024, "BPE vocabulary size")
+    vocab_size: int = option(1024, "BPE vocabulary size", check=at_least(1))
     train: TrainConfig = nested(TrainConfig, QUICKSTART_TRAINING,
-                                skip=("task", "init_from", "resume", "force", "stop_after"))
+                                skip=("task", "init_from", "resume", "force", "stop_after", "overwrite"))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def pydoc_corpus() -> str:
@@ -37,35 +45,53 @@ def pydoc_corpus() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
 
+def _ours(path: Path, data: Path) -> bool:
+    """Whether quickstart may replace `path`: it is absent or empty, holds quickstart's marker, or
+    holds a run (perhaps interrupted) trained on quickstart's data directory. Anything else is
+    refused: quickstart never replaces a model or data it did not make."""
+    held = contents(path)
+    if not held:
+        return False
+    if (path / MARKER).is_file():
+        return True
+    try:
+        run = read_run_file(path / TRAIN_CONFIG_FILE)
+        if isinstance(run, dict) and resolved(str(run.get("data", ""))) == resolved(data) and (data / MARKER).is_file():
+            return True
+    except (OSError, ValueError):
+        pass
+    raise ConfigError(f"{path} already holds {held} that quickstart did not make; pass another "
+                      f"{'--data' if path == data else '--out'} (quickstart only replaces what it made)")
+
+
 def quickstart(cfg: QuickstartConfig) -> dict:
     from .api import load
     from .data.shards import PrepareConfig, load_split, prepare
     from .evaluate.perplexity import perplexity_of_ids
     from .train import train
-    from .train.checkpoint import checkpoint_step
 
     t0 = time.perf_counter()
     t = cfg.train
-    out = Path(t.out)
-    if checkpoint_step(out) is not None:
-        if not (out / MARKER).is_file():
-            raise ConfigError(f"{out} already holds a model that quickstart did not make; pass another --out")
-        import shutil
-        shutil.rmtree(out)
-    data = Path(t.data)
-    source = data / "source" / "pydoc_topics.txt"
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_text(pydoc_corpus(), encoding="utf-8")
-    print(f"[1/3] preparing {source} ({source.stat().st_size / 1e3:.0f} KB, the Python reference text)")
-    meta = prepare(PrepareConfig(inputs=[str(source)], out=str(data), tokenizer=cfg.tokenizer,
-                                 vocab_size=cfg.vocab_size, val_fraction=0.05, progress=t.progress))
+    out, data = Path(t.out), Path(t.data)
+    check_not_input(out, [("--data", data)], "--out")
+    replace_out, replace_data = _ours(out, data), _ours(data, data)
+    corpus = pydoc_corpus()
+    with tempfile.TemporaryDirectory() as tmp:
+        text_file = Path(tmp) / "pydoc_topics.txt"
+        text_file.write_text(corpus, encoding="utf-8")
+        print(f"[1/3] preparing the Python reference text ({text_file.stat().st_size / 1e3:.0f} KB) into {data}")
+        meta = prepare(PrepareConfig(inputs=[str(text_file)], out=str(data), tokenizer=cfg.tokenizer,
+                                     vocab_size=cfg.vocab_size, val_fraction=0.05, progress=t.progress,
+                                     overwrite=replace_data),
+                       extra_files={MARKER: MARKER_TEXT, SOURCE: corpus})
+    source = data / SOURCE
     print(f"      {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
           f"{meta['bytes_per_token']:.2f} bytes/token, vocabulary {meta['vocab_size']}")
     print(f"[2/3] training {t.preset} for {t.max_steps} steps into {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by lmforge quickstart; re-running quickstart replaces this directory\n")
-    tcfg = dataclasses.replace(t, warmup_steps=min(t.warmup_steps, t.max_steps // 10))   # short runs warm up less
+    tcfg = dataclasses.replace(t, warmup_steps=min(t.warmup_steps, t.max_steps // 10),   # short runs warm up less
+                               overwrite=replace_out)
     summary = train(tcfg)
+    (out / MARKER).write_text(MARKER_TEXT)
     print("[3/3] evaluating")
     lm = load(out, device=t.device)
     val = load_split(data, "val")

@@ -214,7 +214,7 @@ def test_export_refuses_an_encoder_bert_cannot_hold(tmp_path):
                            ({"labels": ["a", "b"], "pooling": "mean"}, r"as bert: pooling='mean' is not supported: "
                                                                        r"BertForSequenceClassification")):
         config = derive(get_preset("bert-tiny", vocab_size=tok.vocab_size), **changes)
-        Model(build_model(config), config, tok).save(tmp_path / "ours")
+        Model(build_model(config), config, tok).save(tmp_path / "ours", overwrite=True)
         with pytest.raises(ConfigError, match=error):
             export_hf(tmp_path / "ours", tmp_path / "hf")
 

@@ -45,7 +45,12 @@ def write_adapter_config(out: Path, cfg: LoRAConfig, base_dir: str | Path) -> No
     })
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | None = None) -> Path:
-    """Write base + merged adapters as a plain model directory (for export or quantization)."""
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write base + merged adapters as a plain model directory (for export or quantization); never
+    into the adapter or base directory, into one holding anything only with `overwrite`."""
+    from ..safety import check_output
+    inputs = [("the adapter directory", adapter_dir), ("the base model", adapter_base(Path(adapter_dir), base))]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     model, config, tokenizer, _ = load_lora_model(adapter_dir, base)
-    return write_model_dir(out_dir, merge_lora(model), config, tokenizer)
+    return write_model_dir(out_dir, merge_lora(model), config, tokenizer, overwrite=overwrite, inputs=inputs)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..fileio import open_text
 from ..tokenizers import Tokenizer
 from .reading import json_objects
 
@@ -109,7 +110,7 @@ def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
         raise DataError(f"chat data {path} does not exist; give a .jsonl file with one "
                         f"{{\"messages\": [...]}} conversation per line")
     conversations = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, record in json_objects(enumerate(f, 1), path):
             where = f"{path}:{lineno}"
             if "messages" not in record:

@@ -14,7 +14,6 @@ split samples the whole corpus.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..options import option
+from ..fileio import read_json
+from ..options import at_least, between, option, validate
+from ..safety import staged_output
 from ..tokenizers import Tokenizer, train_tokenizer
 from .reading import ReadStats, expand_inputs, iter_documents
 
@@ -36,29 +37,47 @@ class PrepareConfig:
     inputs: list[str] = option(None, "text files, directories of them, or .jsonl files", positional=True)
     out: str = option("data/corpus", "output directory for the shards and tokenizer", short="-o")
     tokenizer: str = option("bpe", "char, bpe, or a directory holding a tokenizer.json to reuse")
-    vocab_size: int = option(8192, "vocabulary size when training a BPE tokenizer")
-    val_fraction: float = option(0.05, "fraction of tokens held out for validation")
+    vocab_size: int = option(8192, "vocabulary size when training a BPE tokenizer", check=at_least(1))
+    val_fraction: float = option(0.05, "fraction of tokens held out for validation",
+                                 check=between(0, 1, high_open=True))
     text_field: str = option("text", "field holding the text in .jsonl inputs")
     errors: str = option("replace", "undecodable bytes: replace (with U+FFFD, and warn) or strict (reject)",
                          choices=("replace", "strict"))
+    overwrite: bool = option(False, "replace what --out holds (prepared data, a model, other files); never an "
+                                    "input")
     progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        validate(self, DataError)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def prepare(cfg: PrepareConfig) -> dict:
-    """Tokenize `cfg.inputs` into `cfg.out`; returns the meta.json contents."""
+def prepare(cfg: PrepareConfig, *, extra_files: dict[str, str] | None = None) -> dict:
+    """Tokenize `cfg.inputs` into `cfg.out`; returns the meta.json contents. The directory is built
+    beside `cfg.out` and renamed into place when complete (see `lmforge.safety`); `extra_files`
+    ({relative name: text}) are written into it too."""
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"val_fraction={cfg.val_fraction} must be in [0, 1)")
     files = expand_inputs(cfg.inputs)
     total_bytes = sum(f.stat().st_size for f in files)
     if total_bytes == 0:
         raise DataError(f"the corpus is empty ({', '.join(map(str, files))} hold 0 bytes); give files with text")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    tok_path = Path(cfg.tokenizer)
+    reuse = tok_path.is_dir() or tok_path.suffix == ".json"
+    inputs = [("the input", p) for p in cfg.inputs] + ([("the tokenizer", tok_path)] if reuse else [])
+    with staged_output(cfg.out, inputs=inputs, overwrite=cfg.overwrite, out_name="--out") as out:
+        meta = _prepare_into(out, cfg, files, total_bytes, tokenizer=Tokenizer.load(tok_path) if reuse else None)
+        for name, text in (extra_files or {}).items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text, encoding="utf-8")
+    return meta
 
+
+def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes: int,
+                  tokenizer: Tokenizer | None) -> dict:
     stats = ReadStats()  # of the last pass over the corpus
 
     def pieces(desc: str) -> Iterator[tuple[str, bool]]:
@@ -70,17 +89,14 @@ def prepare(cfg: PrepareConfig) -> dict:
             yield piece
         bar.close()
 
-    tok_path = Path(cfg.tokenizer)
-    if tok_path.is_dir() or tok_path.suffix == ".json":
-        tokenizer = Tokenizer.load(tok_path)
-    else:
-        tokenizer = train_tokenizer(cfg.tokenizer, (t for t, _ in pieces(f"training {cfg.tokenizer} tokenizer")),
-                                    cfg.vocab_size)
+    if tokenizer is None:
+        texts = (t for t, _ in pieces(f"reading for the {cfg.tokenizer} tokenizer"))
+        tokenizer = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, progress=cfg.progress)
     tokenizer.save(out)
     dtype = token_dtype(tokenizer.vocab_size)
     counts = {"train": 0, "val": 0}
     chars = 0
-    with open(out / "train.bin.tmp", "wb") as f_train, open(out / "val.bin.tmp", "wb") as f_val:
+    with open(out / "train.bin", "wb") as f_train, open(out / "val.bin", "wb") as f_val:
         batch: list[tuple[str, bool]] = []
         batch_chars = 0
 
@@ -119,8 +135,6 @@ def prepare(cfg: PrepareConfig) -> dict:
         flush()
     if chars == 0:
         raise DataError(f"the corpus {', '.join(map(str, cfg.inputs))} holds no text; give files with text")
-    (out / "train.bin.tmp").replace(out / "train.bin")
-    (out / "val.bin.tmp").replace(out / "val.bin")
     stats.warn_replaced()
     n_tokens = counts["train"] + counts["val"]
     meta = {
@@ -154,9 +168,12 @@ def load_meta(data_dir: str | Path) -> dict:
     if not d.is_dir():
         raise DataError(f"data directory {d} does not exist; create it with `lmforge prepare FILES --out {d}`")
     if not path.is_file():
+        if (d / "config.json").is_file():
+            raise DataError(f"{d} is a model directory, not prepared data; prepare text with its tokenizer: "
+                            f"`lmforge prepare FILES --out DATA_DIR --tokenizer {d}`")
         raise DataError(f"{d} has no meta.json; it is not a prepared data directory — run "
                         f"`lmforge prepare FILES --out {d}`")
-    return json.loads(path.read_text())
+    return read_json(path, f"re-run `lmforge prepare` for {d}")
 
 
 def load_split(data_dir: str | Path, split: str) -> np.memmap:

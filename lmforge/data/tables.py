@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
-from ..options import option
+from ..fileio import open_text, read_text
+from ..options import at_least, option, validate
 from .reading import json_objects
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl"}
@@ -36,9 +37,11 @@ class TableOptions:
     split_seed: int = option(0, "seed of the shuffle that makes the train / validation / test split")
     tokenizer: str = option("bpe", "training from scratch: tokenizer kind to train on the table (char, bpe, "
                                    "wordpiece) or a directory holding a tokenizer.json")
-    vocab_size: int = option(8192, "training from scratch: vocabulary size of the trained tokenizer")
+    vocab_size: int = option(8192, "training from scratch: vocabulary size of the trained tokenizer",
+                             check=at_least(1))
 
     def __post_init__(self) -> None:
+        validate(self)
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
             raise DataError(f"val_fraction={self.val_fraction} must be in (0, 1) and test_fraction="
@@ -55,7 +58,7 @@ def table_format(path: Path) -> str:
 
 def _records(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None]]]:
     """(columns, iterator of (line number, row dict or None for a malformed row))."""
-    f = open(path, encoding="utf-8-sig", newline="")
+    f = open_text(path, encoding="utf-8-sig", newline="")
     if fmt == "jsonl":
         with f:
             rows = [(n, {k: "" if v is None else str(v) for k, v in rec.items()})
@@ -173,6 +176,6 @@ def read_texts(path: str | Path, column: str, flag: str = "--text-column") -> li
     if not path.is_file():
         raise DataError(f"input file {path} does not exist; check the path")
     if path.suffix.lower() not in FORMATS:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
         return [line for line in lines if line.strip()]
     return [r[column] for r in read_table(path, [column], (), {column: flag})]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DataError, LmforgeError
+from ..errors import ConfigError, DataError, LmforgeError
 
 
 @torch.inference_mode()
@@ -23,6 +23,11 @@ def scored_logprobs(model, ids: list[int] | torch.Tensor, *, stride: int | None 
                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     """log p(ids[i] | history) for every i >= 1 (float32, len(ids) - 1), whether each token was the
     model's most likely one, and the number of windows (sliding window as in the module doc)."""
+    if model.config.family != "decoder":
+        raise ConfigError(f"perplexity needs a decoder (a causal language model), but this model is a "
+                          f"{model.config.family}; evaluate an encoder-decoder with `lmforge translate --file TABLE "
+                          f"--target-column COL` (BLEU, chrF), a classifier with `lmforge classify --file TABLE "
+                          f"--label-column COL`")
     ids = torch.as_tensor(ids, dtype=torch.long)
     T = model.config.context_length
     stride = stride or T
@@ -85,12 +90,5 @@ def perplexity(model, tokenizer, text: str, *, stride: int | None = None, batch_
 
 
 def read_text_file(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"text file {p} does not exist; check the path")
-    data = p.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                        f"convert it to UTF-8 first") from None
+    from ..fileio import read_text
+    return read_text(path)

@@ -15,7 +15,8 @@ from typing import Callable, TextIO
 
 from ..data.chat import ChatTemplate, Message, chat_template
 from ..errors import LmforgeError
-from ..options import option
+from ..fileio import read_stdin_line
+from ..options import device_name, option, validate
 from .chat_template import chat_ids, jinja_template
 from .core import GenerationConfig
 from .dispatch import generate
@@ -81,8 +82,11 @@ class ChatArgs:
                             positional=True)
     system: str = option("", "system prompt that starts the conversation")
     draft: str | None = option(None, "draft model directory for speculative decoding")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
     dtype: str = option("auto", "auto, float32, bfloat16")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def chat_loop(chat: Chat, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -98,7 +102,7 @@ def chat_loop(chat: Chat, stdin: TextIO | None = None, stdout: TextIO | None = N
         if interactive:
             stdout.write("you> ")
             stdout.flush()
-        line = stdin.readline()
+        line = read_stdin_line(stdin)
         if not line or line.strip() == "/exit":
             return replies
         if line.strip() == "/reset":

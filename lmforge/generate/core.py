@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from ..errors import LmforgeError
-from ..options import option
+from ..options import at_least, option, validate
 from .sampling import MAX_LOGPROBS
 
 
@@ -30,7 +30,8 @@ class GenerationConfig:
     max_new_tokens: int = option(100, "most tokens to generate per prompt")
     temperature: float = option(0.8, "sampling temperature; 0 means greedy")
     greedy: bool = option(False, "always take the most likely token (same as --temperature 0)")
-    top_k: int | None = option(None, "sample only among the k most likely tokens")
+    top_k: int | None = option(None, "sample only among the k most likely tokens (0: no top-k filter)",
+                               check=at_least(0))
     top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)")
     repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)")
     stop: list[str] = option([], "stop a sequence when it produces any of these strings")
@@ -56,6 +57,7 @@ class GenerationConfig:
                                  "rolling cache as attention sinks")
 
     def __post_init__(self) -> None:
+        validate(self)
         if self.greedy:
             self.temperature = 0.0
         if self.max_new_tokens < 1:

@@ -26,6 +26,7 @@ from ..model import build_model
 from ..model.weights import load_weights_into
 from ..modeldir import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights, save_tensors,
                         write_json)
+from ..safety import check_output, confined, staged_output
 from ..tokenizers import Tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from .bert import BERT
@@ -79,7 +80,10 @@ class Checkpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]            # name -> shard file name
             except (ValueError, KeyError, TypeError) as e:
                 raise ModelDirError(f"{index} is not a valid safetensors index ({e}); download it again") from e
-            stored = {name: directory / shard for name, shard in weight_map.items()}
+            if not isinstance(weight_map, dict):
+                raise ModelDirError(f"{index} is not a valid safetensors index (weight_map is not an object); "
+                                    f"download it again")
+            stored = {name: confined(directory, shard, "the shard") for name, shard in weight_map.items()}
         elif (directory / WEIGHTS_FILE).is_file():
             stored = {name: directory / WEIGHTS_FILE for name in self._open(directory / WEIGHTS_FILE).keys()}
         else:
@@ -182,7 +186,8 @@ def sentence_pooling(path: Path) -> str | None:
     module's config.json), when lmforge has it; else None."""
     for module in read_json(path / "modules.json", []):
         if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
-            modes = read_json(path / str(module.get("path", "")) / CONFIG_FILE, {})
+            modes = read_json(confined(path, str(module.get("path", "")) or ".", "the module path in modules.json")
+                              / CONFIG_FILE, {})
             chosen = [mode for mode, on in modes.items() if mode.startswith("pooling_mode_") and on is True]
             if len(chosen) == 1 and chosen[0] in SENTENCE_POOLING:
                 return SENTENCE_POOLING[chosen[0]]
@@ -227,18 +232,12 @@ def architecture_for(config: ModelConfig) -> tuple[Architecture, dict[str, Any]]
     raise ConfigError("no Hugging Face architecture lmforge exports can hold this model — " + "; ".join(reasons))
 
 
-def output_dir(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if (out / CONFIG_FILE).exists() and not overwrite:
-        raise ModelDirError(f"{out} already holds a model ({CONFIG_FILE}); pass --overwrite or another OUT_DIR")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_FILE).unlink(missing_ok=True)          # a stale index would shadow the new model.safetensors
-    return out
-
-
 def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,
-             overwrite: bool = False, source: str = "the model", progress: bool = False) -> dict[str, Any]:
-    """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads."""
+             overwrite: bool = False, source: str = "the model", progress: bool = False,
+             inputs: list[tuple[str, str | Path | None]] = ()) -> dict[str, Any]:
+    """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads. `out` follows
+    the output rule of `lmforge.safety` (never one of `inputs`; replaced only with `overwrite`)."""
+    check_output(out, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     arch, hf_fields = architecture_for(config)
     with torch.device("meta"):
         model = build_model(config)
@@ -250,7 +249,14 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
     hf_config = {"architectures": [arch.hf_classes[0]], "model_type": arch.model_type, **hf_fields,
                  "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                  "pad_token_id": tokenizer.pad_id, "dtype": dtype, "use_cache": True}
-    out = output_dir(out, overwrite)
+    with staged_output(out, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as tmp:
+        _write_hf_files(tmp, config, hf_config, hf_weights, tokenizer)
+    return {"out": str(out), "architecture": hf_config["architectures"][0], "dtype": dtype,
+            "params": sum(t.numel() for t in hf_weights.values())}
+
+
+def _write_hf_files(out: Path, config: ModelConfig, hf_config: dict[str, Any], hf_weights: dict[str, torch.Tensor],
+                    tokenizer: Tokenizer) -> None:
     save_tensors(hf_weights, out / WEIGHTS_FILE)
     write_json(out / CONFIG_FILE, hf_config)
     encoder = config.family == "encoder"
@@ -265,8 +271,6 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
                         if tokenizer.special.get(role)})
         tok_cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     write_json(cfg_path, tok_cfg)
-    return {"out": str(out), "architecture": hf_config["architectures"][0], "dtype": dtype,
-            "params": sum(t.numel() for t in hf_weights.values())}
 
 
 def with_cls_sep(tokenizer: Tokenizer) -> Tokenizer:
@@ -291,13 +295,15 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, 
     if not hf_dir.is_dir():
         raise ModelDirError(f"{hf_dir} is not a directory; give the Hugging Face model directory "
                             f"(config.json, model.safetensors, tokenizer.json)")
+    inputs = [("the Hugging Face directory", hf_dir)]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     config, weights, tokenizer, arch = read_hf(hf_dir, progress)
-    out = output_dir(out_dir, overwrite)
-    config.save(out / CONFIG_FILE)
-    save_tensors(weights, out / WEIGHTS_FILE, {"source": f"hf:{arch.model_type}"})
-    tokenizer.save(out)
+    with staged_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as out:
+        config.save(out / CONFIG_FILE)
+        save_tensors(weights, out / WEIGHTS_FILE, {"source": f"hf:{arch.model_type}"})
+        tokenizer.save(out)
     dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
-    return {"out": str(out), "architecture": arch.name, "dtype": dtype,
+    return {"out": str(out_dir), "architecture": arch.name, "dtype": dtype,
             "params": sum(t.numel() for t in weights.values())}
 
 
@@ -310,6 +316,8 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
         raise ModelDirError(f"{path} is already a Hugging Face model directory; `lmforge import` converts the "
                             f"other way")
     path = check_model_dir(path)
+    inputs = [("the model directory", path)]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     weights, _ = read_weights(path / WEIGHTS_FILE)
     return write_hf(ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), out_dir, overwrite,
-                    source=str(path / WEIGHTS_FILE), progress=progress)
+                    source=str(path / WEIGHTS_FILE), progress=progress, inputs=inputs)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ModelDirError
 from ..modeldir import ADAPTER_CONFIG
-from ..options import option
+from ..options import option, validate
 from . import replace_module, shared_parameters
 from .blocks import MLP, Attention
 
@@ -59,6 +59,7 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         self.lora_targets = _split_commas(self.lora_targets)
         self.lora_train = _split_commas(self.lora_train)
+        validate(self)
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank={self.lora_rank} must be >= 0 (0 disables LoRA)")
         if self.lora_alpha <= 0:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelDirError
+from ..modeldir import check_finite
 
 
 def shared_parameters(model: nn.Module) -> set[int]:
@@ -37,4 +38,5 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
         if tuple(t.shape) != tuple(expected[name].shape):
             raise ModelDirError(f"{source}: tensor {name!r} has shape {tuple(t.shape)} but the model expects "
                                 f"{tuple(expected[name].shape)}; the config and weights come from different models")
+    check_finite(tensors, source)
     model.load_state_dict(tensors, strict=False, assign=any(p.device.type == "meta" for p in model.parameters()))

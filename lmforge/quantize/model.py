@@ -17,8 +17,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError, LmforgeError
 from ..model import replace_module, shared_parameters
-from ..options import option
 from ..model.quantized import QUANTIZED
+from ..options import at_least, device_name, option, validate
 REPORT_FILE = "quantize_report.json"
 
 
@@ -28,9 +28,13 @@ def quantizable_linears(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) not in shared]
 
 
-def check_group_size(model: nn.Module, names: list[str], group_size: int) -> None:
+def check_group_size_value(group_size: int) -> None:
     if group_size < 2 or group_size % 2:
         raise ConfigError(f"--group-size {group_size} must be an even number >= 2 (32, 64, 128 are usual)")
+
+
+def check_group_size(model: nn.Module, names: list[str], group_size: int) -> None:
+    check_group_size_value(group_size)
     for name in names:
         n_in = model.get_submodule(name).in_features
         if n_in % group_size:
@@ -62,8 +66,14 @@ class QuantizeArgs:
     report: bool = option(False, "compare size on disk, decode speed and perplexity with the original "
                                  "(also saved as quantize_report.json)")
     text: str | None = option(None, "text file for the report's perplexity")
-    report_tokens: int = option(128, "tokens to decode when measuring speed for the report")
-    device: str = option("cpu", "device for the report's measurements: cpu, cuda, auto")
+    report_tokens: int = option(128, "tokens to decode when measuring speed for the report", check=at_least(1))
+    device: str = option("cpu", "device for the report's measurements: cpu, cuda, auto", check=device_name)
+    overwrite: bool = option(False, "replace a model already in OUT_DIR (never MODEL_DIR itself)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.bits == 4:
+            check_group_size_value(self.group_size)
 
 
 def quantize(args: QuantizeArgs) -> dict:
@@ -73,15 +83,20 @@ def quantize(args: QuantizeArgs) -> dict:
     from ..evaluate.perplexity import read_text_file
     if args.report and not args.text:
         raise LmforgeError("--report measures perplexity on a text: give it with --text FILE")
+    from ..loading import adapter_base, is_adapter_dir
+    from ..safety import check_output
+    inputs = [("MODEL_DIR", args.model_dir), ("the report's text", args.text)]
+    if is_adapter_dir(args.model_dir):
+        inputs.append(("the adapters' base model", adapter_base(Path(args.model_dir))))
+    check_output(args.out_dir, inputs=inputs, overwrite=args.overwrite, out_name="OUT_DIR")
     text = read_text_file(args.text) if args.report else None
     model, config, tokenizer = load_model(args.model_dir)
     if config.quantization:
         raise ConfigError(f"{args.model_dir} is already quantized (int{config.quantization['bits']}); quantize the "
                           f"original model instead")
-    if Path(args.out_dir).resolve() == Path(args.model_dir).resolve():
-        raise ConfigError("OUT_DIR must differ from MODEL_DIR: the quantized copy must not overwrite the original")
     record = quantize_model(model, args.bits, args.group_size)
-    write_model_dir(args.out_dir, model, dataclasses.replace(config, quantization=record), tokenizer)
+    write_model_dir(args.out_dir, model, dataclasses.replace(config, quantization=record), tokenizer,
+                    overwrite=args.overwrite, inputs=inputs)
     rows = None
     if args.report:
         rows = quantization_report(args.model_dir, [args.out_dir], text, args.report_tokens, args.device)

@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from ..data.mlm import mask_tokens
 from ..data.shards import load_splits
 from ..errors import ConfigError
-from ..options import option
+from ..options import option, validate
 from .base import Task
 
 
@@ -30,6 +30,7 @@ class MLMOptions:
                                     "<mask>, 10%% a random token, 10%% stay)")
 
     def __post_init__(self) -> None:
+        validate(self)
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob={self.mask_prob} must be in (0, 1)")
 

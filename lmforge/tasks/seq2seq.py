@@ -19,7 +19,7 @@ from ..data.batching import pad_right
 from ..data.pairs import TARGET_TOKENIZER_DIR, encode_pairs, load_target_tokenizer
 from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError
-from ..options import option
+from ..options import at_least, option
 from ..tokenizers import Tokenizer
 from .base import Task
 
@@ -35,8 +35,8 @@ class Seq2SeqOptions(TableOptions):
     label_smoothing: float = option(0.1, "label smoothing of the training loss (validation loss is plain "
                                          "cross-entropy)")
     eval_translations: int = option(64, "validation pairs translated (greedily) for BLEU / chrF at each "
-                                        "evaluation")
-    test_beams: int = option(4, "beam size for the final test-set translations")
+                                        "evaluation (0: none)", check=at_least(0))
+    test_beams: int = option(4, "beam size for the final test-set translations", check=at_least(1))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..errors import ConfigError
-from .base import SPECIAL_TOKENS, Tokenizer
+from .base import SPECIAL_TOKENS, Tokenizer, split_long_words
 
 MIN_BPE_VOCAB = len(SPECIAL_TOKENS) + 256
 
@@ -32,5 +32,5 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_freque
         special_tokens=list(SPECIAL_TOKENS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    hf.train_from_iterator(texts, trainer=trainer)
+    hf.train_from_iterator(split_long_words(texts), trainer=trainer)
     return Tokenizer(hf, "bpe")

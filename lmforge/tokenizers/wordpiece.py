@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from ..errors import ConfigError
-from .base import SPECIAL_TOKENS, Tokenizer
+from .base import SPECIAL_TOKENS, Tokenizer, split_long_words
 
 MIN_WORDPIECE_VOCAB = len(SPECIAL_TOKENS) + 1
 
@@ -39,7 +39,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8192, lowe
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         show_progress=show_progress, special_tokens=list(SPECIAL_TOKENS.values()),
                                         continuing_subword_prefix="##")
-    hf.train_from_iterator(texts, trainer=trainer)
+    hf.train_from_iterator(split_long_words(texts), trainer=trainer)
     # the trainer numbers "##" pieces in hash order (huggingface/tokenizers#1794), so ids differed between runs on
     # the same text; WordPiece encodes by vocabulary membership only, so renumber: specials, then sorted pieces.
     # (Which of several equally frequent merges make the cut can still vary: that is upstream's to fix.)

@@ -141,7 +141,15 @@ def load_checkpoint(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> tuple[di
         raise ModelDirError(f"cannot resume: the weights are at step {step} but {path} is missing; the train state "
                             f"was deleted — start a new run, or fine-tune from these weights with --init-from")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:                 # torch raises RuntimeError / UnpicklingError / EOFError on bad files
+            raise ModelDirError(f"cannot resume: {path} is unreadable ({str(e).splitlines()[0][:120]}); it may be "
+                                f"truncated or corrupted — the weights of step {step} are intact: start a new run "
+                                f"from them with `--init-from {out_dir}` and a new --out") from None
+        if not isinstance(state, dict) or not {"step", "optimizer", "data_rng", "torch_rng"} <= set(state):
+            raise ModelDirError(f"cannot resume: {path} does not hold a train state; start a new run from the weights "
+                                f"with `--init-from {out_dir}` and a new --out")
     weights, _ = read_weights(out_dir / weights_file)
     return weights, state, step
 

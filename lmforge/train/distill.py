@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..options import option
+from ..options import option, validate
 from ..tasks import Task
 from ..tasks.distill import DistillTask
 from ..tokenizers import Tokenizer
@@ -24,6 +24,7 @@ class DistillArgs:
     alpha: float = option(0.5, "weight of the soft-target loss; 1 - alpha weighs the true next tokens")
 
     def __post_init__(self) -> None:
+        validate(self)
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature} must be positive")
         if not 0.0 <= self.alpha <= 1.0:
@@ -50,4 +51,4 @@ def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]
                               f"{teacher_config.context_length} or less")
         return DistillTask(inner, teacher, args.temperature, args.alpha)
 
-    return train(cfg, wrap_task=wrap)
+    return train(cfg, wrap_task=wrap, inputs=[("--teacher", args.teacher)])

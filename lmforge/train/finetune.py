@@ -46,6 +46,10 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = 
     if args.merge_to and not use_lora:
         raise ConfigError("--merge-to merges LoRA adapters; add --lora-rank R (a full fine-tune is already merged)")
     base = cfg or TrainConfig(**{k: v for k, v in FINETUNE_DEFAULTS.items()})
+    if args.merge_to:
+        from ..safety import check_output
+        check_output(args.merge_to, inputs=[("the run's --out", base.out), ("the base model", args.model_dir),
+                                            ("--data", base.data)], out_name="--merge-to")
     task_options = options if options is not None else base.task_options
     summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options),
                     lora=lora)

@@ -22,6 +22,9 @@ task (knowledge distillation wraps its batches with a teacher).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +38,7 @@ from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_
 from ..model import build_model, new_head_prefixes, num_params
 from ..model.lora import apply_lora
 from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ..safety import LOCK_FILE, RunLock, check_not_input, check_output, clean_temp_files, contents
 from ..tokenizers import Tokenizer
 from ..options import cli_fields, flat_settings
 from ..runfile import TRAIN_CONFIG_FILE, read_run_file, write_run_file
@@ -96,6 +100,70 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
     return a.hf.to_str() == b.hf.to_str()
 
 
+def tokenizer_sha256(tokenizer: Tokenizer) -> str:
+    """Hash of the tokenizer's content (its tokenizer.json as lmforge writes it)."""
+    return hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()
+
+
+def _run_inputs(cfg: TrainConfig, extra: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    inputs = [("--data", cfg.data), ("--init-from", cfg.init_from), *extra]
+    table_tokenizer = getattr(cfg.task_options, "tokenizer", None)
+    if isinstance(table_tokenizer, str) and Path(table_tokenizer).is_dir():
+        inputs.append(("--tokenizer", table_tokenizer))
+    return inputs
+
+
+# what a run writes before its first checkpoint (a directory holding only these lost nothing if replaced)
+RUN_START_FILES = {TRAIN_CONFIG_FILE, CONFIG_FILE, "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
+                   "target_tokenizer", "metrics.jsonl", "loss.png", checkpoint.STATE_DIR}
+
+
+def _aborted_run(out: Path) -> bool:
+    """A directory a training run started and never checkpointed (killed or failed early)."""
+    if not (out / TRAIN_CONFIG_FILE).is_file():
+        return False
+    names = {p.name for p in out.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp")}
+    return names <= RUN_START_FILES
+
+
+def claim_out(cfg: TrainConfig, inputs: list[tuple[str, str | None]] = ()) -> RunLock | None:
+    """The output rule for a training run (see `lmforge.safety`), then its lock. --out is never an
+    input; --resume continues the run in it; a fresh run needs it new, empty, left by a run that
+    never checkpointed, or --overwrite (which empties it). Returns the held lock (None off rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:          # under torchrun, rank 0 checks and locks for all
+        return None
+    out = Path(cfg.out)
+    inputs = _run_inputs(cfg, list(inputs))
+    _check_out(cfg, out, inputs)                        # before the lock: a refusal leaves --out untouched
+    lock = RunLock(out).acquire()
+    try:
+        _check_out(cfg, out, inputs)                    # again: another run may have finished meanwhile
+        if cfg.resume:
+            clean_temp_files(out)                       # what a killed run's interrupted writes left
+        elif contents(out):                             # --overwrite, or a never-checkpointed run: start afresh
+            for p in out.iterdir():
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_out(cfg: TrainConfig, out: Path, inputs: list[tuple[str, str | None]]) -> None:
+    check_not_input(out, inputs, "--out")
+    if cfg.resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
+        return
+    for weights_file in (WEIGHTS_FILE, "adapter.safetensors"):
+        if not cfg.overwrite and (out / weights_file).is_file() and \
+                (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
+            raise ConfigError(f"{out} already holds a trained model (step {step}); pass --resume to continue "
+                              f"it, --overwrite to start over in it, or a new --out")
+    check_output(out, inputs=inputs, overwrite=cfg.overwrite or _aborted_run(out), out_name="--out")
+
+
 def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     """Stop gradients for parameters under `prefixes` that nothing else shares (a tied output
     matrix stays trainable through its embedding). Returns the frozen names."""
@@ -125,6 +193,13 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
         if not (out / CONFIG_FILE).is_file():
             raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
         check_resume_settings(cfg, lora, out)
+        if tokenizer is not None and (out / "tokenizer.json").is_file():
+            ours, theirs = tokenizer_sha256(Tokenizer.load(out)), tokenizer_sha256(tokenizer)
+            if ours != theirs:
+                raise ConfigError(f"--data {cfg.data} was prepared with another tokenizer than the run in {out} "
+                                  f"(tokenizer sha256 {theirs[:12]} vs the run's {ours[:12]}); resume with the "
+                                  f"data the run was trained on, or prepare this text with `lmforge prepare FILES "
+                                  f"--out DATA_DIR --tokenizer {out}`")
         tokenizer = tokenizer or Tokenizer.load(out)
         if is_adapter_dir(out):
             weights, resume_state, step = checkpoint.load_checkpoint(out, ADAPTER_FILE)
@@ -139,10 +214,6 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
         source = str(out)
         print(f"resuming {out} at step {step}")
     else:
-        for weights_file in (WEIGHTS_FILE, ADAPTER_FILE):
-            if (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
-                raise ConfigError(f"{out} already holds a trained model (step {step}); "
-                                  f"pass --resume to continue it, or a new --out")
         resume_state = None
         if cfg.init_from:
             base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
@@ -190,14 +261,26 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
 
 
 def train(cfg: TrainConfig, *, lora=None,
-          wrap_task: Callable[[Task, ModelConfig, Tokenizer], Task] | None = None) -> dict[str, Any]:
+          wrap_task: Callable[[Task, ModelConfig, Tokenizer], Task] | None = None,
+          inputs: list[tuple[str, str | None]] = ()) -> dict[str, Any]:
     """Train according to `cfg`; returns a summary (final losses, perplexity or task metrics,
     step, out), plus the task's final test report.
 
     lora: a `LoRAConfig`; when enabled, train adapters on `cfg.init_from` and save only them.
-    wrap_task(task, model config, tokenizer): replaces the task (distillation)."""
+    wrap_task(task, model config, tokenizer): replaces the task (distillation).
+    inputs: other directories the run reads ((description, path)), which --out must not be.
+    While it runs, the run holds the lock of --out: a second writer is refused."""
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")
+    lock = claim_out(cfg, list(inputs))
+    try:
+        return _train_locked(cfg, lora, wrap_task)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: TrainConfig, lora, wrap_task) -> dict[str, Any]:
     model, config, tokenizer, resume_state, task, lora = build_for_training(cfg, lora)
     if config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "

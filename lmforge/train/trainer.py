@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +29,13 @@ from ..config import ModelConfig, ModelOverrides
 from ..errors import ConfigError, LmforgeError
 from ..loading import resolve_device  # noqa: F401  (re-exported: `train.trainer.resolve_device`)
 from ..model import flops_per_token, num_params
-from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
-from ..options import nested, option
+from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text
+from ..options import above, at_least, between, device_name, nested, option, validate
 from ..viz.plots import plot_loss
 from . import checkpoint
 from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed,
                           make_strategy)
+from .interrupt import StopRequest
 from ..tasks import Task
 from .optim import make_adamw
 from .schedule import lr_at
@@ -54,31 +56,35 @@ class TrainConfig:
                        aliases=("--objective",), fixed=True)
     model: ModelOverrides = nested(ModelOverrides)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
-    batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True)
+    batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True, check=at_least(1))
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step (a resume on another number of "
                                 "processes changes it to keep processes x grad-accum x batch-size; the checkpoint "
-                                "checks that product)")
-    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True)
-    lr: float = option(1e-3, "peak learning rate", fixed=True)
-    min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10)", fixed=True)
-    warmup_steps: int = option(100, "linear warmup steps", fixed=True)
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True)
+                                "checks that product)", check=at_least(1))
+    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True,
+                            check=at_least(1))
+    lr: float = option(1e-3, "peak learning rate", fixed=True, check=above(0))
+    min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10; at most --lr)",
+                                  fixed=True, check=at_least(0))
+    warmup_steps: int = option(100, "linear warmup steps", fixed=True, check=at_least(0))
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True, check=at_least(0))
     optimizer: str = option("adamw", "adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
                             choices=("adamw", "muon"), fixed=True)
-    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", fixed=True)
-    beta1: float = option(0.9, "AdamW beta1", fixed=True)
-    beta2: float = option(0.95, "AdamW beta2", fixed=True)
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", fixed=True)
-    eval_interval: int = option(200, "evaluate every this many steps")
-    eval_iters: int = option(20, "validation batches per evaluation")
-    log_interval: int = option(10, "log the training loss every this many steps")
-    save_interval: int | None = option(None, "checkpoint every this many steps (default: eval_interval)")
+    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", fixed=True,
+                            check=above(0))
+    beta1: float = option(0.9, "AdamW beta1", fixed=True, check=between(0, 1, high_open=True))
+    beta2: float = option(0.95, "AdamW beta2", fixed=True, check=between(0, 1, high_open=True))
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", fixed=True, check=at_least(0))
+    eval_interval: int = option(200, "evaluate every this many steps", check=at_least(1))
+    eval_iters: int = option(20, "validation batches per evaluation", check=at_least(1))
+    log_interval: int = option(10, "log the training loss every this many steps", check=at_least(1))
+    save_interval: int | None = option(None, "checkpoint every this many steps (default: eval_interval)",
+                                       check=at_least(1))
     sample_interval: int | None = option(None, "print a sample every this many steps (default: eval_interval; "
-                                               "0 disables)")
-    sample_tokens: int = option(64, "tokens per training sample")
+                                               "0 disables)", check=at_least(0))
+    sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
     seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
@@ -91,18 +97,21 @@ class TrainConfig:
                                  "the settings; flags typed again may not change how it was trained)", saved=False)
     force: bool = option(False, "with --resume: accept flags that change what the checkpoint was trained with "
                                 "(batch size, schedule, model shape, task options)", saved=False)
+    overwrite: bool = option(False, "start a new run in an --out that holds another model or other files, "
+                                    "replacing them (never one of the run's inputs)", saved=False)
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
-                                          "continue later with --resume", saved=False)
+                                          "continue later with --resume", saved=False, check=at_least(1))
     progress: bool = option(True, "show a progress bar")
     task_options: Any = option(None, "the task's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive")
+        validate(self)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ConfigError(f"min_lr={self.min_lr} is above lr={self.lr}: the cosine decay would raise the "
+                              f"learning rate; give --min-lr at most --lr")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
 
     def options_for(self, cls: type) -> Any:
         """The task's options: `task_options` when set (checked to be a `cls`), else `cls()`."""
@@ -155,10 +164,35 @@ def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device
 
 
 class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl (rank 0 only)."""
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only). Each step is logged once:
+    a fresh run starts a fresh file, a resumed one first drops what was logged after its
+    checkpoint (`start`)."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+
+    def start(self, resume_step: int | None) -> None:
+        """Fresh run (None): remove the old file. Resumed at `resume_step`: keep the rows up to that
+        step; rows after it (logged by a run killed later) and a torn last line are dropped."""
+        if not self.enabled:
+            return
+        if resume_step is None or not self.path.is_file():
+            self.path.unlink(missing_ok=True)
+            return
+        kept, torn = [], 0
+        for line in self.path.read_bytes().decode("utf-8", "replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                torn += 1
+                continue
+            if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > resume_step):
+                kept.append(line)
+        if torn:
+            warnings.warn(f"dropped {torn} torn line(s) from {self.path} (written when a run was killed)")
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, **row: Any) -> None:
         if self.enabled:
@@ -272,17 +306,25 @@ class Trainer:
         checkpoint.save_train_state(self.out, self.strategy, self.model, optimizer, data_gen, step, tokens,
                                     self._batch_shape(), self._weights, self.extra_metadata, self.weights_file)
 
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether Ctrl-C / SIGTERM asked to stop; under torchrun, whether any rank was asked."""
+        if not self.dist.enabled:
+            return stop.requested
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
+        return bool(all_reduce_mean(flag, self.dist).item() > 0)
+
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg, dist, device = self.cfg, self.dist, self.device
         main = dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.extra_files is not None:
+                self.extra_files(self.out)              # first: train_config.yaml marks the directory as a run's
             self.model_config.save(self.out / CONFIG_FILE)
             if self.tokenizer is not None:
                 self.tokenizer.save(self.out)
-            if self.extra_files is not None:
-                self.extra_files(self.out)
+            self.log.start(int(resume_state["step"]) if resume_state is not None else None)
         model = self.model.to(device)
         if cfg.activation_checkpointing:
             activation_checkpointing(model)
@@ -316,7 +358,10 @@ class Trainer:
         B, A, W = cfg.batch_size, cfg.grad_accum, dist.world_size
         t_last, tokens_since = time.perf_counter(), 0
         last_eval: int | None = None
+        saved_at = step
+        stop = StopRequest(announce=main)
         try:
+            stop.__enter__()
             while step < end_step:
                 lr = lr_at(step, lr=cfg.lr, min_lr=min_lr, warmup=cfg.warmup_steps, total=cfg.max_steps)
                 for group in optimizer.param_groups:
@@ -374,17 +419,30 @@ class Trainer:
                             bar.write(f"sample at step {step}: {text!r}")
                 if step % save_every == 0 or step == end_step:
                     self._save(step, optimizer, data_gen, tokens)
+                    saved_at = step
                     if main:
                         plot_loss(self.out / METRICS_FILE, self.out / LOSS_PLOT)
                 if evaluate_now:
                     t_last, tokens_since = time.perf_counter(), 0      # keep eval time out of tokens/s
-        except KeyboardInterrupt:
+                if step < end_step and self._stop_requested(stop):       # Ctrl-C: the step is whole, save it
+                    bar.close()
+                    if saved_at != step:
+                        self._save(step, optimizer, data_gen, tokens)
+                        if main:
+                            plot_loss(self.out / METRICS_FILE, self.out / LOSS_PLOT)
+                    if main:
+                        print(f"\ninterrupted at step {step}; checkpoint saved in {self.out} — continue with "
+                              f"--resume")
+                    summary.update(step=step, stopped=True)
+                    return summary
+        except KeyboardInterrupt:                        # a second Ctrl-C: mid-step, so nothing consistent to save
             bar.close()
-            self._save(step, optimizer, data_gen, tokens)
             if main:
-                print(f"\ninterrupted at step {step}; checkpoint saved in {self.out} — continue with --resume")
-            summary.update(step=step, stopped=True)
-            return summary
+                print(f"\nstopped during step {step + 1} without saving; the checkpoint of step {saved_at} in "
+                      f"{self.out} is intact — continue with --resume")
+            raise
+        finally:
+            stop.__exit__(None, None, None)
         bar.close()
         summary.update(step=step, stopped=step < cfg.max_steps, last_eval=last_eval)
         if main and step < cfg.max_steps:
