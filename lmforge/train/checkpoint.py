@@ -135,7 +135,7 @@ def load_checkpoint(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> tuple[di
                             f"start a new run without --resume (or with a new --out)")
     path = state_path(out_dir, step)
     if sharded_state_path(out_dir, step).is_dir():                  # FSDP: loaded by the trainer, after sharding
-        state: dict[str, Any] = {"sharded": str(sharded_state_path(out_dir, step))}
+        state: dict[str, Any] = {"sharded": str(sharded_state_path(out_dir, step)), "step": step}
         check_shards(sharded_state_path(out_dir, step))
     elif not path.is_file():
         raise ModelDirError(f"cannot resume: the weights are at step {step} but {path} is missing; the train state "

@@ -112,14 +112,17 @@ def read_gguf(path: str | Path, progress: bool = False
 
 def import_gguf(file: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
                 ) -> dict[str, Any]:
-    """Convert a GGUF file (llama or gpt2 architecture) into an lmforge model directory."""
-    from ..hf import output_dir
+    """Convert a GGUF file (llama or gpt2 architecture) into an lmforge model directory (built in a
+    temporary sibling and renamed into place: the output rule of `lmforge.safety`)."""
+    from ...safety import check_output, staged_output
+    inputs = [("the GGUF file", file)]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     config, weights, tokenizer, arch = read_gguf(file, progress)
-    out = output_dir(out_dir, overwrite)
-    config.save(out / CONFIG_FILE)
-    save_tensors(weights, out / WEIGHTS_FILE, {"source": f"gguf:{arch.model_type}"})
-    tokenizer.save(out)
-    return {"out": str(out), "architecture": arch.name, "dtype": "float32",
+    with staged_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as out:
+        config.save(out / CONFIG_FILE)
+        save_tensors(weights, out / WEIGHTS_FILE, {"source": f"gguf:{arch.model_type}"})
+        tokenizer.save(out)
+    return {"out": str(out_dir), "architecture": arch.name, "dtype": "float32",
             "params": sum(t.numel() for t in weights.values())}
 
 

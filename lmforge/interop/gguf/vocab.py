@@ -124,20 +124,14 @@ def chat_template_metadata(tokenizer: Tokenizer) -> dict[str, str]:
     else lmforge's template (the stored one, or the default `lmforge chat` uses) written in Jinja;
     lmforge's template fields also go under lmforge.chat_template for a faithful import."""
     from ...data.chat import TEMPLATE_KEY as STORED, ChatTemplate, chat_template
-    if isinstance(tokenizer.extra.get("chat_template"), str):
+    stored = tokenizer.extra.get(STORED)
+    if not stored and isinstance(tokenizer.extra.get("chat_template"), str):
         return {"tokenizer.chat_template": tokenizer.extra["chat_template"]}
     if tokenizer.eos_id is None:
         return {}
-    t = chat_template(tokenizer) or ChatTemplate()
-    q = json.dumps                                      # a JSON string literal is a Jinja string literal
-    jinja = ("{{ eos_token }}{% for message in messages %}"
-             f"{{% if message['role'] == 'system' %}}{{{{ {q(t.system)} + message['content'] + {q(t.end)} }}}}"
-             f"{{% elif message['role'] == 'user' %}}{{{{ {q(t.user)} + message['content'] + {q(t.end)} }}}}"
-             f"{{% else %}}{{{{ {q(t.assistant)} + message['content'] + eos_token }}}}{{% endif %}}{{% endfor %}}"
-             f"{{% if add_generation_prompt %}}{{{{ {q(t.assistant)} }}}}{{% endif %}}")
-    meta = {"tokenizer.chat_template": jinja}
-    if tokenizer.extra.get(STORED):
-        meta[TEMPLATE_KEY] = json.dumps(tokenizer.extra[STORED], ensure_ascii=False)
+    meta = {"tokenizer.chat_template": (chat_template(tokenizer) or ChatTemplate()).jinja()}
+    if stored:
+        meta[TEMPLATE_KEY] = json.dumps(stored, ensure_ascii=False)
     return meta
 
 
