@@ -31,7 +31,7 @@ from ..tokenizers import Tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from .bert import BERT
 from .gpt2 import GPT2
-from .keys import Architecture, own_tensors, to_hf, to_lmforge
+from .keys import Architecture, fitting_architecture, own_tensors, to_hf, to_lmforge
 from .llama import LLAMA
 
 ARCHITECTURES: dict[str, Architecture] = {arch.model_type: arch for arch in (GPT2, LLAMA, BERT)}
@@ -223,13 +223,7 @@ def read_hf(path: str | Path, progress: bool = False
 # ------------------------------------------------------------------------------ writing
 def architecture_for(config: ModelConfig) -> tuple[Architecture, dict[str, Any]]:
     """The HF architecture that can hold `config`, with its HF config fields."""
-    reasons = []
-    for arch in ARCHITECTURES.values():
-        try:
-            return arch, arch.config_to_hf(config)
-        except ConfigError as e:
-            reasons.append(f"as {arch.name}: {e}")
-    raise ConfigError("no Hugging Face architecture lmforge exports can hold this model — " + "; ".join(reasons))
+    return fitting_architecture(ARCHITECTURES, config, "Hugging Face")
 
 
 def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,

@@ -220,3 +220,17 @@ def to_hf(arch: Architecture, config: ModelConfig, own: dict[str, tuple[int, ...
             part = part.t() if rule.transpose else part    # (out, in) -> (in, out)
             out[name] = part.clone(memory_format=torch.contiguous_format) if len(parts) > 1 else part.contiguous()
     return out
+
+
+def fitting_architecture(architectures: dict[str, "Architecture"], config, format_name: str
+                         ) -> tuple["Architecture", dict[str, Any]]:
+    """The first of `architectures` whose `config_to_hf` accepts `config`, with the fields it
+    gives; else an error that says why each one refused."""
+    reasons = []
+    for arch in architectures.values():
+        try:
+            return arch, arch.config_to_hf(config)
+        except ConfigError as e:
+            reasons.append(f"as {arch.name}: {e}")
+    raise ConfigError(f"no {format_name} architecture lmforge exports can hold this model — " + "; ".join(reasons))
+

@@ -23,7 +23,7 @@ from ...model import build_model
 from ...model.weights import load_weights_into
 from ...modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_model_dir, read_weights, save_tensors
 from ...tokenizers import Tokenizer
-from ..keys import Architecture, own_tensors, to_hf, to_lmforge
+from ..keys import Architecture, fitting_architecture, own_tensors, to_hf, to_lmforge
 from .quants import BLOCKS, OUTTYPES, SUPPORTED, dequantize, export_type
 from .tables import ARCHITECTURES
 from .vocab import tokenizer_from_metadata, tokenizer_metadata
@@ -128,13 +128,8 @@ def import_gguf(file: str | Path, out_dir: str | Path, overwrite: bool = False, 
 
 # ------------------------------------------------------------------------------ writing
 def architecture_for(config: ModelConfig) -> tuple[Architecture, dict[str, Any]]:
-    reasons = []
-    for arch in ARCHITECTURES.values():
-        try:
-            return arch, arch.config_to_hf(config)
-        except ConfigError as e:
-            reasons.append(f"as {arch.name}: {e}")
-    raise ConfigError("no GGUF architecture lmforge exports can hold this model — " + "; ".join(reasons))
+    """The GGUF architecture that can hold `config`, with its metadata fields."""
+    return fitting_architecture(ARCHITECTURES, config, "GGUF")
 
 
 FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}     # general.file_type: llama.cpp's LlamaFileType
