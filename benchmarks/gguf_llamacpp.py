@@ -71,7 +71,7 @@ def main() -> None:
 
     import lmforge
     from lmforge.generate import GenerationConfig, generate_ids
-    from lmforge.generate.decode import encode_prompt
+    from lmforge.generate.core import encode_prompt
     from lmforge.quantize import QuantizeArgs, quantize
     work = Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     model_dir = build(args, work)
