@@ -282,6 +282,16 @@ def with_cls_sep(tokenizer: Tokenizer) -> Tokenizer:
 
 
 # ------------------------------------------------------------------------------ the verbs
+def write_imported(out_dir: str | Path, inputs: list, overwrite: bool, config: ModelConfig,
+                   weights: dict[str, torch.Tensor], tokenizer: Tokenizer, source: str) -> None:
+    """Write a converted checkpoint as an lmforge model directory, built in a temporary sibling and
+    renamed into place (the output rule of `lmforge.safety`)."""
+    with staged_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as out:
+        config.save(out / CONFIG_FILE)
+        save_tensors(weights, out / WEIGHTS_FILE, {"source": source})
+        tokenizer.save(out)
+
+
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
               ) -> dict[str, Any]:
     """Convert an HF directory (GPT-2, Llama, BERT) into an lmforge model directory; returns a summary."""
@@ -292,10 +302,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, 
     inputs = [("the Hugging Face directory", hf_dir)]
     check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     config, weights, tokenizer, arch = read_hf(hf_dir, progress)
-    with staged_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as out:
-        config.save(out / CONFIG_FILE)
-        save_tensors(weights, out / WEIGHTS_FILE, {"source": f"hf:{arch.model_type}"})
-        tokenizer.save(out)
+    write_imported(out_dir, inputs, overwrite, config, weights, tokenizer, f"hf:{arch.model_type}")
     dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
     return {"out": str(out_dir), "architecture": arch.name, "dtype": dtype,
             "params": sum(t.numel() for t in weights.values())}

@@ -21,7 +21,7 @@ from ...config import ModelConfig
 from ...errors import ConfigError, ModelDirError
 from ...model import build_model
 from ...model.weights import load_weights_into
-from ...modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_model_dir, read_weights, save_tensors
+from ...modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_model_dir, read_weights
 from ...tokenizers import Tokenizer
 from ..keys import Architecture, fitting_architecture, own_tensors, to_hf, to_lmforge
 from .quants import BLOCKS, OUTTYPES, SUPPORTED, dequantize, export_type
@@ -114,14 +114,12 @@ def import_gguf(file: str | Path, out_dir: str | Path, overwrite: bool = False, 
                 ) -> dict[str, Any]:
     """Convert a GGUF file (llama or gpt2 architecture) into an lmforge model directory (built in a
     temporary sibling and renamed into place: the output rule of `lmforge.safety`)."""
-    from ...safety import check_output, staged_output
+    from ...safety import check_output
+    from ..hf import write_imported
     inputs = [("the GGUF file", file)]
     check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     config, weights, tokenizer, arch = read_gguf(file, progress)
-    with staged_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as out:
-        config.save(out / CONFIG_FILE)
-        save_tensors(weights, out / WEIGHTS_FILE, {"source": f"gguf:{arch.model_type}"})
-        tokenizer.save(out)
+    write_imported(out_dir, inputs, overwrite, config, weights, tokenizer, f"gguf:{arch.model_type}")
     return {"out": str(out_dir), "architecture": arch.name, "dtype": "float32",
             "params": sum(t.numel() for t in weights.values())}
 
