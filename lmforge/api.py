@@ -26,8 +26,8 @@ from .loading import (build_with_weights, load_for_inference, load_model, read_m
 from .tokenizers import Tokenizer
 # the GenerationConfig fields that apply to encoder-decoder decoding, and translation's own defaults
 # (max_new_tokens is capped by the model's context)
-TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens")
-TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024}
+TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens", "no_repeat_ngram_size")
+TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024, "no_repeat_ngram_size": 4}
 
 
 class Model:
@@ -96,7 +96,8 @@ class Model:
         single = isinstance(texts, str)
         out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
                         num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
-                        length_penalty=gen.length_penalty, batch_size=batch_size)
+                        length_penalty=gen.length_penalty, batch_size=batch_size,
+                        no_repeat_ngram_size=gen.no_repeat_ngram_size)
         return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:

@@ -125,6 +125,29 @@ def test_seq2seq_beam_search_is_exact_when_beams_cover_every_prefix():
         assert got == seq[1:]
 
 
+def test_no_repeat_ngram_blocks_loops():
+    from lmforge.generate.beam import repeated_ngram_mask
+    seqs = torch.tensor([[5, 6, 7, 5, 6, 0], [1, 1, 1, 0, 0, 0]])
+    assert repeated_ngram_mask(seqs, 5, 3, 10)[0].nonzero().flatten().tolist() == [7]   # "5 6" was followed by 7
+    assert not repeated_ngram_mask(seqs, 5, 3, 10)[1].any()
+    assert repeated_ngram_mask(seqs, 3, 2, 10)[1].nonzero().flatten().tolist() == [1]   # "1" was followed by 1
+    loop = torch.full((4, 4), -30.0)                                  # token t is followed by t + 1 mod 3 ...
+    for prev in range(4):
+        loop[prev, (prev + 1) % 3] = math.log(0.6)
+        loop[prev, (prev + 2) % 3] = math.log(0.39)
+
+    def step(tokens, origin, t):
+        return loop[tokens]
+    free = beam_search(step, loop[[3, 3]], num_beams=2, max_new_tokens=9, eos_id=None)
+    assert free.sequences[0, 0].tolist() == [1, 2, 0, 1, 2, 0, 1, 2, 0]              # ... a loop
+    blocked = beam_search(step, loop[[3, 3]], num_beams=2, max_new_tokens=9, eos_id=None, no_repeat_ngram_size=2)
+    for row in blocked.sequences[0].tolist():
+        bigrams = list(zip(row, row[1:]))
+        assert len(bigrams) == len(set(bigrams)) == 8
+    with pytest.raises(Exception, match="no_repeat_ngram_size"):
+        GenerationConfig(no_repeat_ngram_size=-1)
+
+
 def test_beam_settings_are_checked():
     with pytest.raises(LmforgeError, match="num_beams=0"):
         GenerationConfig(num_beams=0)

@@ -37,16 +37,34 @@ class BeamResult:
     steps: int                # decoding steps run
 
 
+def repeated_ngram_mask(seqs: torch.Tensor, t: int, n: int, vocab: int) -> torch.Tensor:
+    """(N, V) True for the tokens that would make an n-gram already in seqs[:, :t] (N rows) appear again."""
+    mask = torch.zeros(seqs.shape[0], vocab, dtype=torch.bool, device=seqs.device)
+    if n < 1 or t < n - 1:
+        return mask
+    if n == 1:
+        return mask.scatter_(1, seqs[:, :t], True)
+    grams = seqs[:, :t].unfold(1, n - 1, 1)                           # (N, t - n + 2, n - 1) every (n-1)-gram
+    prefix = seqs[:, t - n + 1: t]                                     # (N, n - 1) the last n - 1 tokens
+    hits = (grams[:, :-1] == prefix[:, None]).all(-1)                  # (N, t - n + 1) earlier copies of it
+    counts = torch.zeros(seqs.shape[0], vocab, dtype=torch.long, device=seqs.device)
+    counts.scatter_add_(1, seqs[:, n - 1: t], hits.long())             # the token that followed each copy
+    return counts > 0
+
+
 @torch.inference_mode()
 def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], first_logits: torch.Tensor,
                 num_beams: int, max_new_tokens: int, eos_id: int | None, pad_id: int = 0,
-                length_penalty: float = 1.0, early_stopping: bool = True) -> BeamResult:
+                length_penalty: float = 1.0, early_stopping: bool = True,
+                no_repeat_ngram_size: int = 0) -> BeamResult:
     """Beam search for B prompts with K = num_beams beams each.
 
     first_logits: (B*K, V) next-token logits after each prompt, repeated K times (row b*K + k
         is beam k of prompt b; the model's cache rows are laid out the same way).
     step(tokens (B*K,), origin (B*K,), t) -> logits (B*K, V): keep cache rows `origin` (in
         that order), feed `tokens` as generated token number t (0-based), return the logits.
+    no_repeat_ngram_size: n > 0 forbids a hypothesis to contain any n generated tokens twice
+        (the "y nosotros nosotros nosotros" loops small translators fall into).
     """
     K = num_beams
     N, V = first_logits.shape
@@ -66,7 +84,11 @@ def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     beam_offset = (torch.arange(B, device=device) * K)[:, None]        # (B, 1)
     logits, t = first_logits, 0
     for t in range(L):
-        logp = torch.log_softmax(logits.float(), dim=-1).view(B, K, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if no_repeat_ngram_size:                                       # no n-gram twice in a hypothesis
+            banned = repeated_ngram_mask(running_seqs.view(N, L), t, no_repeat_ngram_size, V)
+            logp = logp.masked_fill(banned, float("-inf"))
+        logp = logp.view(B, K, V)
         cand = (running_scores[..., None] + logp).view(B, K * V)     # (B, K*V)
         top_scores, top_ids = cand.topk(n_cand, dim=-1)              # (B, 2K), best first
         top_beam, top_tok = top_ids // V, top_ids % V
@@ -147,6 +169,6 @@ def beam_generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig,
                                     last_pos + t + 1, key_valid)
 
         result = beam_search(step, logits[expand], K, max_new, None if cfg.ignore_eos else eos_id, pad_id,
-                             cfg.length_penalty, cfg.early_stopping)
+                             cfg.length_penalty, cfg.early_stopping, cfg.no_repeat_ngram_size)
     ids, reasons = best_hypotheses(result, None if cfg.ignore_eos else eos_id)
     return ids, reasons, clock.stats(T0, result.steps, B, beams=K)

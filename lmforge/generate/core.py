@@ -46,6 +46,8 @@ class GenerationConfig:
                                "1 samples or decodes greedily")
     length_penalty: float = option(1.0, "beam search: a finished beam scores sum(log p) / length**this "
                                         "(larger favours longer outputs)")
+    no_repeat_ngram_size: int = option(0, "beam search (and encoder-decoder greedy decoding): never repeat an "
+                                          "n-gram of this many generated tokens (0 disables it)", check=at_least(0))
     early_stopping: bool = option(True, "beam search: stop once num_beams hypotheses have ended (--no-early-stopping "
                                         "continues while a running beam can still win)")
     min_p: float = option(0.0, "sample only tokens at least this fraction as likely as the most likely one "

@@ -18,7 +18,8 @@ from .beam import beam_search, best_hypotheses
 @torch.inference_mode()
 def generate_seq2seq_ids(model, source_ids: list[list[int]], *, bos_id: int, eos_id: int | None, pad_id: int = 0,
                          max_new_tokens: int | None = None, num_beams: int = 1, length_penalty: float = 1.0,
-                         early_stopping: bool = True) -> tuple[list[list[int]], list[str]]:
+                         early_stopping: bool = True, no_repeat_ngram_size: int = 0
+                         ) -> tuple[list[list[int]], list[str]]:
     """Target ids (without <bos>/<eos>) and finish reasons for a batch of source id lists."""
     if num_beams < 1:
         raise LmforgeError(f"num_beams={num_beams} must be at least 1")
@@ -44,7 +45,8 @@ def generate_seq2seq_ids(model, source_ids: list[list[int]], *, bos_id: int, eos
             slot = torch.tensor([t + 1], device=device)
             return model.decode(tokens[:, None], memory_valid=memory_valid, input_pos=slot)[:, -1]
 
-        result = beam_search(step, logits, K, max_new, eos_id, pad_id, length_penalty, early_stopping)
+        result = beam_search(step, logits, K, max_new, eos_id, pad_id, length_penalty, early_stopping,
+                             no_repeat_ngram_size)
     finally:
         model.clear_cache()
         model.train(was_training)
@@ -53,7 +55,7 @@ def generate_seq2seq_ids(model, source_ids: list[list[int]], *, bos_id: int, eos
 
 def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, num_beams: int = 4,
               max_new_tokens: int | None = None, length_penalty: float = 1.0, batch_size: int = 32,
-              progress: bool = False) -> list[str]:
+              progress: bool = False, no_repeat_ngram_size: int = 0) -> list[str]:
     """Translate (or summarise: any pair task) a list of texts; empty texts give ""."""
     from tqdm.auto import tqdm
     if model.config.family != "seq2seq":
@@ -68,7 +70,8 @@ def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, nu
                for i in chunk]
         ids, _ = generate_seq2seq_ids(model, src, bos_id=target_tokenizer.bos_id, eos_id=target_tokenizer.eos_id,
                                       pad_id=target_tokenizer.pad_id or 0, max_new_tokens=max_new_tokens,
-                                      num_beams=num_beams, length_penalty=length_penalty)
+                                      num_beams=num_beams, length_penalty=length_penalty,
+                                      no_repeat_ngram_size=no_repeat_ngram_size)
         for i, seq in zip(chunk, ids):
             out[i] = target_tokenizer.decode(seq)
     return out
