@@ -15,7 +15,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 lmforge train --task classify --data "$DATA" \
   --text-column "${TEXT_COLUMN:-text}" --label-column "${LABEL_COLUMN:-label}" \
   --preset bert-tiny --tokenizer wordpiece --vocab-size 8000 --context-length 128 --dropout 0.1 \
-  --batch-size 32 --lr 1e-3 --warmup-steps 200 --max-steps "${STEPS:-2000}" --eval-interval 500 \
+  --batch-size 32 --warmup-steps 200 --max-steps "${STEPS:-2000}" --eval-interval 500 \
   --out "$OUT"
 
 lmforge classify "$OUT" \

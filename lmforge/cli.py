@@ -60,6 +60,8 @@ def print_summary(summary: dict) -> None:
     print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
           + f"; model directory {summary['out']}" + (f"; merged model {summary['merged']}" if "merged" in summary
                                                       else ""))
+    if summary.get("warning"):
+        print(f"warning: {summary['warning']}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- quickstart

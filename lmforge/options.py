@@ -33,15 +33,16 @@ Check = Callable[[Any], "str | None"]     # a value -> what is wrong with it (No
 
 def option(default: Any, help: str, *, choices: list | tuple | None = None, flag: str | None = None,
            short: str | None = None, positional: bool = False, cli: bool = True, aliases: tuple[str, ...] = (),
-           fixed: bool = False, saved: bool = True, check: Check | None = None) -> Any:
+           fixed: bool = False, saved: bool = True, check: Check | None = None, unset: str | None = None) -> Any:
     """A dataclass field with CLI metadata. Mutable defaults (lists) are copied per instance.
     `aliases`: further flag spellings (an old name kept working). `fixed`: a training setting that
     a resumed run must keep (the checkpoint was trained with it). `saved=False`: a control of one
     invocation (--resume), left out of the settings a run file keeps. `check(value)` says what is
-    wrong with a value (None when fine); `validate` runs it."""
+    wrong with a value (None when fine); `validate` runs it. `unset`: what a default of None means,
+    for the help ("the task's: 1e-3")."""
     meta = {"help": help, "choices": choices, "flag": flag, "short": short,
             "positional": positional, "cli": cli, "aliases": aliases, "fixed": fixed,
-            "saved": saved, "check": check}
+            "saved": saved, "check": check, "unset": unset}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -145,6 +146,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         help_text = meta["help"]
         if default not in (None, "", [], False) and tp is not bool:
             help_text += f" (default: {default})"
+        elif default is None and meta.get("unset"):
+            help_text += f" (default: {meta['unset']})"
         kwargs: dict[str, Any] = {"help": help_text, "default": default, "dest": f.name}
         if meta.get("choices"):
             kwargs["choices"] = list(meta["choices"])

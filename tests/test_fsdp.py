@@ -25,7 +25,8 @@ from lmforge.train.distributed import activation_checkpointing, blocks_of
 
 COMMON = ["--preset", "gpt-tiny", "--context-length", "32", "--batch-size", "4", "--max-steps", "6",
           "--eval-interval", "3", "--eval-iters", "3", "--log-interval", "1", "--sample-interval", "3",
-          "--sample-tokens", "8", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2"]
+          "--sample-tokens", "8", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2",
+          "--optimizer", "adamw"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -152,7 +153,7 @@ def test_encoder_classifier_with_lora_and_activation_checkpointing_under_fsdp(tm
     """An encoder task (classify, with a new head) and LoRA adapters, through the same loop."""
     args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--data", str(topics_csv), "--lora-rank", "4",
             "--batch-size", "4", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval",
-            "1", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2"]
+            "1", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2", "--optimizer", "adamw"]
     assert main([*args, "--out", str(tmp_path / "one"), "--grad-accum", "2"]) == 0
     _torchrun("--standalone", "--nproc_per_node", "2", "-m", "lmforge", *args, "--out", str(tmp_path / "fsdp"),
               "--strategy", "fsdp", "--activation-checkpointing")

@@ -268,8 +268,8 @@ def test_finetune_a_classifier_from_minilm(minilm_dir, tmp_path, capsys):
     table = write_topics_csv(tmp_path / "topics.csv", n=60)
     out = tmp_path / "topics"
     assert main(["finetune", str(minilm_dir), "--task", "classify", "--data", str(table), "--out", str(out),
-                 "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-interval",
-                 "6", "--eval-iters", "1", "--no-progress", "--device", "cpu"]) == 0
+                 "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--muon-lr", "0.01", "--warmup-steps", "2",
+                 "--eval-interval", "6", "--eval-iters", "1", "--no-progress", "--device", "cpu"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["labels"] == ["animals", "food", "tech"] and config["pooling"] == "mean"
     assert (out / "classification_report.json").is_file()

@@ -77,6 +77,17 @@ def test_only_adapter_parameters_receive_gradients():
         p.numel() for p in model.parameters())
 
 
+def test_muon_leaves_lora_adapters_to_adamw():
+    from lmforge.train.muon import make_muon
+    model = build_model(get_preset("gpt-tiny", vocab_size=64))
+    apply_lora(model, LoRAConfig(lora_rank=4))
+    opt = make_muon(model, lr=1e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = [names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]]
+    adamw = [names[id(p)] for g in opt.param_groups if not g["muon"] for p in g["params"]]
+    assert muon == [] and adamw and all(".lora_" in n for n in adamw)
+
+
 def test_bad_targets_are_named_with_the_module_list():
     model = build_model(get_preset("gpt-tiny", vocab_size=64))
     with pytest.raises(ConfigError, match=r"'gate' matches no Linear module.*transformer\.blocks\.N\.attn\.qkv"):

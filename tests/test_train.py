@@ -63,8 +63,9 @@ def test_training_writes_the_model_directory_and_loss_falls(tiny_model_dir):
     assert config.context_length == 32 and tok.kind == "char"
 
 
-def test_resume_is_exact(tmp_path, char_data):
-    kw = dict(max_steps=12, eval_interval=4, dropout=0.1, grad_accum=2)
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_resume_is_exact(tmp_path, char_data, optimizer):
+    kw = dict(max_steps=12, eval_interval=4, dropout=0.1, grad_accum=2, optimizer=optimizer)
     train(tiny_train_config(char_data, tmp_path / "straight", **kw))
     first = train(tiny_train_config(char_data, tmp_path / "stopped", stop_after=5, **kw))
     assert first["stopped"] and checkpoint_step(tmp_path / "stopped") == 5

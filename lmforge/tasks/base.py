@@ -65,6 +65,11 @@ class Task:
         """Extra validation metrics beyond the loss (accuracy, BLEU, ...)."""
         return {}
 
+    def constant_loss(self) -> float | None:
+        """The training loss of a model that ignores its input and predicts the training frequencies
+        (of labels, of tokens): where a collapsed run sits (None: not known for this task)."""
+        return None
+
     # ---- around the run ------------------------------------------------------------------------
     def sampler(self) -> Callable[[torch.nn.Module], str] | None:
         """What the trainer prints as a sample at each evaluation (None: text generation for decoders)."""
@@ -93,3 +98,16 @@ class NextTokenTask(Task):
 
     def loss(self, model, batch):
         return lm_loss(*self.logits_and_targets(model, batch))
+
+
+def token_entropy(tokens, limit: int = 2_000_000) -> float:
+    """Entropy (nats) of the token frequencies of (the first `limit` of) a token array: the loss of
+    predicting every token from frequency alone."""
+    import numpy as np
+    return float(_entropy(np.bincount(np.asarray(tokens[:limit], dtype=np.int64))))
+
+
+def _entropy(counts) -> float:
+    p = torch.as_tensor(counts, dtype=torch.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())

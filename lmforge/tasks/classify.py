@@ -20,7 +20,7 @@ from ..data.classify import collate_examples, encode_for_classification, sort_la
 from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
 from ..options import option
-from .base import Task
+from .base import Task, _entropy
 
 
 @dataclass
@@ -81,6 +81,26 @@ def map_batches(model, ids: list[list[int]], types: list[list[int]], pad_id: int
     return out
 
 
+def split_rows(rows: list[dict[str, str]], o: ClassifyOptions) -> dict[str, list[int]]:
+    """The seeded, label-stratified train / val / test split of a table's rows."""
+    return split_indices(len(rows), o.val_fraction, o.test_fraction, o.split_seed,
+                         strata=[r[o.label_column] for r in rows])
+
+
+def training_texts(path: str | Path, options: ClassifyOptions | None = None) -> list[str]:
+    """The texts of the rows `--task classify` trains on (its validation and test rows left out):
+    unlabelled text for pretraining an encoder that never sees the held-out rows."""
+    o = options or ClassifyOptions()
+    rows = read_table(path, [o.text_column, o.label_column], (),
+                      {o.text_column: "--text-column", o.label_column: "--label-column"})
+    return [rows[i][o.text_column] for i in split_rows(rows, o)["train"]]
+
+
+def label_entropy(y: torch.Tensor, n_labels: int) -> float:
+    """The cross-entropy of always predicting the label frequencies of `y` (ln 2 for two balanced classes)."""
+    return _entropy(torch.bincount(y, minlength=n_labels))
+
+
 class ClassificationTask(Task):
     name = "classify"
 
@@ -116,8 +136,7 @@ class ClassificationTask(Task):
         if truncated:
             warnings.warn(f"{truncated} of {len(rows)} texts of {path} are longer than the model's context of "
                           f"{config.context_length} tokens and were truncated", stacklevel=2)
-        splits = split_indices(len(rows), o.val_fraction, o.test_fraction, o.split_seed,
-                               strata=[r[o.label_column] for r in rows])
+        splits = split_rows(rows, o)
         self.splits = {s: ([ids[i] for i in idx], [types[i] for i in idx], torch.tensor([y[i] for i in idx]))
                        for s, idx in splits.items()}
         counts = torch.bincount(self.splits["train"][2], minlength=len(self.labels)).float()
@@ -154,6 +173,11 @@ class ClassificationTask(Task):
 
     def tokens_in(self, batch):
         return int(batch["valid"].sum())
+
+    def constant_loss(self) -> float | None:
+        if self.weights is not None:
+            return None                     # a weighted loss: the frequencies are no longer the optimum
+        return label_entropy(self.splits["train"][2], len(self.labels))
 
     def _metrics(self, model, split: str, autocast) -> dict[str, Any]:
         from ..evaluate.classification import classification_metrics

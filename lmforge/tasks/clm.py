@@ -11,7 +11,7 @@ import torch
 from ..config import ModelConfig
 from ..data.shards import load_splits
 from ..errors import ConfigError
-from .base import NextTokenTask
+from .base import NextTokenTask, token_entropy
 
 
 class CausalLMTask(NextTokenTask):
@@ -23,6 +23,9 @@ class CausalLMTask(NextTokenTask):
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.data[split]) - self.T, (n,), generator=generator)
+
+    def constant_loss(self) -> float:
+        return token_entropy(self.data["train"])
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         data = self.data[split]

@@ -21,7 +21,7 @@ from ..data.mlm import mask_tokens
 from ..data.shards import load_splits
 from ..errors import ConfigError
 from ..options import option, validate
-from .base import Task
+from .base import Task, token_entropy
 
 
 @dataclass
@@ -66,6 +66,9 @@ class MaskedLMTask(Task):
         inputs, labels = mask_tokens(rows, mask_id=self.mask_id, vocab_size=self.vocab_size,
                                      special_ids=self.special, mask_prob=self.options.mask_prob, generator=gen)
         return {"x": inputs, "labels": labels}
+
+    def constant_loss(self) -> float:
+        return token_entropy(self.data["train"])
 
     def loss(self, model, batch):
         selected = batch["labels"] != -100

@@ -72,8 +72,10 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def make_muon(model: nn.Module, lr: float, muon_lr: float, weight_decay: float,
               betas: tuple[float, float]) -> MuonAdamW:
-    """Muon for the 2-D weights inside the transformer blocks; AdamW (at `lr`) for the rest."""
-    hidden = {id(p) for name, p in model.named_parameters() if p.dim() >= 2 and ".blocks." in f".{name}"}
+    """Muon for the 2-D weights inside the transformer blocks; AdamW (at `lr`) for the rest, LoRA
+    adapters included (low-rank by design: orthogonalising their updates is not what Muon is for)."""
+    hidden = {id(p) for name, p in model.named_parameters()
+              if p.dim() >= 2 and ".blocks." in f".{name}" and "lora_" not in name}
     groups = []
     for g in param_groups(model, weight_decay):
         muon = [p for p in g["params"] if id(p) in hidden]

@@ -33,16 +33,23 @@ from ..modeldir import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text
 from ..options import above, at_least, between, device_name, nested, option, validate
 from ..viz.plots import plot_loss
 from . import checkpoint
+from .collapse import MIN_STEPS_TO_JUDGE, LossWatch
 from .distributed import (STRATEGIES, DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed,
                           make_strategy)
 from .interrupt import StopRequest
-from ..tasks import Task
+from ..tasks import DEFAULTS, TASK_DEFAULTS, Task, task_defaults
 from .optim import make_adamw
 from .schedule import lr_at
 
 METRICS_FILE, LOSS_PLOT = "metrics.jsonl", "loss.png"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12,
               "4090": 165e12, "3090": 71e12}
+
+
+def defaults_text(name: str) -> str:
+    """The help's account of a task-dependent default: "the task's: 0.001, seq2seq 0.002"."""
+    own = ", ".join(f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items() if name in d)
+    return f"the task's: {DEFAULTS[name]:g}" + (f", {own}" if own else "")
 
 
 @dataclass
@@ -56,21 +63,27 @@ class TrainConfig:
                        aliases=("--objective",), fixed=True)
     model: ModelOverrides = nested(ModelOverrides)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
-    batch_size: int = option(16, "sequences per micro-batch (per process)", fixed=True, check=at_least(1))
+    batch_size: int | None = option(None, "sequences per micro-batch (per process)", fixed=True, check=at_least(1),
+                                    unset=defaults_text("batch_size"))
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step (a resume on another number of "
                                 "processes changes it to keep processes x grad-accum x batch-size; the checkpoint "
                                 "checks that product)", check=at_least(1))
     max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True,
                             check=at_least(1))
-    lr: float = option(1e-3, "peak learning rate", fixed=True, check=above(0))
+    lr: float | None = option(None, "peak learning rate (of every weight under adamw; of the embeddings, head, norms "
+                                    "and biases under muon)", fixed=True, check=above(0),
+                              unset=defaults_text("lr"))
     min_lr: float | None = option(None, "final learning rate of the cosine decay (default lr/10; at most --lr)",
                                   fixed=True, check=at_least(0))
-    warmup_steps: int = option(100, "linear warmup steps", fixed=True, check=at_least(0))
+    warmup_steps: int | None = option(None, "linear warmup steps", fixed=True, check=at_least(0),
+                                      unset=defaults_text("warmup_steps"))
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True, check=at_least(0))
-    optimizer: str = option("adamw", "adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
-                            choices=("adamw", "muon"), fixed=True)
-    muon_lr: float = option(0.02, "peak learning rate of the Muon matrices (with --optimizer muon)", fixed=True,
-                            check=above(0))
+    optimizer: str | None = option(None, "muon (Muon for the blocks' weight matrices, AdamW for the rest; measured "
+                                         "best per CPU-minute for every task, README 'Defaults') or adamw",
+                                   choices=("adamw", "muon"), fixed=True,
+                                   unset="muon; adamw with --strategy fsdp, which Muon does not support")
+    muon_lr: float | None = option(None, "peak learning rate of the Muon matrices (with --optimizer muon)",
+                                   fixed=True, check=above(0), unset=defaults_text("muon_lr"))
     beta1: float = option(0.9, "AdamW beta1", fixed=True, check=between(0, 1, high_open=True))
     beta2: float = option(0.95, "AdamW beta2", fixed=True, check=between(0, 1, high_open=True))
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 disables)", fixed=True, check=at_least(0))
@@ -106,6 +119,11 @@ class TrainConfig:
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
+        if self.optimizer is None and self.strategy == "fsdp":
+            self.optimizer = "adamw"
+        for name, value in task_defaults(self.task).items():      # None: the task's default (one source)
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         validate(self)
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ConfigError(f"min_lr={self.min_lr} is above lr={self.lr}: the cosine decay would raise the "
@@ -359,6 +377,8 @@ class Trainer:
         t_last, tokens_since = time.perf_counter(), 0
         last_eval: int | None = None
         saved_at = step
+        watch = LossWatch(self.objective.constant_loss(),
+                          check_from=max(MIN_STEPS_TO_JUDGE, cfg.warmup_steps, cfg.max_steps // 4))
         stop = StopRequest(announce=main)
         try:
             stop.__enter__()
@@ -403,6 +423,11 @@ class Trainer:
                     bar.set_postfix(post)
                     summary.update(train_loss=loss_val, tokens_per_s=tps)
                     t_last, tokens_since = now, 0
+                    alarm = watch.update(step, loss_val)
+                    if alarm:
+                        self.log.write(kind="warning", step=step, message=alarm)
+                        if main:
+                            bar.write(alarm)
                 evaluate_now = step % cfg.eval_interval == 0 or step == cfg.max_steps
                 if evaluate_now:
                     metrics = self.evaluate(train_model)
@@ -445,6 +470,8 @@ class Trainer:
             stop.__exit__(None, None, None)
         bar.close()
         summary.update(step=step, stopped=step < cfg.max_steps, last_eval=last_eval)
+        if watch.verdict():
+            summary["warning"] = watch.verdict()
         if main and step < cfg.max_steps:
             print(f"stopped at step {step} of {cfg.max_steps}; continue with the same command plus --resume")
         return summary
