@@ -1,0 +1,50 @@
+"""The pretrain -> fine-tune recipe (examples/pretrain_finetune_topics.py) end to end on a tiny
+table: the unlabelled text leaves the held-out rows out, the encoder is pretrained with the
+masked-LM objective and fine-tuned into a classifier, and a bad input is one line, exit 2."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from lmforge.tasks.classify import ClassifyOptions, split_rows, training_texts
+from lmforge.data.tables import read_table
+
+from .conftest import write_topics_csv
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain_finetune_topics.py"
+
+
+def recipe():
+    spec = importlib.util.spec_from_file_location("recipe", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_texts_leave_out_the_held_out_rows(tmp_path):
+    table = write_topics_csv(tmp_path / "t.csv")
+    rows = read_table(table, ["text", "label"])
+    split = split_rows(rows, ClassifyOptions())
+    texts = training_texts(table)
+    assert texts == [rows[i]["text"] for i in split["train"]]
+    assert len(texts) == len(split["train"]) < len(rows) and split["val"] and split["test"]
+
+
+def test_pretrain_then_finetune_recipe_runs_and_reports(tmp_path, capsys):
+    table = write_topics_csv(tmp_path / "t.csv")
+    out = tmp_path / "recipe"
+    argv = ["--data", str(table), "--out", str(out), "--pretrain-steps", "4", "--finetune-steps", "4",
+            "--batch-size", "4", "--vocab-size", "300", "--device", "cpu", "--from-scratch"]
+    assert recipe().main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "masked-LM validation perplexity" in printed and "pretrain -> fine-tune (lmforge)" in printed
+    encoder = json.loads((out / "encoder" / "config.json").read_text())
+    classifier = json.loads((out / "classifier" / "config.json").read_text())
+    assert encoder["family"] == classifier["family"] == "encoder" and classifier["labels"]
+    report = json.loads((out / "recipe_report.json").read_text())["results"]
+    assert 0.0 <= report["pretrain -> fine-tune (lmforge)"]["test_macro_f1"] <= 1.0
+    assert "from scratch, same shape and steps (lmforge)" in report
+    assert recipe().main(argv) == 2                       # --out holds the run: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert recipe().main(["--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
