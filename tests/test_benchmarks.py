@@ -29,3 +29,20 @@ def test_run_all_quick_runs_every_cpu_benchmark(tmp_path):
         (False, "float32"), (False, "float32"), (True, "float32"), (False, "bfloat16")]
     for row in rows:
         assert set(row["best"]) == {"lmforge", "transformers"} and all(v > 0 for v in row["best"].values())
+
+
+@pytest.mark.slow
+def test_quality_benchmark_compares_with_the_transformers_trainer(tmp_path):
+    """benchmarks/quality.py end to end on a tiny budget: both frameworks train, both are scored
+    by the same function on the same windows, and the ratio is printed."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "quality.py"), "--preset", "gpt-tiny", "--minutes", "0.02",
+                           "--batch-size", "4", "--eval-windows", "8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "transformers Trainer (AdamW)" in out and "lmforge (Muon, its defaults)" in out, out
+    losses = [float(line.split()[-2]) for line in out.splitlines()
+              if line.startswith(("transformers Trainer", "lmforge (Muon"))]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    assert "val-loss ratio lmforge / transformers:" in out
