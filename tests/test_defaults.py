@@ -10,7 +10,7 @@ import pytest
 from lmforge.cli import build_parser, from_args
 from lmforge.quickstart import QUICKSTART_TRAINING, QuickstartConfig
 from lmforge.tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
-from lmforge.train import TrainConfig, train
+from lmforge.train import TrainConfig
 from lmforge.train.collapse import LossWatch
 from lmforge.train.finetune import FINETUNE_DEFAULTS
 
