@@ -40,5 +40,6 @@ def task_defaults(task: str) -> dict[str, Any]:
     """The training defaults of `task`: DEFAULTS with the task's own changes."""
     return {**DEFAULTS, **TASK_DEFAULTS.get(task, {})}
 
-__all__ = ["TASKS", "SHARD_TASKS", "TASK_OPTIONS", "DEFAULTS", "TASK_DEFAULTS", "task_defaults", "Task", "NextTokenTask", "lm_loss", "ClassifyOptions",
-           "MLMOptions", "Seq2SeqOptions"]
+
+__all__ = ["TASKS", "SHARD_TASKS", "TASK_OPTIONS", "DEFAULTS", "TASK_DEFAULTS", "task_defaults", "Task",
+           "NextTokenTask", "lm_loss", "ClassifyOptions", "MLMOptions", "Seq2SeqOptions"]

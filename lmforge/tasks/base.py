@@ -104,10 +104,11 @@ def token_entropy(tokens, limit: int = 2_000_000) -> float:
     """Entropy (nats) of the token frequencies of (the first `limit` of) a token array: the loss of
     predicting every token from frequency alone."""
     import numpy as np
-    return float(_entropy(np.bincount(np.asarray(tokens[:limit], dtype=np.int64))))
+    return float(frequency_entropy(np.bincount(np.asarray(tokens[:limit], dtype=np.int64))))
 
 
-def _entropy(counts) -> float:
+def frequency_entropy(counts) -> float:
+    """Entropy (nats) of the distribution the counts give: the loss of always predicting it."""
     p = torch.as_tensor(counts, dtype=torch.float64)
     p = p[p > 0] / p.sum()
     return float(-(p * p.log()).sum())

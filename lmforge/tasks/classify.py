@@ -20,7 +20,7 @@ from ..data.classify import collate_examples, encode_for_classification, sort_la
 from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
 from ..options import option
-from .base import Task, _entropy
+from .base import Task, frequency_entropy
 
 
 @dataclass
@@ -98,7 +98,7 @@ def training_texts(path: str | Path, options: ClassifyOptions | None = None) -> 
 
 def label_entropy(y: torch.Tensor, n_labels: int) -> float:
     """The cross-entropy of always predicting the label frequencies of `y` (ln 2 for two balanced classes)."""
-    return _entropy(torch.bincount(y, minlength=n_labels))
+    return frequency_entropy(torch.bincount(y, minlength=n_labels))
 
 
 class ClassificationTask(Task):

@@ -23,7 +23,6 @@ class LossWatch:
         self.constant, self.check_from, self.lr_flag = constant_loss, check_from, lr_flag
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.first: tuple[int, float] | None = None
-        self.since: int | None = None
         self.reported = False
         self.state: str | None = None
 
