@@ -4,8 +4,9 @@ wraps the same loop.
 
 Per step: draw the step's micro-batch indices from the data generator (all ranks draw the
 same), run this rank's micro-batches with gradient accumulation (DDP syncs only on the last),
-clip, optimizer step (Muon for the blocks' matrices and AdamW for the rest, or AdamW alone). Logged losses are averaged over micro-batches and ranks. Everything the
-next step depends on — weights, optimizer, step, data generator, RNG — is in the
+clip, optimizer step (Muon for the blocks' matrices and AdamW for the rest, or AdamW alone).
+Logged losses are averaged over micro-batches and ranks; a loss that shows the run learns
+nothing is reported (`collapse.py`). Everything the next step depends on — weights, optimizer, step, data generator, RNG — is in the
 checkpoint, so `--resume` continues exactly.
 """
 
