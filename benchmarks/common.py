@@ -121,3 +121,15 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t0
+
+
+def quickstart_data(work: Path) -> str:
+    """The quickstart corpus (Python's reference text) prepared into work/data (BPE, 1,024 tokens),
+    as `lmforge quickstart` prepares it; returns the data directory."""
+    from lmforge.data.shards import PrepareConfig, prepare
+    from lmforge.quickstart import pydoc_corpus
+    src = work / "pydoc.txt"
+    src.write_text(pydoc_corpus())
+    prepare(PrepareConfig(inputs=[str(src)], out=str(work / "data"), tokenizer="bpe", vocab_size=1024,
+                          progress=False))
+    return str(work / "data")

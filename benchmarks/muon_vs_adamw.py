@@ -29,17 +29,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW lr (and Muon's lr for the non-matrix params)")
     p.add_argument("--muon-lr", type=float, default=0.02)
     args = p.parse_args()
-    from lmforge.data.shards import PrepareConfig, prepare
-    from lmforge.quickstart import pydoc_corpus
+    from common import quickstart_data
     from lmforge.config import ModelOverrides
     from lmforge.train import TrainConfig, train
     work = Path(tempfile.mkdtemp(prefix="muon-bench-"))
-    data = args.data
-    if data is None:
-        src = work / "pydoc.txt"
-        src.write_text(pydoc_corpus())
-        data = str(work / "data")
-        prepare(PrepareConfig(inputs=[str(src)], out=data, tokenizer="bpe", vocab_size=1024, progress=False))
+    data = args.data or quickstart_data(work)
     curves = {}
     for opt in ("adamw", "muon"):
         cfg = TrainConfig(data=data, out=str(work / opt), preset=args.preset,

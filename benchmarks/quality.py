@@ -145,16 +145,11 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=640)
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
+    from common import quickstart_data
     from lmforge.config import get_preset
-    from lmforge.data.shards import PrepareConfig, load_splits, prepare
-    from lmforge.quickstart import pydoc_corpus
+    from lmforge.data.shards import load_splits
     work = Path(tempfile.mkdtemp(prefix="quality-bench-"))
-    data_dir = args.data
-    if data_dir is None:
-        src = work / "pydoc.txt"
-        src.write_text(pydoc_corpus())
-        data_dir = str(work / "data")
-        prepare(PrepareConfig(inputs=[str(src)], out=data_dir, tokenizer="bpe", vocab_size=1024, progress=False))
+    data_dir = args.data or quickstart_data(work)
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
     cfg = get_preset(args.preset, vocab_size=meta["vocab_size"])
     if cfg.family != "decoder" or cfg.position != "learned":

@@ -19,8 +19,8 @@ class LossWatch:
     """Fed each logged training loss; `update` returns a message the first time the run looks
     collapsed or stuck (None otherwise); `verdict()` says whether it still does at the end."""
 
-    def __init__(self, constant_loss: float | None, check_from: int, lr_flag: str = "--lr"):
-        self.constant, self.check_from, self.lr_flag = constant_loss, check_from, lr_flag
+    def __init__(self, constant_loss: float | None, check_from: int):
+        self.constant, self.check_from = constant_loss, check_from
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.first: tuple[int, float] | None = None
         self.reported = False
@@ -33,11 +33,11 @@ class LossWatch:
         if self.constant is not None and mean >= AT_CONSTANT * self.constant:
             return (f"the training loss is {mean:.4f}, no better than ignoring the input and predicting the "
                     f"training frequencies ({self.constant:.4f}): the run has collapsed and learns nothing. The "
-                    f"likely fix is a lower learning rate (e.g. {self.lr_flag} divided by 3 to 10)")
+                    f"likely fix is a lower learning rate (e.g. --lr divided by 3 to 10)")
         first_step, first = self.first
         if mean >= NOT_MOVED * first:
             return (f"the training loss has not gone down since step {first_step} ({first:.4f} then, {mean:.4f} "
-                    f"now): the run learns nothing. The likely fix is a lower learning rate (e.g. {self.lr_flag} "
+                    f"now): the run learns nothing. The likely fix is a lower learning rate (e.g. --lr "
                     f"divided by 3 to 10), or check that the data holds something to learn")
         return None
 
