@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import weakref
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -30,15 +32,53 @@ from .scheduler import QueueFull, Scheduler, Sequence
 MAX_ATTENTION_TOKENS = 256
 
 
+class _Mailbox:
+    """Hands scheduler events (scheduler thread) to request queues (the event loop's thread).
+    Events posted while a delivery is pending ride along with it, so one decode step of 16
+    sequences wakes the event loop once, not 16 times."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: list[tuple[asyncio.Queue, tuple]] = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, event: tuple) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            first = len(self._pending) == 1
+        if first:
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for queue, event in batch:
+            queue.put_nowait(event)
+
+
 class _Events:
     """Scheduler events for one request, handed to its event loop."""
 
+    _mailboxes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # event loop -> its _Mailbox
+    _lock = threading.Lock()
+
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self.mailbox = self._mailboxes.get(loop)
+            if self.mailbox is None:
+                self.mailbox = self._mailboxes[loop] = _Mailbox(loop)
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def emit(self, event: tuple) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        self.mailbox.post(self.queue, event)
+
+    async def next_batch(self) -> list[tuple]:
+        """The next event and every other one already waiting (one write to the client for all)."""
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
 
 
 def create_app(lm, args: ServeArgs) -> Starlette:
@@ -187,33 +227,24 @@ def create_app(lm, args: ServeArgs) -> Starlette:
             return formatter.legacy(head + entries, s.prompt_ids, offset)
 
         if stream:
+            def choice(s: Sequence, **fields) -> str:
+                return _sse({"id": rid, "object": "text_completion", "created": created, "model": name,
+                             "choices": [{"index": s.index, "text": "", "logprobs": None, "finish_reason": None,
+                                          **fields}]})
+
+            sent_echo = set()
+
+            def on_token(s: Sequence, text: str, entry) -> str:
+                if s.index not in sent_echo:
+                    sent_echo.add(s.index)
+                    text = prompt_text[s.index] + text
+                return choice(s, text=text, logprobs=formatter.legacy([entry]) if entry is not None else None)
+
             async def chunks():
-                sent_echo = set()
                 try:
-                    left = len(seqs)
-                    while left:
-                        event = await events.queue.get()
-                        kind, s = event[0], event[1]
-                        choice = {"index": s.index, "text": "", "logprobs": None, "finish_reason": None}
-                        if kind == "token":
-                            if not event[3] and event[4] is None:
-                                continue
-                            choice["text"] = event[3]
-                            if s.index not in sent_echo:
-                                sent_echo.add(s.index)
-                                choice["text"] = prompt_text[s.index] + choice["text"]
-                            if event[4] is not None:
-                                choice["logprobs"] = formatter.legacy([event[4]])
-                        elif kind == "error":
-                            yield _sse({"error": {"message": f"generation failed: {event[2]}", "type": "server_error",
-                                                  "param": None, "code": None}})
-                            left -= 1
-                            continue
-                        else:
-                            left -= 1
-                            choice["finish_reason"] = s.finish_reason
-                        yield _sse({"id": rid, "object": "text_completion", "created": created, "model": name,
-                                    "choices": [choice]})
+                    async for text in _event_stream(events, len(seqs), on_token,
+                                                    lambda s: choice(s, finish_reason=s.finish_reason)):
+                        yield text
                     if include_usage:
                         yield _sse({"id": rid, "object": "text_completion", "created": created, "model": name,
                                     "choices": [], "usage": usage(n_prompt, sum(len(s.out_ids) for s in seqs))})
@@ -245,32 +276,24 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         rid, created = new_id("chatcmpl"), now()
 
         if stream:
+            def chunk(choices, **extra) -> str:
+                return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                             "choices": choices, **extra})
+
+            def on_token(s: Sequence, text: str, entry) -> str:
+                return chunk([{"index": s.index, "delta": {"content": text},
+                               "logprobs": formatter.chat([entry]) if entry is not None else None,
+                               "finish_reason": None}])
+
+            def on_finish(s: Sequence) -> str:
+                return chunk([{"index": s.index, "delta": {}, "logprobs": None, "finish_reason": s.finish_reason}])
+
             async def chunks():
-                def chunk(choices, **extra):
-                    return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
-                                 "choices": choices, **extra})
                 try:
-                    for s in seqs:
-                        yield chunk([{"index": s.index, "delta": {"role": "assistant", "content": ""},
-                                      "logprobs": None, "finish_reason": None}])
-                    left = len(seqs)
-                    while left:
-                        event = await events.queue.get()
-                        kind, s = event[0], event[1]
-                        if kind == "token":
-                            if not event[3] and event[4] is None:
-                                continue
-                            logprobs = formatter.chat([event[4]]) if event[4] is not None else None
-                            yield chunk([{"index": s.index, "delta": {"content": event[3]}, "logprobs": logprobs,
-                                          "finish_reason": None}])
-                        elif kind == "error":
-                            left -= 1
-                            yield _sse({"error": {"message": f"generation failed: {event[2]}", "type": "server_error",
-                                                  "param": None, "code": None}})
-                        else:
-                            left -= 1
-                            yield chunk([{"index": s.index, "delta": {}, "logprobs": None,
-                                          "finish_reason": s.finish_reason}])
+                    yield "".join(chunk([{"index": s.index, "delta": {"role": "assistant", "content": ""},
+                                          "logprobs": None, "finish_reason": None}]) for s in seqs)
+                    async for text in _event_stream(events, len(seqs), on_token, on_finish):
+                        yield text
                     if include_usage:
                         yield chunk([], usage=usage(len(ids), sum(len(s.out_ids) for s in seqs)))
                     yield "data: [DONE]\n\n"
@@ -437,6 +460,29 @@ def _number_field(body: dict, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ApiError(f"'{name}' must be an integer from {lo} to {hi}, got {value!r}", name)
     return value
+
+
+async def _event_stream(events: _Events, n_seqs: int, on_token, on_finish):
+    """Server-sent-event text for a request's scheduler events until its `n_seqs` sequences have
+    finished; the events that arrived together go out in one write. `on_token(seq, text, logprob
+    entry)` and `on_finish(seq)` render one chunk each."""
+    left = n_seqs
+    while left:
+        out = []
+        for event in await events.next_batch():
+            kind, s = event[0], event[1]
+            if kind == "token":
+                if event[3] or event[4] is not None:
+                    out.append(on_token(s, event[3], event[4]))
+            elif kind == "error":
+                left -= 1
+                out.append(_sse({"error": {"message": f"generation failed: {event[2]}", "type": "server_error",
+                                           "param": None, "code": None}}))
+            else:
+                left -= 1
+                out.append(on_finish(s))
+        if out:
+            yield "".join(out)
 
 
 def _sse(obj: dict) -> str:
