@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,20 @@ def test_quality_benchmark_compares_with_the_transformers_trainer(tmp_path):
               if line.startswith(("transformers Trainer", "lmforge (Muon"))]
     assert len(losses) == 2 and all(0 < v < 10 for v in losses)
     assert "val-loss ratio lmforge / transformers:" in out
+
+
+@pytest.mark.slow
+def test_serve_throughput_benchmark_runs_both_servers(tmp_path):
+    """benchmarks/serve_throughput.py --quick: lmforge serve at 1, 4 and 16 streaming clients,
+    and `transformers serve` beside it when its command is installed (it is with the test extra)."""
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_throughput.py"), "--quick", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    ours = [r for r in rows if r["server"] == "lmforge serve"]
+    assert [r["clients"] for r in ours] == [1, 4, 16] and all(r["tokens"] == 8 * 8 for r in ours), done.stdout
+    assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p95"] for r in ours)
+    if shutil.which("transformers"):
+        assert "ratio lmforge / transformers serve --continuous-batching at 16 clients:" in done.stdout, done.stdout
