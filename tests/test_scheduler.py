@@ -64,6 +64,33 @@ def test_joining_and_leaving_sequences_decode_as_alone(preset):
         assert seeded[i] == alone[0]
 
 
+def test_encoder_decoder_sequences_joining_and_leaving_decode_as_alone():
+    """Sources of different lengths through 4 rows: each row's cross-attention keys, values and
+    source mask move with it when the batch is packed, so every target equals its solo decoding."""
+    from lmforge.generate.seq2seq import generate_seq2seq_ids
+
+    class WithBos(LetterTokenizer):
+        bos_id = 1
+    torch.manual_seed(0)
+    model = build_model(get_preset("seq2seq-tiny", vocab_size=50, context_length=48, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5.0)
+        for block in model.decoder.blocks:                   # make the targets depend on the sources
+            block.cross_attn.kv.weight.mul_(6.0)
+            block.cross_attn.out.weight.mul_(6.0)
+    sources = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(20, 40)), [3], [7, 8, 7, 8]]
+    lengths = [12, 5, 20, 9, 15, 3]
+    scheduler = Scheduler(model, WithBos(), max_batch=4, max_queue=16).start()
+    try:
+        got = run(scheduler, sources, lengths, temperature=0.0)
+    finally:
+        scheduler.shutdown()
+    alone = [generate_seq2seq_ids(model, [src], bos_id=1, eos_id=None, num_beams=1, max_new_tokens=n)[0][0]
+             for src, n in zip(sources, lengths)]
+    assert len({tuple(a[:3]) for a in alone}) >= 3              # the sources matter
+    assert [got[i] for i in range(len(sources))] == alone
+
+
 def test_cancel_frees_the_row_and_the_queue_limit():
     torch.manual_seed(0)
     model = build_model(get_preset("gpt-tiny", vocab_size=50, context_length=4096)).eval()

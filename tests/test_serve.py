@@ -248,6 +248,7 @@ def _post(server, path, content, headers=None):
     (json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(), 400, "'max_tokens' must be an integer"),
     (json.dumps({"prompt": "x", "n": 99}).encode(), 400, "'n' must be >= 1 and <= 8"),
     (json.dumps({"prompt": "x", "stream": "yes"}).encode(), 400, "'stream' must be true or false"),
+    (json.dumps({"prompt": "x", "no_repeat_ngram_size": -1}).encode(), 400, "'no_repeat_ngram_size' must be >= 0"),
     (json.dumps({"prompt": "x" * 200}).encode(), 400, "the model's context is 96"),
 ])
 def test_bad_completion_requests(server, body, status, words):
@@ -266,16 +267,41 @@ def test_bad_chat_requests(server, messages, words):
     assert r.status_code == 400 and words in r.json()["error"]["message"]
 
 
-def test_huge_body_refused_and_disconnect_frees_the_row(server):
+def test_huge_body_refused(server):
     r = _post(server, "/v1/completions", b'{"prompt": "' + b"a" * (10 << 20) + b'"}')
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
-    with httpx.stream("POST", server + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"prompt": "x", "max_tokens": 80, "stream": True}, timeout=30) as s:
-        next(s.iter_lines())                               # the first chunk came; hang up mid-stream
-    deadline = time.time() + 10
-    while "lmforge_running_sequences 0.0" not in httpx.get(server + "/metrics").text:
-        assert time.time() < deadline, "the disconnected client's row was not freed"
-        time.sleep(0.05)
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of the server's /metrics (0 when it has not been counted yet)."""
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_its_rows_at_once(char_data, tmp_path):
+    """8 sequences of 3,000 tokens each (seconds of work) are cancelled by closing the socket
+    after the first chunk: the rows are free well before they could have finished, /metrics
+    counts 8 cancelled sequences, and the server goes on answering."""
+    model = random_decoder_dir(tmp_path / "long", char_data, context_length=3072)
+    with running_server(model) as url:
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"prompt": "x", "max_tokens": 3000, "n": 8, "temperature": 0, "stream": True}) as s:
+            lines = s.iter_lines()
+            assert next(lines).startswith("data: ")           # generation is under way; hang up
+            hung_up = time.time()
+        while metric(url, "lmforge_running_sequences") > 0 or \
+                metric(url, 'lmforge_finished_sequences_total{reason="cancelled"}') < 8:
+            assert time.time() < hung_up + 5, "the disconnected client's rows were not freed"
+            time.sleep(0.02)
+        freed_after = time.time() - hung_up
+        written = metric(url, "lmforge_generated_tokens_total")
+        assert written < 8 * 3000 / 4, f"{written} tokens were written for a client that had gone"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4, "temperature": 0}, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+        assert metric(url, 'lmforge_finished_sequences_total{reason="length"}') == 1
+        print(f"rows freed {freed_after:.2f} s after the hang-up, {written:.0f} tokens written")
 
 
 def test_100_requests_against_a_queue_of_64(server):
@@ -340,6 +366,65 @@ def test_playground_in_a_browser(server, tmp_path):
             assert all(u.startswith(server) for u in requested)              # nothing from the internet
         finally:
             browser.close()
+
+
+def random_seq2seq_dir(out: Path, tokenizer_dir: Path) -> Path:
+    """A random encoder-decoder on the char tokenizer whose output depends on its source (the
+    cross attention strengthened), with special and byte tokens never the greedy choice."""
+    from lmforge.api import Model
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    from lmforge.tokenizers import Tokenizer
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    torch.manual_seed(0)
+    config = get_preset("seq2seq-tiny", vocab_size=tokenizer.vocab_size, context_length=64, tie_embeddings=False)
+    module = build_model(config).eval()
+    with torch.no_grad():
+        module.lm_head.weight.mul_(5.0)
+        for block in module.decoder.blocks:
+            block.cross_attn.kv.weight.mul_(3.0)
+            block.cross_attn.out.weight.mul_(3.0)
+        unwanted = [i for i in range(tokenizer.vocab_size)
+                    if i in tokenizer.special_ids or tokenizer.id_to_token(i).startswith("<0x")]
+        module.lm_head.weight[unwanted] = 0.0
+    Model(module, config, tokenizer).save(out)
+    return out
+
+
+def test_encoder_decoder_translates_through_the_server(char_data, tmp_path):
+    """An encoder-decoder batched continuously: 6 concurrent streamed greedy requests with sources
+    of different lengths, each equal to `translate(num_beams=1)` alone; the chat route translates
+    the last user message; what an encoder-decoder cannot do gets a 400."""
+    from lmforge.api import load
+    model = random_seq2seq_dir(tmp_path / "s2s", char_data)
+    texts = ["Hello world", "a", "The quick brown fox jumps", "def f(x): return x", "zzz", "import os; print(1)"]
+    want = load(model, device="cpu").translate(texts, num_beams=1, max_new_tokens=20)
+    assert len(set(want)) >= 4                                   # the sources matter
+    with running_server(model) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        got, errors = [None] * len(texts), []
+
+        def one(i: int) -> None:
+            try:
+                stream = client.completions.create(model="s2s", prompt=texts[i], max_tokens=20, temperature=0,
+                                                   stream=True)
+                got[i] = "".join(c.choices[0].text for c in stream if c.choices)
+            except Exception as e:                               # pragma: no cover - reported below
+                errors.append(repr(e))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and got == want
+        reply = client.chat.completions.create(model="s2s", max_tokens=20, temperature=0, messages=[
+            {"role": "system", "content": "translate"}, {"role": "user", "content": texts[2]}])
+        assert reply.choices[0].message.content == want[2] and reply.choices[0].finish_reason == "length"
+        with pytest.raises(openai.BadRequestError, match="encoder-decoder reads its prompt"):
+            client.completions.create(model="s2s", prompt="x", echo=True, logprobs=1, max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="last user message"):
+            client.chat.completions.create(model="s2s", messages=[{"role": "user", "content": "a"},
+                                                                  {"role": "assistant", "content": "b"}])
 
 
 @pytest.mark.parametrize("labels", [[], ["sports", "music"]])

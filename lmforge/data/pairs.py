@@ -37,3 +37,11 @@ def encode_pairs(src_tok: Tokenizer, tgt_tok: Tokenizer, sources: list[str], tar
         src_ids.append(s[: max_len - len(eos_s)] + eos_s)
         tgt_ids.append([tgt_tok.bos_id] + t[: max_len - 1] + [tgt_tok.eos_id])   # decoder input <= max_len
     return src_ids, tgt_ids, truncated
+
+
+def source_ids(tokenizer: Tokenizer, text: str, max_len: int | None = None) -> list[int]:
+    """One source text as the encoder reads it: its ids then <eos>, the ids cut to fit `max_len`
+    when given (as `encode_pairs` fits them for training)."""
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    ids = tokenizer.encode(text)
+    return (ids if max_len is None else ids[: max_len - len(eos)]) + eos

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.batching import pad_right
+from ..data.pairs import source_ids
 from ..errors import LmforgeError
 from .beam import beam_search, best_hypotheses
 
@@ -63,11 +64,9 @@ def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, nu
                            f"model trained with `lmforge train --task seq2seq`")
     out = [""] * len(texts)
     todo = [i for i, t in enumerate(texts) if t.strip()]
-    eos = source_tokenizer.eos_id
     for start in tqdm(range(0, len(todo), batch_size), desc="translating", disable=not progress):
         chunk = todo[start: start + batch_size]
-        src = [source_tokenizer.encode(texts[i])[: model.config.context_length - 1] + ([eos] if eos is not None else [])
-               for i in chunk]
+        src = [source_ids(source_tokenizer, texts[i], model.config.context_length) for i in chunk]
         ids, _ = generate_seq2seq_ids(model, src, bos_id=target_tokenizer.bos_id, eos_id=target_tokenizer.eos_id,
                                       pad_id=target_tokenizer.pad_id or 0, max_new_tokens=max_new_tokens,
                                       num_beams=num_beams, length_penalty=length_penalty,

@@ -393,6 +393,8 @@ class Transformer(nn.Module):
 
     def clear_cache(self) -> None:
         for block in self.blocks:
+            if "kv_cache" in block.attn._modules:   # unregister: a plain attribute again (the serve scheduler
+                del block.attn.kv_cache             # puts views of its own batched cache there)
             block.attn.kv_cache = None
             if block.cross_attn is not None:
                 block.cross_attn.memory_kv = None

@@ -21,11 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..api import TRANSLATE_DEFAULTS
+from ..data.chat import ROLES
 from ..errors import LmforgeError
 from .metrics import Metrics
 from .protocol import (ApiError, LogprobFormatter, chat_messages, completion_prompts, new_id, now, sampling_params,
                        stream_options, usage)
-from .prompts import chat_prompt, chat_roles, encode_text, json_constraint
+from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
 from . import ServeArgs
 from .scheduler import QueueFull, Scheduler, Sequence
 
@@ -85,10 +87,14 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     """The server for a loaded `lmforge.Model`."""
     metrics = Metrics()
     config, tokenizer = lm.config, lm.tokenizer
+    seq2seq = config.family == "seq2seq"
+    out_tokenizer = lm.target_tokenizer        # of the generated text (an encoder-decoder's target side)
     name = args.model_name or (lm.path.name if lm.path is not None else "lmforge")
-    scheduler = Scheduler(lm.module, tokenizer, args.max_batch_size, args.max_queue, metrics) \
-        if config.family == "decoder" else None
-    formatter = LogprobFormatter(tokenizer)
+    scheduler = Scheduler(lm.module, out_tokenizer, args.max_batch_size, args.max_queue, metrics) \
+        if config.family in ("decoder", "seq2seq") else None
+    formatter = LogprobFormatter(out_tokenizer)
+    prompt_limit = config.context_length if seq2seq else config.context_length - 1   # a decoder needs a free slot
+    no_repeat_default = TRANSLATE_DEFAULTS["no_repeat_ngram_size"] if seq2seq else 0   # as `lmforge translate`
     max_body = int(args.max_body_mb * 1024 * 1024)
     page = resources.files(__package__).joinpath("static", "index.html").read_bytes()
 
@@ -142,17 +148,32 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     def need_decoder(what: str) -> Scheduler:
         if scheduler is None:
             other = "/v1/embeddings" + (" or /classify" if config.labels else "")
-            raise ApiError(f"{what} needs a decoder (GPT / Llama) model; this one is a {config.family} model "
-                           f"(use {other})", code="model_not_supported")
+            raise ApiError(f"{what} needs a decoder (GPT / Llama) or encoder-decoder model; this one is a "
+                           f"{config.family} model (use {other})", code="model_not_supported")
         return scheduler
 
     def check_prompt(ids: list[int], where: str) -> None:
-        if len(ids) >= config.context_length:
+        if len(ids) > prompt_limit:
             raise ApiError(f"{where} has {len(ids)} tokens but the model's context is {config.context_length}; "
-                           f"send at most {config.context_length - 1} tokens", where, code="context_length_exceeded")
+                           f"send at most {prompt_limit} tokens", where, code="context_length_exceeded")
         bad = [t for t in ids if not 0 <= t < config.vocab_size]
         if bad:
             raise ApiError(f"{where} holds token id {bad[0]}, outside the vocabulary of {config.vocab_size}", where)
+
+    def fit(params, prompt_len: int):
+        """max_tokens cut to what fits in the context (the reply then ends with finish_reason "length"):
+        after a decoder's prompt; after <bos> for an encoder-decoder, whose prompt is elsewhere."""
+        room = config.context_length - (1 if seq2seq else prompt_len)
+        return _replace(params, max_tokens=max(1, min(params.max_tokens, room)))
+
+    def chat_ids(body: dict) -> tuple[list[int], list[str]]:
+        """(prompt ids, stop strings that end the assistant's turn) of a chat body."""
+        try:
+            if seq2seq:
+                return chat_source(tokenizer, chat_messages(body, ROLES)), []
+            return chat_prompt(tokenizer, chat_messages(body, chat_roles(tokenizer)))
+        except LmforgeError as e:
+            raise ApiError(str(e), "messages") from None
 
     def submit(seqs: list[Sequence]) -> None:
         """Queue a request's sequences; their events then arrive on the request's `_Events`."""
@@ -167,7 +188,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
             for j in range(n):
                 sp = params if n == 1 or params.seed is None else _replace(params, seed=params.seed + j)
                 if json_mode:
-                    sp = _replace(sp, constraint=json_constraint(tokenizer, config.vocab_size))
+                    sp = _replace(sp, constraint=json_constraint(out_tokenizer, scheduler.vocab_size))
                 seqs.append(Sequence(ids, sp, events.emit, index=p * n + j))
         return seqs
 
@@ -203,16 +224,20 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     async def completions(request: Request) -> Response:
         body = await read_json(request)
         sched = need_decoder("/v1/completions")
-        params, n, json_mode = sampling_params(body, chat=False, default_max_tokens=16)
+        params, n, json_mode = sampling_params(body, chat=False, default_max_tokens=16,
+                                               default_no_repeat_ngram_size=no_repeat_default)
         stream, include_usage = stream_options(body)
         echo = body.get("echo") is True
+        if seq2seq and params.echo_logprobs:
+            raise ApiError("'echo' with 'logprobs' scores the prompt's tokens, but an encoder-decoder reads its "
+                           "prompt (the source) without predicting it; leave out 'echo'", "echo")
         texts = completion_prompts(body)
-        prompts = [encode_text(tokenizer, t) if isinstance(t, str) else t for t in texts]
+        encode = source_prompt if seq2seq else encode_text
+        prompts = [encode(tokenizer, t) if isinstance(t, str) else t for t in texts]
         for i, ids in enumerate(prompts):
             check_prompt(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         events = _Events()
-        seqs = sequences(prompts, _fit(params, max(len(p) for p in prompts), config.context_length), n, json_mode,
-                         events)
+        seqs = sequences(prompts, fit(params, max(len(p) for p in prompts)), n, json_mode, events)
         submit(seqs)
         rid, created = new_id("cmpl"), now()
         prompt_text = {s.index: (texts[s.index // n] if isinstance(texts[s.index // n], str)
@@ -262,14 +287,12 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
         sched = need_decoder("/v1/chat/completions")
-        params, n, json_mode = sampling_params(body, chat=True, default_max_tokens=None)
+        params, n, json_mode = sampling_params(body, chat=True, default_max_tokens=None,
+                                               default_no_repeat_ngram_size=no_repeat_default)
         stream, include_usage = stream_options(body)
-        try:
-            ids, stops = chat_prompt(tokenizer, chat_messages(body, chat_roles(tokenizer)))
-        except LmforgeError as e:
-            raise ApiError(str(e), "messages") from None
+        ids, stops = chat_ids(body)
         check_prompt(ids, "messages")
-        params = _replace(_fit(params, len(ids), config.context_length), stop=params.stop + stops)
+        params = _replace(fit(params, len(ids)), stop=params.stop + stops)
         events = _Events()
         seqs = sequences([ids], params, n, json_mode, events)
         submit(seqs)
@@ -362,7 +385,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     async def tokenize(request: Request) -> Response:
         body = await read_json(request)
         if "messages" in body:
-            ids, _ = chat_prompt(tokenizer, chat_messages(body, chat_roles(tokenizer)))
+            ids, _ = chat_ids(body)
         elif isinstance(body.get("prompt"), str):
             add = body.get("add_special_tokens", True)
             ids = encode_text(tokenizer, body["prompt"]) if add is not False else tokenizer.encode(body["prompt"])
@@ -448,11 +471,6 @@ _free_lock = _NoLock()
 def _replace(params, **changes):
     import dataclasses
     return dataclasses.replace(params, **changes)
-
-
-def _fit(params, prompt_len: int, context: int):
-    """max_tokens cut to what fits after the prompt (the reply then ends with finish_reason "length")."""
-    return _replace(params, max_tokens=max(1, min(params.max_tokens, context - prompt_len)))
 
 
 def _number_field(body: dict, name: str, lo: int, hi: int) -> int:

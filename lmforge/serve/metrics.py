@@ -18,6 +18,8 @@ class Metrics:
                                 ["route", "status"], registry=r)
         self.prompt_tokens = Counter("lmforge_prompt_tokens", "prompt tokens prefilled", registry=r)
         self.generated_tokens = Counter("lmforge_generated_tokens", "tokens generated", registry=r)
+        self.finished = Counter("lmforge_finished_sequences", "sequences that ended, by reason: stop, length, "
+                                "cancelled (the client went away) or error", ["reason"], registry=r)
         self.queue_depth = Gauge("lmforge_queue_depth", "sequences waiting for a batch row", registry=r)
         self.running = Gauge("lmforge_running_sequences", "sequences in the running batch", registry=r)
         self.batch_size = Histogram("lmforge_batch_occupancy", "running sequences per decode step",

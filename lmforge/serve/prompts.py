@@ -1,10 +1,11 @@
-"""Turning request text into prompt ids — the model's chat template, plain text, JSON mode —
-through the generation package's pieces, so the server prompts a model exactly as
-`lmforge generate` and `lmforge chat` do."""
+"""Turning request text into prompt ids — the model's chat template, plain text, JSON mode, an
+encoder-decoder's source — through the generation package's pieces, so the server prompts a
+model exactly as `lmforge generate`, `lmforge chat` and `lmforge translate` do."""
 
 from __future__ import annotations
 
 from ..data.chat import ROLES, ChatTemplate, chat_template
+from ..data.pairs import source_ids
 from ..errors import LmforgeError
 from ..generate.chat_template import chat_ids, jinja_template
 from ..generate.core import encode_prompt
@@ -43,3 +44,19 @@ def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], l
 def json_constraint(tokenizer, vocab_size: int) -> JsonState:
     """A fresh JSON-mode state for one sequence (the per-tokenizer mask table is built once)."""
     return JsonState(json_table(tokenizer, vocab_size))
+
+
+def source_prompt(tokenizer, text: str) -> list[int]:
+    """An encoder-decoder's prompt: the source text's ids and <eos>, as `lmforge translate` reads it."""
+    if not text.strip():
+        raise LmforgeError("empty prompt: give the text to translate (or summarise)")
+    return source_ids(tokenizer, text)
+
+
+def chat_source(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """An encoder-decoder has no chat template: a chat request's source is its last message,
+    which must be the user's (a chat UI in front of a translation model translates what is typed)."""
+    if messages[-1]["role"] != "user":
+        raise LmforgeError(f"the last message is the {messages[-1]['role']}'s; an encoder-decoder model answers "
+                           f"(translates) the last user message, so end 'messages' with one")
+    return source_prompt(tokenizer, messages[-1]["content"])

@@ -61,7 +61,8 @@ def _stops(body: dict) -> list[str]:
     return [s for s in stops if s]
 
 
-def sampling_params(body: dict, chat: bool, default_max_tokens: int | None) -> tuple[SamplingParams, int, bool]:
+def sampling_params(body: dict, chat: bool, default_max_tokens: int | None,
+                    default_no_repeat_ngram_size: int = 0) -> tuple[SamplingParams, int, bool]:
     """(params, n, json_mode) from a completions or chat completions body."""
     max_tokens = body.get("max_completion_tokens", None) if chat else None
     name = "max_completion_tokens" if max_tokens is not None else "max_tokens"
@@ -93,7 +94,8 @@ def sampling_params(body: dict, chat: bool, default_max_tokens: int | None) -> t
         stop=_stops(body),
         seed=_number(body, "seed", None, integer=True),
         logprobs=logprobs, echo_logprobs=echo_logprobs,
-        ignore_eos=_bool(body, "ignore_eos", False))
+        ignore_eos=_bool(body, "ignore_eos", False),
+        no_repeat_ngram_size=_number(body, "no_repeat_ngram_size", default_no_repeat_ngram_size, 0, integer=True))
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     return params, n, json_mode
 

@@ -3,7 +3,8 @@
 the top alternatives when asked), tracks the text, and finds stop strings.
 
 The filters, log-probabilities and JSON-mode masks are `lmforge.generate`'s, applied in the
-order `lmforge generate` uses (repetition penalty, JSON mask, temperature, top-k, top-p, min-p),
+order `lmforge generate` uses (repetition penalty, n-gram blocking, JSON mask, temperature,
+top-k, top-p, min-p),
 so a seeded request samples the same tokens as `lmforge generate --seed` on the same prompt.
 Each sequence has its own random generator (its seed), so rows choose one by one; rows that
 decode plainly greedily share one argmax.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..generate.beam import repeated_ngram_mask
 from ..generate.dispatch import _find_stop as find_stop
 from ..generate.sampling import apply_repetition_penalty, sample_next, token_logprobs
 
@@ -33,10 +35,12 @@ class SamplingParams:
     echo_logprobs: bool = False         # also score the prompt tokens (completions with echo + logprobs)
     ignore_eos: bool = False
     constraint: object | None = None    # JSON mode: a `generate.json_mode.JsonState` (allowed_mask, advance)
+    no_repeat_ngram_size: int = 0       # n > 0: never write the same n tokens twice (as `lmforge translate`)
 
     @property
     def plain_greedy(self) -> bool:
-        return self.temperature == 0 and self.repetition_penalty == 1.0 and self.constraint is None
+        return (self.temperature == 0 and self.repetition_penalty == 1.0 and self.constraint is None
+                and self.no_repeat_ngram_size == 0)
 
 
 class TokenPicker:
@@ -60,20 +64,26 @@ class TokenPicker:
 
     # ---- choosing -------------------------------------------------------------------------
     @staticmethod
-    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None]]:
-        """logits (n, V) float32 -> [(token id, logprob entry or None)] for n sequences. Rows that
-        decode plainly greedily share one argmax; the others choose one by one."""
+    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor,
+                 out_ids: list[list[int]]) -> list[tuple[int, tuple | None]]:
+        """logits (n, V) float32 and the tokens each sequence wrote so far -> [(token id, logprob
+        entry or None)] for n sequences. Rows that decode plainly greedily share one argmax; the
+        others choose one by one."""
         chosen = logits.argmax(-1).tolist()
         out = []
         for i, p in enumerate(pickers):
-            tok = chosen[i] if p.params.plain_greedy else p._choose(logits[i: i + 1])
+            tok = chosen[i] if p.params.plain_greedy else p._choose(logits[i: i + 1], out_ids[i])
             out.append((tok, p._entry(logits[i], tok) if p.params.logprobs is not None else None))
         return out
 
-    def _choose(self, logits: torch.Tensor) -> int:
+    def _choose(self, logits: torch.Tensor, out_ids: list[int]) -> int:
         params = self.params
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, params.repetition_penalty)
+        if params.no_repeat_ngram_size and out_ids:
+            done = torch.tensor([out_ids], device=logits.device)
+            banned = repeated_ngram_mask(done, len(out_ids), params.no_repeat_ngram_size, logits.shape[-1])
+            logits = logits.masked_fill(banned, float("-inf"))
         if params.constraint is not None:
             from ..generate.json_mode import apply_json_masks
             logits = apply_json_masks(logits, [params.constraint])

@@ -16,6 +16,11 @@ One scheduler step:
 
 So a request joins at the next token boundary and leaves when done: short requests never
 wait for long ones. Sampling is per sequence (its own temperature, filters, seed).
+
+An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
+encoded once and projected into every cross attention's keys and values, which go into the
+row's slots of a second per-layer buffer (with a per-row source mask); its decoder starts
+from <bos> at slot 0 in the next decode step, beside everyone else.
 """
 
 from __future__ import annotations
@@ -65,15 +70,20 @@ class Sequence:
     picker: TokenPicker | None = None
     length: int = 0                              # tokens in the cache
     pending: int | None = None                   # sampled, not yet in the cache
+    source_length: int = 0                       # seq2seq: source tokens in the cross-attention buffer
 
 
 class Scheduler:
-    """Owns `module` (a decoder) and serves `submit`ted sequences with continuous batching.
-    `lock` serialises every other use of the module (attention maps, embeddings)."""
+    """Owns `module` (a decoder or an encoder-decoder) and serves `submit`ted sequences with
+    continuous batching; `tokenizer` is the one of the generated text (an encoder-decoder's
+    target side). `lock` serialises every other use of the module (attention maps, embeddings)."""
 
     def __init__(self, module, tokenizer, max_batch: int = 16, max_queue: int = 64, metrics=None):
         self.module, self.tokenizer = module, tokenizer
         self.config = module.config
+        self.seq2seq = self.config.family == "seq2seq"
+        self.stack = module.decoder if self.seq2seq else module.transformer     # the blocks that decode
+        self.vocab_size = self.config.tgt_vocab_size if self.seq2seq else self.config.vocab_size
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
         self.lock = threading.Lock()
         self._cond = threading.Condition()
@@ -81,6 +91,8 @@ class Scheduler:
         self._running: list[Sequence] = []          # row i holds _running[i]
         self._stop = False
         self._caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._cross: list[tuple[torch.Tensor, torch.Tensor]] = []      # seq2seq: per layer, every row's source
+        self._source_valid: torch.Tensor | None = None                   # seq2seq: (rows, context) real source slots
         self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
 
     # ---- the client side (any thread) ----------------------------------------------------
@@ -131,7 +143,9 @@ class Scheduler:
                 newcomers = []
                 while self._waiting and len(self._running) + len(newcomers) < self.max_batch:
                     s = self._waiting.popleft()
-                    if not s.cancelled:
+                    if s.cancelled:
+                        self._count_finished("cancelled")
+                    else:
                         newcomers.append(s)
             try:
                 with self.lock:
@@ -140,6 +154,7 @@ class Scheduler:
                 for s in self._running + newcomers:
                     if s.finish_reason is None:
                         s.finish_reason = "error"
+                        self._count_finished("error")
                         s.emit(("error", s, f"{type(e).__name__}: {e}"))
                 self._running = []
             self._gauges()
@@ -147,24 +162,40 @@ class Scheduler:
     def _ensure_cache(self) -> None:
         if self._caches is not None:
             return
+        self.module.clear_cache()           # caches an earlier `generate` kept go: the rows below replace them
         p = next(self.module.parameters())
         c = self.config
         shape = (self.max_batch, c.kv_heads, c.context_length, c.head_dim)
-        self._caches = [(torch.zeros(shape, dtype=p.dtype, device=p.device),
-                         torch.zeros(shape, dtype=p.dtype, device=p.device)) for _ in self.module.transformer.blocks]
 
-    def _use_rows(self, r0: int, r1: int, slots: int) -> None:
-        for block, (k, v) in zip(self.module.transformer.blocks, self._caches):
+        def buffers() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return [(torch.zeros(shape, dtype=p.dtype, device=p.device),
+                     torch.zeros(shape, dtype=p.dtype, device=p.device)) for _ in self.stack.blocks]
+        self._caches = buffers()
+        if self.seq2seq:
+            self._cross = buffers()
+            self._source_valid = torch.zeros((self.max_batch, c.context_length), dtype=torch.bool, device=p.device)
+
+    def _use_rows(self, r0: int, r1: int, slots: int, source_slots: int = 0) -> None:
+        for block, (k, v) in zip(self.stack.blocks, self._caches):
             block.attn.kv_cache = _RowsView(k[r0:r1, :, :slots], v[r0:r1, :, :slots])
+        for block, (k, v) in zip(self.stack.blocks, self._cross):
+            block.cross_attn.memory_kv = (k[r0:r1, :, :source_slots], v[r0:r1, :, :source_slots])
 
     def _drop_views(self) -> None:
-        for block in self.module.transformer.blocks:
+        for block in self.stack.blocks:
             block.attn.kv_cache = None
+            if block.cross_attn is not None:
+                block.cross_attn.memory_kv = None
 
-    def _move_row(self, src: int, dst: int, length: int) -> None:
+    def _move_row(self, src: int, dst: int, seq: Sequence) -> None:
         for k, v in self._caches:
-            k[dst, :, :length] = k[src, :, :length]
-            v[dst, :, :length] = v[src, :, :length]
+            k[dst, :, :seq.length] = k[src, :, :seq.length]
+            v[dst, :, :seq.length] = v[src, :, :seq.length]
+        for k, v in self._cross:
+            k[dst, :, :seq.source_length] = k[src, :, :seq.source_length]
+            v[dst, :, :seq.source_length] = v[src, :, :seq.source_length]
+        if self._source_valid is not None:
+            self._source_valid[dst] = self._source_valid[src]
 
     def _pack(self, rows: list[Sequence]) -> list[Sequence]:
         """`rows` is the previous row order (None where a sequence left); fill holes from the end."""
@@ -176,7 +207,7 @@ class Scheduler:
                     rows.pop()
                 if i < len(rows):
                     last = rows.pop()
-                    self._move_row(len(rows), i, last.length)
+                    self._move_row(len(rows), i, last)
                     rows[i] = last
             i += 1
         return rows
@@ -187,7 +218,8 @@ class Scheduler:
         try:
             self._retire()                              # cancelled ones leave before any work is done
             if newcomers:
-                self._prefill(newcomers, len(self._running), device)
+                prefill = self._encode_sources if self.seq2seq else self._prefill
+                prefill(newcomers, len(self._running), device)
                 self._running = self._running + newcomers
                 self._retire()
             if self._running:
@@ -206,25 +238,49 @@ class Scheduler:
         idx = idx.to(device)
         slots = torch.arange(T, device=device).expand(len(seqs), T)
         self._use_rows(r0, r0 + len(seqs), T)
-        h = self.module.transformer(idx, input_pos=slots, pos_ids=slots)       # (m, T, d)
+        h = self.stack(idx, input_pos=slots, pos_ids=slots)       # (m, T, d)
         last = torch.tensor(lengths, device=device) - 1
         logits = self._logits(h[torch.arange(len(seqs), device=device), last])  # (m, V)
         for b, s in enumerate(seqs):
             s.length = lengths[b]
-            s.picker = TokenPicker(s.params, s.prompt_ids, self.config.vocab_size, device)
+            s.picker = TokenPicker(s.params, s.prompt_ids, self.vocab_size, device)
             if s.params.echo_logprobs:
                 s.prompt_logprobs = s.picker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
         self._sample(seqs, logits)
 
+    def _encode_sources(self, seqs: list[Sequence], r0: int, device) -> None:
+        """Encoder-decoder newcomers in rows r0.. : encode their sources together (right-padded),
+        project them into the cross-attention buffers; each decoder starts from <bos> at slot 0."""
+        lengths = [len(s.prompt_ids) for s in seqs]
+        S, m = max(lengths), len(seqs)
+        src = torch.zeros((m, S), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            src[b, :lengths[b]] = torch.tensor(s.prompt_ids, dtype=torch.long)
+        src = src.to(device)
+        valid = torch.arange(S, device=device) < torch.tensor(lengths, device=device)[:, None]    # (m, S)
+        memory = self.module.encode(src, valid)                                               # (m, S, d)
+        for block, (k, v) in zip(self.stack.blocks, self._cross):
+            k[r0:r0 + m, :, :S], v[r0:r0 + m, :, :S] = block.cross_attn.project_memory(memory)
+        self._source_valid[r0:r0 + m] = False
+        self._source_valid[r0:r0 + m, :S] = valid
+        bos = self.tokenizer.bos_id
+        for b, s in enumerate(seqs):
+            s.source_length, s.length, s.pending = lengths[b], 0, bos
+            s.picker = TokenPicker(s.params, [bos], self.vocab_size, device)
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(lengths))
+
     def _decode(self, device) -> None:
         seqs = self._running
         tokens = torch.tensor([[s.pending] for s in seqs], dtype=torch.long, device=device)   # (n, 1)
         pos = torch.tensor([[s.length] for s in seqs], dtype=torch.long, device=device)       # (n, 1)
-        self._use_rows(0, len(seqs), max(s.length for s in seqs) + 1)
+        source = max(s.source_length for s in seqs)
+        self._use_rows(0, len(seqs), max(s.length for s in seqs) + 1, source)
         t0 = time.perf_counter()
-        logits = self._logits(self.module.transformer(tokens, input_pos=pos, pos_ids=pos)[:, -1])
+        extra = {"memory_valid": self._source_valid[:len(seqs), :source]} if self.seq2seq else {}
+        logits = self._logits(self.stack(tokens, input_pos=pos, pos_ids=pos, **extra)[:, -1])
         for s in seqs:
             s.length += 1
         self._sample(seqs, logits)
@@ -235,10 +291,10 @@ class Scheduler:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (..., d) -> logits over the real vocabulary (..., V), as float32."""
         logits = self.module.lm_head(h)
-        return logits[..., : self.config.vocab_size].float()
+        return logits[..., : self.vocab_size].float()
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        picks = TokenPicker.pick_all([s.picker for s in seqs], logits)
+        picks = TokenPicker.pick_all([s.picker for s in seqs], logits, [s.out_ids for s in seqs])
         now = time.perf_counter()
         for s, (tok, entry) in zip(seqs, picks):
             if s.first_token_at is None:
@@ -251,21 +307,29 @@ class Scheduler:
             room = s.length + 1 < self.config.context_length   # the next token still has a cache slot
             if reason is None and (len(s.out_ids) >= s.params.max_tokens or not room):
                 reason = "length"
-            if self.metrics is not None:
-                self.metrics.generated_tokens.inc()
             s.emit(("token", s, tok, piece, entry))
             if reason is not None:
                 tail = s.picker.flush(self.tokenizer, s.out_ids)
                 if tail:
                     s.emit(("token", s, None, tail, None))
                 s.finish_reason = reason
+                self._count_finished(reason)
                 s.emit(("finish", s))
+        if self.metrics is not None:
+            self.metrics.generated_tokens.inc(len(seqs))
 
     def _retire(self) -> None:
         """Finished and cancelled sequences leave; the rest are packed into the top rows."""
-        if any(s.finish_reason is not None or s.cancelled for s in self._running):
-            self._running = self._pack([None if (s.finish_reason is not None or s.cancelled) else s
-                                        for s in self._running])
+        for s in self._running:
+            if s.cancelled and s.finish_reason is None:
+                s.finish_reason = "cancelled"              # its client went away: nobody reads its events
+                self._count_finished("cancelled")
+        if any(s.finish_reason is not None for s in self._running):
+            self._running = self._pack([None if s.finish_reason is not None else s for s in self._running])
+
+    def _count_finished(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.finished.labels(reason).inc()
 
     def _gauges(self) -> None:
         if self.metrics is not None:
