@@ -2,9 +2,9 @@
 
 Commands come from ```bash blocks (`lmforge ...` and `torchrun ... -m lmforge ...`; `pip` and
 `pytest` are skipped; `echo TEXT | lmforge ...` feeds TEXT on stdin; `$(python -c 'CODE')`
-is expanded as the shell would; `lmforge serve ... &` starts a server in the background, on a
-free port that replaces the README's 8000 everywhere, for the `curl` commands and the python
-blocks after it) and the ```python blocks
+is expanded as the shell would; `lmforge serve ... --port P &` starts a server in the
+background, on a free port that replaces the README's P everywhere, for the `curl` commands and
+the python blocks after it) and the ```python blocks
 are executed. Tiny settings are appended per verb (argparse keeps the last value);
 `--max-steps N` and `--stop-after N` become N // 1000 so the README's "train 3000 steps, stop
 after 2000, then resume" stays a valid sequence; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8.
@@ -108,15 +108,14 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     commands = readme_commands()
     assert len(commands) >= 8
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = str(_free_port())
+    ports: dict[str, str] = {}              # the README's port -> a free one here
     servers: list[subprocess.Popen] = []
     try:
-        _run_commands(commands, env, port, servers, monkeypatch)
+        _run_commands(commands, env, ports, servers, monkeypatch)
         for code in readme_blocks("python"):
             code = re.sub(r"max_steps=\d+", "max_steps=2", code)
             code = re.sub(r"max_new_tokens=\d+", "max_new_tokens=8", code)     # fits the tiny 32-token context
-            code = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-            exec(compile(code, "README.md", "exec"), {})
+            exec(compile(_local_ports(code, ports), "README.md", "exec"), {})
     finally:
         for server in servers:
             server.terminate()
@@ -148,13 +147,21 @@ def _start_server(argv: list[str], env: dict, port: str) -> subprocess.Popen:
     raise AssertionError(f"{shlex.join(argv)} did not answer /health within 120 s")
 
 
-def _run_commands(commands, env: dict, port: str, servers: list, monkeypatch) -> None:
+def _local_ports(text: str, ports: dict[str, str]) -> str:
+    for theirs, ours in ports.items():
+        text = text.replace(f"127.0.0.1:{theirs}", f"127.0.0.1:{ours}")
+    return text
+
+
+def _run_commands(commands, env: dict, ports: dict[str, str], servers: list, monkeypatch) -> None:
     from lmforge.cli import main
     for argv, stdin in commands:
-        argv = [port if a == "8000" and prev == "--port" else a.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-                for prev, a in zip([""] + argv, argv)]
+        for prev, a in zip([""] + argv, argv):
+            if prev == "--port" and a not in ports:
+                ports[a] = str(_free_port())
+        argv = [ports[a] if prev == "--port" else _local_ports(a, ports) for prev, a in zip([""] + argv, argv)]
         if argv[-1] == "&":
-            servers.append(_start_server(shrink(argv[:-1]), env, port))
+            servers.append(_start_server(shrink(argv[:-1]), env, argv[argv.index("--port") + 1]))
             continue
         if argv[0] == "curl":
             done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
