@@ -9,7 +9,11 @@ starts offline).
 Every request is a streaming /v1/completions call, greedy, `--tokens` new tokens after a short
 prompt (the model is random, its end-of-text token never the greedy choice, so every request
 produces exactly that many). Each level sends the same `--requests` requests: c clients, each
-sending its share one after the other. Tokens are counted from the streamed chunks.
+sending its share one after the other. Tokens are counted from the streamed chunks. The levels
+run `--repeat` times, interleaved, and each is reported by its median run. The clients are
+plain asyncio connections: they share the 2 cores with the server they measure, and httpx
+took about 4 times their CPU (0.87 s against 0.21 s for 4,096 streamed tokens), all of it
+taken from the server under test.
 """
 
 from __future__ import annotations
