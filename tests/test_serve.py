@@ -398,7 +398,8 @@ def test_encoder_decoder_translates_through_the_server(char_data, tmp_path):
     from lmforge.api import load
     model = random_seq2seq_dir(tmp_path / "s2s", char_data)
     texts = ["Hello world", "a", "The quick brown fox jumps", "def f(x): return x", "zzz", "import os; print(1)"]
-    want = load(model, device="cpu").translate(texts, num_beams=1, max_new_tokens=20)
+    lm = load(model, device="cpu")
+    want = lm.translate(texts, num_beams=1, max_new_tokens=20)
     assert len(set(want)) >= 4                                   # the sources matter
     with running_server(model) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
@@ -420,6 +421,8 @@ def test_encoder_decoder_translates_through_the_server(char_data, tmp_path):
         reply = client.chat.completions.create(model="s2s", max_tokens=20, temperature=0, messages=[
             {"role": "system", "content": "translate"}, {"role": "user", "content": texts[2]}])
         assert reply.choices[0].message.content == want[2] and reply.choices[0].finish_reason == "length"
+        source = httpx.post(url + "/tokenize", json={"prompt": "zzz"}).json()["tokens"]
+        assert source == lm.tokenizer.encode("zzz") + [lm.tokenizer.eos_id]       # what the encoder is given
         with pytest.raises(openai.BadRequestError, match="encoder-decoder reads its prompt"):
             client.completions.create(model="s2s", prompt="x", echo=True, logprobs=1, max_tokens=2)
         with pytest.raises(openai.BadRequestError, match="last user message"):

@@ -93,6 +93,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     scheduler = Scheduler(lm.module, out_tokenizer, args.max_batch_size, args.max_queue, metrics) \
         if config.family in ("decoder", "seq2seq") else None
     formatter = LogprobFormatter(out_tokenizer)
+    prompt_formatter = formatter if out_tokenizer is tokenizer else LogprobFormatter(tokenizer)   # /tokenize
     prompt_limit = config.context_length if seq2seq else config.context_length - 1   # a decoder needs a free slot
     no_repeat_default = TRANSLATE_DEFAULTS["no_repeat_ngram_size"] if seq2seq else 0   # as `lmforge translate`
     max_body = int(args.max_body_mb * 1024 * 1024)
@@ -388,12 +389,13 @@ def create_app(lm, args: ServeArgs) -> Starlette:
             ids, _ = chat_ids(body)
         elif isinstance(body.get("prompt"), str):
             add = body.get("add_special_tokens", True)
-            ids = encode_text(tokenizer, body["prompt"]) if add is not False else tokenizer.encode(body["prompt"])
+            encode = source_prompt if seq2seq else encode_text          # the ids the model is given
+            ids = encode(tokenizer, body["prompt"]) if add is not False else tokenizer.encode(body["prompt"])
         else:
             raise ApiError("send 'prompt' (a string) or 'messages'", "prompt")
         out = {"count": len(ids), "max_model_len": config.context_length, "tokens": ids}
         if body.get("return_token_strs"):
-            out["token_strs"] = [formatter.token(i) for i in ids]
+            out["token_strs"] = [prompt_formatter.token(i) for i in ids]
         return JSONResponse(out)
 
     async def detokenize(request: Request) -> Response:
