@@ -584,7 +584,8 @@ def _attention(ns):
 from .serve import ServeArgs  # noqa: E402
 
 
-@verb("serve", "an OpenAI-compatible HTTP server (continuous batching) with a playground page at /")
+@verb("serve", "an OpenAI-compatible HTTP server for decoders and encoder-decoders (continuous batching), with a "
+                "playground page at /")
 @options_of(ServeArgs)
 def _serve(ns):
     from .serve import serve
