@@ -120,3 +120,21 @@ def test_cancel_frees_the_row_and_the_queue_limit():
         assert not finished.is_set() and len(long.out_ids) < 4000 and scheduler.running == 0
     finally:
         scheduler.shutdown()
+
+
+def test_server_ngram_blocking_bans_what_beam_search_bans():
+    """The server keeps n-gram blocking up to date token by token; it must ban exactly the tokens
+    `generate.beam.repeated_ngram_mask` bans on the whole history (the rule translate uses)."""
+    import random
+
+    from lmforge.generate.beam import repeated_ngram_mask
+    from lmforge.serve.sampling import TokenPicker
+    rng = random.Random(0)
+    for _ in range(200):
+        n, vocab = rng.randint(1, 4), 6
+        picker = TokenPicker(SamplingParams(no_repeat_ngram_size=n), [1], vocab, "cpu")
+        ids = [rng.randrange(vocab) for _ in range(rng.randint(0, 30))]
+        for tok in ids:
+            picker._remember(tok)
+        mask = repeated_ngram_mask(torch.tensor([ids or [0]]), len(ids), n, vocab)[0]
+        assert (picker._repeats() or set()) == set(mask.nonzero().flatten().tolist()), (n, ids)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate.beam import repeated_ngram_mask
 from ..generate.dispatch import _find_stop as find_stop
 from ..generate.sampling import apply_repetition_penalty, sample_next, token_logprobs
 
@@ -61,33 +60,47 @@ class TokenPicker:
         self.stopped = False        # ended by a stop string
         self.hold = max((len(s) for s in params.stop), default=1) - 1
         self._decoder = None
+        self._written: list[int] = []                 # n-gram blocking: the tokens chosen so far,
+        self._followers: dict[tuple, set[int]] = {}   # and each (n-1)-gram -> the tokens that followed it
 
     # ---- choosing -------------------------------------------------------------------------
     @staticmethod
-    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor,
-                 out_ids: list[list[int]]) -> list[tuple[int, tuple | None]]:
-        """logits (n, V) float32 and the tokens each sequence wrote so far -> [(token id, logprob
-        entry or None)] for n sequences. Rows that decode plainly greedily share one argmax; the
-        others choose one by one."""
+    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None]]:
+        """logits (n, V) float32 -> [(token id, logprob entry or None)] for n sequences. Rows that
+        decode plainly greedily share one argmax; the others choose one by one."""
         chosen = logits.argmax(-1).tolist()
         out = []
         for i, p in enumerate(pickers):
-            tok = chosen[i] if p.params.plain_greedy else p._choose(logits[i: i + 1], out_ids[i])
+            tok = chosen[i] if p.params.plain_greedy else p._choose(logits[i: i + 1])
             out.append((tok, p._entry(logits[i], tok) if p.params.logprobs is not None else None))
         return out
 
-    def _choose(self, logits: torch.Tensor, out_ids: list[int]) -> int:
+    def _choose(self, logits: torch.Tensor) -> int:
         params = self.params
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, params.repetition_penalty)
-        if params.no_repeat_ngram_size and out_ids:
-            done = torch.tensor([out_ids], device=logits.device)
-            banned = repeated_ngram_mask(done, len(out_ids), params.no_repeat_ngram_size, logits.shape[-1])
-            logits = logits.masked_fill(banned, float("-inf"))
+        banned = self._repeats()
+        if banned:
+            logits = logits.index_fill(1, torch.tensor(sorted(banned), device=logits.device), float("-inf"))
         if params.constraint is not None:
             from ..generate.json_mode import apply_json_masks
             logits = apply_json_masks(logits, [params.constraint])
         return int(sample_next(logits, params.temperature, params.top_k, params.top_p, self.generator, params.min_p))
+
+    def _repeats(self) -> set[int] | None:
+        """n-gram blocking: the tokens that would write an n-gram a second time (the rule of
+        `generate.beam.repeated_ngram_mask`, kept up to date token by token instead of rescanned)."""
+        n = self.params.no_repeat_ngram_size
+        if not n or len(self._written) < n - 1:
+            return None
+        return self._followers.get(tuple(self._written[len(self._written) - n + 1:]))
+
+    def _remember(self, tok: int) -> None:
+        n = self.params.no_repeat_ngram_size
+        self._written.append(tok)
+        if len(self._written) >= n:
+            gram = self._written[len(self._written) - n:]
+            self._followers.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
     def _entry(self, logits: torch.Tensor, tok: int) -> tuple:
         """(token, its log-probability, [(alternative, log-probability)] * K) under the model's
@@ -108,6 +121,8 @@ class TokenPicker:
         """Record the chosen token: (text that may be sent now, finish reason or None)."""
         if self.seen is not None:
             self.seen[0, tok] = True
+        if self.params.no_repeat_ngram_size:
+            self._remember(tok)
         if self.params.constraint is not None:
             self.params.constraint.advance(tok)
         if tok == tokenizer.eos_id and not self.params.ignore_eos:

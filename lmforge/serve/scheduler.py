@@ -310,7 +310,7 @@ class Scheduler:
         return logits[..., : self.vocab_size].float()
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        picks = TokenPicker.pick_all([s.picker for s in seqs], logits, [s.out_ids for s in seqs])
+        picks = TokenPicker.pick_all([s.picker for s in seqs], logits)
         now = time.perf_counter()
         for s, (tok, entry) in zip(seqs, picks):
             if s.first_token_at is None:
