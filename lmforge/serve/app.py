@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import weakref
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -59,17 +58,10 @@ class _Mailbox:
 
 
 class _Events:
-    """Scheduler events for one request, handed to its event loop."""
+    """Scheduler events for one request, handed to its event loop through the server's mailbox."""
 
-    _mailboxes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # event loop -> its _Mailbox
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self.mailbox = self._mailboxes.get(loop)
-            if self.mailbox is None:
-                self.mailbox = self._mailboxes[loop] = _Mailbox(loop)
+    def __init__(self, mailbox: _Mailbox) -> None:
+        self.mailbox = mailbox
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def emit(self, event: tuple) -> None:
@@ -97,6 +89,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
     prompt_limit = config.context_length if seq2seq else config.context_length - 1   # a decoder needs a free slot
     no_repeat_default = TRANSLATE_DEFAULTS["no_repeat_ngram_size"] if seq2seq else 0   # as `lmforge translate`
     max_body = int(args.max_body_mb * 1024 * 1024)
+    mailbox: _Mailbox | None = None          # made by `lifespan`, on the event loop
     page = resources.files(__package__).joinpath("static", "index.html").read_bytes()
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -237,7 +230,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         prompts = [encode(tokenizer, t) if isinstance(t, str) else t for t in texts]
         for i, ids in enumerate(prompts):
             check_prompt(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
-        events = _Events()
+        events = _Events(mailbox)
         seqs = sequences(prompts, fit(params, max(len(p) for p in prompts)), n, json_mode, events)
         submit(seqs)
         rid, created = new_id("cmpl"), now()
@@ -294,7 +287,7 @@ def create_app(lm, args: ServeArgs) -> Starlette:
         ids, stops = chat_ids(body)
         check_prompt(ids, "messages")
         params = _replace(fit(params, len(ids)), stop=params.stop + stops)
-        events = _Events()
+        events = _Events(mailbox)
         seqs = sequences([ids], params, n, json_mode, events)
         submit(seqs)
         rid, created = new_id("chatcmpl"), now()
@@ -447,6 +440,8 @@ def create_app(lm, args: ServeArgs) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        nonlocal mailbox
+        mailbox = _Mailbox(asyncio.get_running_loop())     # the loop that serves the requests
         if scheduler is not None:
             scheduler.start()
         yield
