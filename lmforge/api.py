@@ -24,10 +24,6 @@ from .errors import LmforgeError
 from .loading import (build_with_weights, load_for_inference, load_model, read_model_dir,  # noqa: F401
                       resolve_device, resolve_dtype, write_model_dir)
 from .tokenizers import Tokenizer
-# the GenerationConfig fields that apply to encoder-decoder decoding, and translation's own defaults
-# (max_new_tokens is capped by the model's context)
-TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens", "no_repeat_ngram_size")
-TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024, "no_repeat_ngram_size": 4}
 
 
 class Model:
@@ -85,14 +81,9 @@ class Model:
     def translate(self, texts: str | list[str], batch_size: int = 32, **options: Any) -> str | list[str]:
         """Translate (or summarise) with an encoder-decoder model directory: greedy with
         num_beams=1, else beam search over the KV cache. Options are the GenerationConfig fields
-        in `TRANSLATE_OPTIONS` (defaults: `TRANSLATE_DEFAULTS`, 4 beams)."""
-        from .generate import GenerationConfig
-        from .generate.seq2seq import translate
-        unknown = sorted(set(options) - set(TRANSLATE_OPTIONS))
-        if unknown:
-            raise LmforgeError(f"translate does not take {', '.join(unknown)}; its options are "
-                               f"{', '.join(TRANSLATE_OPTIONS)}")
-        gen = GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})
+        in `generate.seq2seq.TRANSLATE_OPTIONS` (defaults: `TRANSLATE_DEFAULTS`, 4 beams)."""
+        from .generate.seq2seq import translate, translation_config
+        gen = translation_config(**options)
         single = isinstance(texts, str)
         out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
                         num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,

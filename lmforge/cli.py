@@ -387,7 +387,7 @@ def _score_labels(labels: list[str], truth: list[str | None], predicted: list[st
         print(format_metrics(classification_metrics(list(y), list(yhat), present), top=30), file=sys.stderr)
 
 
-from .api import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS  # noqa: E402
+from .generate.seq2seq import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS, translation_config  # noqa: E402
 
 
 @dataclass
@@ -414,7 +414,7 @@ def _translate(ns):
     from .api import load
     args = from_args(TranslateArgs, ns)
     options = {k: getattr(ns, k) for k in TRANSLATE_OPTIONS}
-    GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})         # checks the decoding flags before any work
+    translation_config(**options)                                 # checks the decoding flags before any work
     texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
                                args.target_column, "--target-column")
     lm = load(args.model_dir, device=args.device)

@@ -20,3 +20,13 @@ class DataError(LmforgeError):
 
 class ConfigError(LmforgeError):
     """A model or training configuration is invalid or does not fit."""
+
+
+class OptionError(ConfigError):
+    """One option holds a value its check refuses: `field`, the `value` given and the `problem`
+    ("must be >= 1"). The message reads "field=value problem"; a surface that names the field
+    otherwise (the server: OpenAI's names) builds its own from the three parts."""
+
+    def __init__(self, field: str, value, problem: str):
+        super().__init__(f"{field}={value!r} {problem}")
+        self.field, self.value, self.problem = field, value, problem

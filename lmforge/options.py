@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
 from typing import Any, Callable
 
-from .errors import ConfigError
+from .errors import OptionError
 
 Check = Callable[[Any], "str | None"]     # a value -> what is wrong with it (None: fine)
 
@@ -215,18 +216,69 @@ def device_name(v: str) -> str | None:
     return None if DEVICE_PATTERN.fullmatch(str(v)) else "is not a device; use auto, cpu, cuda, cuda:N or mps"
 
 
-def validate(obj: Any, error: type[Exception] = ConfigError) -> None:
-    """Check every field of dataclass `obj`: floats must be finite, values among `choices`, and
-    each field's `check`. Raises `error` (ConfigError unless said) naming the field, the value and the rule. Called
-    from `__post_init__`, so the Python API and the CLI (before any work) refuse alike."""
+def bounds(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Check:
+    """low <= v <= high (low < v when `low_open`), either side optional, said the way OpenAI's
+    and vLLM's servers say it: "must be >= 0.0 and <= 2.0" (the numbers as written here)."""
+    def check(v):
+        if v is None:
+            return None
+        if (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high):
+            return None
+        parts = ([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + \
+                ([f"<= {high}"] if high is not None else [])
+        return "must be " + " and ".join(parts)
+    return check
+
+
+_TYPE_PROBLEMS = {bool: "must be true or false", int: "must be an integer", float: "must be a number"}
+
+
+def type_problem(value: Any, tp: Any) -> str | None:
+    """What is wrong with `value` for a field annotated `tp`, for booleans and numbers (None when
+    fine or not one of those): a bool is no integer, an integer is a number."""
+    tp, optional = _base_type(tp)
+    if tp not in _TYPE_PROBLEMS or (value is None and optional):
+        return None
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if ok else _TYPE_PROBLEMS[tp]
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:                  # an annotation named only for type checkers: no type checks
+        return {}
+
+
+def problem_of(f: dataclasses.Field, value: Any, tp: Any) -> str | None:
+    """What is wrong with `value` for field `f` (annotated `tp`), None when fine: its type (for
+    booleans and numbers), a float that is not finite, a value outside `choices`, its `check`."""
+    meta = f.metadata
+    problem = type_problem(value, tp)
+    if problem is None and isinstance(value, float) and not math.isfinite(value):
+        problem = "must be a finite number"
+    elif problem is None and meta.get("choices") and value is not None and value not in meta["choices"]:
+        problem = f"is not one of {', '.join(map(str, meta['choices']))}"
+    elif problem is None and meta.get("check") is not None:
+        problem = meta["check"](value)
+    return problem
+
+
+def validate(obj: Any, error: type[Exception] = OptionError) -> None:
+    """Check every field of dataclass `obj` (`problem_of`). Raises `error` — `OptionError` (a
+    ConfigError) unless said — naming the field, the value and the rule: "top_k=-3 must be >= -1".
+    Called from `__post_init__`, so the Python API, the CLI (before any work) and the server
+    refuse alike."""
+    types_ = _field_types(type(obj))
     for f in dataclasses.fields(obj):
-        value, meta = getattr(obj, f.name), f.metadata
-        problem = None
-        if isinstance(value, float) and not math.isfinite(value):
-            problem = "must be a finite number"
-        elif meta.get("choices") and value is not None and value not in meta["choices"]:
-            problem = f"is not one of {', '.join(map(str, meta['choices']))}"
-        elif meta.get("check") is not None:
-            problem = meta["check"](value)
+        value = getattr(obj, f.name)
+        problem = problem_of(f, value, types_.get(f.name))
         if problem:
-            raise error(f"{f.name}={value!r} {problem}")
+            raise OptionError(f.name, value, problem) if error is OptionError else \
+                error(f"{f.name}={value!r} {problem}")

@@ -46,3 +46,55 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"
+
+
+def test_no_import_cycle_of_any_length():
+    """No cycle among lmforge's modules, packages' `__init__` included (the layers contract does
+    not see a package importing its own modules); imports inside functions count too."""
+    import grimp
+    graph = grimp.build_graph("lmforge")
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    order, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):                                   # Tarjan's strongly connected components
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1 or v in edges[v]:
+                cycles.append(sorted(component))
+    for module in sorted(edges):
+        if module not in order:
+            visit(module)
+    assert cycles == []
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_modules_and_functions_stay_short():
+    """Every module of the package is under 400 lines and every function under 60, so that each
+    can be read at once."""
+    import ast
+    long_files, long_functions = [], []
+    for path in sorted((ROOT / "lmforge").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT)
+        if text.count("\n") > MAX_FILE_LINES:
+            long_files.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
+    assert long_files == [] and long_functions == []

@@ -11,7 +11,7 @@ import torch
 from lmforge.config import get_preset
 from lmforge.generate import GenerationConfig, generate_ids
 from lmforge.model import build_model
-from lmforge.serve.sampling import SamplingParams
+from lmforge.serve.events import Finish, Token
 from lmforge.serve.scheduler import QueueFull, Scheduler, Sequence
 
 
@@ -34,12 +34,12 @@ def run(scheduler: Scheduler, prompts, lengths, **params) -> dict[int, list[int]
     done, results = threading.Event(), {}
 
     def emit(event, i):
-        if event[0] == "finish":
-            results[i] = list(event[1].out_ids)
+        if isinstance(event, Finish):
+            results[i] = list(event.seq.out_ids)
             if len(results) == len(prompts):
                 done.set()
     for i, (p, n) in enumerate(zip(prompts, lengths)):
-        scheduler.submit([Sequence(p, SamplingParams(max_tokens=n, **params), lambda e, i=i: emit(e, i))])
+        scheduler.submit([Sequence(p, GenerationConfig(max_new_tokens=n, **params), lambda e, i=i: emit(e, i))])
     assert done.wait(60)
     return results
 
@@ -100,17 +100,17 @@ def test_cancel_frees_the_row_and_the_queue_limit():
         finished = threading.Event()
 
         def emit(event):
-            if event[0] == "token":
+            if isinstance(event, Token):
                 first_token.set()
-            elif event[0] == "finish":
+            elif isinstance(event, Finish):
                 finished.set()
-        long = Sequence([1, 2, 3], SamplingParams(max_tokens=4000, temperature=0.0), emit)
+        long = Sequence([1, 2, 3], GenerationConfig(max_new_tokens=4000, temperature=0.0), emit)
         scheduler.submit([long])
         assert first_token.wait(30)
-        waiting = [Sequence([4], SamplingParams(max_tokens=2, temperature=0.0), lambda e: None) for _ in range(2)]
+        waiting = [Sequence([4], GenerationConfig(max_new_tokens=2, temperature=0.0), lambda e: None) for _ in range(2)]
         scheduler.submit(waiting)                                   # the one row is busy: these wait
         with pytest.raises(QueueFull, match="the queue holds 2"):
-            scheduler.submit([Sequence([4], SamplingParams(max_tokens=2), lambda e: None)])
+            scheduler.submit([Sequence([4], GenerationConfig(max_new_tokens=2), lambda e: None)])
         scheduler.cancel([long])
         for _ in range(600):
             if all(s.finish_reason for s in waiting):
@@ -128,11 +128,11 @@ def test_server_ngram_blocking_bans_what_beam_search_bans():
     import random
 
     from lmforge.generate.beam import repeated_ngram_mask
-    from lmforge.serve.sampling import TokenPicker
+    from lmforge.serve.picker import TokenPicker
     rng = random.Random(0)
     for _ in range(200):
         n, vocab = rng.randint(1, 4), 6
-        picker = TokenPicker(SamplingParams(no_repeat_ngram_size=n), [1], vocab, "cpu")
+        picker = TokenPicker(GenerationConfig(no_repeat_ngram_size=n), [1], vocab, "cpu")
         ids = [rng.randrange(vocab) for _ in range(rng.randint(0, 30))]
         for tok in ids:
             picker._remember(tok)

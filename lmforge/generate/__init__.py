@@ -2,8 +2,10 @@
 
     dispatch.py     generate (text), generate_ids (token ids): picks one of the three below
     decode.py       plain sampling / greedy      beam.py (beam_search)      speculative.py
-    core.py         GenerationConfig, Completion, prepare_prompts, prefill, decode_one_token, decoding_run
+    core.py         GenerationConfig (every decoding option: the CLI, the API and the server's one type),
+                    Completion, prepare_prompts, prefill, decode_one_token, decoding_run
     sampling.py     logits -> tokens: penalties, filters, sampling
+    text.py         a sequence's text as tokens arrive: incremental decoding, stop strings
 
 `chat.py` (a conversation) and `seq2seq.py` (encoder-decoders) sit beside `dispatch.py`.
 """

@@ -21,71 +21,75 @@ from typing import Iterator
 import torch
 
 from ..errors import LmforgeError
-from ..options import at_least, option, validate
+from ..options import bounds, option, validate
 from .sampling import MAX_LOGPROBS
+
+
+def _strings(v) -> str | None:
+    ok = isinstance(v, str) or isinstance(v, list) and all(isinstance(s, str) for s in v)
+    return None if ok else "must be a string or a list of strings"
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = option(100, "most tokens to generate per prompt")
-    temperature: float = option(0.8, "sampling temperature; 0 means greedy")
+    """Every decoding option, in one type with one validation path: `lmforge generate` / `chat` /
+    `translate` take them as flags, the Python API as keywords, and `lmforge serve` maps OpenAI's
+    request fields onto them (`lmforge.serve.openai_fields`), so a value is refused alike, with
+    the same words, wherever it is given. Each field's rule is its `check` (plus its type)."""
+    max_new_tokens: int = option(100, "most tokens to generate per prompt", check=bounds(1))
+    temperature: float = option(0.8, "sampling temperature; 0 means greedy (at most 2, as OpenAI's)",
+                                check=bounds(0.0, 2.0))
     greedy: bool = option(False, "always take the most likely token (same as --temperature 0)")
-    top_k: int | None = option(None, "sample only among the k most likely tokens (0: no top-k filter)",
-                               check=at_least(0))
-    top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)")
-    repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)")
-    stop: list[str] = option([], "stop a sequence when it produces any of these strings")
+    top_k: int | None = option(None, "sample only among the k most likely tokens (0 or -1: no top-k filter)",
+                               check=bounds(-1))
+    top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)",
+                          check=bounds(0.0, 1.0, low_open=True))
+    repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)",
+                                       check=bounds(0.0, low_open=True))
+    stop: list[str] = option([], "stop a sequence when it produces any of these strings", check=_strings)
     seed: int | None = option(None, "random seed for sampling (same seed, same text)")
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
     compile: bool = option(False, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
                                   "compiles, later calls of the same batch size reuse it")
-    draft_tokens: int = option(4, "speculative decoding (with a draft model): tokens drafted per verification step")
+    draft_tokens: int = option(4, "speculative decoding (with a draft model): tokens drafted per verification step",
+                               check=bounds(1))
     num_beams: int = option(1, "beam search with this many beams (deterministic: sampling options are ignored); "
-                               "1 samples or decodes greedily")
+                               "1 samples or decodes greedily", check=bounds(1))
     length_penalty: float = option(1.0, "beam search: a finished beam scores sum(log p) / length**this "
                                         "(larger favours longer outputs)")
     no_repeat_ngram_size: int = option(0, "beam search (and encoder-decoder greedy decoding): never repeat an "
-                                          "n-gram of this many generated tokens (0 disables it)", check=at_least(0))
+                                          "n-gram of this many generated tokens (0 disables it)", check=bounds(0))
     early_stopping: bool = option(True, "beam search: stop once num_beams hypotheses have ended (--no-early-stopping "
                                         "continues while a running beam can still win)")
     min_p: float = option(0.0, "sample only tokens at least this fraction as likely as the most likely one "
-                               "(min-p; 0 disables it)")
+                               "(min-p; 0 disables it)", check=bounds(0.0, 1.0))
     logprobs: int | None = option(None, "report each generated token's log-probability and the K most likely "
-                                        "alternatives (0-20; with --json)")
+                                        f"alternatives (0-{MAX_LOGPROBS}; with --json)", check=bounds(0, MAX_LOGPROBS))
     json_mode: bool = option(False, "constrain the output to one syntactically valid JSON object")
     sink_tokens: int = option(0, "past the context window (rotary models): keep this many first tokens in the "
-                                 "rolling cache as attention sinks")
+                                 "rolling cache as attention sinks", check=bounds(0))
 
     def __post_init__(self) -> None:
         validate(self)
         if self.greedy:
             self.temperature = 0.0
-        if self.max_new_tokens < 1:
-            raise LmforgeError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
-        if self.temperature < 0:
-            raise LmforgeError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise LmforgeError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise LmforgeError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
-        if self.draft_tokens < 1:
-            raise LmforgeError(f"draft_tokens={self.draft_tokens} must be at least 1")
-        if self.num_beams < 1:
-            raise LmforgeError(f"num_beams={self.num_beams} must be at least 1")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.top_k is not None and self.top_k <= 0:        # 0 and -1 (vLLM's spelling) both mean no filter
+            self.top_k = None
         if self.num_beams > 1 and self.repetition_penalty != 1.0:
             raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise LmforgeError(f"min_p={self.min_p} must be in [0, 1] (0 disables it)")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise LmforgeError(f"logprobs={self.logprobs} must be between 0 and {MAX_LOGPROBS} "
-                               f"(the most likely alternatives reported per token)")
-        if self.sink_tokens < 0:
-            raise LmforgeError(f"sink_tokens={self.sink_tokens} must be >= 0")
         if self.num_beams > 1 and (self.logprobs is not None or self.json_mode):
             raise LmforgeError("--logprobs and --json-mode work with sampling or greedy decoding, not beam search; "
                                "drop --num-beams")
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Decoding that is one argmax per step: no penalty, blocking or JSON mask in the way."""
+        return (self.temperature == 0 and self.repetition_penalty == 1.0 and not self.json_mode
+                and self.no_repeat_ngram_size == 0)
 
 
 @dataclass
@@ -210,3 +214,4 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     """A text prompt's ids: with the bos token first when the tokenizer says so (`add_bos`,
     an imported Llama), as `transformers`' tokenizer(text) gives them."""
     return tokenizer.encode(text, bos=tokenizer.add_bos)
+

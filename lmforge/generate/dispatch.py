@@ -15,6 +15,7 @@ from .core import Completion, GenerationConfig, encode_prompt
 from .decode import decode_ids
 from .json_mode import JsonState, json_table
 from .speculative import speculative_generate_ids
+from .text import StreamedText, find_stop
 
 
 @torch.no_grad()
@@ -53,41 +54,20 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
     start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
     prompt_ids = [list(p) if not isinstance(p, str)
                   else encode_prompt(tokenizer, p) or ([start] if start is not None else []) for p in prompts]
-    decoders = [tokenizer.decode_stream() for _ in prompts]
-    texts = ["" for _ in prompts]
-    emitted = [0 for _ in prompts]       # characters already passed to `stream`
-    stopped = [False for _ in prompts]
+    texts = [StreamedText(tokenizer, cfg.stop, cfg.ignore_eos) for _ in prompts]
+    ended = [False for _ in prompts]
     track_text = (stream is not None or bool(cfg.stop)) and cfg.num_beams == 1
-    hold = max((len(s) for s in cfg.stop), default=1) - 1   # text that may still become a stop string
-    specials = tokenizer.special_ids
-
-    def emit(b: int, upto: int) -> None:
-        if stream is not None and upto > emitted[b]:
-            stream(b, texts[b][emitted[b]:upto])
-            emitted[b] = upto
 
     def on_tokens(nxt: torch.Tensor) -> bool:
         if not track_text:
             return False
         for b, tok in enumerate(nxt.tolist()):
-            if stopped[b]:
-                continue
-            if tok in specials:
-                if tok == tokenizer.eos_id and not cfg.ignore_eos:
-                    stopped[b] = True
-                    emit(b, len(texts[b]))
-                continue
-            piece = decoders[b].step(tok)
-            if not piece:
-                continue
-            before = len(texts[b])
-            texts[b] += piece
-            hit = _find_stop(texts[b], cfg.stop, before)
-            if hit is not None:
-                texts[b] = texts[b][:hit]
-                stopped[b] = True
-            emit(b, len(texts[b]) if stopped[b] else len(texts[b]) - hold)
-        return all(stopped)
+            if not ended[b]:
+                piece, reason = texts[b].add(tok)
+                ended[b] = reason is not None
+                if piece and stream is not None:
+                    stream(b, piece)
+        return all(ended)
 
     json_states = None
     if cfg.json_mode:
@@ -97,12 +77,14 @@ def generate(model, tokenizer, prompts: list[str | list[int]] | str, cfg: Genera
                                        on_tokens=on_tokens, draft=draft, json_states=json_states)
     token_logprobs = stats.pop("token_logprobs", None)
     for b in range(len(prompts)):
-        emit(b, len(texts[b]))          # flush what was held back
+        rest = texts[b].take()          # flush what was held back
+        if rest and stream is not None:
+            stream(b, rest)
     results = []
     for b in range(len(prompts)):
         text = tokenizer.decode(ids[b])
         reason = reasons[b]
-        hit = _find_stop(text, cfg.stop, 0)
+        hit = find_stop(text, cfg.stop, 0)
         if hit is not None:
             text, reason = text[:hit], "stop"
         if stream is not None and cfg.num_beams > 1:
@@ -121,14 +103,3 @@ def logprob_records(tokenizer, rows: list[tuple[float, list[int], list[float]]],
              "top": [{"token": piece(t), "id": t, "logprob": tl} for t, tl in zip(top_ids, top_lps)]}
             for tok, (lp, top_ids, top_lps) in zip(ids, rows)]
 
-
-def _find_stop(text: str, stops: list[str], new_from: int) -> int | None:
-    """Index where the earliest stop string starts, looking only where new text could complete one."""
-    best = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s, max(0, new_from - len(s) + 1))
-        if i >= 0 and (best is None or i < best):
-            best = i
-    return best

@@ -14,6 +14,22 @@ from ..data.batching import pad_right
 from ..data.pairs import source_ids
 from ..errors import LmforgeError
 from .beam import beam_search, best_hypotheses
+from .core import GenerationConfig
+
+# the GenerationConfig fields that apply to encoder-decoder decoding, and translation's own defaults
+# (max_new_tokens is capped by the model's context); `lmforge translate`, `Model.translate` and the
+# server's encoder-decoder requests start from these
+TRANSLATE_OPTIONS = ("num_beams", "length_penalty", "max_new_tokens", "no_repeat_ngram_size")
+TRANSLATE_DEFAULTS = {"num_beams": 4, "max_new_tokens": 1024, "no_repeat_ngram_size": 4}
+
+
+def translation_config(**options) -> GenerationConfig:
+    """The decoding options of a translation: `TRANSLATE_OPTIONS` only, over `TRANSLATE_DEFAULTS`."""
+    unknown = sorted(set(options) - set(TRANSLATE_OPTIONS))
+    if unknown:
+        raise LmforgeError(f"translate does not take {', '.join(unknown)}; its options are "
+                           f"{', '.join(TRANSLATE_OPTIONS)}")
+    return GenerationConfig(**{**TRANSLATE_DEFAULTS, **options})
 
 
 @torch.inference_mode()

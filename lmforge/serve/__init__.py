@@ -2,39 +2,30 @@
 
     lmforge serve runs/my-model --port 8000         # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1")
 
-The settings live here (cheap to import, for the CLI); the app is in `app.py`, the batching in
-`scheduler.py`.
+The package, top to bottom (a module imports only those below it; `lint-imports` holds it):
+
+    app.py                  create_app: the routes, the server's state on app.state, the lifespan
+    routes_openai.py        /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models
+    routes_tokenizer.py     /tokenize, /detokenize, /tokenizer_info, /health, /metrics
+    routes_page.py          the playground page and its model views: /attention, /classify
+    http.py                 one route wrapper (API key, errors in OpenAI's shape, counts), reading bodies
+    state.py                ServerState: the model, the scheduler, the limits and the metrics of one server
+    replies.py              scheduler events to a request (Mailbox), read whole or streamed (Reply)
+    openai_fields.py        OpenAI's request fields onto the decoding options (GenerationConfig)
+    protocol.py · responses.py · prompts.py   request shapes · answer shapes · request text to prompt ids
+    scheduler.py            continuous batching over one KV cache
+    picker.py · events.py · metrics.py · config.py   per-sequence token choice · scheduler events ·
+                            Prometheus metrics · the settings (ServeArgs)
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 
-from ..errors import LmforgeError
-from ..options import option
+from .config import ServeArgs
 
-
-@dataclass
-class ServeArgs:
-    model_dir: str = option(None, "model directory to serve", positional=True)
-    host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
-    port: int = option(8000, "port to listen on")
-    api_key: str | None = option(None, "clients must send 'Authorization: Bearer KEY' on /v1/* (default: the "
-                                       "LMFORGE_API_KEY environment variable; none: no key)")
-    max_batch_size: int = option(16, "sequences decoded together (rows of the batched KV cache)")
-    max_queue: int = option(64, "sequences that may wait for a row; beyond that requests get 503 at once")
-    max_body_mb: float = option(2.0, "largest request body accepted, in MB (larger ones get 413)")
-    model_name: str | None = option(None, "the model id clients see (default: the directory's name)")
-    device: str = option("auto", "auto, cpu or cuda")
-    dtype: str = option("auto", "auto, float32, bfloat16")
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise LmforgeError(f"--max-batch-size {self.max_batch_size} must be at least 1")
-        if self.max_queue < 1:
-            raise LmforgeError(f"--max-queue {self.max_queue} must be at least 1")
+__all__ = ["ServeArgs", "serve"]
 
 
 def serve(args: ServeArgs) -> None:

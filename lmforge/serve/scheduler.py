@@ -15,7 +15,9 @@ One scheduler step:
 4. finished sequences leave; the last row moves into the hole (one row copy per layer).
 
 So a request joins at the next token boundary and leaves when done: short requests never
-wait for long ones. Sampling is per sequence (its own temperature, filters, seed).
+wait for long ones. Sampling is per sequence (its own decoding options: temperature, filters,
+seed). A sequence hears of its progress through `events.py`'s Token, Finish and Failed (a step
+that raised fails every sequence it held, so no client waits forever).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -34,8 +36,11 @@ from typing import Callable
 
 import torch
 
+from ..generate import GenerationConfig
+from ..generate.json_mode import JsonState
 from ..model.blocks import KVCache
-from .sampling import SamplingParams, TokenPicker
+from .events import Event, Failed, Finish, Token
+from .picker import TokenPicker
 
 
 def _attention_kernels(device: torch.device):
@@ -65,13 +70,14 @@ class _RowsView:
 
 @dataclass
 class Sequence:
-    """One generated continuation (a request with n=2 owns two). `emit(event)` receives
-    ("token", self, token_id, text_piece, logprob_entry) and ("finish", self) events, on the
-    scheduler thread."""
+    """One generated continuation (a request with n=2 owns two). `emit(event)` receives its
+    `events.Token`, `Finish` and `Failed` events, on the scheduler thread."""
     prompt_ids: list[int]
-    params: SamplingParams
-    emit: Callable[[tuple], None]
+    options: GenerationConfig
+    emit: Callable[[Event], None]
     index: int = 0                               # choice index within its request
+    json_state: JsonState | None = None          # JSON mode: this sequence's grammar state
+    score_prompt: bool = False                   # echo + logprobs: score the prompt's tokens too
     out_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
@@ -167,7 +173,7 @@ class Scheduler:
                     if s.finish_reason is None:
                         s.finish_reason = "error"
                         self._count_finished("error")
-                        s.emit(("error", s, f"{type(e).__name__}: {e}"))
+                        s.emit(Failed(s, f"{type(e).__name__}: {e}"))
                 self._running = []
             self._gauges()
 
@@ -259,8 +265,8 @@ class Scheduler:
         logits = self._logits(h[torch.arange(len(seqs), device=device), last])  # (m, V)
         for b, s in enumerate(seqs):
             s.length = lengths[b]
-            s.picker = TokenPicker(s.params, s.prompt_ids, self.vocab_size, device)
-            if s.params.echo_logprobs:
+            s.picker = TokenPicker(s.options, s.prompt_ids, self.vocab_size, device, s.json_state)
+            if s.score_prompt:
                 s.prompt_logprobs = s.picker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
@@ -284,7 +290,7 @@ class Scheduler:
         bos = self.tokenizer.bos_id
         for b, s in enumerate(seqs):
             s.source_length, s.length, s.pending = lengths[b], 0, bos
-            s.picker = TokenPicker(s.params, [bos], self.vocab_size, device)
+            s.picker = TokenPicker(s.options, [bos], self.vocab_size, device, s.json_state)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
 
@@ -321,16 +327,16 @@ class Scheduler:
             s.pending = tok
             piece, reason = s.picker.accept(tok, self.tokenizer)
             room = s.length + 1 < self.config.context_length   # the next token still has a cache slot
-            if reason is None and (len(s.out_ids) >= s.params.max_tokens or not room):
+            if reason is None and (len(s.out_ids) >= s.options.max_new_tokens or not room):
                 reason = "length"
-            s.emit(("token", s, tok, piece, entry))
+            s.emit(Token(s, tok, piece, entry))
             if reason is not None:
                 tail = s.picker.flush(self.tokenizer, s.out_ids)
                 if tail:
-                    s.emit(("token", s, None, tail, None))
+                    s.emit(Token(s, None, tail, None))
                 s.finish_reason = reason
                 self._count_finished(reason)
-                s.emit(("finish", s))
+                s.emit(Finish(s))
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(len(seqs))
 

@@ -1,0 +1,26 @@
+"""The settings of `lmforge serve` (cheap to import, for the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import at_least, device_name, option, validate
+
+
+@dataclass
+class ServeArgs:
+    model_dir: str = option(None, "model directory to serve", positional=True)
+    host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    port: int = option(8000, "port to listen on")
+    api_key: str | None = option(None, "clients must send 'Authorization: Bearer KEY' on /v1/* (default: the "
+                                       "LMFORGE_API_KEY environment variable; none: no key)")
+    max_batch_size: int = option(16, "sequences decoded together (rows of the batched KV cache)", check=at_least(1))
+    max_queue: int = option(64, "sequences that may wait for a row; beyond that requests get 503 at once",
+                            check=at_least(1))
+    max_body_mb: float = option(2.0, "largest request body accepted, in MB (larger ones get 413)", check=at_least(0))
+    model_name: str | None = option(None, "the model id clients see (default: the directory's name)")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+    dtype: str = option("auto", "auto, float32, bfloat16")
+
+    def __post_init__(self) -> None:
+        validate(self)

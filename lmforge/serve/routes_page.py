@@ -1,0 +1,52 @@
+"""The playground page (/) and the model views it draws: /attention (attention maps) and
+/classify (a classifier's labels, or an encoder's similarities). They run on the model between
+decode steps (`ServerState.on_model`)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .http import read_json
+from .protocol import ApiError, input_texts
+from .state import server_state
+
+MAX_ATTENTION_TOKENS = 256
+
+
+async def playground(request: Request) -> Response:
+    return Response(server_state(request).page, media_type="text/html; charset=utf-8")
+
+
+async def attention(request: Request) -> Response:
+    state = server_state(request)
+    body = await read_json(request)
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise ApiError("'text' must be a non-empty string", "text")
+    kind = body.get("kind", "auto")
+    maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, max_tokens=MAX_ATTENTION_TOKENS,
+                                        with_tokens=True)
+    layer = _layer(body, maps.shape[0] - 1)
+    return JSONResponse({"layers": maps.shape[0], "heads": maps.shape[1], "layer": layer,
+                         "queries": tokens[0], "keys": tokens[1],
+                         "maps": [[[round(x, 4) for x in row] for row in head] for head in maps[layer].tolist()]})
+
+
+def _layer(body: dict, last: int) -> int:
+    value = body.get("layer", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= last:
+        raise ApiError(f"'layer' must be an integer from 0 to {last}, got {value!r}", "layer")
+    return value
+
+
+async def classify(request: Request) -> Response:
+    state = server_state(request)
+    body = await read_json(request)
+    texts = input_texts(body)
+    if state.config.labels:
+        return JSONResponse({"kind": "labels", "results": await state.on_model(state.lm.classify, texts)})
+    if state.config.family == "encoder":
+        vectors = await state.on_model(state.lm.embed, texts)
+        return JSONResponse({"kind": "similarity", "texts": texts, "similarity": (vectors @ vectors.T).tolist()})
+    raise ApiError("/classify needs a classifier or an embedding (encoder) model", code="model_not_supported")

@@ -1,0 +1,126 @@
+"""`ServerState`: everything one server holds — the model, its scheduler, its limits, its
+metrics — in one object on `app.state.server`, and the steps every generation route shares
+(check a prompt, fit max_tokens into the context, start the sequences)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from ..data.chat import ROLES
+from ..errors import LmforgeError
+from ..generate import GenerationConfig
+from ..generate.seq2seq import TRANSLATE_DEFAULTS
+from .config import ServeArgs
+from .metrics import Metrics
+from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
+from .protocol import ApiError, chat_messages
+from .replies import Mailbox, Reply
+from .responses import LogprobFormatter, now
+from .scheduler import QueueFull, Scheduler, Sequence
+
+
+@dataclass
+class ServerState:
+    lm: object                           # the loaded `lmforge.Model`
+    settings: ServeArgs
+    name: str                            # the model id clients see
+    scheduler: Scheduler | None          # decoders and encoder-decoders; None for encoders
+    metrics: Metrics = field(default_factory=Metrics)
+    started: int = field(default_factory=now)
+    mailbox: Mailbox | None = None       # made by the app's lifespan, on the loop that serves requests
+
+    @classmethod
+    def of(cls, lm, settings: ServeArgs) -> "ServerState":
+        name = settings.model_name or (lm.path.name if lm.path is not None else "lmforge")
+        state = cls(lm, settings, name, None)
+        if lm.config.family in ("decoder", "seq2seq"):
+            state.scheduler = Scheduler(lm.module, lm.target_tokenizer, settings.max_batch_size, settings.max_queue,
+                                        state.metrics)
+        return state
+
+    def __post_init__(self) -> None:
+        lm = self.lm
+        self.config, self.tokenizer = lm.config, lm.tokenizer
+        self.out_tokenizer = lm.target_tokenizer        # of the generated text (an encoder-decoder's target side)
+        self.seq2seq = self.config.family == "seq2seq"
+        self.formatter = LogprobFormatter(self.out_tokenizer)
+        self.prompt_formatter = self.formatter if self.out_tokenizer is self.tokenizer \
+            else LogprobFormatter(self.tokenizer)                                  # /tokenize shows the prompt side
+        context = self.config.context_length
+        self.prompt_limit = context if self.seq2seq else context - 1    # a decoder needs a free slot
+        self.no_repeat_default = TRANSLATE_DEFAULTS["no_repeat_ngram_size"] if self.seq2seq else 0  # as translate
+        self.max_body = int(self.settings.max_body_mb * 1024 * 1024)
+        self.page = resources.files(__package__).joinpath("static", "index.html").read_bytes()
+
+    # ---- prompts ------------------------------------------------------------------------------
+    def need_decoder(self, what: str) -> Scheduler:
+        if self.scheduler is None:
+            other = "/v1/embeddings" + (" or /classify" if self.config.labels else "")
+            raise ApiError(f"{what} needs a decoder (GPT / Llama) or encoder-decoder model; this one is a "
+                           f"{self.config.family} model (use {other})", code="model_not_supported")
+        return self.scheduler
+
+    def encode(self, text: str) -> list[int]:
+        """A text prompt's ids, as the model is given them (an encoder-decoder's: its source)."""
+        return (source_prompt if self.seq2seq else encode_text)(self.tokenizer, text)
+
+    def check_prompt(self, ids: list[int], where: str) -> None:
+        config = self.config
+        if len(ids) > self.prompt_limit:
+            raise ApiError(f"{where} has {len(ids)} tokens but the model's context is {config.context_length}; "
+                           f"send at most {self.prompt_limit} tokens", where, code="context_length_exceeded")
+        bad = [t for t in ids if not 0 <= t < config.vocab_size]
+        if bad:
+            raise ApiError(f"{where} holds token id {bad[0]}, outside the vocabulary of {config.vocab_size}", where)
+
+    def chat_ids(self, body: dict) -> tuple[list[int], list[str]]:
+        """(prompt ids, stop strings that end the assistant's turn) of a chat body."""
+        try:
+            if self.seq2seq:
+                return chat_source(self.tokenizer, chat_messages(body, ROLES)), []
+            return chat_prompt(self.tokenizer, chat_messages(body, chat_roles(self.tokenizer)))
+        except LmforgeError as e:
+            raise ApiError(str(e), "messages") from None
+
+    # ---- generation ---------------------------------------------------------------------------
+    def fit(self, options: GenerationConfig, prompt_len: int) -> GenerationConfig:
+        """max_tokens cut to what fits in the context (the reply then ends with finish_reason "length"):
+        after a decoder's prompt; after <bos> for an encoder-decoder, whose prompt is elsewhere."""
+        room = self.config.context_length - (1 if self.seq2seq else prompt_len)
+        return dataclasses.replace(options, max_new_tokens=max(1, min(options.max_new_tokens, room)))
+
+    def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: bool = False) -> Reply:
+        """Queue `n` sequences per prompt (choice j of a seeded request samples with seed + j);
+        their events arrive on the returned Reply. 503 when the queue is full."""
+        reply = Reply(self.mailbox, self.scheduler)
+        for p, ids in enumerate(prompts):
+            for j in range(n):
+                opts = options if n == 1 or options.seed is None else dataclasses.replace(options, seed=options.seed + j)
+                json_state = json_constraint(self.out_tokenizer, self.scheduler.vocab_size) if opts.json_mode else None
+                reply.seqs.append(Sequence(ids, opts, reply.emit, index=p * n + j, json_state=json_state,
+                                           score_prompt=score_prompt))
+        try:
+            self.scheduler.submit(reply.seqs)
+        except QueueFull as e:
+            raise ApiError(f"server is busy: {e}", status=503, kind="server_error", code="queue_full") from None
+        return reply
+
+    # ---- other model work ----------------------------------------------------------------------
+    async def on_model(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` in a worker thread, under the scheduler's lock (between decode steps)."""
+        lock = self.scheduler.lock if self.scheduler is not None else contextlib.nullcontext()
+
+        def locked():
+            with lock:
+                return fn(*args, **kwargs)
+        return await run_in_threadpool(locked)
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
