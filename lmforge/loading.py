@@ -105,6 +105,16 @@ def build_with_weights(config: ModelConfig, weights: dict[str, torch.Tensor], so
     return model
 
 
+def build_from_base(config: ModelConfig, base_config: ModelConfig, base_weights: dict[str, torch.Tensor],
+                    source: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """(the model of `config` holding a base model's weights, the prefixes of its new head).
+    A head `config` adds to the base (`model.new_head_prefixes`: a classifier for other labels)
+    takes none of the base's tensors and starts from a fresh model's initialisation."""
+    new_head = new_head_prefixes(base_config, config)
+    weights = {k: v for k, v in base_weights.items() if not (new_head and k.startswith(new_head))}
+    return build_with_weights(config, weights, source, optional=new_head), new_head
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
     """(module, config, tokenizer) from an lmforge or Hugging Face model directory; a LoRA
@@ -234,9 +244,7 @@ def load_lora_model(adapter_dir: str | Path, base: str | Path | None = None, dev
     lora = LoRAConfig(**read_adapter_config(adapter_dir)["lora"])
     config = dataclasses.replace(ModelConfig.load(adapter_dir / CONFIG_FILE), **config_overrides)
     base_config, base_weights, _, source = read_model_dir(base_dir)
-    new_head = new_head_prefixes(base_config, config)
-    base_weights = {k: v for k, v in base_weights.items() if not (new_head and k.startswith(new_head))}
-    model = build_with_weights(config, base_weights, source, optional=new_head)
+    model, new_head = build_from_base(config, base_config, base_weights, source)
     del base_weights
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device))

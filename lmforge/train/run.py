@@ -34,8 +34,8 @@ import torch
 from ..config import ModelConfig, get_preset
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
-from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
-from ..model import build_model, new_head_prefixes, num_params
+from ..loading import build_from_base, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
+from ..model import build_model, num_params
 from ..model.lora import apply_lora
 from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
 from ..safety import LOCK_FILE, RunLock, check_not_input, check_output, clean_temp_files, contents
@@ -250,9 +250,7 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
     if weights is None:
         model = build_model(config)
     else:
-        new_head = new_head_prefixes(base_config, config)
-        weights = {k: v for k, v in weights.items() if not (new_head and k.startswith(new_head))}
-        model = build_with_weights(config, weights, source, optional=new_head)
+        model, new_head = build_from_base(config, base_config, weights, source)
         del weights
         if lora is not None:
             torch.manual_seed(cfg.seed)                      # the adapters' random init
