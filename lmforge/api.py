@@ -21,8 +21,8 @@ import torch
 
 from .config import ModelConfig
 from .errors import LmforgeError
-from .loading import (build_with_weights, load_for_inference, load_model, read_model_dir,  # noqa: F401
-                      resolve_device, resolve_dtype, write_model_dir)
+from .adapt.runs import load_for_inference, load_model  # noqa: F401  (load_model: `lmforge.load_model`)
+from .loading import write_model_dir
 from .tokenizers import Tokenizer
 
 

@@ -263,7 +263,7 @@ class MergeLoraArgs:
 @verb("merge-lora", "merge a LoRA run's adapters into its base model: a plain model directory for export")
 @options_of(MergeLoraArgs)
 def _merge_lora(ns):
-    from .adapt.lora import merge_adapter
+    from .adapt.runs import merge_adapter
     args = from_args(MergeLoraArgs, ns)
     print(f"wrote {merge_adapter(args.adapter_dir, args.out_dir, args.base, overwrite=args.overwrite)}")
     return 0

@@ -1,11 +1,13 @@
-"""Reading a model directory into a module: the layer every verb loads through.
+"""Reading a whole model directory into a module: where every load of weights ends.
 
 An lmforge directory (config.json + model.safetensors + tokenizer), a Hugging Face one or a
-GGUF file (converted through `lmforge.interop`'s key tables) or a LoRA run's directory (its base with
-the adapters applied) becomes (module, config, tokenizer). The module is built on the meta
-device and the tensors assigned, so weights are materialised once; quantized configs get their
-int8 / int4 layers before the weights arrive; `resolve_device` / `resolve_dtype` turn the
-user's "auto" into a place.
+GGUF file (converted through `lmforge.interop`'s key tables) becomes (module, config, tokenizer).
+The module is built on the meta device and the tensors assigned, so weights are materialised
+once; quantized configs get their int8 / int4 layers before the weights arrive; `resolve_device` /
+`resolve_dtype` turn the user's "auto" into a place.
+
+A LoRA run's directory holds adapters, not a whole model, and is refused here: `lmforge.adapt.runs`
+reads it onto its base (through this module), and is what the verbs load any directory through.
 
     >>> resolve_dtype("auto", torch.device("cpu"))
     torch.float32
@@ -14,9 +16,6 @@ user's "auto" into a place.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,11 @@ import torch
 from .config import ModelConfig
 from .errors import ConfigError, LmforgeError, ModelDirError
 from .interop import is_gguf_file, is_hf_dir, read_gguf, read_hf
-from .model import build_model, inference_layout, new_head_prefixes
+from .model import build_model, new_head_prefixes
 from .model.blocks import init_weights
-from .model.lora import LoRAConfig, apply_lora, load_adapter_weights, merge_lora
 from .model.quantized import swap_in_quantized
 from .model.weights import load_weights_into
-from .modeldir import (ADAPTER_CONFIG, ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights,
-                       save_weights)
+from .modeldir import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, is_adapter_dir, read_weights, save_weights
 from .tokenizers import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,7 +66,6 @@ def build(config: ModelConfig) -> torch.nn.Module:
     return model
 
 
-
 def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str]:
     """(config, weights, tokenizer, source name) of an lmforge model directory, a Hugging Face
     one or a GGUF file (converted through `lmforge.interop`'s key tables). Tensors are read, not
@@ -105,15 +101,21 @@ def build_with_weights(config: ModelConfig, weights: dict[str, torch.Tensor], so
     return model
 
 
+def build_from_base(config: ModelConfig, base_config: ModelConfig, base_weights: dict[str, torch.Tensor],
+                    source: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """(the model of `config` holding a base model's weights, the prefixes of its new head).
+    A head `config` adds to the base (`model.new_head_prefixes`: a classifier for other labels)
+    takes none of the base's tensors and starts from a fresh model's initialisation."""
+    new_head = new_head_prefixes(base_config, config)
+    weights = {k: v for k, v in base_weights.items() if not (new_head and k.startswith(new_head))}
+    return build_with_weights(config, weights, source, optional=new_head), new_head
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """(module, config, tokenizer) from an lmforge or Hugging Face model directory; a LoRA
-    directory loads as its base model with the adapters merged in."""
-    path = Path(path)
-    if is_adapter_dir(path):
-        check_model_dir(path, (CONFIG_FILE, ADAPTER_FILE))
-        model, config, tokenizer, _ = load_lora_model(path, device=device, dtype=dtype, **config_overrides)
-        return merge_lora(model).eval(), config, tokenizer
+    """(module, config, tokenizer) from an lmforge or Hugging Face model directory or a GGUF
+    file (`read_model_dir`); a LoRA run's directory is refused (`lmforge.adapt.runs.load_model`
+    loads it, merged into its base)."""
     config, weights, tokenizer, source = read_model_dir(path)
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
@@ -122,15 +124,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     device = torch.device(device)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
     return model, config, tokenizer
-
-
-def load_for_inference(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None
-                       ) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """`load_model` on the resolved device (the GPU when there is one), the weights laid out for
-    fast inference there (`model.inference_layout`)."""
-    dev = resolve_device(device)
-    module, config, tokenizer = load_model(path, dev, dtype)
-    return inference_layout(module, dev), config, tokenizer
 
 
 def _materialise_buffers(model: torch.nn.Module) -> None:
@@ -160,88 +153,3 @@ def write_model_dir(directory: str | Path, module: torch.nn.Module, config: Mode
         if target_tokenizer is not None and target_tokenizer is not tokenizer:
             target_tokenizer.save(d / TARGET_TOKENIZER_DIR)
     return Path(directory)
-
-
-# ----------------------------------------------------------------- a LoRA run's directory
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def config_sha256(config: ModelConfig) -> str:
-    """Hash of the architecture (dropout excluded: it does not change the weights' meaning)."""
-    d = {k: v for k, v in config.to_dict().items() if k != "dropout"}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def weights_fingerprint(model_dir: Path) -> str:
-    """Hash of the weights file's size and first MiB (header + leading tensors): cheap, and
-    different for any two trainings."""
-    path = model_dir / WEIGHTS_FILE if (model_dir / WEIGHTS_FILE).is_file() else model_dir / ADAPTER_FILE
-    with open(path, "rb") as f:
-        head = f.read(1 << 20)
-    return hashlib.sha256(str(path.stat().st_size).encode() + head).hexdigest()[:16]
-
-
-def read_adapter_config(adapter_dir: Path) -> dict:
-    from .fileio import read_json
-    path = Path(adapter_dir) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise ModelDirError(f"{adapter_dir} holds no LoRA adapters (no {ADAPTER_CONFIG}); give the --out directory "
-                            f"of a LoRA fine-tuning (`lmforge finetune MODEL_DIR --lora-rank R --out DIR`)")
-    info = read_json(path, "re-run the LoRA fine-tuning", ModelDirError)
-    try:
-        LoRAConfig(**info["lora"])
-        if not isinstance(info["base_model"], str):
-            raise TypeError("base_model is not a path")
-        return info
-    except (KeyError, TypeError) as e:
-        raise ModelDirError(f"{path} is not a valid LoRA adapter config ({e}); re-run the LoRA fine-tuning") from e
-
-
-def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
-    """The base model directory of an adapter, checked against the fingerprints it recorded."""
-    adapter_dir = Path(adapter_dir)
-    info = read_adapter_config(adapter_dir)
-    if base is None and os.path.isabs(info["base_model"]):
-        raise ModelDirError(f"{adapter_dir / ADAPTER_CONFIG} names its base by an absolute path, which lmforge never "
-                            f"writes; pass the base model directory (`--base DIR`)")
-    base_dir = Path(base) if base is not None else (adapter_dir / info["base_model"]).resolve()
-    if not base_dir.is_dir():
-        raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which does not "
-                            f"exist; pass the base model directory (`--base DIR`)")
-    if not all((base_dir / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
-        raise ModelDirError(f"the base model of the adapter in {adapter_dir} should be at {base_dir}, which is not a "
-                            f"model directory; pass the base model directory (`--base DIR`)")
-    if config_sha256(ModelConfig.load(base_dir / CONFIG_FILE)) != info["base_config_sha256"]:
-        raise ModelDirError(f"the adapter in {adapter_dir} was trained on a different base: {base_dir}/config.json "
-                            f"does not match the config hash {info['base_config_sha256']} it recorded; pass the "
-                            f"base model it was trained on")
-    if weights_fingerprint(base_dir) != info["base_weights_sha256"]:
-        raise ModelDirError(f"the adapter in {adapter_dir} was trained on different weights than those in "
-                            f"{base_dir} (same architecture, weights fingerprint differs from "
-                            f"{info['base_weights_sha256']}); pass the base model it was trained on")
-    return base_dir
-
-
-def load_lora_model(adapter_dir: str | Path, base: str | Path | None = None, device="cpu", dtype=None,
-                    weights: dict[str, torch.Tensor] | None = None, **config_overrides):
-    """(model with LoRALinear layers, the run's config, adapter tokenizer, LoRAConfig). The run's
-    config is the base's plus any head the task added (trained and saved with the adapters).
-    The adapters come from `weights` when given (a resumed checkpoint), else from
-    adapter.safetensors."""
-    adapter_dir = Path(adapter_dir)
-    base_dir = adapter_base(adapter_dir, base)
-    lora = LoRAConfig(**read_adapter_config(adapter_dir)["lora"])
-    config = dataclasses.replace(ModelConfig.load(adapter_dir / CONFIG_FILE), **config_overrides)
-    base_config, base_weights, _, source = read_model_dir(base_dir)
-    new_head = new_head_prefixes(base_config, config)
-    base_weights = {k: v for k, v in base_weights.items() if not (new_head and k.startswith(new_head))}
-    model = build_with_weights(config, base_weights, source, optional=new_head)
-    del base_weights
-    device = torch.device(device)
-    model = model.to(device=device, dtype=resolve_dtype(dtype, device))
-    apply_lora(model, lora, train_also=new_head)
-    if weights is None:
-        weights, _ = read_weights(adapter_dir / ADAPTER_FILE)
-    load_adapter_weights(model, weights, str(adapter_dir / ADAPTER_FILE))
-    return model, config, Tokenizer.load(adapter_dir), lora

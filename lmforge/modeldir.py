@@ -21,6 +21,11 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"   # a LoRA run's directory
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether `path` is a LoRA run's directory (adapters on a base, not a whole model: `lmforge.adapt.runs`)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

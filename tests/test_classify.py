@@ -155,8 +155,8 @@ def test_classify_cli(encoder_classifier, tiny_encoder_dir, tmp_path, capsys):
 
 
 def test_lora_classifier_trains_and_saves_the_new_head(tmp_path, tiny_encoder_dir, topics_csv):
-    from lmforge.adapt.lora import ADAPTER_FILE, LoRAConfig
-    from lmforge.modeldir import read_weights
+    from lmforge.adapt.lora import LoRAConfig
+    from lmforge.modeldir import ADAPTER_FILE, read_weights
     out = tmp_path / "lora-topics"
     cfg = tiny_train_config(topics_csv, out, max_steps=200, eval_interval=200, lr=3e-3, batch_size=16)
     summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions(),

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmforge.adapt.lora import (ADAPTER_CONFIG, ADAPTER_FILE, LoRAConfig, LoRALinear, apply_lora, merge_adapter,
-                                merge_lora, resolve_targets)
+from lmforge.adapt.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora, resolve_targets
+from lmforge.adapt.runs import merge_adapter
 from lmforge.api import load, load_model
 from lmforge.config import get_preset
 from lmforge.errors import ConfigError, ModelDirError
 from lmforge.model import build_model
 from lmforge.model.blocks import Block
-from lmforge.modeldir import read_weights
+from lmforge.modeldir import ADAPTER_CONFIG, ADAPTER_FILE, read_weights
 from lmforge.train.finetune import FinetuneArgs, finetune
 
 from .conftest import tiny_train_config

@@ -414,7 +414,7 @@ def test_shards_and_module_paths_must_stay_inside_the_directory(tmp_path, tiny_m
 
 def test_an_adapters_base_path_is_checked_without_listing_other_directories(tmp_path, char_data, tiny_model_dir,
                                                                             capsys):
-    from lmforge.adapt.lora import ADAPTER_CONFIG
+    from lmforge.modeldir import ADAPTER_CONFIG
     lora = tmp_path / "lora"
     assert main(["finetune", str(tiny_model_dir), "--data", str(char_data), "--out", str(lora), "--lora-rank", "2",
                  "--max-steps", "1", "--eval-interval", "1", "--eval-iters", "1", "--batch-size", "2",

@@ -79,11 +79,12 @@ class QuantizeArgs:
 def quantize(args: QuantizeArgs) -> dict:
     """Write the quantized copy of `args.model_dir` to `args.out_dir`; with `report`, measure both.
     Returns {"out": path, "quantization": record, "report": rows or None}."""
-    from ..loading import load_model, write_model_dir
+    from ..adapt.runs import adapter_base, load_model
+    from ..loading import write_model_dir
     from ..evaluate.perplexity import read_text_file
     if args.report and not args.text:
         raise LmforgeError("--report measures perplexity on a text: give it with --text FILE")
-    from ..loading import adapter_base, is_adapter_dir
+    from ..modeldir import is_adapter_dir
     from ..safety import check_output
     inputs = [("MODEL_DIR", args.model_dir), ("the report's text", args.text)]
     if is_adapter_dir(args.model_dir):
@@ -107,8 +108,8 @@ def quantize(args: QuantizeArgs) -> dict:
 # ---------------------------------------------------------------------------- the report
 def weights_bytes(model_dir: str | Path) -> int:
     """Bytes of weights a model directory needs (a LoRA directory: its base's plus its adapters)."""
-    from ..loading import adapter_base, is_adapter_dir
-    from ..modeldir import ADAPTER_FILE, WEIGHTS_FILE
+    from ..adapt.runs import adapter_base
+    from ..modeldir import ADAPTER_FILE, WEIGHTS_FILE, is_adapter_dir
     d = Path(model_dir)
     if is_adapter_dir(d):
         return weights_bytes(adapter_base(d)) + (d / ADAPTER_FILE).stat().st_size
@@ -136,7 +137,7 @@ def quantization_report(original: str | Path, quantized: list[str | Path], text:
     Speed is the best of `repeats` greedy batch-1 decodes, taken in turns (original, copies,
     original, ...) so a busy machine slows them alike."""
     from ..evaluate.perplexity import perplexity
-    from ..loading import load_for_inference
+    from ..adapt.runs import load_for_inference
     paths = [original, *quantized]
     models = [load_for_inference(path, device=device, dtype="float32") for path in paths]
     rows = [{"model": describe(config.quantization), "dir": str(path), "bytes": weights_bytes(path),

@@ -33,7 +33,8 @@ class DistillArgs:
 
 def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Train a `student_preset` model on `cfg.data` from `args.teacher`'s soft targets."""
-    from ..loading import load_model, resolve_device
+    from ..adapt.runs import load_model
+    from ..loading import resolve_device
     from .run import same_tokenizer, train
     if not args.teacher:
         raise ConfigError("give the teacher model directory with --teacher DIR")

@@ -5,7 +5,7 @@ classification head, from an encoder or a decoder), seq2seq (a pairs table), sft
 conversations). Every task runs through the same `train()` with `init_from` set, so resume,
 DDP, metrics and checkpoints work the same way as pretraining; the task's own options
 (columns, splits, ...) travel in `TrainConfig.task_options`. `--lora-rank R` trains LoRA
-adapters instead of every weight (see `lmforge.adapt.lora`); `--merge-to DIR` then also
+adapters instead of every weight (see `lmforge.adapt`); `--merge-to DIR` then also
 writes the merged model."""
 
 from __future__ import annotations
@@ -57,6 +57,6 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = 
     summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options),
                     lora=lora)
     if args.merge_to and not summary.get("stopped"):
-        from ..adapt.lora import merge_adapter
+        from ..adapt.runs import merge_adapter
         summary["merged"] = str(merge_adapter(summary["out"], args.merge_to))
     return summary

@@ -34,10 +34,11 @@ import torch
 from ..config import ModelConfig, get_preset
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
-from ..loading import build_with_weights, is_adapter_dir, load_lora_model, read_model_dir, resolve_device
-from ..model import build_model, new_head_prefixes, num_params
-from ..model.lora import apply_lora
-from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ..adapt.lora import apply_lora
+from ..adapt.runs import load_lora_model
+from ..loading import build_from_base, read_model_dir, resolve_device
+from ..model import build_model, num_params
+from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir
 from ..safety import LOCK_FILE, RunLock, check_not_input, check_output, clean_temp_files, contents
 from ..tokenizers import Tokenizer
 from ..options import cli_fields, flat_settings
@@ -250,9 +251,7 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
     if weights is None:
         model = build_model(config)
     else:
-        new_head = new_head_prefixes(base_config, config)
-        weights = {k: v for k, v in weights.items() if not (new_head and k.startswith(new_head))}
-        model = build_with_weights(config, weights, source, optional=new_head)
+        model, new_head = build_from_base(config, base_config, weights, source)
         del weights
         if lora is not None:
             torch.manual_seed(cfg.seed)                      # the adapters' random init
@@ -296,7 +295,7 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task) -> dict[str, Any]:
         sample_fn = decoder_sampler(tokenizer, cfg)
     hooks: dict[str, Any] = {}
     if lora is not None:
-        from ..adapt.lora import write_adapter_config
+        from ..adapt.runs import write_adapter_config
         print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {num_params(config):,} parameters")
         hooks.update(names_to_save=trainable_names, weights_file=ADAPTER_FILE)
     settings = run_settings(cfg, lora)
