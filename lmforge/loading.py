@@ -111,7 +111,7 @@ def build_from_base(config: ModelConfig, base_config: ModelConfig, base_weights:
     return build_with_weights(config, weights, source, optional=new_head), new_head
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+def load_whole_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides: Any) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
     """(module, config, tokenizer) from an lmforge or Hugging Face model directory or a GGUF
     file (`read_model_dir`); a LoRA run's directory is refused (`lmforge.adapt.runs.load_model`

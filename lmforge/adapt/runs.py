@@ -29,7 +29,7 @@ from ..config import ModelConfig
 from ..errors import ModelDirError
 from ..fileio import read_json
 from ..loading import build_from_base, read_model_dir, resolve_device, resolve_dtype, write_model_dir
-from ..loading import load_model as load_whole_model
+from ..loading import load_whole_model
 from ..model import inference_layout
 from ..modeldir import (ADAPTER_CONFIG, ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE, check_model_dir, is_adapter_dir,
                         read_weights, write_json)
@@ -42,7 +42,7 @@ from .lora import LoRAConfig, apply_lora, merge_lora
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                **config_overrides) -> tuple[nn.Module, ModelConfig, Tokenizer]:
     """(module, config, tokenizer) from an lmforge or Hugging Face model directory or a GGUF file
-    (`lmforge.loading.load_model`); a LoRA run's directory loads as its base model with the
+    (`lmforge.loading.load_whole_model`); a LoRA run's directory loads as its base model with the
     adapters merged in."""
     if not is_adapter_dir(path):
         return load_whole_model(path, device, dtype, **config_overrides)
