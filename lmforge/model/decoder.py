@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .blocks import Transformer, init_weights
+from .blocks import init_weights
 from .heads import ClassificationHead, pool
+from .transformer import Transformer
 
 
 class DecoderLM(nn.Module):

@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .blocks import Transformer, init_weights
+from .blocks import init_weights
 from .heads import ClassificationHead, MaskedLMHead, Pooler, lookup_params, pool
+from .transformer import Transformer
 
 
 class EncoderModel(nn.Module):

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .blocks import Transformer, init_weights
+from .blocks import init_weights
 from .heads import lookup_params
+from .transformer import Transformer
 
 
 class Seq2SeqLM(nn.Module):
