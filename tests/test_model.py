@@ -4,7 +4,8 @@ import torch
 from lmforge.config import PRESETS, ModelConfig, derive, get_preset
 from lmforge.errors import ConfigError
 from lmforge.model import build_model
-from lmforge.model.blocks import attention_mask, sinusoidal_table
+from lmforge.model.kv_cache import attention_mask
+from lmforge.model.positions import sinusoidal_table
 
 VARIANTS = {
     "gpt": get_preset("gpt-tiny", vocab_size=97),

@@ -78,63 +78,18 @@ def prepare(cfg: PrepareConfig, *, extra_files: dict[str, str] | None = None) ->
 
 def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes: int,
                   tokenizer: Tokenizer | None) -> dict:
-    stats = ReadStats()  # of the last pass over the corpus
-
-    def pieces(desc: str) -> Iterator[tuple[str, bool]]:
-        nonlocal stats
-        stats = ReadStats()
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not cfg.progress)
-        for piece in iter_documents(files, cfg.text_field, cfg.errors, stats):
-            bar.update(stats.bytes - bar.n)
-            yield piece
-        bar.close()
-
+    corpus = _Corpus(files, cfg, total_bytes)
     if tokenizer is None:
-        texts = (t for t, _ in pieces(f"reading for the {cfg.tokenizer} tokenizer"))
+        texts = (t for t, _ in corpus.pieces(f"reading for the {cfg.tokenizer} tokenizer"))
         tokenizer = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, progress=cfg.progress)
     tokenizer.save(out)
     dtype = token_dtype(tokenizer.vocab_size)
-    counts = {"train": 0, "val": 0}
-    chars = 0
     with open(out / "train.bin", "wb") as f_train, open(out / "val.bin", "wb") as f_val:
-        batch: list[tuple[str, bool]] = []
-        batch_chars = 0
-
-        def flush() -> None:
-            nonlocal batch, batch_chars
-            if not batch:
-                return
-            encoded = tokenizer.encode_batch([t for t, _ in batch])
-            ids: list[int] = []
-            for (_, ends), doc_ids in zip(batch, encoded):
-                ids.extend(doc_ids)
-                if ends and tokenizer.eos_id is not None:
-                    ids.append(tokenizer.eos_id)
-            arr = np.asarray(ids, dtype=dtype)
-            n_val = int(round(len(arr) * cfg.val_fraction))
-            if cfg.val_fraction > 0 and n_val == 0 and len(arr) > 1:
-                n_val = 1
-            arr[: len(arr) - n_val].tofile(f_train)
-            arr[len(arr) - n_val:].tofile(f_val)
-            counts["train"] += len(arr) - n_val
-            counts["val"] += n_val
-            batch, batch_chars = [], 0
-
-        for text, ends in pieces("tokenizing"):
-            if not text and not ends:
-                continue
-            chars += len(text)
-            # split big pieces at newlines so encode_batch can use every core
-            for part in _split_lines(text, 16384):
-                batch.append((part, False))
-                batch_chars += len(part)
-            if ends:
-                batch[-1:] = [(batch[-1][0] if batch else "", True)]
-            if batch_chars >= (1 << 20):
-                flush()
-        flush()
+        shards = _SplitWriter(f_train, f_val, tokenizer, dtype, cfg.val_fraction)
+        chars = _tokenize(corpus, shards.write)
     if chars == 0:
         raise DataError(f"the corpus {', '.join(map(str, cfg.inputs))} holds no text; give files with text")
+    stats, counts = corpus.stats, shards.counts
     stats.warn_replaced()
     n_tokens = counts["train"] + counts["val"]
     meta = {
@@ -147,6 +102,71 @@ def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes:
     from ..modeldir import write_json
     write_json(out / META_FILE, meta)
     return meta
+
+
+class _Corpus:
+    """The input files, read piece by piece behind a progress bar; `stats` are the last pass's."""
+
+    def __init__(self, files: list[Path], cfg: PrepareConfig, total_bytes: int):
+        self.files, self.cfg, self.total_bytes = files, cfg, total_bytes
+        self.stats = ReadStats()
+
+    def pieces(self, desc: str) -> Iterator[tuple[str, bool]]:
+        """(text, ends a document) pieces of the whole corpus."""
+        self.stats = stats = ReadStats()
+        bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=desc, disable=not self.cfg.progress)
+        for piece in iter_documents(self.files, self.cfg.text_field, self.cfg.errors, stats):
+            bar.update(stats.bytes - bar.n)
+            yield piece
+        bar.close()
+
+
+class _SplitWriter:
+    """Encodes batches of pieces and appends them to train.bin / val.bin: the last val_fraction
+    of each batch's tokens go to val. `counts` holds the tokens written to each."""
+
+    def __init__(self, f_train, f_val, tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float):
+        self.f_train, self.f_val, self.tokenizer, self.dtype = f_train, f_val, tokenizer, dtype
+        self.val_fraction = val_fraction
+        self.counts = {"train": 0, "val": 0}
+
+    def write(self, batch: list[tuple[str, bool]]) -> None:
+        if not batch:
+            return
+        encoded = self.tokenizer.encode_batch([t for t, _ in batch])
+        ids: list[int] = []
+        for (_, ends), doc_ids in zip(batch, encoded):
+            ids.extend(doc_ids)
+            if ends and self.tokenizer.eos_id is not None:
+                ids.append(self.tokenizer.eos_id)
+        arr = np.asarray(ids, dtype=self.dtype)
+        n_val = int(round(len(arr) * self.val_fraction))
+        if self.val_fraction > 0 and n_val == 0 and len(arr) > 1:
+            n_val = 1
+        arr[: len(arr) - n_val].tofile(self.f_train)
+        arr[len(arr) - n_val:].tofile(self.f_val)
+        self.counts["train"] += len(arr) - n_val
+        self.counts["val"] += n_val
+
+
+def _tokenize(corpus: _Corpus, write) -> int:
+    """Hand the corpus to `write` in batches of ~1 MB of text; returns the characters read."""
+    chars, batch, batch_chars = 0, [], 0
+    for text, ends in corpus.pieces("tokenizing"):
+        if not text and not ends:
+            continue
+        chars += len(text)
+        # split big pieces at newlines so encode_batch can use every core
+        for part in _split_lines(text, 16384):
+            batch.append((part, False))
+            batch_chars += len(part)
+        if ends:
+            batch[-1:] = [(batch[-1][0] if batch else "", True)]
+        if batch_chars >= (1 << 20):
+            write(batch)
+            batch, batch_chars = [], 0
+    write(batch)
+    return chars
 
 
 def _split_lines(text: str, size: int) -> Iterator[str]:

@@ -52,6 +52,80 @@ def repeated_ngram_mask(seqs: torch.Tensor, t: int, n: int, vocab: int) -> torch
     return counts > 0
 
 
+@dataclass
+class Beams:
+    """The search state of B prompts: K running beams and the K best finished hypotheses each."""
+    running_scores: torch.Tensor    # (B, K) sum of log-probabilities; -inf for an unused beam
+    running_seqs: torch.Tensor      # (B, K, L) tokens so far, pad_id after them
+    finished_scores: torch.Tensor   # (B, K) length-normalised, best first; -inf for an empty place
+    finished_seqs: torch.Tensor     # (B, K, L)
+    finished_lens: torch.Tensor     # (B, K) tokens in each hypothesis (including a final <eos>)
+    finished_eos: torch.Tensor      # (B, K) True where the hypothesis ended with <eos>
+    done: torch.Tensor              # (B,) prompts that stopped searching
+
+    @classmethod
+    def start(cls, B: int, K: int, L: int, pad_id: int, device: torch.device) -> "Beams":
+        running_scores = torch.full((B, K), float("-inf"), device=device)
+        running_scores[:, 0] = 0.0                                      # the K beams start identical: keep one
+        return cls(running_scores, torch.full((B, K, L), pad_id, dtype=torch.long, device=device),
+                   torch.full((B, K), float("-inf"), device=device),
+                   torch.full((B, K, L), pad_id, dtype=torch.long, device=device),
+                   torch.zeros((B, K), dtype=torch.long, device=device),
+                   torch.zeros((B, K), dtype=torch.bool, device=device), torch.zeros(B, dtype=torch.bool, device=device))
+
+    def candidates(self, logits: torch.Tensor, t: int, n_cand: int, no_repeat_ngram_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The n_cand best one-token extensions of each prompt's beams, from logits (B*K, V):
+        (scores, beam, token, sequences), each (B, n_cand, ...), best first."""
+        B, K, L = self.running_seqs.shape
+        V = logits.shape[-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if no_repeat_ngram_size:                                       # no n-gram twice in a hypothesis
+            banned = repeated_ngram_mask(self.running_seqs.view(B * K, L), t, no_repeat_ngram_size, V)
+            logp = logp.masked_fill(banned, float("-inf"))
+        logp = logp.view(B, K, V)
+        cand = (self.running_scores[..., None] + logp).view(B, K * V)  # (B, K*V)
+        top_scores, top_ids = cand.topk(n_cand, dim=-1)              # (B, 2K), best first
+        top_beam, top_tok = top_ids // V, top_ids % V
+        top_seqs = self.running_seqs.gather(1, top_beam[..., None].expand(-1, -1, L)).clone()   # (B, 2K, L)
+        top_seqs[..., t] = top_tok
+        return top_scores, top_beam, top_tok, top_seqs
+
+    def add_finished(self, scores: torch.Tensor, seqs: torch.Tensor, lens: torch.Tensor, ended: torch.Tensor) -> None:
+        """Merge M new hypotheses per prompt — scores (B, M), -inf for none; seqs (B, M, L);
+        lens, ended (B, M) — into the K best finished ones."""
+        K, L = self.finished_scores.shape[1], self.finished_seqs.shape[2]
+        all_scores = torch.cat([self.finished_scores, scores], dim=1)                    # (B, K + M)
+        self.finished_scores, keep = all_scores.topk(K, dim=1)
+        self.finished_seqs = torch.cat([self.finished_seqs, seqs], 1).gather(1, keep[..., None].expand(-1, -1, L))
+        self.finished_lens = torch.cat([self.finished_lens, lens], 1).gather(1, keep)
+        self.finished_eos = torch.cat([self.finished_eos, ended], 1).gather(1, keep)
+
+    def keep_running(self, top_scores: torch.Tensor, top_beam: torch.Tensor, top_tok: torch.Tensor,
+                     top_seqs: torch.Tensor, is_eos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run on with the K best candidates that did not end; (beam each came from, its token), (B, K)."""
+        K, L = self.running_seqs.shape[1:]
+        self.running_scores, keep = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)   # (B, K)
+        self.running_seqs = top_seqs.gather(1, keep[..., None].expand(-1, -1, L))
+        return top_beam.gather(1, keep), top_tok.gather(1, keep)
+
+    def update_done(self, early_stopping: bool, norm: float) -> None:
+        full = self.finished_scores[:, -1] > float("-inf")                       # K hypotheses finished
+        if early_stopping:
+            self.done |= full
+        else:                                # ... and no running beam can beat the worst at this length
+            self.done |= full & (self.running_scores[:, 0] / norm <= self.finished_scores[:, -1])
+
+    def result(self, t: int, length_penalty: float) -> BeamResult:
+        """The K best hypotheses after step t; for prompts still searching, the running beams
+        compete with the finished ones."""
+        last = (self.running_scores / float(t + 1) ** length_penalty).masked_fill(self.done[:, None], float("-inf"))
+        self.add_finished(last, self.running_seqs, torch.full_like(self.finished_lens, t + 1),
+                          torch.zeros_like(self.finished_eos))
+        return BeamResult(self.finished_seqs[..., : t + 1], self.finished_lens, self.finished_scores,
+                          self.finished_eos, t + 1)
+
+
 @torch.inference_mode()
 def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], first_logits: torch.Tensor,
                 num_beams: int, max_new_tokens: int, eos_id: int | None, pad_id: int = 0,
@@ -70,61 +144,25 @@ def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     N, V = first_logits.shape
     B, L, device = N // K, max_new_tokens, first_logits.device
     assert N == B * K, "first_logits must hold num_beams rows per prompt"
-    neg_inf = torch.tensor(float("-inf"), device=device)
-    running_scores = torch.full((B, K), float("-inf"), device=device)
-    running_scores[:, 0] = 0.0                                      # the K beams start identical: keep one
-    running_seqs = torch.full((B, K, L), pad_id, dtype=torch.long, device=device)
-    finished_scores = torch.full((B, K), float("-inf"), device=device)
-    finished_seqs = torch.full((B, K, L), pad_id, dtype=torch.long, device=device)
-    finished_lens = torch.zeros((B, K), dtype=torch.long, device=device)
-    finished_eos = torch.zeros((B, K), dtype=torch.bool, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    beams = Beams.start(B, K, L, pad_id, device)
     n_cand = min(2 * K, K * V)
     rank_in_top_k = (torch.arange(n_cand, device=device) < K)[None]   # (1, 2K)
     beam_offset = (torch.arange(B, device=device) * K)[:, None]        # (B, 1)
     logits, t = first_logits, 0
     for t in range(L):
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        if no_repeat_ngram_size:                                       # no n-gram twice in a hypothesis
-            banned = repeated_ngram_mask(running_seqs.view(N, L), t, no_repeat_ngram_size, V)
-            logp = logp.masked_fill(banned, float("-inf"))
-        logp = logp.view(B, K, V)
-        cand = (running_scores[..., None] + logp).view(B, K * V)     # (B, K*V)
-        top_scores, top_ids = cand.topk(n_cand, dim=-1)              # (B, 2K), best first
-        top_beam, top_tok = top_ids // V, top_ids % V
-        top_seqs = running_seqs.gather(1, top_beam[..., None].expand(-1, -1, L)).clone()   # (B, 2K, L)
-        top_seqs[..., t] = top_tok
+        top_scores, top_beam, top_tok, top_seqs = beams.candidates(logits, t, n_cand, no_repeat_ngram_size)
         is_eos = (top_tok == eos_id) if eos_id is not None else torch.zeros_like(top_tok, dtype=torch.bool)
         norm = float(t + 1) ** length_penalty
         # finished: <eos> candidates ranked among the top K, for prompts still searching
-        new_fin = torch.where(is_eos & rank_in_top_k & ~done[:, None], top_scores / norm, neg_inf)
-        all_scores = torch.cat([finished_scores, new_fin], dim=1)                 # (B, 3K)
-        finished_scores, keep = all_scores.topk(K, dim=1)
-        finished_seqs = torch.cat([finished_seqs, top_seqs], 1).gather(1, keep[..., None].expand(-1, -1, L))
-        finished_lens = torch.cat([finished_lens, torch.full_like(top_tok, t + 1)], 1).gather(1, keep)
-        finished_eos = torch.cat([finished_eos, torch.ones_like(is_eos)], 1).gather(1, keep)
-        # running: the K best candidates that did not end
-        running_scores, keep = torch.where(is_eos, neg_inf, top_scores).topk(K, dim=1)   # (B, K)
-        running_seqs = top_seqs.gather(1, keep[..., None].expand(-1, -1, L))
-        origin = top_beam.gather(1, keep)                                        # (B, K) beam each came from
-        tokens = top_tok.gather(1, keep)
-        full = finished_scores[:, -1] > float("-inf")                            # K hypotheses finished
-        if early_stopping:
-            done |= full
-        else:
-            done |= full & (running_scores[:, 0] / norm <= finished_scores[:, -1])
-        if bool(done.all()) or t == L - 1:
+        new_fin = is_eos & rank_in_top_k & ~beams.done[:, None]
+        beams.add_finished((top_scores / norm).masked_fill(~new_fin, float("-inf")), top_seqs,
+                           torch.full_like(top_tok, t + 1), torch.ones_like(is_eos))
+        origin, tokens = beams.keep_running(top_scores, top_beam, top_tok, top_seqs, is_eos)   # (B, K) each
+        beams.update_done(early_stopping, norm)
+        if bool(beams.done.all()) or t == L - 1:
             break
         logits = step(tokens.reshape(N), (origin + beam_offset).reshape(N), t)
-    # prompts still searching: running beams compete with the finished hypotheses
-    norm = float(t + 1) ** length_penalty
-    last = torch.where(done[:, None], neg_inf, running_scores / norm)
-    all_scores = torch.cat([finished_scores, last], dim=1)
-    scores, keep = all_scores.topk(K, dim=1)
-    seqs = torch.cat([finished_seqs, running_seqs], 1).gather(1, keep[..., None].expand(-1, -1, L))
-    lens = torch.cat([finished_lens, torch.full_like(finished_lens, t + 1)], 1).gather(1, keep)
-    ended = torch.cat([finished_eos, torch.zeros_like(finished_eos)], 1).gather(1, keep)
-    return BeamResult(seqs[..., : t + 1], lens, scores, ended, t + 1)
+    return beams.result(t, length_penalty)
 
 
 def best_hypotheses(result: BeamResult, eos_id: int | None) -> tuple[list[list[int]], list[str]]:

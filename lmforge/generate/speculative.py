@@ -61,13 +61,8 @@ def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, greedy
     return kept, torch.multinomial(residual, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: GenerationConfig, *,
-                             eos_id: int | None = None, pad_id: int = 0,
-                             on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
-                             device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
-    """`generate_ids` with a draft model (one prompt). Same return value; stats add the acceptance
-    rate (kept / drafted tokens) and tokens per model step."""
+def check_speculative(model, draft, prompt_ids: list[list[int]], cfg: GenerationConfig) -> None:
+    """Refuse what speculative decoding cannot do, naming the option to drop."""
     if len(prompt_ids) != 1:
         raise LmforgeError(f"speculative decoding takes one prompt at a time, got {len(prompt_ids)}; "
                            f"give one prompt, or drop --draft to decode them as a batch")
@@ -78,64 +73,112 @@ def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: Gen
     if draft.config.vocab_size != model.config.vocab_size:
         raise LmforgeError(f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's "
                            f"({model.config.vocab_size}); a draft must use the same tokenizer")
+
+
+@torch.no_grad()
+def speculative_generate_ids(model, draft, prompt_ids: list[list[int]], cfg: GenerationConfig, *,
+                             eos_id: int | None = None, pad_id: int = 0,
+                             on_tokens: Callable[[torch.Tensor], bool | None] | None = None,
+                             device: torch.device | str | None = None) -> tuple[list[list[int]], list[str], dict]:
+    """`generate_ids` with a draft model (one prompt). Same return value; stats add the acceptance
+    rate (kept / drafted tokens) and tokens per model step."""
+    check_speculative(model, draft, prompt_ids, cfg)
     device = device or next(model.parameters()).device
     context = min(model.config.context_length, draft.config.context_length)
     idx, _, _, max_new = prepare_prompts(prompt_ids, context, cfg.max_new_tokens, cfg.truncate_prompt, pad_id,
                                          within="speculative decoding")
-    T0 = idx.shape[1]
-    tokens = torch.full((1, T0 + max_new), pad_id, dtype=torch.long, device=device)   # prompt + generated
-    tokens[:, :T0] = idx
-    greedy = cfg.temperature <= 0
-    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
-
-    def dist(logits: torch.Tensor) -> torch.Tensor:                       # greedy compares raw scores
-        return logits if greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
-
-    def draw(scores: torch.Tensor) -> torch.Tensor:                       # (1, V) -> (1,)
-        return scores.argmax(-1) if greedy else torch.multinomial(scores, 1, generator=generator).squeeze(-1)
-
-    out: list[int] = []
-
-    def emit(token: int) -> bool:
-        """Append a token; True when generation is over."""
-        tokens[0, T0 + len(out)] = token
-        out.append(token)
-        stop = on_tokens(torch.tensor([token], device=device)) if on_tokens is not None else None
-        return bool(stop) or len(out) == max_new or (eos_id is not None and not cfg.ignore_eos and token == eos_id)
-
-    drafted = kept_total = steps = 0
-    with decoding_run(model, draft, batch_size=1, cache_len=T0 + max_new):
+    run = Speculation(model, draft, cfg, idx, max_new, eos_id=eos_id, pad_id=pad_id, on_tokens=on_tokens,
+                      device=device)
+    with decoding_run(model, draft, batch_size=1, cache_len=run.T0 + max_new):
         clock = RunClock()
-        first = draw(dist(prefill(model, tokens[:, :T0], None, None)))
-        prefill(draft, tokens[:, :T0], None, None)
+        first = run.prefill()
         clock.prefilled()
-        done, draft_len = emit(int(first)), T0                            # draft cache holds slots [0, draft_len)
+        done = run.emit(first)
         while not done:
-            n = T0 + len(out) - 1                                         # slot of `last`, in neither cache yet
-            k = min(cfg.draft_tokens, max_new - len(out) - 1)             # room for k drafts + 1 model token
-            drafts, q_rows = [], []
-            if k > 0:
-                logits = draft(tokens[:, draft_len: n + 1],               # what the draft missed, then `last`
-                               input_pos=torch.arange(draft_len, n + 1, device=device), last_only=True)[:, -1]
-                for i in range(k):
-                    q_rows.append(dist(logits))                           # (1, V)
-                    drafts.append(draw(q_rows[-1]))                       # (1,)
-                    if i < k - 1:
-                        logits = draft(drafts[-1][:, None], input_pos=torch.tensor([n + 1 + i], device=device))[:, -1]
-                draft_len = n + k                                         # it has seen `last` and drafts 1..k-1
-            verify = torch.cat([tokens[:, n: n + 1], *(d[:, None] for d in drafts)], dim=1)        # (1, k+1)
-            p = dist(model(verify, input_pos=torch.arange(n, n + k + 1, device=device)))          # (1, k+1, V)
-            q = torch.stack(q_rows, dim=1) if drafts else p[:, :0]                                  # (1, k, V)
-            d = torch.stack(drafts, dim=1) if drafts else verify[:, :0]                             # (1, k)
-            kept, nxt = accept_drafts(p, q, d, greedy, generator)
-            kept = int(kept)
-            drafted, kept_total, steps = drafted + k, kept_total + kept, steps + 1
-            for token in d[0, :kept].tolist() + [int(nxt)]:
-                if done := emit(token):
-                    break
-            draft_len = min(draft_len, n + 1 + kept)                      # the draft's cache is valid up to here
-    ids, reason = finish(out, cfg, eos_id)
-    stats = clock.stats(T0, len(out), 1, draft_tokens=cfg.draft_tokens, drafted=drafted, accepted=kept_total,
-                        acceptance_rate=kept_total / max(drafted, 1), model_steps=steps,
-                        tokens_per_step=(len(out) - 1) / max(steps, 1))
-    return [ids], [reason], stats
+            done = run.round()
+    ids, reason = finish(run.out, cfg, eos_id)
+    return [ids], [reason], run.stats(clock)
+
+
+class Speculation:
+    """One speculative decoding run: the text (`tokens`, prompt + generated), how far the draft's
+    cache is valid (`draft_len`), the counts for the stats. A `round` drafts (`propose`), verifies
+    and emits the kept tokens and the model's own."""
+
+    def __init__(self, model, draft, cfg: GenerationConfig, idx: torch.Tensor, max_new: int, *,
+                 eos_id: int | None, pad_id: int, on_tokens: Callable[[torch.Tensor], bool | None] | None,
+                 device: torch.device | str):
+        self.model, self.draft, self.cfg, self.max_new, self.device = model, draft, cfg, max_new, device
+        self.eos_id, self.on_tokens = eos_id, on_tokens
+        self.T0 = T0 = idx.shape[1]
+        self.tokens = torch.full((1, T0 + max_new), pad_id, dtype=torch.long, device=device)   # prompt + generated
+        self.tokens[:, :T0] = idx
+        self.greedy = cfg.temperature <= 0
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+        self.out: list[int] = []
+        self.draft_len = T0                                               # draft cache holds slots [0, draft_len)
+        self.drafted = self.kept_total = self.steps = 0
+
+    def dist(self, logits: torch.Tensor) -> torch.Tensor:                 # greedy compares raw scores
+        cfg = self.cfg
+        return logits if self.greedy else probabilities(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
+
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:                 # (1, V) -> (1,)
+        return scores.argmax(-1) if self.greedy else torch.multinomial(scores, 1, generator=self.generator).squeeze(-1)
+
+    def prefill(self) -> int:
+        """Both caches take the prompt; the model's first token."""
+        prompt = self.tokens[:, :self.T0]
+        first = self.draw(self.dist(prefill(self.model, prompt, None, None)))
+        prefill(self.draft, prompt, None, None)
+        return int(first)
+
+    def emit(self, token: int) -> bool:
+        """Append a token; True when generation is over."""
+        self.tokens[0, self.T0 + len(self.out)] = token
+        self.out.append(token)
+        stop = self.on_tokens(torch.tensor([token], device=self.device)) if self.on_tokens is not None else None
+        ends = self.eos_id is not None and not self.cfg.ignore_eos and token == self.eos_id
+        return bool(stop) or len(self.out) == self.max_new or ends
+
+    def propose(self, n: int, k: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """k drafted tokens after `last` (at slot n), each (1,), and the draft's distributions
+        they were drawn from, each (1, V)."""
+        drafts, q_rows = [], []
+        if k > 0:
+            logits = self.draft(self.tokens[:, self.draft_len: n + 1],    # what the draft missed, then `last`
+                                input_pos=torch.arange(self.draft_len, n + 1, device=self.device),
+                                last_only=True)[:, -1]
+            for i in range(k):
+                q_rows.append(self.dist(logits))                          # (1, V)
+                drafts.append(self.draw(q_rows[-1]))                      # (1,)
+                if i < k - 1:
+                    logits = self.draft(drafts[-1][:, None],
+                                        input_pos=torch.tensor([n + 1 + i], device=self.device))[:, -1]
+            self.draft_len = n + k                                        # it has seen `last` and drafts 1..k-1
+        return drafts, q_rows
+
+    def round(self) -> bool:
+        """Draft, verify in one model pass, emit the kept drafts and the model's token; True when over."""
+        n = self.T0 + len(self.out) - 1                                   # slot of `last`, in neither cache yet
+        k = min(self.cfg.draft_tokens, self.max_new - len(self.out) - 1)  # room for k drafts + 1 model token
+        drafts, q_rows = self.propose(n, k)
+        verify = torch.cat([self.tokens[:, n: n + 1], *(d[:, None] for d in drafts)], dim=1)          # (1, k+1)
+        p = self.dist(self.model(verify, input_pos=torch.arange(n, n + k + 1, device=self.device)))  # (1, k+1, V)
+        q = torch.stack(q_rows, dim=1) if drafts else p[:, :0]                                        # (1, k, V)
+        d = torch.stack(drafts, dim=1) if drafts else verify[:, :0]                                   # (1, k)
+        kept, nxt = accept_drafts(p, q, d, self.greedy, self.generator)
+        kept = int(kept)
+        self.drafted, self.kept_total, self.steps = self.drafted + k, self.kept_total + kept, self.steps + 1
+        done = False
+        for token in d[0, :kept].tolist() + [int(nxt)]:
+            if done := self.emit(token):
+                break
+        self.draft_len = min(self.draft_len, n + 1 + kept)                # the draft's cache is valid up to here
+        return done
+
+    def stats(self, clock: RunClock) -> dict:
+        n_out = len(self.out)
+        return clock.stats(self.T0, n_out, 1, draft_tokens=self.cfg.draft_tokens, drafted=self.drafted,
+                           accepted=self.kept_total, acceptance_rate=self.kept_total / max(self.drafted, 1),
+                           model_steps=self.steps, tokens_per_step=(n_out - 1) / max(self.steps, 1))

@@ -17,15 +17,11 @@ import dataclasses
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, refuse, require_config,
-                   require_hf, weight_and_bias)
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, qkv_rows, refuse,
+                   require_config, require_full_heads, require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "bert.encoder.layer.{i}."     # one block: lmforge's name, HF's name
 EMB = "bert.embeddings."
-
-
-def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
-    return c.d_model, c.d_model, c.d_model
 
 
 KEYS = (
@@ -101,8 +97,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         ("embed_scale", False, "BERT does not scale its embeddings"),
         ("bias", True, "BERT's layers all have biases")))
     activation = activation_to_hf(c, "BERT")
-    if c.kv_heads != c.n_head:
-        raise refuse("n_kv_head", c.n_kv_head, "BERT has as many key/value heads as query heads")
+    require_full_heads(c, "BERT")
     if c.type_vocab_size < 1:
         raise refuse("type_vocab_size", c.type_vocab_size, "BERT always adds segment embeddings")
     fields = {"vocab_size": c.vocab_size, "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, refuse, require_config,
-                   require_hf, weight_and_bias)
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, require_config,
+                   require_full_heads, require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "transformer.h.{i}."     # one block: lmforge's name, HF's name
 
@@ -52,8 +52,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         ("norm_position", "pre", "GPT-2 normalises before each sub-layer"),
         ("bias", True, "GPT-2's layers all have biases")))
     activation = activation_to_hf(c, "GPT-2")
-    if c.kv_heads != c.n_head:
-        raise refuse("n_kv_head", c.n_kv_head, "GPT-2 has as many key/value heads as query heads")
+    require_full_heads(c, "GPT-2")
     return {"vocab_size": c.vocab_size, "n_positions": c.context_length, "n_embd": c.d_model, "n_layer": c.n_layer,
             "n_head": c.n_head, "n_inner": c.ff_dim, "activation_function": activation,
             "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,

@@ -114,6 +114,16 @@ def hf_value(hf: dict[str, Any], field: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
+    """Rows of q, k and v in lmforge's fused `qkv` (k and v are n_kv_head heads wide)."""
+    return c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim
+
+
+def gate_up_rows(c: ModelConfig) -> tuple[int, int]:
+    """Rows of gate and up in lmforge's fused SwiGLU `fc`."""
+    return c.ff_dim, c.ff_dim
+
+
 def weight_and_bias(ours: str, hf: str, **kw) -> tuple[Rule, Rule]:
     """The two rules of a Linear or LayerNorm: `ours`.weight <-> `hf`.weight, and the bias."""
     return Rule(ours + ".weight", hf + ".weight", **kw), Rule(ours + ".bias", hf + ".bias")
@@ -151,6 +161,12 @@ def require_config(c: ModelConfig, rules: tuple[tuple[str, Any, str], ...]) -> N
     for field, needed, why in rules:
         if getattr(c, field) != needed:
             raise refuse(field, getattr(c, field), why)
+
+
+def require_full_heads(c: ModelConfig, architecture: str) -> None:
+    """Refuse grouped-query heads for an architecture with a key/value head per query head."""
+    if c.kv_heads != c.n_head:
+        raise refuse("n_kv_head", c.n_kv_head, f"{architecture} has as many key/value heads as query heads")
 
 
 def own_tensors(model: nn.Module) -> dict[str, tuple[int, ...]]:

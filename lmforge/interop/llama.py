@@ -11,17 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, hf_value, refuse, require_config
+from .keys import Architecture, Rule, gate_up_rows, hf_value, qkv_rows, refuse, require_config
 
 B, H = "transformer.blocks.{i}.", "model.layers.{i}."     # one block: lmforge's name, HF's name
-
-
-def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
-    return c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim
-
-
-def gate_up_rows(c: ModelConfig) -> tuple[int, int]:
-    return c.ff_dim, c.ff_dim
 
 
 KEYS = (

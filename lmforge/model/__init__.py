@@ -1,8 +1,9 @@
 """Model families assembled from the shared blocks in `blocks.py`.
 
 `build_model(config)` picks the family's class from `FAMILIES`: decoder (GPT, Llama),
-encoder (BERT) and seq2seq (the original Transformer), all assembled from `blocks.py` plus the
-shared heads in `heads.py`.
+encoder (BERT) and seq2seq (the original Transformer), each a `FamilyModel` (`family.py`)
+assembled from the `Transformer` body (`transformer.py`, built of `blocks.py`'s blocks) plus
+the shared heads in `heads.py`.
 """
 
 from __future__ import annotations

@@ -7,20 +7,20 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .blocks import Transformer, init_weights
+from .family import FamilyModel
 from .heads import ClassificationHead, pool
+from .transformer import Transformer
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(FamilyModel):
+    family = "decoder"
+
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        assert config.family == "decoder"
-        self.config = config
+        super().__init__(config)
         self.transformer = Transformer(config, causal=True)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.classifier = ClassificationHead(config) if config.labels else None
-        self.tie_weights()
-        init_weights(self, config)
+        self.finish_init()
 
     def tie_weights(self) -> None:
         """Share the token embedding with the output head (again after loading weights)."""
@@ -65,13 +65,7 @@ class DecoderLM(nn.Module):
     def clear_cache(self) -> None:
         self.transformer.clear_cache()
 
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameters (shared ones once). Without embeddings: minus the position table and,
-        when the head is untied, the token lookup table (neither costs matmul FLOPs)."""
-        n = sum(p.numel() for p in self.parameters())
-        if not embeddings:
-            if hasattr(self.transformer, "pos_emb"):
-                n -= self.transformer.pos_emb.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.transformer.tok_emb.weight.numel()
-        return n
+    def lookup_tables(self) -> list[nn.Module | None]:
+        """The position table and, when the head is untied, the token table."""
+        t = self.transformer
+        return [getattr(t, "pos_emb", None), None if self.config.tie_embeddings else t.tok_emb]

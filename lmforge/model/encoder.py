@@ -22,21 +22,21 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .blocks import Transformer, init_weights
-from .heads import ClassificationHead, MaskedLMHead, Pooler, lookup_params, pool
+from .family import FamilyModel
+from .heads import ClassificationHead, MaskedLMHead, Pooler, pool
+from .transformer import Transformer
 
 
-class EncoderModel(nn.Module):
+class EncoderModel(FamilyModel):
+    family = "encoder"
+
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        assert config.family == "encoder"
-        self.config = config
+        super().__init__(config)
         self.transformer = Transformer(config, causal=False)
         self.pooler = Pooler(config) if config.pooler else None
         self.mlm_head = MaskedLMHead(config) if config.mlm_head else None
         self.classifier = ClassificationHead(config) if config.labels else None
-        self.tie_weights()
-        init_weights(self, config)
+        self.finish_init()
 
     def tie_weights(self) -> None:
         """The MLM decoder shares the token embedding (again after loading weights)."""
@@ -85,11 +85,8 @@ class EncoderModel(nn.Module):
         h = self.hidden_states(idx, key_valid=key_valid, type_ids=type_ids)
         return self.classifier(self.pooled(h, key_valid))
 
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameters (shared ones once); without embeddings: minus lookup-only tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if not embeddings:
-            t = self.transformer
-            tok_is_lookup = self.mlm_head is None or not self.config.tie_embeddings
-            n -= lookup_params(getattr(t, "pos_emb", None), t.type_emb, t.tok_emb if tok_is_lookup else None)
-        return n
+    def lookup_tables(self) -> list[nn.Module | None]:
+        """Position and segment tables, and the token table unless it is the MLM decoder too."""
+        t = self.transformer
+        tok_is_lookup = self.mlm_head is None or not self.config.tie_embeddings
+        return [getattr(t, "pos_emb", None), t.type_emb, t.tok_emb if tok_is_lookup else None]

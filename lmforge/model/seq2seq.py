@@ -19,23 +19,22 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .blocks import Transformer, init_weights
-from .heads import lookup_params
+from .family import FamilyModel
+from .transformer import Transformer
 
 
-class Seq2SeqLM(nn.Module):
+class Seq2SeqLM(FamilyModel):
+    family = "seq2seq"
+
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        assert config.family == "seq2seq"
-        self.config = config
+        super().__init__(config)
         src_emb = nn.Embedding(config.padded_vocab_size, config.d_model)
         shared = config.target_vocab_size is None
         tgt_emb = src_emb if shared else nn.Embedding(config.padded_tgt_vocab_size, config.d_model)
         self.encoder = Transformer(config, causal=False, n_layer=config.encoder_layers, embed=src_emb)
         self.decoder = Transformer(config, causal=True, cross=True, embed=tgt_emb)
         self.lm_head = nn.Linear(config.d_model, config.padded_tgt_vocab_size, bias=False)
-        self.tie_weights()
-        init_weights(self, config)
+        self.finish_init()
 
     def tie_weights(self) -> None:
         """The output head shares the target embedding (which, with one vocabulary, is also the
@@ -72,15 +71,12 @@ class Seq2SeqLM(nn.Module):
     def clear_cache(self) -> None:
         self.decoder.clear_cache()
 
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameters (shared ones once); without embeddings: minus lookup-only tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if not embeddings:
-            e, d = self.encoder, self.decoder
-            tables = [getattr(e, "pos_emb", None), getattr(d, "pos_emb", None), e.type_emb, d.type_emb]
-            if e.tok_emb is not d.tok_emb or not self.config.tie_embeddings:
-                tables.append(e.tok_emb)          # the source table is only a lookup unless it is the head
-            if not self.config.tie_embeddings:
-                tables.append(d.tok_emb)
-            n -= lookup_params(*tables)
-        return n
+    def lookup_tables(self) -> list[nn.Module | None]:
+        """Position and segment tables; the token tables unless they are the output head too."""
+        e, d = self.encoder, self.decoder
+        tables = [getattr(e, "pos_emb", None), getattr(d, "pos_emb", None), e.type_emb, d.type_emb]
+        if e.tok_emb is not d.tok_emb or not self.config.tie_embeddings:
+            tables.append(e.tok_emb)          # the source table is only a lookup unless it is the head
+        if not self.config.tie_embeddings:
+            tables.append(d.tok_emb)
+        return tables

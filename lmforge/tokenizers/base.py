@@ -59,6 +59,13 @@ def split_long_words(texts: Iterable[str], limit: int = MAX_WORD_CHARS) -> Itera
             yield text[pos:]
 
 
+def _role_property(role: str) -> property:
+    """A read-only `Tokenizer` attribute: the id of the token that has `role`, or None."""
+    def role_id(self: "Tokenizer") -> int | None:
+        return self._role_id(role)
+    return property(role_id, doc=f"id of the {role} token (None when this tokenizer has none)")
+
+
 class Tokenizer:
     """Encode text to ids and back. `kind` is char, bpe, wordpiece or hf (imported).
     Roles: pad, bos (also [CLS]), eos (also [SEP]), unk, mask."""
@@ -75,25 +82,11 @@ class Tokenizer:
         tok = self.special.get(role)
         return None if tok is None else self.hf.token_to_id(tok)
 
-    @property
-    def pad_id(self) -> int | None:
-        return self._role_id("pad")
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._role_id("bos")
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._role_id("eos")
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._role_id("unk")
-
-    @property
-    def mask_id(self) -> int | None:
-        return self._role_id("mask")
+    pad_id = _role_property("pad")
+    bos_id = _role_property("bos")
+    eos_id = _role_property("eos")
+    unk_id = _role_property("unk")
+    mask_id = _role_property("mask")
 
     @property
     def vocab_size(self) -> int:

@@ -3,7 +3,7 @@ and encoder-decoders (encoder self attention, decoder self attention, decoder-to
 attention), and a matplotlib drawing of one head or of all heads of a layer.
 
 The model computes them itself: each `Attention` module appends its weights to `recorded`
-while that is a list (`model.blocks.attention_weights`), and this module turns that on for one
+while that is a list (`model.attention.attention_weights`), and this module turns that on for one
 forward pass.
 """
 

@@ -21,21 +21,14 @@ from typing import Any
 
 from ...config import ModelConfig
 from ...errors import ConfigError
-from ..keys import Architecture, Rule, refuse, require_config, weight_and_bias
+from ..keys import (Architecture, Rule, gate_up_rows, qkv_rows, refuse, require_config, require_full_heads,
+                    weight_and_bias)
 
 B = "transformer.blocks.{i}."     # one lmforge block; "blk.{i}." is llama.cpp's
 
 
-def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
-    return c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim
-
-
 def qkv_rotary(c: ModelConfig) -> tuple[int | None, ...]:
     return c.n_head, c.kv_heads, None            # q and k are interleaved per head, v is not
-
-
-def gate_up_rows(c: ModelConfig) -> tuple[int, int]:
-    return c.ff_dim, c.ff_dim
 
 
 def need(meta: dict[str, Any], key: str) -> Any:
@@ -139,8 +132,7 @@ def gpt2_to_gguf(c: ModelConfig) -> dict[str, Any]:
         ("norm_position", "pre", "GPT-2 normalises before each sub-layer"),
         ("bias", True, "llama.cpp's GPT-2 layers all have biases"),
         ("mlp", "gelu_tanh", "llama.cpp's GPT-2 MLP is the tanh GELU")))
-    if c.kv_heads != c.n_head:
-        raise refuse("n_kv_head", c.n_kv_head, "GPT-2 has as many key/value heads as query heads")
+    require_full_heads(c, "GPT-2")
     a = "gpt2."
     return {a + "context_length": c.context_length, a + "embedding_length": c.d_model, a + "block_count": c.n_layer,
             a + "feed_forward_length": c.ff_dim, a + "attention.head_count": c.n_head,

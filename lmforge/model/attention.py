@@ -1,0 +1,97 @@
+"""`Attention`: the one attention module of every family — causal, bidirectional or cross
+attention through `scaled_dot_product_attention`, grouped-query heads (`n_kv_head`), rotary
+positions, an optional preallocated `KVCache`.
+
+Decoding caches: self-attention keys/values live in the block's `KVCache`; cross-attention
+keys/values of the encoder output are projected once per sequence (`project_memory`, kept in
+`memory_kv`) and reused every step. `attention_weights` writes out the weights SDPA applies, for
+looking at them (`recorded`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from .kv_cache import KVCache
+from .positions import apply_rotary
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self (fused q/k/v projection) or cross (q from x, k/v from memory)."""
+
+    def __init__(self, config: ModelConfig, cross: bool = False):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.cross = cross
+        d, q_dim, kv_dim = config.d_model, config.n_head * config.head_dim, config.kv_heads * config.head_dim
+        if cross:
+            self.q = nn.Linear(d, q_dim, bias=config.bias)
+            self.kv = nn.Linear(d, 2 * kv_dim, bias=config.bias)
+        else:
+            self.qkv = nn.Linear(d, q_dim + 2 * kv_dim, bias=config.bias)
+        self.out = nn.Linear(q_dim, d, bias=config.bias)
+        self.dropout = config.dropout
+        self.kv_cache: KVCache | None = None
+        self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
+        self.recorded: list[torch.Tensor] | None = None   # set to a list to collect the attention weights (viz)
+
+    def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross attention: encoder output (B, S, d) -> keys, values (B, nkv, S, hs)."""
+        k, v = self.kv(memory).split(self.n_kv_head * self.head_dim, dim=-1)
+        return self._split_heads(k, self.n_kv_head), self._split_heads(v, self.n_kv_head)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, is_causal: bool = False,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, input_pos: torch.Tensor | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            q = self._split_heads(self.q(x), self.n_head)                   # (B, nh, T, hs)
+            if self.memory_kv is not None:                                  # decoding: projected once per sequence
+                k, v = self.memory_kv
+            else:
+                assert memory is not None, "cross attention needs the encoder output (memory)"
+                k, v = self.project_memory(memory)                          # (B, nkv, S, hs)
+        else:
+            q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
+            q = self._split_heads(q, self.n_head)        # (B, nh, T, hs)
+            k = self._split_heads(k, self.n_kv_head)     # (B, nkv, T, hs)
+            v = self._split_heads(v, self.n_kv_head)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.kv_cache is not None and not self.cross:
+            assert input_pos is not None, "decoding with a KV cache needs input_pos (the cache slots)"
+            k, v = self.kv_cache.update(input_pos, k, v)
+        if self.recorded is not None:
+            self.recorded.append(attention_weights(q, k, mask, is_causal and mask is None))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )                                            # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, q_dim)   # (B, T, nh*hs)
+        return self.out(y)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """The weights `scaled_dot_product_attention` applies, written out (for looking at, not for
+    speed): q (B, nh, Tq, hs), k (B, nkv, Tk, hs) -> (B, nh, Tq, Tk) float32, rows summing to 1."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)               # grouped-query heads
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif is_causal:
+        Tq, Tk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1),
+                                    float("-inf"))
+    return scores.softmax(-1)
