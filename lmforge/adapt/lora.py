@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..model import replace_module, shared_parameters
-from ..model.blocks import MLP, Attention
+from ..model.attention import Attention
+from ..model.blocks import MLP
 from ..options import option, validate
 
 ALIASES = ("q", "k", "v", "o", "mlp")

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
-from .weights import load_weights_into, shared_parameters
+from .weights import load_weights_into, replace_module, shared_parameters
 
 FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
                                                            "seq2seq": Seq2SeqLM}
@@ -69,11 +69,6 @@ def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
                 w.data = w.data.t().contiguous().t()
     return model
 
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where the submodule called `name` (e.g. "transformer.blocks.0.attn.qkv") is."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 __all__ = ["build_model", "num_params", "flops_per_token", "load_weights_into", "shared_parameters", "inference_layout", "new_head_prefixes", "replace_module", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]

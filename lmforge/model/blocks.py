@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .attention import Attention
-from .kv_cache import KVCache   # re-exported: `from lmforge.model.blocks import KVCache` predates kv_cache.py
 
-__all__ = ["RMSNorm", "make_norm", "MLP", "Block", "init_weights", "Attention", "KVCache"]
+__all__ = ["RMSNorm", "make_norm", "MLP", "Block", "init_weights"]
 
 
 # ---------------------------------------------------------------------------------- norms

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weights import replace_module
+
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w (out, in) -> (q int8 (out, in), scales (out,) float32)."""
@@ -106,7 +108,6 @@ QUANTIZED = {8: Int8Linear, 4: Int4Linear}
 
 def swap_in_quantized(model: nn.Module, record: dict) -> None:
     """Give a freshly built model the (empty) quantized layers listed in a config's record."""
-    from . import replace_module
     cls = QUANTIZED[record["bits"]]
     extra = {"group_size": record["group_size"]} if record["bits"] == 4 else {}
     for name in record["modules"]:

@@ -1,5 +1,5 @@
-"""Weights in and out of a built model: which parameters are shared (tied), and assigning a
-checkpoint's tensors with errors that name the key."""
+"""Weights in and out of a built model: which parameters are shared (tied), assigning a
+checkpoint's tensors with errors that name the key, and swapping one layer for another."""
 
 from __future__ import annotations
 
@@ -40,3 +40,10 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
                                 f"{tuple(expected[name].shape)}; the config and weights come from different models")
     check_finite(tensors, source)
     model.load_state_dict(tensors, strict=False, assign=any(p.device.type == "meta" for p in model.parameters()))
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (e.g. "transformer.blocks.0.attn.qkv") is
+    (how quantization and LoRA swap layers in)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -38,7 +38,7 @@ import torch
 
 from ..generate import GenerationConfig
 from ..generate.json_mode import JsonState
-from ..model.blocks import KVCache
+from ..model.kv_cache import KVCache
 from .events import Event, Failed, Finish, Token
 from .picker import TokenPicker
 
