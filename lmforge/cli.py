@@ -169,7 +169,7 @@ def _generate(ns):
     stream = write if args.stream and len(prompts) == 1 and not args.json else None
     if stream is not None:
         sys.stdout.write(prompts[0])
-    completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream, draft=lm._draft_module(draft))
+    completions = generate(lm.module, lm.tokenizer, prompts, gen, stream=stream, draft=lm.draft_module(draft))
     for prompt, c in zip(prompts, completions):
         if args.json:
             extra = {k: round(c.stats[k], 4) if isinstance(c.stats[k], float) else c.stats[k]
@@ -280,7 +280,7 @@ def _chat(ns):
     args = from_args(ChatArgs, ns)
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
-    chat_loop(Chat(lm.module, lm.tokenizer, args.system, from_args(GenerationConfig, ns), lm._draft_module(draft)))
+    chat_loop(Chat(lm.module, lm.tokenizer, args.system, from_args(GenerationConfig, ns), lm.draft_module(draft)))
     return 0
 
 
