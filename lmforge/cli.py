@@ -368,23 +368,11 @@ def _classify(ns):
         else:
             print("  ".join(f"{k} {v:.3f}" for k, v in ranked) + f"\t{text}")
     if truth is not None:
-        _score_labels(lm.config.labels, truth, [r["label"] for r in results])
+        from .evaluate.classification import format_metrics, label_metrics
+        metrics = label_metrics(lm.config.labels, truth, [r["label"] for r in results])
+        if metrics is not None:
+            print(format_metrics(metrics, top=30), file=sys.stderr)
     return 0
-
-
-def _score_labels(labels: list[str], truth: list[str | None], predicted: list[str]) -> None:
-    from .evaluate.classification import classification_metrics, format_metrics
-    pairs = [(t, p) for t, p in zip(truth, predicted) if t is not None]
-    unseen = sorted({t for t, _ in pairs if t not in labels})
-    if unseen:
-        n = sum(t in unseen for t, _ in pairs)
-        warnings.warn(f"{n} row(s) have labels the model was never trained on ({', '.join(map(repr, unseen[:10]))}); "
-                      f"they are left out of the scores — the model knows {', '.join(labels)}")
-    known = [(t, p) for t, p in pairs if t in labels]
-    if known:
-        present = [lab for lab in labels if any(lab in tp for tp in known)]      # as scikit-learn: labels that occur
-        y, yhat = zip(*[(present.index(t), present.index(p)) for t, p in known])
-        print(format_metrics(classification_metrics(list(y), list(yhat), present), top=30), file=sys.stderr)
 
 
 from .api import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS  # noqa: E402
