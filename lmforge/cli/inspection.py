@@ -46,7 +46,10 @@ class ScoreArgs:
     model_dir: str = option(None, "model directory", positional=True)
     text: str = option(None, "the text to score", positional=True)
     continuation: str | None = option(None, "score only this continuation after TEXT (lm-eval's loglikelihood)")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("score", "per-token log-probabilities of a text under a model (or of a continuation after it)")
@@ -77,7 +80,10 @@ class AttentionArgs:
                        choices=("auto", "self", "cross", "encoder", "decoder"))
     target: str | None = option(None, "encoder-decoders: the target text (default: the model's greedy translation)")
     out: str = option("attention.png", "PNG file to write")
-    device: str = option("auto", "auto, cpu or cuda")
+    device: str = option("auto", "auto, cpu or cuda", check=device_name)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @verb("attention", "draw a model's attention weights for a text (one head, or all heads of a layer) as a PNG")
