@@ -49,7 +49,7 @@ class Model:
         decoding (one prompt)."""
         from .generate import GenerationConfig, generate
         completions = generate(self.module, self.tokenizer, prompt, GenerationConfig(**options), stream=stream,
-                               draft=self._draft_module(draft))
+                               draft=self.draft_module(draft))
         texts = [c.text for c in completions]
         return texts[0] if isinstance(prompt, str) else texts
 
@@ -102,7 +102,7 @@ class Model:
         turns = messages[1:] if messages[0]["role"] == "system" else messages
         if not turns or turns[-1]["role"] != "user":
             raise LmforgeError("the conversation must end with a user message for the model to reply to")
-        session = Chat(self.module, self.tokenizer, system, GenerationConfig(**options), self._draft_module(draft))
+        session = Chat(self.module, self.tokenizer, system, GenerationConfig(**options), self.draft_module(draft))
         session.messages = turns[:-1]
         return session.reply(turns[-1]["content"])
 
@@ -140,7 +140,9 @@ class Model:
                          "cross": (tgt_s, src_s)}[kind]
         return maps, (queries, keys)
 
-    def _draft_module(self, draft: "Model | None"):
+    def draft_module(self, draft: "Model | None"):
+        """The torch module of `draft` (a smaller model for speculative decoding), checked to share
+        this model's tokenizer: what `generate.generate(..., draft=)` and `Chat` take. None for None."""
         if draft is None:
             return None
         from .generate.speculative import check_draft

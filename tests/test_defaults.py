@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from lmforge.cli import build_parser, from_args
+from lmforge.cli import build_parser
+from lmforge.options import from_args
 from lmforge.quickstart import QUICKSTART_TRAINING, QuickstartConfig
 from lmforge.tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
 from lmforge.train import TrainConfig

@@ -305,6 +305,8 @@ def test_an_unreadable_train_state_is_one_line(tmp_path, char_data, capsys):
     (["generate", "m", "x", "--temperature", "nan"], "finite"),
     (["generate", "m", "x", "--top-k", "-3"], "top_k=-3"),
     (["eval", "m", "--text", "t", "--batch-size", "0"], "batch_size=0"),
+    (["score", "m", "x", "--device", "tpu"], "device='tpu' is not a device"),
+    (["attention", "m", "x", "--device", "tpu"], "device='tpu' is not a device"),
     (["classify", "m", "x", "--batch-size", "0"], "batch_size=0"),
     (["translate", "m", "x", "--max-new-tokens", "-5"], "max_new_tokens=-5"),
     (["embed", "m", "x", "--batch-size", "0"], "batch_size=0"),

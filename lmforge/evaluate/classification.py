@@ -2,7 +2,8 @@
 confusion matrix (rows: true class, columns: predicted class).
 
 A class never predicted has precision 0, a class absent from the truth has recall 0 (as
-scikit-learn with zero_division=0); macro averages weigh every class equally.
+scikit-learn with zero_division=0); macro averages weigh every class equally. `label_metrics`
+scores label names (a classifier's predictions against a labelled file, some rows unlabelled).
 
     >>> m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["neg", "pos"])
     >>> m["accuracy"], m["per_class"]["pos"]["precision"], round(m["macro_f1"], 4)
@@ -11,6 +12,7 @@ scikit-learn with zero_division=0); macro averages weigh every class equally.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,30 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict[str, Any]:
         "labels": list(labels),
         "confusion_matrix": cm.long().tolist(),
     }
+
+
+def label_metrics(labels: list[str], truth: list[str | None], predicted: list[str]) -> dict[str, Any] | None:
+    """`classification_metrics` of predicted labels against true ones, over the rows that have a
+    true label (None: not given). Rows whose true label the model was never trained on are left
+    out, with a warning; the classes scored are those of `labels` that occur (as scikit-learn).
+    None when no row is left to score.
+
+    >>> m = label_metrics(["neg", "pos", "meh"], ["neg", None, "pos", "pos"], ["neg", "neg", "pos", "neg"])
+    >>> m["labels"], m["accuracy"], m["examples"]
+    (['neg', 'pos'], 0.6667, 3)
+    """
+    pairs = [(t, p) for t, p in zip(truth, predicted) if t is not None]
+    unseen = sorted({t for t, _ in pairs if t not in labels})
+    if unseen:
+        n = sum(t in unseen for t, _ in pairs)
+        warnings.warn(f"{n} row(s) have labels the model was never trained on ({', '.join(map(repr, unseen[:10]))}); "
+                      f"they are left out of the scores — the model knows {', '.join(labels)}")
+    known = [(t, p) for t, p in pairs if t in labels]
+    if not known:
+        return None
+    present = [lab for lab in labels if any(lab in tp for tp in known)]          # as scikit-learn: labels that occur
+    y, yhat = zip(*[(present.index(t), present.index(p)) for t, p in known])
+    return classification_metrics(list(y), list(yhat), present)
 
 
 def format_metrics(m: dict[str, Any], top: int | None = None) -> str:
