@@ -6,7 +6,7 @@ distil a small draft model from it and measure speculative decoding (acceptance 
 
 The last --heldout-lines lines of the corpus are held out (never trained on) for perplexity and
 prompts. Steps whose output already exists are skipped, so a re-run only re-measures. Prints
-markdown tables (the ones in README.md) and writes OUT/results.json. Timings are batch-1 decodes;
+markdown tables (the ones in docs/adapt.md) and writes OUT/results.json. Timings are batch-1 decodes;
 on a shared CPU they move by tens of percent, so compared runs alternate and each keeps its best.
 """
 

@@ -7,7 +7,7 @@
 # PAIRS: CSV / TSV / JSONL with a source and a target column (default: the 2.7k English ->
 # Chinese paragraph pairs of the Debian Reference in the shared data kit). Logs validation
 # BLEU / chrF while training and writes the test-split report (beam search) to
-# OUT/translation_report.json. With the seq2seq defaults (Muon, batch 32, README "Defaults") about
+# OUT/translation_report.json. With the seq2seq defaults (Muon, batch 32, docs/finetuning.md, "Defaults") about
 # 9 minutes on 2 CPU cores. Set SRC / TGT / STEPS to adapt.
 set -euo pipefail
 DATA=${1:-/work/shared/data/en_zh_pairs.tsv}

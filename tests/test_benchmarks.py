@@ -1,6 +1,6 @@
 """The side-by-side speed scripts run end to end (`benchmarks/run_all.py --quick`: the CPU set
 on tiny shapes) and report both frameworks and their ratio. The figures themselves are
-measured on a quiet machine and recorded in the README, not asserted here."""
+measured on a quiet machine and recorded in docs/performance.md, not asserted here."""
 
 from __future__ import annotations
 

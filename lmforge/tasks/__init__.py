@@ -28,8 +28,8 @@ SHARD_TASKS = ("clm", "mlm")          # --data is a prepared directory; the othe
 TASK_OPTIONS: dict[str, type] = {"mlm": MLMOptions, "classify": ClassifyOptions, "seq2seq": Seq2SeqOptions}
 
 # Training defaults (TrainConfig fields left None), measured at equal 2-core CPU time on the shared corpora
-# (README "Defaults"): Muon for the blocks' matrices wins for every task; seq2seq learns fastest with a larger
-# batch, a higher AdamW rate for its embeddings and a gentler Muon rate.
+# (docs/finetuning.md, "Defaults"): Muon for the blocks' matrices wins for every task; seq2seq learns fastest
+# with a larger batch, a higher AdamW rate for its embeddings and a gentler Muon rate.
 DEFAULTS: dict[str, Any] = {"optimizer": "muon", "lr": 1e-3, "muon_lr": 0.02, "batch_size": 16, "warmup_steps": 100}
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "seq2seq": {"lr": 2e-3, "muon_lr": 0.01, "batch_size": 32, "warmup_steps": 50},

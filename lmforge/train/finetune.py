@@ -22,7 +22,7 @@ from .trainer import TrainConfig
 
 # fine-tuning needs gentler rates than pretraining from scratch; Muon (the default optimizer, here at a quarter of
 # its pretraining rate) beat AdamW at every rate tried for fine-tuning pretrained encoders into classifiers
-# (README "Defaults"). LoRA adapters always take AdamW steps (see `muon.make_muon`).
+# (docs/finetuning.md, "Defaults"). LoRA adapters always take AdamW steps (see `muon.make_muon`).
 FINETUNE_DEFAULTS: dict[str, Any] = {"muon_lr": 0.005, "lr": 3e-4, "warmup_steps": 50,
                                      "max_steps": 500, "eval_interval": 100, "weight_decay": 0.0,
                                      "out": "runs/finetuned"}
