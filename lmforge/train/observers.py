@@ -50,25 +50,24 @@ class Observers(RunObserver):
     def __init__(self, observers: Sequence[RunObserver]):
         self.observers = list(observers)
 
+    def _each(self, point: str, *args: Any) -> None:
+        for observer in self.observers:
+            getattr(observer, point)(*args)
+
     def on_start(self, cfg: TrainConfig, step: int) -> None:
-        for o in self.observers:
-            o.on_start(cfg, step)
+        self._each("on_start", cfg, step)
 
     def on_log(self, row: dict[str, Any]) -> None:
-        for o in self.observers:
-            o.on_log(row)
+        self._each("on_log", row)
 
     def on_eval(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
-        for o in self.observers:
-            o.on_eval(step, model, metrics)
+        self._each("on_eval", step, model, metrics)
 
     def on_save(self, step: int, out: Path) -> None:
-        for o in self.observers:
-            o.on_save(step, out)
+        self._each("on_save", step, out)
 
     def on_end(self, summary: dict[str, Any]) -> None:
-        for o in self.observers:
-            o.on_end(summary)
+        self._each("on_end", summary)
 
 
 class RunFiles(RunObserver):
