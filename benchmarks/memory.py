@@ -41,8 +41,8 @@ def worker(args) -> None:
     from lmforge.config import get_preset
     from lmforge.model import build_model
     from lmforge.tasks import Task
-    from lmforge.train.trainer import TrainConfig, Trainer
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    from lmforge.train import TrainConfig, Trainer
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
     from lmforge.train.distributed import init_distributed
     init_distributed(args.device, args.strategy)                             # the process group, before the baseline
@@ -66,29 +66,25 @@ def worker(args) -> None:
             return F.cross_entropy(model(batch["x"]).flatten(0, 1).float(), batch["y"].flatten())
 
     held: dict[str, int] = {}
-
-    class Measured(Trainer):
-        """Counts the parameter, gradient and optimizer-state bytes of this process just before
-        the last optimizer step (when all three exist)."""
-
-        def _save(self, step, optimizer, data_gen, tokens):
-            held["params"] = sum(_local_bytes(p) for p in self.model.parameters())
-            held["optimizer"] = sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values()
-                                    if isinstance(v, torch.Tensor) and v.dim() > 0)
-            super()._save(step, optimizer, data_gen, tokens)
-
     grads: list[int] = []
 
     def count_grads(optimizer, *_):
         grads.append(sum(_local_bytes(p.grad) for g in optimizer.param_groups for p in g["params"]))
 
+    def count_state(optimizer, *_):
+        """The parameter and optimizer-state bytes of this process after the step (the last call wins)."""
+        held["params"] = sum(_local_bytes(p) for g in optimizer.param_groups for p in g["params"])
+        held["optimizer"] = sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values()
+                                if isinstance(v, torch.Tensor) and v.dim() > 0)
+
     register_optimizer_step_pre_hook(count_grads)
+    register_optimizer_step_post_hook(count_state)
     cfg = TrainConfig(data="-", out=args.out, preset=args.preset, batch_size=args.batch, max_steps=args.steps,
                       warmup_steps=1, eval_interval=args.steps, eval_iters=1, log_interval=args.steps,
                       sample_interval=0, device=args.device, strategy=args.strategy, progress=False,
                       activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
-    trainer = Measured(cfg, build_model(config), RandomTokens(), config)
+    trainer = Trainer(cfg, build_model(config), RandomTokens(), config)
     trainer.fit()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {"rank": trainer.dist.rank, "params": held["params"], "grads": max(grads), "optimizer": held["optimizer"],

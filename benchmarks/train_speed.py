@@ -77,7 +77,7 @@ def main() -> None:
     results = alternate({k: measure(s) for k, s in steps.items()}, args.rounds)
     extra = {}
     if device.type == "cuda":
-        from lmforge.train.trainer import peak_flops
+        from lmforge.train.progress import peak_flops
         peak = peak_flops(device)
         if peak:
             from lmforge.model import flops_per_token

@@ -9,7 +9,7 @@ from lmforge.config import get_preset
 from lmforge.tasks import lm_loss
 from lmforge.errors import ConfigError, DataError, LmforgeError, ModelDirError
 from lmforge.model import build_model
-from lmforge.train import train
+from lmforge.train import RunObserver, train
 from lmforge.train.checkpoint import checkpoint_step
 from lmforge.train.optim import make_adamw, param_groups
 from lmforge.train.trainer import check_memory_fits
@@ -75,6 +75,45 @@ def test_resume_is_exact(tmp_path, char_data, optimizer):
     b, _ = load_model(tmp_path / "stopped")[:2]
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
+
+
+class Recorder(RunObserver):
+    """Records every call, in order (rows as given, the model by its mode)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_start(self, cfg, step):
+        self.calls.append(("start", step))
+
+    def on_log(self, row):
+        self.calls.append(("log", row))
+
+    def on_eval(self, step, model, metrics):
+        self.calls.append(("eval", step, model.training, sorted(metrics)))
+
+    def on_save(self, step, out):
+        self.calls.append(("save", step, checkpoint_step(out)))
+
+    def on_end(self, summary):
+        self.calls.append(("end", summary["step"], summary["stopped"]))
+
+
+def test_observers_see_exactly_the_rows_of_metrics_jsonl_and_every_checkpoint(tmp_path, char_data):
+    def collapsed(task, config, tokenizer):              # every loss is "no better than constant": a warning row
+        task.constant_loss = lambda: 0.0
+        return task
+    out, first, second = tmp_path / "run", Recorder(), Recorder()
+    kw = dict(max_steps=100, log_interval=10, eval_interval=50, sample_interval=50, sample_tokens=4)
+    train(tiny_train_config(char_data, out, stop_after=50, **kw), wrap_task=collapsed, observers=[first])
+    summary = train(tiny_train_config(char_data, out, resume=True, **kw), wrap_task=collapsed, observers=[second])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seen = [c[1] for c in first.calls + second.calls if c[0] == "log"]
+    assert seen == rows and {r["kind"] for r in rows} == {"train", "eval", "sample", "warning"}
+    assert [c for c in first.calls + second.calls if c[0] != "log"] == [
+        ("start", 0), ("eval", 50, False, ["val_loss", "val_ppl"]), ("save", 50, 50), ("end", 50, True),
+        ("start", 50), ("eval", 100, False, ["val_loss", "val_ppl"]), ("save", 100, 100), ("end", 100, False)]
+    assert "collapsed" in summary["warning"] and summary["val_ppl"] > 1.0
 
 
 def test_refuses_to_overwrite_or_resume_wrongly(tmp_path, char_data, tiny_model_dir):

@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import LmforgeError
 from ..options import add_options, field_names
 from ..tasks import TASK_OPTIONS
-from ..train.trainer import TrainConfig
+from ..train.config import TrainConfig
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 

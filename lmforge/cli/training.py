@@ -14,7 +14,7 @@ from ..quickstart import QuickstartConfig
 from ..tasks import TASK_OPTIONS      # task -> its options dataclass; the flags apply to that task
 from ..train.distill import DistillArgs
 from ..train.finetune import FINETUNE_DEFAULTS, FinetuneArgs
-from ..train.trainer import TrainConfig
+from ..train.config import TrainConfig
 from .core import options_of, verb
 
 SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",

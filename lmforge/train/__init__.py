@@ -1,7 +1,10 @@
-"""Training: one loop for every task (`trainer.py`), optimizer, schedule, checkpoints,
-torchrun/DDP support, and `train()` which builds everything from a TrainConfig."""
+"""Training: one loop for every task (`trainer.py`), its settings (`config.py`), what observes
+it (`observers.py`), optimizer, schedule, checkpoints, torchrun/DDP/FSDP support, and `train()`
+which builds everything from a TrainConfig."""
 
+from .config import TrainConfig
+from .observers import RunObserver
 from .run import train
-from .trainer import TrainConfig, Trainer
+from .trainer import Trainer
 
-__all__ = ["TrainConfig", "Trainer", "train"]
+__all__ = ["RunObserver", "TrainConfig", "Trainer", "train"]

@@ -22,9 +22,10 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from ..errors import ConfigError, ModelDirError
 from ..modeldir import WEIGHTS_FILE, atomic_write, read_weights, read_weights_metadata, save_tensors
@@ -243,3 +244,59 @@ def resume_train_state(state: dict[str, Any], strategy, model, optimizer, data_g
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"]), int(state["tokens"])
+
+
+# ---- the trainer's part -----------------------------------------------------------------------------
+def saved_names(model: nn.Module, names: Any) -> list[str]:
+    """`names` (state dict keys, in order) without the second name of a tied parameter
+    (safetensors stores shared tensors once; loading ties them again)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    seen: set[int] = set()
+    out = []
+    for name in names:
+        if name in params:
+            if id(params[name]) in seen:
+                continue
+            seen.add(id(params[name]))
+        out.append(name)
+    return out
+
+
+class Checkpointer:
+    """The checkpoints of one training run (every rank calls it): `resume(state)` loads a train
+    state into the model, optimizer and data generator; `save(step, tokens)` commits them at `step`
+    and tells the observers (`on_save`). `names_to_save(model)` picks the state-dict entries that
+    `weights_file` stores (None: all; a LoRA run keeps its adapters). `saved_at`: the last step
+    saved (or resumed from)."""
+
+    def __init__(self, out: Path, strategy, model: nn.Module, optimizer, data_gen: torch.Generator,
+                 shape: torch.Tensor, *, names_to_save: Callable[[nn.Module], set[str]] | None,
+                 extra_metadata: dict[str, str], weights_file: str, observers):
+        self.out, self.strategy, self.model, self.optimizer = Path(out), strategy, model, optimizer
+        self.data_gen, self.shape, self.names_to_save = data_gen, shape, names_to_save
+        self.extra_metadata, self.weights_file, self.observers = extra_metadata, weights_file, observers
+        self.saved_at = 0
+
+    def resume(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Load `state` (from `load_checkpoint`); returns (step, tokens)."""
+        step, tokens = resume_train_state(state, self.strategy, self.model, self.optimizer, self.data_gen, self.shape,
+                                          self.out)
+        self.saved_at = step
+        return step, tokens
+
+    def save(self, step: int, tokens: int) -> None:
+        save_train_state(self.out, self.strategy, self.model, self.optimizer, self.data_gen, step, tokens, self.shape,
+                         self._weights, self.extra_metadata, self.weights_file)
+        self.saved_at = step
+        self.observers.on_save(step, self.out)
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What `weights_file` stores: contiguous CPU tensors on rank 0 (gathered under FSDP), {} elsewhere."""
+        full = self.strategy.full_state_dict(self.model)
+        if not self.strategy.info.is_main:
+            return {}
+        names = saved_names(self.model, full)
+        if self.names_to_save is not None:
+            keep = self.names_to_save(self.model)
+            names = [n for n in names if n in keep]
+        return {n: full[n].detach().to("cpu").contiguous() for n in names}

@@ -13,7 +13,8 @@ from ..options import option, validate
 from ..tasks import Task
 from ..tasks.distill import DistillTask
 from ..tokenizers import Tokenizer
-from .trainer import TrainConfig
+from .config import TrainConfig
+from .observers import RunObserver
 
 
 @dataclass
@@ -31,7 +32,7 @@ class DistillArgs:
             raise ConfigError(f"alpha={self.alpha} must be in [0, 1]")
 
 
-def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]:
+def distill(args: DistillArgs, cfg: TrainConfig | None = None, *, observers: list[RunObserver] = ()) -> dict[str, Any]:
     """Train a `student_preset` model on `cfg.data` from `args.teacher`'s soft targets."""
     from ..adapt.runs import load_model
     from ..loading import resolve_device
@@ -52,4 +53,4 @@ def distill(args: DistillArgs, cfg: TrainConfig | None = None) -> dict[str, Any]
                               f"{teacher_config.context_length} or less")
         return DistillTask(inner, teacher, args.temperature, args.alpha)
 
-    return train(cfg, wrap_task=wrap, inputs=[("--teacher", args.teacher)])
+    return train(cfg, wrap_task=wrap, inputs=[("--teacher", args.teacher)], observers=observers)

@@ -177,7 +177,7 @@ class FSDPStrategy(Strategy):
         mesh = init_device_mesh(self.device.type, (self.info.world_size,))
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.mixed_precision
               else MixedPrecisionPolicy())
-        # the objectives slice logits (a view) but never modify them in place, which is what this warns about
+        # the tasks slice logits (a view) but never modify them in place, which is what this warns about
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         for block in blocks_of(model):
             fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=True)

@@ -17,8 +17,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..options import option
 from ..tasks import TASKS
+from .config import TrainConfig
+from .observers import RunObserver
 from .run import train
-from .trainer import TrainConfig
 
 # fine-tuning needs gentler rates than pretraining from scratch; Muon (the default optimizer, here at a quarter of
 # its pretraining rate) beat AdamW at every rate tried for fine-tuning pretrained encoders into classifiers
@@ -39,10 +40,11 @@ class FinetuneArgs:
 
 
 def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = None, *,
-             lora=None) -> dict[str, Any]:
+             lora=None, observers: list[RunObserver] = ()) -> dict[str, Any]:
     """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`;
     `options` are the task's (e.g. `ClassifyOptions(text_column="review", label_column="stars")`);
-    `lora` (a `LoRAConfig` with lora_rank > 0) trains adapters instead of all weights."""
+    `lora` (a `LoRAConfig` with lora_rank > 0) trains adapters instead of all weights; `observers`
+    see the run (`lmforge.train.observers`)."""
     if args.task not in TASKS:
         raise ConfigError(f"unknown task {args.task!r}; use one of {', '.join(TASKS)}")
     use_lora = lora is not None and lora.enabled
@@ -55,7 +57,7 @@ def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = 
                                             ("--data", base.data)], out_name="--merge-to")
     task_options = options if options is not None else base.task_options
     summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options),
-                    lora=lora)
+                    lora=lora, observers=observers)
     if args.merge_to and not summary.get("stopped"):
         from ..adapt.runs import merge_adapter
         summary["merged"] = str(merge_adapter(summary["out"], args.merge_to))

@@ -16,7 +16,8 @@ order:
 
 Two extension points keep every variant in the one loop: `lora=` trains LoRA adapters on the
 `init_from` base (plus any new head) and checkpoints only those; `wrap_task=` wraps the
-task (knowledge distillation wraps its batches with a teacher).
+task (knowledge distillation wraps its batches with a teacher). `observers=` see the run
+(`observers.py`).
 """
 
 from __future__ import annotations
@@ -26,26 +27,32 @@ import hashlib
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..config import ModelConfig, get_preset
+from ..data.pairs import TARGET_TOKENIZER_DIR
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
 from ..adapt.lora import apply_lora
 from ..adapt.runs import load_lora_model
 from ..loading import build_from_base, read_model_dir, resolve_device
 from ..model import build_model, num_params
-from ..modeldir import ADAPTER_FILE, CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir
+from ..modeldir import (ADAPTER_CONFIG, ADAPTER_FILE, CONFIG_FILE, LOSS_PLOT, METRICS_FILE, WEIGHTS_FILE,
+                        is_adapter_dir)
 from ..safety import LOCK_FILE, RunLock, check_not_input, check_output, clean_temp_files, contents
 from ..tokenizers import Tokenizer
+from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from ..options import cli_fields, flat_settings
 from ..runfile import TRAIN_CONFIG_FILE, read_run_file, write_run_file
 from ..tasks import SHARD_TASKS, TASK_OPTIONS, TASKS, Task
 from . import checkpoint
-from .trainer import TrainConfig, Trainer, check_memory_fits
+from .config import TrainConfig
+from .observers import RunObserver
+from .trainer import Trainer, check_memory_fits
 
 
 def run_settings(cfg: TrainConfig, lora=None) -> dict[str, Any]:
@@ -115,8 +122,8 @@ def _run_inputs(cfg: TrainConfig, extra: list[tuple[str, str | None]]) -> list[t
 
 
 # what a run writes before its first checkpoint (a directory holding only these lost nothing if replaced)
-RUN_START_FILES = {TRAIN_CONFIG_FILE, CONFIG_FILE, "tokenizer.json", "tokenizer_config.json", "adapter_config.json",
-                   "target_tokenizer", "metrics.jsonl", "loss.png", checkpoint.STATE_DIR}
+RUN_START_FILES = {TRAIN_CONFIG_FILE, CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, ADAPTER_CONFIG,
+                   TARGET_TOKENIZER_DIR, METRICS_FILE, LOSS_PLOT, checkpoint.STATE_DIR}
 
 
 def _aborted_run(out: Path) -> bool:
@@ -157,7 +164,7 @@ def _check_out(cfg: TrainConfig, out: Path, inputs: list[tuple[str, str | None]]
         if not (out / CONFIG_FILE).is_file():
             raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
         return
-    for weights_file in (WEIGHTS_FILE, "adapter.safetensors"):
+    for weights_file in (WEIGHTS_FILE, ADAPTER_FILE):
         if not cfg.overwrite and (out / weights_file).is_file() and \
                 (step := checkpoint.checkpoint_step(out, weights_file)) is not None:
             raise ConfigError(f"{out} already holds a trained model (step {step}); pass --resume to continue "
@@ -179,11 +186,32 @@ def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     return frozen
 
 
-def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, ModelConfig, Tokenizer, dict | None,
-                                                              Task, Any]:
-    """The model to train (resumed from --out, started from --init-from, or fresh from the
-    preset), its config and tokenizer, the train state when resuming, the task, and the
-    LoRA settings in effect (`lora` adapts an --init-from base; a resumed LoRA run keeps its own)."""
+@dataclass
+class TrainingSetup:
+    """What a run trains, as `build_for_training` resolves it from the run's inputs."""
+    model: torch.nn.Module
+    config: ModelConfig                      # the model's config, with the task's changes
+    tokenizer: Tokenizer
+    task: Task
+    resume_state: dict[str, Any] | None      # the train state of the checkpoint resumed from (None: a new run)
+    lora: Any                                # the LoRA settings in effect (None: every weight trains)
+
+
+@dataclass
+class _Start:
+    """Where a run starts, before the task has read the data: the config and weights to build from."""
+    config: ModelConfig
+    tokenizer: Tokenizer | None
+    weights: dict[str, torch.Tensor] | None = None    # None: a fresh initialisation
+    base_config: ModelConfig | None = None            # the config `weights` were trained with
+    source: str = ""                                  # where `weights` come from (named in errors)
+    resume_state: dict[str, Any] | None = None
+
+
+def build_for_training(cfg: TrainConfig, lora=None) -> TrainingSetup:
+    """The model to train — resumed from --out, started from --init-from, or fresh from the preset —
+    with its config, tokenizer, task, the train state when resuming, and the LoRA settings in
+    effect (`lora` adapts an --init-from base; a resumed LoRA run keeps its own)."""
     lora = lora if lora is not None and lora.enabled else None
     tokenizer: Tokenizer | None = None
     if cfg.task in SHARD_TASKS:
@@ -191,96 +219,128 @@ def build_for_training(cfg: TrainConfig, lora=None) -> tuple[torch.nn.Module, Mo
         tokenizer = Tokenizer.load(cfg.data)
     out = Path(cfg.out)
     if cfg.resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
-        check_resume_settings(cfg, lora, out)
-        if tokenizer is not None and (out / "tokenizer.json").is_file():
-            ours, theirs = tokenizer_sha256(Tokenizer.load(out)), tokenizer_sha256(tokenizer)
-            if ours != theirs:
-                raise ConfigError(f"--data {cfg.data} was prepared with another tokenizer than the run in {out} "
-                                  f"(tokenizer sha256 {theirs[:12]} vs the run's {ours[:12]}); resume with the "
-                                  f"data the run was trained on, or prepare this text with `lmforge prepare FILES "
-                                  f"--out DATA_DIR --tokenizer {out}`")
-        tokenizer = tokenizer or Tokenizer.load(out)
+        tokenizer = _check_resume(cfg, lora, tokenizer)
         if is_adapter_dir(out):
-            weights, resume_state, step = checkpoint.load_checkpoint(out, ADAPTER_FILE)
-            model, config, _, recorded = load_lora_model(out, weights=weights)
-            if lora is not None and lora != recorded:
-                raise ConfigError(f"{out} was trained with {recorded}; resume with the same LoRA flags or none")
-            task = TASKS[cfg.task](cfg, config, tokenizer)
-            print(f"resuming {out} at step {step}")
-            return model, config, task.tokenizer or tokenizer, resume_state, task, recorded
-        base_config = config = ModelConfig.load(out / CONFIG_FILE)
-        weights, resume_state, step = checkpoint.load_checkpoint(out)
-        source = str(out)
-        print(f"resuming {out} at step {step}")
+            return _resume_lora(cfg, lora, tokenizer)
+        start = _resume_start(cfg, tokenizer)
+    elif cfg.init_from:
+        start = _init_from_start(cfg, tokenizer)
     else:
-        resume_state = None
-        if cfg.init_from:
-            base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
-            if base_config.quantization:
-                raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
-                                  f"the original model and quantize the result")
-            config = base_config
-            overrides = cfg.model.given()
-            if "dropout" in overrides:
-                config = dataclasses.replace(config, dropout=overrides.pop("dropout"))
-            if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
-                raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
-                                  f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
-            tokenizer = base_tok
-            bad = {k: v for k, v in overrides.items() if getattr(config, k) != v}
-            if bad:
-                raise ConfigError(f"--init-from {cfg.init_from} fixes the architecture; {bad} does not match its "
-                                  f"config.json — drop those flags")
-        else:
-            if lora is not None:
-                raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
-                                  "MODEL_DIR --lora-rank R` or --init-from)")
-            vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
-            base_config = config = get_preset(cfg.preset, **vocab, **cfg.model.given())
-            weights = None
-    task = TASKS[cfg.task](cfg, config, tokenizer)
-    tokenizer = task.tokenizer or tokenizer
-    changes = {k: v for k, v in task.model_changes().items() if getattr(config, k) != v}
+        start = _fresh_start(cfg, lora, tokenizer)
+    task = TASKS[cfg.task](cfg, start.config, start.tokenizer)
+    changes = {k: v for k, v in task.model_changes().items() if getattr(start.config, k) != v}
     if changes and cfg.resume:
         raise ConfigError(f"the data given to resume {out} changes the model's {', '.join(sorted(changes))}; resume "
                           f"with the same --data and task options as the run started with")
-    config = dataclasses.replace(config, **changes)
+    config = dataclasses.replace(start.config, **changes)
     torch.manual_seed(cfg.seed)
-    if weights is None:
-        model = build_model(config)
-    else:
-        model, new_head = build_from_base(config, base_config, weights, source)
-        del weights
-        if lora is not None:
-            torch.manual_seed(cfg.seed)                      # the adapters' random init
-            apply_lora(model, lora, train_also=new_head)     # a new head trains (and is saved) with the adapters
-    return model, config, tokenizer, resume_state, task, lora
+    model = build_model(config) if start.weights is None else _build_from_weights(cfg, start, config, lora)
+    return TrainingSetup(model, config, task.tokenizer or start.tokenizer, task, start.resume_state, lora)
+
+
+def _check_resume(cfg: TrainConfig, lora, tokenizer: Tokenizer | None) -> Tokenizer:
+    """Refuse a resume of no run, with changed settings or with data of another tokenizer; the
+    run's tokenizer."""
+    out = Path(cfg.out)
+    if not (out / CONFIG_FILE).is_file():
+        raise ModelDirError(f"cannot resume: {out} holds no run (no config.json); drop --resume to start one")
+    check_resume_settings(cfg, lora, out)
+    if tokenizer is not None and (out / TOKENIZER_FILE).is_file():
+        ours, theirs = tokenizer_sha256(Tokenizer.load(out)), tokenizer_sha256(tokenizer)
+        if ours != theirs:
+            raise ConfigError(f"--data {cfg.data} was prepared with another tokenizer than the run in {out} "
+                              f"(tokenizer sha256 {theirs[:12]} vs the run's {ours[:12]}); resume with the "
+                              f"data the run was trained on, or prepare this text with `lmforge prepare FILES "
+                              f"--out DATA_DIR --tokenizer {out}`")
+    return tokenizer or Tokenizer.load(out)
+
+
+def _resume_lora(cfg: TrainConfig, lora, tokenizer: Tokenizer) -> TrainingSetup:
+    """A LoRA run resumed: its base with the checkpoint's adapters, under the LoRA settings it recorded."""
+    out = Path(cfg.out)
+    weights, resume_state, step = checkpoint.load_checkpoint(out, ADAPTER_FILE)
+    model, config, _, recorded = load_lora_model(out, weights=weights)
+    if lora is not None and lora != recorded:
+        raise ConfigError(f"{out} was trained with {recorded}; resume with the same LoRA flags or none")
+    task = TASKS[cfg.task](cfg, config, tokenizer)
+    print(f"resuming {out} at step {step}")
+    return TrainingSetup(model, config, task.tokenizer or tokenizer, task, resume_state, recorded)
+
+
+def _resume_start(cfg: TrainConfig, tokenizer: Tokenizer) -> _Start:
+    out = Path(cfg.out)
+    config = ModelConfig.load(out / CONFIG_FILE)
+    weights, resume_state, step = checkpoint.load_checkpoint(out)
+    print(f"resuming {out} at step {step}")
+    return _Start(config, tokenizer, weights, config, str(out), resume_state)
+
+
+def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
+    """The --init-from model's config, weights and tokenizer (only --dropout may change)."""
+    base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
+    if base_config.quantization:
+        raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
+                          f"the original model and quantize the result")
+    config = base_config
+    overrides = cfg.model.given()
+    if "dropout" in overrides:
+        config = dataclasses.replace(config, dropout=overrides.pop("dropout"))
+    if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
+        raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
+                          f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
+    bad = {k: v for k, v in overrides.items() if getattr(config, k) != v}
+    if bad:
+        raise ConfigError(f"--init-from {cfg.init_from} fixes the architecture; {bad} does not match its "
+                          f"config.json — drop those flags")
+    return _Start(config, base_tok, weights, base_config, source)
+
+
+def _fresh_start(cfg: TrainConfig, lora, tokenizer: Tokenizer | None) -> _Start:
+    """The preset, with the model flags and the data's vocabulary."""
+    if lora is not None:
+        raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
+                          "MODEL_DIR --lora-rank R` or --init-from)")
+    vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
+    return _Start(get_preset(cfg.preset, **vocab, **cfg.model.given()), tokenizer)
+
+
+def _build_from_weights(cfg: TrainConfig, start: _Start, config: ModelConfig, lora) -> torch.nn.Module:
+    """The model of `config` holding the start's weights (a new classification head starts from its
+    initialisation), with LoRA adapters when `lora` is set."""
+    base_config, source = start.base_config, start.source
+    weights, start.weights = start.weights, None         # the one reference: freed once the model holds them
+    model, new_head = build_from_base(config, base_config, weights, source)
+    del weights
+    if lora is not None:
+        torch.manual_seed(cfg.seed)                      # the adapters' random init
+        apply_lora(model, lora, train_also=new_head)     # a new head trains (and is saved) with the adapters
+    return model
 
 
 def train(cfg: TrainConfig, *, lora=None,
           wrap_task: Callable[[Task, ModelConfig, Tokenizer], Task] | None = None,
-          inputs: list[tuple[str, str | None]] = ()) -> dict[str, Any]:
+          inputs: list[tuple[str, str | None]] = (), observers: list[RunObserver] = ()) -> dict[str, Any]:
     """Train according to `cfg`; returns a summary (final losses, perplexity or task metrics,
     step, out), plus the task's final test report.
 
     lora: a `LoRAConfig`; when enabled, train adapters on `cfg.init_from` and save only them.
     wrap_task(task, model config, tokenizer): replaces the task (distillation).
     inputs: other directories the run reads ((description, path)), which --out must not be.
+    observers: `RunObserver`s that see the run (rows, evaluations, checkpoints, the end) on rank 0.
     While it runs, the run holds the lock of --out: a second writer is refused."""
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")
     lock = claim_out(cfg, list(inputs))
     try:
-        return _train_locked(cfg, lora, wrap_task)
+        return _train_locked(cfg, lora, wrap_task, observers)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(cfg: TrainConfig, lora, wrap_task) -> dict[str, Any]:
-    model, config, tokenizer, resume_state, task, lora = build_for_training(cfg, lora)
+def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any]:
+    setup = build_for_training(cfg, lora)
+    model, config, tokenizer, task, lora = setup.model, setup.config, setup.tokenizer, setup.task, setup.lora
     if config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; the data was prepared with another tokenizer")
@@ -308,10 +368,6 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task) -> dict[str, Any]:
     hooks["extra_files"] = extra_files
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*max_new_tokens.*")
-        trainer = Trainer(cfg, model, task, config, tokenizer=tokenizer, sample_fn=sample_fn, **hooks)
-        summary = trainer.fit(resume_state)
-        if not summary.get("stopped"):
-            with trainer.full_params():                     # every rank: FSDP gathers the whole model
-                if trainer.dist.is_main:
-                    summary.update(task.report(trainer.model, Path(cfg.out), trainer.device, trainer.autocast))
-    return summary
+        trainer = Trainer(cfg, model, task, config, tokenizer=tokenizer, sample_fn=sample_fn, observers=observers,
+                          **hooks)
+        return trainer.fit(setup.resume_state)
