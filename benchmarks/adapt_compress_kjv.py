@@ -23,8 +23,8 @@ import torch
 import lmforge
 from lmforge.generate import GenerationConfig, generate_ids
 from lmforge.generate.speculative import speculative_generate_ids
-from lmforge.quantize import QuantizeArgs, format_report, quantization_report, quantize
-from lmforge.train.distill import DistillArgs, distill
+from lmforge.quantize import QuantizeConfig, format_report, quantization_report, quantize
+from lmforge.train.distill import DistillConfig, distill
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,15 +65,15 @@ def train_models(args, out: Path, train_text: Path) -> tuple[Path, Path]:
     if not (model / "model.safetensors").is_file():
         t0 = time.perf_counter()
         lmforge.train(lmforge.TrainConfig(data=str(data), out=str(model), preset="gpt-mini", max_steps=args.steps,
-                                          model=lmforge.ModelOverrides(context_length=128, dropout=0.0, n_layer=args.n_layer,
+                                          model=lmforge.ModelOverridesConfig(context_length=128, dropout=0.0, n_layer=args.n_layer,
                                                                        d_model=args.d_model, n_head=args.n_head),
                                           **common))
         print(f"trained {model} in {(time.perf_counter() - t0) / 60:.1f} min")
     if not (draft / "model.safetensors").is_file():
         t0 = time.perf_counter()
-        distill(DistillArgs(teacher=str(model), student_preset="gpt-tiny", temperature=2.0, alpha=0.5),
+        distill(DistillConfig(teacher=str(model), student_preset="gpt-tiny", temperature=2.0, alpha=0.5),
                 lmforge.TrainConfig(data=str(data), out=str(draft), max_steps=args.draft_steps,
-                                    model=lmforge.ModelOverrides(context_length=128, dropout=0.0), **common))
+                                    model=lmforge.ModelOverridesConfig(context_length=128, dropout=0.0), **common))
         print(f"distilled {draft} in {(time.perf_counter() - t0) / 60:.1f} min")
     return model, draft
 
@@ -83,7 +83,7 @@ def quantization_table(args, out: Path, model: Path, heldout: Path) -> list[dict
     for bits in (8, 4):
         copies.append(out / f"int{bits}")
         if not (copies[-1] / "model.safetensors").is_file():
-            quantize(QuantizeArgs(str(model), str(copies[-1]), bits=bits, group_size=64))
+            quantize(QuantizeConfig(str(model), str(copies[-1]), bits=bits, group_size=64))
     rows = quantization_report(model, copies, heldout.read_text(encoding="utf-8"), args.new_tokens, args.device)
     print(format_report(rows))
     return rows

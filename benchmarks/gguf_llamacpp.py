@@ -72,7 +72,7 @@ def main() -> None:
     import lmforge
     from lmforge.generate import GenerationConfig, generate_ids
     from lmforge.generate.core import encode_prompt
-    from lmforge.quantize import QuantizeArgs, quantize
+    from lmforge.quantize import QuantizeConfig, quantize
     work = Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     model_dir = build(args, work)
     files = {t: work / f"model-{t}.gguf" for t in ("f32", "q8_0")}
@@ -84,7 +84,7 @@ def main() -> None:
     cfg = GenerationConfig(max_new_tokens=args.new, greedy=True)
     ours = {"lmforge fp32": lm.module}
     for bits in (8, 4):                           # as a user gets them: `lmforge quantize`, then load
-        quantize(QuantizeArgs(str(model_dir), str(work / f"int{bits}"), bits=bits))
+        quantize(QuantizeConfig(str(model_dir), str(work / f"int{bits}"), bits=bits))
         ours[f"lmforge int{bits}"] = lmforge.load(work / f"int{bits}", device="cpu").module
     theirs = {f"llama.cpp {t}": Llama(model_path=str(path), n_ctx=args.context, n_threads=args.threads,
                                       n_threads_batch=args.threads, n_batch=64, verbose=False)

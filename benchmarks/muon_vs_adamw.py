@@ -30,14 +30,14 @@ def main() -> None:
     p.add_argument("--muon-lr", type=float, default=0.02)
     args = p.parse_args()
     from common import quickstart_data
-    from lmforge.config import ModelOverrides
+    from lmforge.config import ModelOverridesConfig
     from lmforge.train import TrainConfig, train
     work = Path(tempfile.mkdtemp(prefix="muon-bench-"))
     data = args.data or quickstart_data(work)
     curves = {}
     for opt in ("adamw", "muon"):
         cfg = TrainConfig(data=data, out=str(work / opt), preset=args.preset,
-                          model=ModelOverrides(context_length=args.context_length),
+                          model=ModelOverridesConfig(context_length=args.context_length),
                           batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, muon_lr=args.muon_lr,
                           optimizer=opt, warmup_steps=args.steps // 10, eval_interval=args.eval_interval,
                           eval_iters=10, sample_interval=0, device="cpu", progress=False)

@@ -104,14 +104,14 @@ def run_lmforge(data_dir: str, args, steps: int, work: Path, windows: torch.Tens
     seconds leave out evaluations and checkpoints, as the Trainer's leave out its evaluations:
     they are the sum of the logged intervals, which the trainer times without them."""
     from lmforge.api import load
-    from lmforge.config import ModelOverrides
+    from lmforge.config import ModelOverridesConfig
     from lmforge.train import TrainConfig, train
     out = work / f"lmforge-{steps}"
     cfg = TrainConfig(data=data_dir, out=str(out), preset=args.preset, batch_size=args.batch_size, max_steps=steps,
                       warmup_steps=max(1, steps // 15), eval_interval=max(1, steps // curve_points),
                       save_interval=steps, log_interval=max(1, steps // 50),
                       eval_iters=max(1, len(windows) // args.batch_size),
-                      model=ModelOverrides(dropout=args.dropout), lr=args.lmforge_lr, muon_lr=args.muon_lr,
+                      model=ModelOverridesConfig(dropout=args.dropout), lr=args.lmforge_lr, muon_lr=args.muon_lr,
                       sample_interval=0, progress=False, device="cuda" if not args.cpu else "cpu", overwrite=True)
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

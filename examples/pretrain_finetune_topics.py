@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     import lmforge
     from lmforge.errors import LmforgeError
     from lmforge.quickstart import pydoc_corpus
-    from lmforge.tasks.classify import ClassifyOptions, training_texts
+    from lmforge.tasks.classify import ClassifyConfig, training_texts
 
     table, out = Path(args.data), Path(args.out)
-    options = ClassifyOptions(text_column=args.text_column, label_column=args.label_column,
+    options = ClassifyConfig(text_column=args.text_column, label_column=args.label_column,
                               tokenizer="wordpiece", vocab_size=args.vocab_size)
     common = dict(batch_size=args.batch_size, device=args.device, overwrite=args.overwrite, progress=False)
     t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         ft_cfg = lmforge.TrainConfig(**{**FINETUNE_DEFAULTS, "data": str(table), "out": str(out / "classifier"),
                                         "max_steps": args.finetune_steps,
                                         "eval_interval": max(1, args.finetune_steps // 4), **common})
-        ft = lmforge.finetune(lmforge.FinetuneArgs(str(out / "encoder"), task="classify"), ft_cfg, options)
+        ft = lmforge.finetune(lmforge.FinetuneConfig(str(out / "encoder"), task="classify"), ft_cfg, options)
         times["total"] = time.perf_counter() - t0
         results["pretrain -> fine-tune (lmforge)"] = ft
         if args.from_scratch:

@@ -7,8 +7,8 @@ language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — fr
     lm = lmforge.load("runs/my-model")
     print(lm.generate("Once upon a time", max_new_tokens=50))
 
-    lmforge.finetune(lmforge.FinetuneArgs("runs/my-bert", task="classify"),
-                     lmforge.TrainConfig(data="labels.csv", out="runs/topics"), lmforge.ClassifyOptions())
+    lmforge.finetune(lmforge.FinetuneConfig("runs/my-bert", task="classify"),
+                     lmforge.TrainConfig(data="labels.csv", out="runs/topics"), lmforge.ClassifyConfig())
     print(lmforge.load("runs/topics").classify("some text"))
 
 Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`, `quantize`,
@@ -17,24 +17,24 @@ Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`,
 
 from .adapt import LoRAConfig, apply_lora, merge_adapter, merge_lora
 from .api import Model, load, load_model
-from .config import PRESETS, ModelConfig, ModelOverrides, get_preset
+from .config import PRESETS, ModelConfig, ModelOverridesConfig, get_preset
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
 from .generate import Completion, GenerationConfig, generate
 from .interop import export_gguf, export_hf, import_gguf, import_hf
 from .model import build_model
-from .quantize import QuantizeArgs, quantize, quantize_model
-from .tasks import TASKS, ClassifyOptions, MLMOptions, Seq2SeqOptions
+from .quantize import QuantizeConfig, quantize, quantize_model
+from .tasks import TASKS, ClassifyConfig, MLMConfig, Seq2SeqConfig
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
-from .train.distill import DistillArgs, distill
-from .train.finetune import FinetuneArgs, finetune
+from .train.distill import DistillConfig, distill
+from .train.finetune import FinetuneConfig, finetune
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverrides", "TASKS", "PRESETS", "get_preset", "PrepareConfig", "prepare",
+__all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverridesConfig", "TASKS", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
            "TrainConfig", "train", "import_hf", "export_hf", "import_gguf", "export_gguf", "LmforgeError", "ConfigError", "DataError",
-           "ModelDirError", "FinetuneArgs", "finetune", "ClassifyOptions", "Seq2SeqOptions", "MLMOptions", "LoRAConfig",
-           "apply_lora", "merge_lora", "merge_adapter", "QuantizeArgs", "quantize", "quantize_model", "DistillArgs",
+           "ModelDirError", "FinetuneConfig", "finetune", "ClassifyConfig", "Seq2SeqConfig", "MLMConfig", "LoRAConfig",
+           "apply_lora", "merge_lora", "merge_adapter", "QuantizeConfig", "quantize", "quantize_model", "DistillConfig",
            "distill"]

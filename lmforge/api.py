@@ -69,10 +69,10 @@ class Model:
 
     def embed(self, texts: str | list[str], **options: Any) -> torch.Tensor:
         """Sentence embeddings: (N, d) float32 vectors for a list of texts, (d,) for one text.
-        Options are `lmforge.embed.EmbedOptions` fields: `pooling` (auto, mean, cls, last),
+        Options are `lmforge.embed.EmbedConfig` fields: `pooling` (auto, mean, cls, last),
         `normalize` (unit length, so `a @ b` is the cosine similarity), `batch_size`."""
-        from .embed import EmbedOptions, embed_texts
-        o = EmbedOptions(**options)
+        from .embed import EmbedConfig, embed_texts
+        o = EmbedConfig(**options)
         single = isinstance(texts, str)
         vectors = embed_texts(self.module, self.tokenizer, [texts] if single else list(texts), o.pooling,
                               o.normalize, o.batch_size)

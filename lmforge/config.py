@@ -175,7 +175,7 @@ class ModelConfig:
 
 
 @dataclass
-class ModelOverrides:
+class ModelOverridesConfig:
     """The ModelConfig fields a training run may change from its preset (None: the preset's)."""
     context_length: int | None = option(None, "override the preset's context length", fixed=True)
     n_layer: int | None = option(None, "override the preset's number of layers", fixed=True)

@@ -31,7 +31,7 @@ from .tasks.classify import map_batches, segments
 
 
 @dataclass
-class EmbedOptions:
+class EmbedConfig:
     """How texts become vectors: `Model.embed(texts, **fields)` and the `embed` verb's flags."""
     pooling: str = option("auto", "mean over the tokens, cls (first token, through BERT's pooler), last token; auto: "
                                   "the model's own (an imported sentence-transformers model's, else cls for encoders)",
@@ -49,7 +49,7 @@ class EmbedOptions:
 def embed_texts(model, tokenizer, texts: list[str], pooling: str = "auto", normalize: bool = True,
                 batch_size: int = 64) -> torch.Tensor:
     """(N, d) float32 vectors of `texts` from an encoder or decoder `model` (unit length when
-    `normalize`; see `EmbedOptions`)."""
+    `normalize`; see `EmbedConfig`)."""
     config = model.config
     if config.family not in ("encoder", "decoder"):
         raise ConfigError(f"embeddings come from an encoder or a decoder model, not a {config.family}; use a "

@@ -98,3 +98,15 @@ def test_modules_and_functions_stay_short():
                 if lines > MAX_FUNCTION_LINES:
                     long_functions.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
     assert long_files == [] and long_functions == []
+
+
+def test_option_classes_have_one_suffix():
+    """Every dataclass whose fields are options (flags, run-file keys, API keywords) is a `...Config`."""
+    import dataclasses
+    names = set()
+    for module_name in sorted(_modules()):
+        for obj in vars(importlib.import_module(module_name)).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__.startswith("lmforge") \
+                    and any("help" in f.metadata or "nested" in f.metadata for f in dataclasses.fields(obj)):
+                names.add(obj.__name__)
+    assert len(names) >= 20 and [n for n in sorted(names) if not n.endswith("Config")] == []

@@ -10,11 +10,11 @@ from lmforge.api import load
 from lmforge.cli import main
 from lmforge.config import get_preset
 from lmforge.data.classify import encode_for_classification
-from lmforge.tasks.classify import ClassificationTask, ClassifyOptions
+from lmforge.tasks.classify import ClassificationTask, ClassifyConfig
 from lmforge.data.tables import read_table, split_indices
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.classification import classification_metrics
-from lmforge.train.finetune import FinetuneArgs, finetune
+from lmforge.train.finetune import FinetuneConfig, finetune
 
 from .conftest import tiny_train_config
 
@@ -78,7 +78,7 @@ def test_classification_data_errors(tmp_path, tiny_encoder_dir):
     with pytest.raises(DataError, match=r"single label \('pos'\).*at least two classes"):
         ClassificationTask(one, config, tok)
     with pytest.raises(DataError, match=r"no column 'sentence' \(columns found: text, label\); pass --text-column"):
-        ClassificationTask(one, config, tok, ClassifyOptions(text_column="sentence"))
+        ClassificationTask(one, config, tok, ClassifyConfig(text_column="sentence"))
     with pytest.raises(ConfigError, match="classification needs an encoder or a decoder"):
         ClassificationTask(one, get_preset("seq2seq-tiny"), tok)
 
@@ -94,7 +94,7 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
     assert len(ids[0]) == 8 and ids[0][-1] == tok.eos_id and cut == 1
     skewed = tmp_path / "skewed.csv"
     skewed.write_text("text,label\n" + "the a,x\n" * 30 + "the b,y\n" * 10)
-    obj = ClassificationTask(skewed, config, tok, ClassifyOptions(class_weights=True, test_fraction=0.0))
+    obj = ClassificationTask(skewed, config, tok, ClassifyConfig(class_weights=True, test_fraction=0.0))
     counts = torch.bincount(obj.splits["train"][2])
     torch.testing.assert_close(obj.weights, counts.sum() / (2 * counts.float()))      # inverse frequency
 
@@ -103,7 +103,7 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
 def encoder_classifier(tmp_path_factory, tiny_encoder_dir, topics_csv):
     out = tmp_path_factory.mktemp("runs") / "topics"
     cfg = tiny_train_config(topics_csv, out, max_steps=60, eval_interval=30, lr=2e-3, batch_size=16)
-    summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions())
+    summary = finetune(FinetuneConfig(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyConfig())
     return out, summary
 
 
@@ -127,7 +127,7 @@ def test_classifier_from_a_decoder(tmp_path, tiny_model_dir, topics_csv):
     cfg = tiny_train_config(topics_csv, tmp_path / "gpt-topics", max_steps=200, eval_interval=200, lr=3e-3,
                             batch_size=16)
     with pytest.warns(UserWarning, match="longer than the model's context of 32 tokens and were truncated"):
-        summary = finetune(FinetuneArgs(model_dir=str(tiny_model_dir), task="classify"), cfg)
+        summary = finetune(FinetuneConfig(model_dir=str(tiny_model_dir), task="classify"), cfg)
     assert summary["test_accuracy"] > 0.6         # chance is 1/3; 200 steps reach 0.83-1.0 over seeds (80 gave 0.42-0.92)
     lm = load(tmp_path / "gpt-topics", device="cpu")
     assert lm.config.family == "decoder" and lm.config.pool_method == "last"
@@ -159,7 +159,7 @@ def test_lora_classifier_trains_and_saves_the_new_head(tmp_path, tiny_encoder_di
     from lmforge.modeldir import ADAPTER_FILE, read_weights
     out = tmp_path / "lora-topics"
     cfg = tiny_train_config(topics_csv, out, max_steps=200, eval_interval=200, lr=3e-3, batch_size=16)
-    summary = finetune(FinetuneArgs(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyOptions(),
+    summary = finetune(FinetuneConfig(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyConfig(),
                        lora=LoRAConfig(lora_rank=4))
     saved, _ = read_weights(out / ADAPTER_FILE)
     assert {"classifier.proj.weight", "classifier.proj.bias"} <= set(saved)          # the head travels with the adapters

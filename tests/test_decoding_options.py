@@ -38,13 +38,13 @@ def http(char_data):
     from lmforge.api import Model
     from lmforge.config import get_preset
     from lmforge.model import build_model
-    from lmforge.serve import ServeArgs
+    from lmforge.serve import ServeConfig
     from lmforge.serve.app import create_app
     from lmforge.tokenizers import Tokenizer
     tokenizer = Tokenizer.load(char_data)
     torch.manual_seed(0)
     config = get_preset("gpt-tiny", vocab_size=tokenizer.vocab_size, context_length=32)
-    with TestClient(create_app(Model(build_model(config).eval(), config, tokenizer), ServeArgs(model_dir="x"))) as c:
+    with TestClient(create_app(Model(build_model(config).eval(), config, tokenizer), ServeConfig(model_dir="x"))) as c:
         yield c
 
 

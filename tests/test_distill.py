@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.tasks.distill import distill_loss
-from lmforge.train.distill import DistillArgs, distill
+from lmforge.train.distill import DistillConfig, distill
 
 from .conftest import tiny_train_config
 
@@ -32,7 +32,7 @@ def _train_losses(run):
 
 def test_a_student_learns_from_its_teacher(tmp_path, char_data, tiny_model_dir):
     out = tmp_path / "student"
-    summary = distill(DistillArgs(teacher=str(tiny_model_dir), student_preset="gpt-tiny", temperature=2.0, alpha=0.8),
+    summary = distill(DistillConfig(teacher=str(tiny_model_dir), student_preset="gpt-tiny", temperature=2.0, alpha=0.8),
                       tiny_train_config(char_data, out, n_layer=1, d_model=32, max_steps=25, eval_interval=25))
     losses = _train_losses(out)
     assert len(losses) == 25 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
@@ -41,12 +41,12 @@ def test_a_student_learns_from_its_teacher(tmp_path, char_data, tiny_model_dir):
 
 def test_distill_errors(tmp_path, bpe_data, char_data, tiny_model_dir):
     with pytest.raises(ConfigError, match="another tokenizer than the teacher"):
-        distill(DistillArgs(teacher=str(tiny_model_dir), student_preset="gpt-tiny"),
+        distill(DistillConfig(teacher=str(tiny_model_dir), student_preset="gpt-tiny"),
                 tiny_train_config(bpe_data, tmp_path / "a"))
     with pytest.raises(ConfigError, match="student's context.*--context-length 32"):
-        distill(DistillArgs(teacher=str(tiny_model_dir), student_preset="gpt-tiny"),
+        distill(DistillConfig(teacher=str(tiny_model_dir), student_preset="gpt-tiny"),
                 tiny_train_config(char_data, tmp_path / "b", context_length=64))
     with pytest.raises(ConfigError, match="--teacher DIR"):
-        distill(DistillArgs(), tiny_train_config(char_data, tmp_path / "c"))
+        distill(DistillConfig(), tiny_train_config(char_data, tmp_path / "c"))
     with pytest.raises(ConfigError, match="alpha"):
-        DistillArgs(teacher="x", alpha=1.5)
+        DistillConfig(teacher="x", alpha=1.5)

@@ -12,7 +12,7 @@ from lmforge.errors import ConfigError, ModelDirError
 from lmforge.model import build_model
 from lmforge.model.blocks import Block
 from lmforge.modeldir import ADAPTER_CONFIG, ADAPTER_FILE, read_weights
-from lmforge.train.finetune import FinetuneArgs, finetune
+from lmforge.train.finetune import FinetuneConfig, finetune
 
 from .conftest import tiny_train_config
 
@@ -101,7 +101,7 @@ def test_bad_targets_are_named_with_the_module_list():
 def test_lora_finetune_saves_only_adapters_resumes_exactly_and_merges(tmp_path, char_data, tiny_model_dir):
     lora = LoRAConfig(lora_rank=4, lora_alpha=8, lora_targets=["q,v,o,mlp"])
     kw = dict(init_from=str(tiny_model_dir), max_steps=6, eval_interval=3, warmup_steps=1)
-    args = FinetuneArgs(str(tiny_model_dir), merge_to=str(tmp_path / "merged"))
+    args = FinetuneConfig(str(tiny_model_dir), merge_to=str(tmp_path / "merged"))
     summary = finetune(args, tiny_train_config(char_data, tmp_path / "lora", **kw), lora=lora)
     out = tmp_path / "lora"
     assert (out / ADAPTER_FILE).is_file() and not (out / "model.safetensors").exists()
@@ -112,9 +112,9 @@ def test_lora_finetune_saves_only_adapters_resumes_exactly_and_merges(tmp_path, 
     assert info["lora"]["lora_rank"] == 4 and (out / info["base_model"]).resolve() == tiny_model_dir.resolve()
 
     # exact resume: 3 steps, stop, resume to 6 == 6 straight
-    finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", stop_after=3, **kw),
+    finetune(FinetuneConfig(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", stop_after=3, **kw),
              lora=lora)
-    finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", resume=True, **kw))
+    finetune(FinetuneConfig(str(tiny_model_dir)), tiny_train_config(char_data, tmp_path / "stop", resume=True, **kw))
     resumed, _ = read_weights(tmp_path / "stop" / ADAPTER_FILE)
     assert resumed.keys() == adapters.keys() and all(torch.equal(resumed[k], adapters[k]) for k in adapters)
 
@@ -131,7 +131,7 @@ def test_lora_finetune_saves_only_adapters_resumes_exactly_and_merges(tmp_path, 
 def test_an_adapter_refuses_a_different_base(tmp_path, char_data, tiny_model_dir):
     from lmforge.train import train
     out = tmp_path / "lora"
-    finetune(FinetuneArgs(str(tiny_model_dir)), tiny_train_config(char_data, out, init_from=str(tiny_model_dir),
+    finetune(FinetuneConfig(str(tiny_model_dir)), tiny_train_config(char_data, out, init_from=str(tiny_model_dir),
                                                                   max_steps=1), lora=LoRAConfig(lora_rank=2))
     other_arch = tmp_path / "other"
     train(tiny_train_config(char_data, other_arch, n_layer=1, max_steps=1))

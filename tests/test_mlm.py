@@ -7,7 +7,7 @@ import torch
 
 from lmforge.api import load_model
 from lmforge.data.mlm import mask_tokens
-from lmforge.tasks import MLMOptions
+from lmforge.tasks import MLMConfig
 from lmforge.errors import ConfigError
 from lmforge.train import train
 
@@ -71,6 +71,6 @@ def test_mlm_errors(tmp_path, char_data, wordpiece_data):
     with pytest.raises(ConfigError, match="task mlm needs an encoder.*bert-tiny"):
         train(tiny_train_config(wordpiece_data, tmp_path / "a", task="mlm"))        # gpt-tiny preset
     with pytest.raises(ConfigError, match="mask_prob=1.5"):
-        MLMOptions(mask_prob=1.5)
+        MLMConfig(mask_prob=1.5)
     with pytest.raises(ConfigError, match="task clm needs a decoder"):
         train(tiny_train_config(wordpiece_data, tmp_path / "b", preset="bert-tiny"))

@@ -6,9 +6,9 @@ import torch
 from lmforge.api import load, load_model
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.quantize import (Int4Linear, Int8Linear, QuantizeArgs, dequantize_int4, quantize, quantize_int4,
+from lmforge.quantize import (Int4Linear, Int8Linear, QuantizeConfig, dequantize_int4, quantize, quantize_int4,
                               quantize_int8)
-from lmforge.train.finetune import FinetuneArgs, finetune
+from lmforge.train.finetune import FinetuneConfig, finetune
 
 from .conftest import tiny_train_config
 
@@ -48,7 +48,7 @@ def test_quantized_directories_load_and_stay_close(tmp_path, tiny_model_dir):
     errors = {}
     for bits in (8, 4):
         out = tmp_path / f"int{bits}"
-        result = quantize(QuantizeArgs(str(tiny_model_dir), str(out), bits=bits, group_size=32))
+        result = quantize(QuantizeConfig(str(tiny_model_dir), str(out), bits=bits, group_size=32))
         config = ModelConfig.load(out / "config.json")
         assert config.quantization == result["quantization"] and config.quantization["bits"] == bits
         assert "lm_head" not in config.quantization["modules"]               # tied to the embedding: kept
@@ -65,7 +65,7 @@ def test_quantized_directories_load_and_stay_close(tmp_path, tiny_model_dir):
 def test_quantize_report(tmp_path, tiny_model_dir, corpus_file):
     text = tmp_path / "t.txt"
     text.write_text(corpus_file.read_text()[:2000])
-    result = quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "q"), bits=8, report=True, text=str(text),
+    result = quantize(QuantizeConfig(str(tiny_model_dir), str(tmp_path / "q"), bits=8, report=True, text=str(text),
                                    report_tokens=8))
     original, quantized = result["report"]
     assert original["model"] == "original" and quantized["model"] == "int8"
@@ -76,15 +76,15 @@ def test_quantize_report(tmp_path, tiny_model_dir, corpus_file):
 
 def test_quantize_errors(tmp_path, tiny_model_dir, char_data):
     once = tmp_path / "int8"
-    quantize(QuantizeArgs(str(tiny_model_dir), str(once), bits=8))
+    quantize(QuantizeConfig(str(tiny_model_dir), str(once), bits=8))
     with pytest.raises(ConfigError, match="already quantized"):
-        quantize(QuantizeArgs(str(once), str(tmp_path / "twice"), bits=4))
+        quantize(QuantizeConfig(str(once), str(tmp_path / "twice"), bits=4))
     with pytest.raises(ConfigError, match="does not divide the 64 inputs"):
-        quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "g"), bits=4, group_size=24))
+        quantize(QuantizeConfig(str(tiny_model_dir), str(tmp_path / "g"), bits=4, group_size=24))
     with pytest.raises(LmforgeError, match="--text FILE"):
-        quantize(QuantizeArgs(str(tiny_model_dir), str(tmp_path / "r"), report=True))
+        quantize(QuantizeConfig(str(tiny_model_dir), str(tmp_path / "r"), report=True))
     with pytest.raises(ConfigError, match="quantized.*fine-tune the original"):
-        finetune(FinetuneArgs(str(once)), tiny_train_config(char_data, tmp_path / "ft", init_from=str(once)))
+        finetune(FinetuneConfig(str(once)), tiny_train_config(char_data, tmp_path / "ft", init_from=str(once)))
     model, config, _ = load_model(once)
     assert config.quantization["bits"] == 8
 

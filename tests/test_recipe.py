@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from lmforge.tasks.classify import ClassifyOptions, split_rows, training_texts
+from lmforge.tasks.classify import ClassifyConfig, split_rows, training_texts
 from lmforge.data.tables import read_table
 
 from .conftest import write_topics_csv
@@ -24,7 +24,7 @@ def recipe():
 def test_training_texts_leave_out_the_held_out_rows(tmp_path):
     table = write_topics_csv(tmp_path / "t.csv")
     rows = read_table(table, ["text", "label"])
-    split = split_rows(rows, ClassifyOptions())
+    split = split_rows(rows, ClassifyConfig())
     texts = training_texts(table)
     assert texts == [rows[i]["text"] for i in split["train"]]
     assert len(texts) == len(split["train"]) < len(rows) and split["val"] and split["test"]

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from lmforge.cli import main
-from lmforge.config import ModelOverrides
+from lmforge.config import ModelOverridesConfig
 from lmforge.quickstart import QUICKSTART_TRAINING, QuickstartConfig
 from lmforge.train import TrainConfig
 
@@ -91,4 +91,4 @@ def test_resume_refuses_a_flag_that_changes_the_training_unless_forced(char_data
 def test_one_source_for_nested_options():
     cfg = QuickstartConfig()
     assert cfg.train.max_steps == QUICKSTART_TRAINING["max_steps"] and cfg.train.model.context_length == 128
-    assert TrainConfig().model == ModelOverrides() and ModelOverrides(n_layer=2).given() == {"n_layer": 2}
+    assert TrainConfig().model == ModelOverridesConfig() and ModelOverridesConfig(n_layer=2).given() == {"n_layer": 2}

@@ -6,7 +6,7 @@ import pytest
 
 from lmforge.api import load
 from lmforge.cli import main
-from lmforge.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask
+from lmforge.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.bleu import bleu_tokenize_for, translation_scores
 from lmforge.config import get_preset
@@ -33,7 +33,7 @@ def translator(tmp_path_factory, pairs_tsv):
     out = tmp_path_factory.mktemp("runs") / "en-zh"
     cfg = tiny_train_config(pairs_tsv, out, preset="seq2seq-tiny", task="seq2seq", max_steps=250,
                             eval_interval=125, sample_interval=125, lr=3e-3, warmup_steps=10, batch_size=16,
-                            task_options=Seq2SeqOptions(source_column="en", target_column="zh", tokenizer="char",
+                            task_options=Seq2SeqConfig(source_column="en", target_column="zh", tokenizer="char",
                                                         separate_vocab=True, eval_translations=16))
     return out, train(cfg)
 
@@ -70,11 +70,11 @@ def test_bad_pair_files(tmp_path, translator):
     bad.write_text("en\tzh\na cat\t一只猫\na dog\t\n\t一只狗\nno tab at all\n" + "a bird\t一只鸟\n" * 20)
     config = get_preset("seq2seq-tiny")
     with pytest.warns(UserWarning, match=r"skipped 3 row\(s\) .*empty or missing 'en' / 'zh' \(lines 3, 4, 5\)"):
-        Seq2SeqTask(bad, config, None, Seq2SeqOptions(source_column="en", target_column="zh", tokenizer="char"))
+        Seq2SeqTask(bad, config, None, Seq2SeqConfig(source_column="en", target_column="zh", tokenizer="char"))
     with pytest.raises(DataError, match=r"no column 'source' \(columns found: en, zh\); pass --source-column"):
         Seq2SeqTask(bad, config, None)
     with pytest.raises(ConfigError, match="task seq2seq needs an encoder-decoder.*seq2seq-mini"):
         Seq2SeqTask(bad, get_preset("gpt-tiny"), None)
     assert main(["translate", str(out), "--device", "cpu"]) == 2
     with pytest.raises(DataError, match=r"val_fraction=0.0 must be in \(0, 1\)"):
-        Seq2SeqOptions(val_fraction=0.0)
+        Seq2SeqConfig(val_fraction=0.0)

@@ -439,14 +439,14 @@ def test_encoder_models_embed_classify_and_refuse_generation(char_data, labels):
     from lmforge.api import Model
     from lmforge.config import get_preset
     from lmforge.model import build_model
-    from lmforge.serve import ServeArgs
+    from lmforge.serve import ServeConfig
     from lmforge.serve.app import create_app
     from lmforge.tokenizers import Tokenizer
     tokenizer = Tokenizer.load(char_data)
     torch.manual_seed(0)
     config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=labels)
     lm = Model(build_model(config).eval(), config, tokenizer)
-    with TestClient(create_app(lm, ServeArgs(model_dir="x", model_name="enc"))) as http:
+    with TestClient(create_app(lm, ServeConfig(model_dir="x", model_name="enc"))) as http:
         r = http.post("/v1/embeddings", json={"input": ["a cat", "a dog"]})
         assert r.status_code == 200
         got = torch.tensor([d["embedding"] for d in r.json()["data"]])

@@ -168,9 +168,9 @@ def answer(http, method: str, path: str, body) -> dict:
 def served(lm, requests, **settings) -> dict:
     from starlette.testclient import TestClient
 
-    from lmforge.serve import ServeArgs
+    from lmforge.serve import ServeConfig
     from lmforge.serve.app import create_app
-    with TestClient(create_app(lm, ServeArgs(model_dir="x", **settings))) as http:
+    with TestClient(create_app(lm, ServeConfig(model_dir="x", **settings))) as http:
         return {name: answer(http, method, path, body) for name, method, path, body in requests}
 
 

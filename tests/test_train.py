@@ -186,12 +186,12 @@ def test_bad_train_settings(tmp_path, char_data):
 
 
 def test_finetune_verb_api(tmp_path, char_data, tiny_model_dir):
-    from lmforge.train.finetune import FinetuneArgs, finetune
+    from lmforge.train.finetune import FinetuneConfig, finetune
     cfg = tiny_train_config(char_data, tmp_path / "ft", max_steps=2, eval_interval=2)
-    summary = finetune(FinetuneArgs(model_dir=str(tiny_model_dir)), cfg)
+    summary = finetune(FinetuneConfig(model_dir=str(tiny_model_dir)), cfg)
     assert summary["step"] == 2 and (tmp_path / "ft" / "model.safetensors").is_file()
     with pytest.raises(ConfigError, match="unknown task 'translate'; use one of clm"):
-        finetune(FinetuneArgs(model_dir=str(tiny_model_dir), task="translate"), cfg)
+        finetune(FinetuneConfig(model_dir=str(tiny_model_dir), task="translate"), cfg)
 
 
 def test_newton_schulz_orthogonalises():

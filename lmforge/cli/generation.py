@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
-from ..generate.chat import ChatArgs
+from ..generate.chat import ChatConfig
 from ..options import device_name, from_args, option, validate
-from ..serve import ServeArgs
+from ..serve import ServeConfig
 from .core import options_of, verb
 
 
 @dataclass
-class GenerateArgs:
+class GenerateCommandConfig:
     model_dir: str = option(None, "model directory", positional=True)
     prompts: list[str] = option([], "prompt(s); several prompts decode as one padded batch", positional=True)
     prompt_file: str | None = option(None, "read prompts from this file, one per line")
@@ -32,11 +32,11 @@ class GenerateArgs:
 
 
 @verb("generate", "generate text from a model directory")
-@options_of(GenerateArgs, GenerationConfig)
+@options_of(GenerateCommandConfig, GenerationConfig)
 def _generate(ns):
     from ..api import load
     from ..generate import generate
-    args = from_args(GenerateArgs, ns)
+    args = from_args(GenerateCommandConfig, ns)
     gen = from_args(GenerationConfig, ns)
     prompts = list(args.prompts)
     if args.prompt_file:
@@ -77,11 +77,11 @@ def _generate(ns):
 
 
 @verb("chat", "chat with a model in the terminal (reads your messages from stdin, streams the replies)")
-@options_of(ChatArgs, GenerationConfig, skip=("stop",), defaults={"max_new_tokens": 200, "temperature": 0.7})
+@options_of(ChatConfig, GenerationConfig, skip=("stop",), defaults={"max_new_tokens": 200, "temperature": 0.7})
 def _chat(ns):
     from ..api import load
     from ..generate.chat import Chat, chat_loop
-    args = from_args(ChatArgs, ns)
+    args = from_args(ChatConfig, ns)
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
     chat_loop(Chat(lm.module, lm.tokenizer, args.system, from_args(GenerationConfig, ns), lm.draft_module(draft)))
@@ -90,8 +90,8 @@ def _chat(ns):
 
 @verb("serve", "an OpenAI-compatible HTTP server for decoders and encoder-decoders (continuous batching), with a "
                 "playground page at /")
-@options_of(ServeArgs)
+@options_of(ServeConfig)
 def _serve(ns):
     from ..serve import serve
-    serve(from_args(ServeArgs, ns))
+    serve(from_args(ServeConfig, ns))
     return 0

@@ -13,7 +13,7 @@ from .core import options_of, verb
 
 
 @dataclass
-class EvalArgs:
+class EvalCommandConfig:
     model_dir: str = option(None, "model directory", positional=True)
     text: str | None = option(None, "text file to measure perplexity on")
     stride: int | None = option(None, "sliding-window stride in tokens (default: the context length)",
@@ -26,11 +26,11 @@ class EvalArgs:
 
 
 @verb("eval", "perplexity of a model directory on a text file (sliding window)")
-@options_of(EvalArgs)
+@options_of(EvalCommandConfig)
 def _eval(ns):
     from ..api import load
     from ..evaluate.perplexity import perplexity, read_text_file
-    args = from_args(EvalArgs, ns)
+    args = from_args(EvalCommandConfig, ns)
     if not args.text:
         raise LmforgeError("give the text to evaluate with --text FILE")
     lm = load(args.model_dir, device=args.device)
@@ -42,7 +42,7 @@ def _eval(ns):
 
 
 @dataclass
-class ScoreArgs:
+class ScoreCommandConfig:
     model_dir: str = option(None, "model directory", positional=True)
     text: str = option(None, "the text to score", positional=True)
     continuation: str | None = option(None, "score only this continuation after TEXT (lm-eval's loglikelihood)")
@@ -53,10 +53,10 @@ class ScoreArgs:
 
 
 @verb("score", "per-token log-probabilities of a text under a model (or of a continuation after it)")
-@options_of(ScoreArgs)
+@options_of(ScoreCommandConfig)
 def _score(ns):
     from ..api import load
-    args = from_args(ScoreArgs, ns)
+    args = from_args(ScoreCommandConfig, ns)
     lm = load(args.model_dir, device=args.device)
     if args.continuation is not None:
         logprob, greedy = lm.loglikelihood(args.text, args.continuation)
@@ -71,7 +71,7 @@ def _score(ns):
 
 
 @dataclass
-class AttentionArgs:
+class AttentionCommandConfig:
     model_dir: str = option(None, "model directory", positional=True)
     text: str = option(None, "the text whose attention to draw", positional=True)
     layer: int = option(0, "layer to draw (0 is the first, -1 the last)")
@@ -87,11 +87,11 @@ class AttentionArgs:
 
 
 @verb("attention", "draw a model's attention weights for a text (one head, or all heads of a layer) as a PNG")
-@options_of(AttentionArgs)
+@options_of(AttentionCommandConfig)
 def _attention(ns):
     from ..api import load
     from ..viz.attention import plot_attention
-    args = from_args(AttentionArgs, ns)
+    args = from_args(AttentionCommandConfig, ns)
     lm = load(args.model_dir, device=args.device)
     maps, (queries, keys) = lm.attention_maps(args.text, kind=args.kind, target=args.target, with_tokens=True)
     n_layers, n_heads = maps.shape[:2]

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from ..errors import LmforgeError
 from ..options import from_args, option, validate
-from ..quantize import QuantizeArgs
+from ..quantize import QuantizeConfig
 from .core import options_of, verb
 
 
 @dataclass
-class MergeLoraArgs:
+class MergeLoraCommandConfig:
     adapter_dir: str = option(None, "model directory of a LoRA run (holds adapter.safetensors)", positional=True)
     out_dir: str = option(None, "where to write the base model with the adapters merged in", positional=True)
     base: str | None = option(None, "the base model directory, if it moved since training")
@@ -24,20 +24,20 @@ class MergeLoraArgs:
 
 
 @verb("merge-lora", "merge a LoRA run's adapters into its base model: a plain model directory for export")
-@options_of(MergeLoraArgs)
+@options_of(MergeLoraCommandConfig)
 def _merge_lora(ns):
     from ..adapt.runs import merge_adapter
-    args = from_args(MergeLoraArgs, ns)
+    args = from_args(MergeLoraCommandConfig, ns)
     print(f"wrote {merge_adapter(args.adapter_dir, args.out_dir, args.base, overwrite=args.overwrite)}")
     return 0
 
 
 @verb("quantize", "weight-only int8 / int4 quantization of a model directory (with an optional size, speed and "
                   "perplexity report)")
-@options_of(QuantizeArgs)
+@options_of(QuantizeConfig)
 def _quantize(ns):
     from ..quantize import format_report, quantize
-    result = quantize(from_args(QuantizeArgs, ns))
+    result = quantize(from_args(QuantizeConfig, ns))
     q = result["quantization"]
     print(f"wrote {result['out']}: {len(q['modules'])} Linear layers in int{q['bits']}"
           + (f" (groups of {q['group_size']})" if q["group_size"] else ""))
@@ -58,7 +58,7 @@ def _presets(ns):
 
 
 @dataclass
-class ImportArgs:
+class ImportCommandConfig:
     hf_dir: str = option(None, "Hugging Face model directory (config.json, model.safetensors or its sharded index, "
                                "tokenizer.json), or a .gguf file (llama or gpt2; F32 / F16 / BF16 / Q8_0 / Q4_0 / "
                                "Q4_K tensors are dequantized to float32)", positional=True)
@@ -71,7 +71,7 @@ class ImportArgs:
 
 
 @dataclass
-class ExportArgs:
+class ExportCommandConfig:
     model_dir: str = option(None, "lmforge model directory", positional=True)
     out_dir: str = option(None, "directory to write (hf), or the .gguf file to write (gguf)", positional=True)
     format: str = option("hf", "hf: a directory transformers loads with from_pretrained; gguf: one file that "
@@ -87,10 +87,10 @@ class ExportArgs:
 
 @verb("import", "convert a Hugging Face GPT-2, Llama or BERT checkpoint, or a Llama / GPT-2 GGUF file, into an "
                 "lmforge model directory")
-@options_of(ImportArgs)
+@options_of(ImportCommandConfig)
 def _import(ns):
     from ..interop import import_gguf, import_hf, is_gguf_file
-    args = from_args(ImportArgs, ns)
+    args = from_args(ImportCommandConfig, ns)
     convert = import_gguf if is_gguf_file(args.hf_dir) else import_hf
     done = convert(args.hf_dir, args.out_dir, overwrite=args.overwrite, progress=args.progress)
     print(f"imported {args.hf_dir} ({done['architecture']}, {done['params'] / 1e6:.2f}M parameters, "
@@ -100,10 +100,10 @@ def _import(ns):
 
 @verb("export", "write an lmforge model directory in Hugging Face format (GPT-2, Llama or BERT) or as a GGUF file "
                 "(Llama or GPT-2 kind)")
-@options_of(ExportArgs)
+@options_of(ExportCommandConfig)
 def _export(ns):
     from ..interop import export_gguf, export_hf
-    args = from_args(ExportArgs, ns)
+    args = from_args(ExportCommandConfig, ns)
     if args.format == "gguf":
         done = export_gguf(args.model_dir, args.out_dir, args.outtype, overwrite=args.overwrite,
                            progress=args.progress)

@@ -9,7 +9,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from ..embed import EmbedOptions
+from ..embed import EmbedConfig
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
 from ..generate.seq2seq import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS, translation_config
@@ -36,7 +36,7 @@ def _input_texts(verb_name: str, texts: list[str], file: str | None, column: str
 
 
 @dataclass
-class ClassifyArgs:
+class ClassifyCommandConfig:
     model_dir: str = option(None, "classifier model directory (from `lmforge finetune --task classify`)",
                             positional=True)
     texts: list[str] = option([], "text(s) to classify", positional=True)
@@ -55,10 +55,10 @@ class ClassifyArgs:
 
 
 @verb("classify", "label texts with a classifier model directory (label and probability per text)")
-@options_of(ClassifyArgs)
+@options_of(ClassifyCommandConfig)
 def _classify(ns):
     from ..api import load
-    args = from_args(ClassifyArgs, ns)
+    args = from_args(ClassifyCommandConfig, ns)
     texts, truth = _input_texts("classify", args.texts, args.file, args.text_column, "--text-column",
                                 args.label_column, "--label-column")
     lm = load(args.model_dir, device=args.device)
@@ -79,7 +79,7 @@ def _classify(ns):
 
 
 @dataclass
-class TranslateArgs:
+class TranslateCommandConfig:
     model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --task seq2seq`)",
                             positional=True)
     texts: list[str] = option([], "text(s) to translate", positional=True)
@@ -97,10 +97,10 @@ class TranslateArgs:
 
 
 @verb("translate", "translate (or summarise) texts with an encoder-decoder model directory (greedy or beam search)")
-@options_of(TranslateArgs, GenerationConfig, defaults=TRANSLATE_DEFAULTS, only={GenerationConfig: TRANSLATE_OPTIONS})
+@options_of(TranslateCommandConfig, GenerationConfig, defaults=TRANSLATE_DEFAULTS, only={GenerationConfig: TRANSLATE_OPTIONS})
 def _translate(ns):
     from ..api import load
-    args = from_args(TranslateArgs, ns)
+    args = from_args(TranslateCommandConfig, ns)
     options = {k: getattr(ns, k) for k in TRANSLATE_OPTIONS}
     translation_config(**options)                                 # checks the decoding flags before any work
     texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
@@ -120,7 +120,7 @@ def _translate(ns):
 
 
 @dataclass
-class EmbedArgs:
+class EmbedCommandConfig:
     model_dir: str = option(None, "encoder (or decoder) model directory, e.g. an imported all-MiniLM-L6-v2",
                             positional=True)
     texts: list[str] = option([], "text(s) to embed", positional=True)
@@ -135,10 +135,10 @@ class EmbedArgs:
 
 
 @verb("embed", "sentence embeddings of texts (one JSON vector per line), or their cosine similarities")
-@options_of(EmbedArgs, EmbedOptions)
+@options_of(EmbedCommandConfig, EmbedConfig)
 def _embed(ns):
     from ..api import load
-    args, options = from_args(EmbedArgs, ns), from_args(EmbedOptions, ns)        # both checked before any work
+    args, options = from_args(EmbedCommandConfig, ns), from_args(EmbedConfig, ns)        # both checked before any work
     texts, _ = _input_texts("embed", args.texts, args.file, args.text_column, "--text-column")
     vectors = load(args.model_dir, device=args.device).embed(texts, **dataclasses.asdict(options))
     if args.similarity:

@@ -12,8 +12,8 @@ from ..data.shards import PrepareConfig
 from ..options import from_args
 from ..quickstart import QuickstartConfig
 from ..tasks import TASK_OPTIONS      # task -> its options dataclass; the flags apply to that task
-from ..train.distill import DistillArgs
-from ..train.finetune import FINETUNE_DEFAULTS, FinetuneArgs
+from ..train.distill import DistillConfig
+from ..train.finetune import FINETUNE_DEFAULTS, FinetuneConfig
 from ..train.config import TrainConfig
 from .core import options_of, verb
 
@@ -68,20 +68,20 @@ def _train(ns):
 
 @verb("finetune", "fine-tune a model directory on new data, in full or with LoRA adapters (the task picks the "
                   "objective)")
-@options_of(FinetuneArgs, LoRAConfig, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "preset"),
+@options_of(FinetuneConfig, LoRAConfig, TrainConfig, *TASK_OPTIONS.values(), skip=("init_from", "preset"),
             defaults=FINETUNE_DEFAULTS)
 def _finetune(ns):
     from ..train.finetune import finetune
-    args = from_args(FinetuneArgs, ns)
+    args = from_args(FinetuneConfig, ns)
     cfg = _with_task_options(dataclasses.replace(from_args(TrainConfig, ns), task=args.task), ns)
     print_summary(finetune(args, cfg, lora=from_args(LoRAConfig, ns)))
     return 0
 
 
 @verb("distill", "train a smaller student model on a teacher's soft targets (knowledge distillation)")
-@options_of(DistillArgs, TrainConfig, skip=("init_from", "task", "preset"))
+@options_of(DistillConfig, TrainConfig, skip=("init_from", "task", "preset"))
 def _distill(ns):
     from ..train.distill import distill
-    summary = distill(from_args(DistillArgs, ns), from_args(TrainConfig, ns))
+    summary = distill(from_args(DistillConfig, ns), from_args(TrainConfig, ns))
     print_summary(summary)
     return 0

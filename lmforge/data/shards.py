@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..fileio import read_json
+from ..modeldir import CONFIG_FILE
 from ..options import at_least, between, option, validate
 from ..safety import staged_output
 from ..tokenizers import Tokenizer, train_tokenizer
+from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from .reading import ReadStats, expand_inputs, iter_documents
 
 META_FILE = "meta.json"
@@ -188,7 +190,7 @@ def load_meta(data_dir: str | Path) -> dict:
     if not d.is_dir():
         raise DataError(f"data directory {d} does not exist; create it with `lmforge prepare FILES --out {d}`")
     if not path.is_file():
-        if (d / "config.json").is_file():
+        if (d / CONFIG_FILE).is_file():
             raise DataError(f"{d} is a model directory, not prepared data; prepare text with its tokenizer: "
                             f"`lmforge prepare FILES --out DATA_DIR --tokenizer {d}`")
         raise DataError(f"{d} has no meta.json; it is not a prepared data directory — run "
@@ -219,6 +221,6 @@ def load_splits(data_dir: str | Path, window: int, needed: str) -> dict[str, np.
 
 
 def copy_tokenizer(data_dir: str | Path, out_dir: str | Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
         if (Path(data_dir) / name).is_file():
             shutil.copyfile(Path(data_dir) / name, Path(out_dir) / name)

@@ -30,7 +30,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl"}
 
 
 @dataclass
-class TableOptions:
+class TableConfig:
     """How a table file becomes train / validation / test examples (classify and seq2seq)."""
     val_fraction: float = option(0.1, "fraction of the rows held out for validation (evaluated during training)")
     test_fraction: float = option(0.1, "fraction of the rows held out for the final test report")
@@ -159,7 +159,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int,
     return out
 
 
-def table_tokenizer(options: TableOptions, texts: list[str]):
+def table_tokenizer(options: TableConfig, texts: list[str]):
     """The tokenizer of a from-scratch run on a table: loaded from `options.tokenizer` when it
     is a directory (or tokenizer.json), else a new one of that kind trained on `texts`."""
     from ..tokenizers import Tokenizer, train_tokenizer

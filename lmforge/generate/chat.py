@@ -77,7 +77,7 @@ class Chat:
 
 
 @dataclass
-class ChatArgs:
+class ChatConfig:
     model_dir: str = option(None, "model directory (ideally instruction-tuned with `finetune --task sft`)",
                             positional=True)
     system: str = option("", "system prompt that starts the conversation")

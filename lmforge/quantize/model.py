@@ -58,7 +58,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 64) -> dict:
 
 # ------------------------------------------------------------------------------ the verb
 @dataclass
-class QuantizeArgs:
+class QuantizeConfig:
     model_dir: str = option(None, "model directory to quantize", positional=True)
     out_dir: str = option(None, "where to write the quantized model directory", positional=True)
     bits: int = option(8, "8: int8 per output channel; 4: int4 in groups along the input", choices=(8, 4))
@@ -76,7 +76,7 @@ class QuantizeArgs:
             check_group_size_value(self.group_size)
 
 
-def quantize(args: QuantizeArgs) -> dict:
+def quantize(args: QuantizeConfig) -> dict:
     """Write the quantized copy of `args.model_dir` to `args.out_dir`; with `report`, measure both.
     Returns {"out": path, "quantization": record, "report": rows or None}."""
     from ..adapt.runs import adapter_base, load_model

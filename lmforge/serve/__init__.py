@@ -15,7 +15,7 @@ The package, top to bottom (a module imports only those below it; `lint-imports`
     protocol.py · responses.py · prompts.py   request shapes · answer shapes · request text to prompt ids
     scheduler.py            continuous batching over one KV cache
     picker.py · events.py · metrics.py · config.py   per-sequence token choice · scheduler events ·
-                            Prometheus metrics · the settings (ServeArgs)
+                            Prometheus metrics · the settings (ServeConfig)
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from __future__ import annotations
 import os
 import warnings
 
-from .config import ServeArgs
+from .config import ServeConfig
 
-__all__ = ["ServeArgs", "serve"]
+__all__ = ["ServeConfig", "serve"]
 
 
-def serve(args: ServeArgs) -> None:
+def serve(args: ServeConfig) -> None:
     """Load the model and run the server until interrupted."""
     import uvicorn
 

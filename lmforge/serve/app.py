@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from . import routes_openai as openai, routes_page as page, routes_tokenizer as tokenizer
-from .config import ServeArgs
+from .config import ServeConfig
 from .http import endpoint
 from .replies import Mailbox
 from .state import ServerState
@@ -37,7 +37,7 @@ ROUTES = [    # (path, method, route function)
 ]
 
 
-def create_app(lm, args: ServeArgs) -> Starlette:
+def create_app(lm, args: ServeConfig) -> Starlette:
     """The server for a loaded `lmforge.Model`."""
     state = ServerState.of(lm, args)
     routes = [Route(path, endpoint(fn, path), methods=[method]) for path, method, fn in ROUTES]

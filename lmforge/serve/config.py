@@ -8,7 +8,7 @@ from ..options import at_least, device_name, option, validate
 
 
 @dataclass
-class ServeArgs:
+class ServeConfig:
     model_dir: str = option(None, "model directory to serve", positional=True)
     host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
     port: int = option(8000, "port to listen on")

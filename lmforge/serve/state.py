@@ -16,7 +16,7 @@ from ..data.chat import ROLES
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
 from ..generate.seq2seq import TRANSLATE_DEFAULTS
-from .config import ServeArgs
+from .config import ServeConfig
 from .metrics import Metrics
 from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
 from .protocol import ApiError, chat_messages
@@ -28,7 +28,7 @@ from .scheduler import QueueFull, Scheduler, Sequence
 @dataclass
 class ServerState:
     lm: object                           # the loaded `lmforge.Model`
-    settings: ServeArgs
+    settings: ServeConfig
     name: str                            # the model id clients see
     scheduler: Scheduler | None          # decoders and encoder-decoders; None for encoders
     metrics: Metrics = field(default_factory=Metrics)
@@ -36,7 +36,7 @@ class ServerState:
     mailbox: Mailbox | None = None       # made by the app's lifespan, on the loop that serves requests
 
     @classmethod
-    def of(cls, lm, settings: ServeArgs) -> "ServerState":
+    def of(cls, lm, settings: ServeConfig) -> "ServerState":
         name = settings.model_name or (lm.path.name if lm.path is not None else "lmforge")
         state = cls(lm, settings, name, None)
         if lm.config.family in ("decoder", "seq2seq"):

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..data.classify import collate_examples, encode_for_classification, sort_labels
-from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
+from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
 from ..options import option
 from .base import Task, frequency_entropy
 
 
 @dataclass
-class ClassifyOptions(TableOptions):
+class ClassifyConfig(TableConfig):
     text_column: str = option("text", "table column holding the text to classify")
     label_column: str = option("label", "table column holding the class label")
     text_pair_column: str | None = option(None, "optional column with a second text (sentence-pair tasks); an "
@@ -81,16 +81,16 @@ def map_batches(model, ids: list[list[int]], types: list[list[int]], pad_id: int
     return out
 
 
-def split_rows(rows: list[dict[str, str]], o: ClassifyOptions) -> dict[str, list[int]]:
+def split_rows(rows: list[dict[str, str]], o: ClassifyConfig) -> dict[str, list[int]]:
     """The seeded, label-stratified train / val / test split of a table's rows."""
     return split_indices(len(rows), o.val_fraction, o.test_fraction, o.split_seed,
                          strata=[r[o.label_column] for r in rows])
 
 
-def training_texts(path: str | Path, options: ClassifyOptions | None = None) -> list[str]:
+def training_texts(path: str | Path, options: ClassifyConfig | None = None) -> list[str]:
     """The texts of the rows `--task classify` trains on (its validation and test rows left out):
     unlabelled text for pretraining an encoder that never sees the held-out rows."""
-    o = options or ClassifyOptions()
+    o = options or ClassifyConfig()
     rows = read_table(path, [o.text_column, o.label_column], (),
                       {o.text_column: "--text-column", o.label_column: "--label-column"})
     return [rows[i][o.text_column] for i in split_rows(rows, o)["train"]]
@@ -104,8 +104,8 @@ def label_entropy(y: torch.Tensor, n_labels: int) -> float:
 class ClassificationTask(Task):
     name = "classify"
 
-    def __init__(self, path: str | Path, config, tokenizer, options: ClassifyOptions | None = None):
-        o = self.options = options or ClassifyOptions()
+    def __init__(self, path: str | Path, config, tokenizer, options: ClassifyConfig | None = None):
+        o = self.options = options or ClassifyConfig()
         self.path, self.family = Path(path), config.family
         if self.family not in ("encoder", "decoder"):
             raise ConfigError(f"classification needs an encoder or a decoder model, not a {self.family}; start from "
@@ -200,4 +200,4 @@ class ClassificationTask(Task):
 
 
 def build(cfg, config: ModelConfig, tokenizer) -> ClassificationTask:
-    return ClassificationTask(cfg.data, config, tokenizer, cfg.options_for(ClassifyOptions))
+    return ClassificationTask(cfg.data, config, tokenizer, cfg.options_for(ClassifyConfig))

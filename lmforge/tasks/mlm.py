@@ -25,7 +25,7 @@ from .base import Task, token_entropy
 
 
 @dataclass
-class MLMOptions:
+class MLMConfig:
     mask_prob: float = option(0.15, "masked LM: fraction of tokens selected for prediction (of those, 80%% become "
                                     "<mask>, 10%% a random token, 10%% stay)")
 
@@ -40,11 +40,11 @@ class MaskedLMTask(Task):
     name = "mlm"
     reports_perplexity = True        # exp of the masked-token cross-entropy
 
-    def __init__(self, data_dir: str | Path, context_length: int, tokenizer, options: MLMOptions | None = None):
+    def __init__(self, data_dir: str | Path, context_length: int, tokenizer, options: MLMConfig | None = None):
         if tokenizer.mask_id is None:
             raise ConfigError(f"the tokenizer of {data_dir} has no mask token (it predates <mask>); prepare the data "
                               f"again with `lmforge prepare ... --tokenizer wordpiece` (or bpe / char)")
-        self.options = options or MLMOptions()
+        self.options = options or MLMConfig()
         self.bos = tokenizer.bos_id
         self.T = context_length - (self.bos is not None)                # window tokens after <bos>
         self.mask_id, self.vocab_size = tokenizer.mask_id, tokenizer.vocab_size
@@ -80,4 +80,4 @@ def build(cfg, config: ModelConfig, tokenizer) -> MaskedLMTask:
     if config.family != "encoder":
         raise ConfigError(f"task mlm needs an encoder model, but this one is a {config.family}; pick an "
                           f"encoder preset (bert-tiny, bert-mini, bert-base)")
-    return MaskedLMTask(cfg.data, config.context_length, tokenizer, cfg.options_for(MLMOptions))
+    return MaskedLMTask(cfg.data, config.context_length, tokenizer, cfg.options_for(MLMConfig))

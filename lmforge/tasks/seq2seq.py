@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..data.batching import pad_right
 from ..data.pairs import TARGET_TOKENIZER_DIR, encode_pairs, load_target_tokenizer
-from ..data.tables import TableOptions, read_table, split_indices, table_tokenizer
+from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError
 from ..options import at_least, option
 from ..tokenizers import Tokenizer
@@ -27,7 +27,7 @@ REPORT_FILE = "translation_report.json"
 
 
 @dataclass
-class Seq2SeqOptions(TableOptions):
+class Seq2SeqConfig(TableConfig):
     source_column: str = option("source", "table column holding the source text (e.g. en)")
     target_column: str = option("target", "table column holding the target text (e.g. zh)")
     separate_vocab: bool = option(False, "training from scratch: a tokenizer per side (stored as target_tokenizer/ "
@@ -50,9 +50,9 @@ class Seq2SeqTask(Task):
     name = "seq2seq"
     reports_perplexity = True
 
-    def __init__(self, path: str | Path, config, tokenizer: Tokenizer | None, options: Seq2SeqOptions | None = None,
+    def __init__(self, path: str | Path, config, tokenizer: Tokenizer | None, options: Seq2SeqConfig | None = None,
                  tokenizer_dir: str | Path | None = None):
-        o = self.options = options or Seq2SeqOptions()
+        o = self.options = options or Seq2SeqConfig()
         self.path = Path(path)
         if config.family != "seq2seq":
             raise ConfigError(f"task seq2seq needs an encoder-decoder model, not a {config.family}; pick "
@@ -164,4 +164,4 @@ class Seq2SeqTask(Task):
 
 def build(cfg, config: ModelConfig, tokenizer) -> Seq2SeqTask:
     tokenizer_dir = cfg.out if cfg.resume else cfg.init_from
-    return Seq2SeqTask(cfg.data, config, tokenizer, cfg.options_for(Seq2SeqOptions), tokenizer_dir)
+    return Seq2SeqTask(cfg.data, config, tokenizer, cfg.options_for(Seq2SeqConfig), tokenizer_dir)

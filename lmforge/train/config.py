@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ModelOverrides
+from ..config import ModelOverridesConfig
 from ..errors import ConfigError
 from ..options import above, at_least, between, device_name, nested, option, validate
 from ..tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
@@ -29,7 +29,7 @@ class TrainConfig:
     task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
                               "(labelled table), seq2seq (pairs table, encoder-decoders), sft (chat JSONL)",
                        aliases=("--objective",), fixed=True)
-    model: ModelOverrides = nested(ModelOverrides)
+    model: ModelOverridesConfig = nested(ModelOverridesConfig)
     init_from: str | None = option(None, "start from the weights of this model directory (fine-tuning)")
     batch_size: int | None = option(None, "sequences per micro-batch (per process)", fixed=True, check=at_least(1),
                                     unset=defaults_text("batch_size"))
@@ -47,7 +47,7 @@ class TrainConfig:
                                       unset=defaults_text("warmup_steps"))
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)", fixed=True, check=at_least(0))
     optimizer: str | None = option(None, "muon (Muon for the blocks' weight matrices, AdamW for the rest; measured "
-                                         "best per CPU-minute for every task, README 'Defaults') or adamw",
+                                         "best per CPU-minute for every task: docs/finetuning.md, 'Defaults') or adamw",
                                    choices=("adamw", "muon"), fixed=True,
                                    unset="muon; adamw with --strategy fsdp, which Muon does not support")
     muon_lr: float | None = option(None, "peak learning rate of the Muon matrices (with --optimizer muon)",
@@ -83,7 +83,7 @@ class TrainConfig:
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
                                           "continue later with --resume", saved=False, check=at_least(1))
     progress: bool = option(True, "show a progress bar")
-    task_options: Any = option(None, "the task's own options (MLMOptions, ClassifyOptions, Seq2SeqOptions); "
+    task_options: Any = option(None, "the task's own options (MLMConfig, ClassifyConfig, Seq2SeqConfig); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from .observers import RunObserver
 
 
 @dataclass
-class DistillArgs:
+class DistillConfig:
     teacher: str | None = option(None, "teacher model directory (the student learns its predictions)")
     student_preset: str = option("gpt-mini", "the student's preset (resize it with --n-layer, --d-model, ...)")
     temperature: float = option(2.0, "softmax temperature of the teacher's soft targets")
@@ -32,7 +32,7 @@ class DistillArgs:
             raise ConfigError(f"alpha={self.alpha} must be in [0, 1]")
 
 
-def distill(args: DistillArgs, cfg: TrainConfig | None = None, *, observers: list[RunObserver] = ()) -> dict[str, Any]:
+def distill(args: DistillConfig, cfg: TrainConfig | None = None, *, observers: list[RunObserver] = ()) -> dict[str, Any]:
     """Train a `student_preset` model on `cfg.data` from `args.teacher`'s soft targets."""
     from ..adapt.runs import load_model
     from ..loading import resolve_device

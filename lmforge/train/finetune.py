@@ -30,7 +30,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"muon_lr": 0.005, "lr": 3e-4, "warmup_steps
 
 
 @dataclass
-class FinetuneArgs:
+class FinetuneConfig:
     model_dir: str = option(None, "model directory to start from", positional=True)
     task: str = option("clm", "what to train for: clm (continue language modelling on prepared text), mlm (more "
                               "masked-LM pretraining), classify (a labelled CSV / TSV / JSONL table), seq2seq (a pairs "
@@ -39,10 +39,10 @@ class FinetuneArgs:
                                         "directory (for export or quantization)")
 
 
-def finetune(args: FinetuneArgs, cfg: TrainConfig | None = None, options: Any = None, *,
+def finetune(args: FinetuneConfig, cfg: TrainConfig | None = None, options: Any = None, *,
              lora=None, observers: list[RunObserver] = ()) -> dict[str, Any]:
     """Train `cfg` (data, out, steps, ...) starting from `args.model_dir` with `args.task`;
-    `options` are the task's (e.g. `ClassifyOptions(text_column="review", label_column="stars")`);
+    `options` are the task's (e.g. `ClassifyConfig(text_column="review", label_column="stars")`);
     `lora` (a `LoRAConfig` with lora_rank > 0) trains adapters instead of all weights; `observers`
     see the run (`lmforge.train.observers`)."""
     if args.task not in TASKS:
