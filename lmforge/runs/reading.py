@@ -150,6 +150,13 @@ def _read_tail(path: Path) -> list[dict]:
     return parse_lines(data)[0]
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _last(rows: list[dict], kind: str, key: str) -> Any:
     return next((r[key] for r in reversed(rows) if r.get("kind") == kind and key in r), None)
 
@@ -167,13 +174,15 @@ class RunsFolder:
         self._cache: dict[tuple[Path, str], tuple[tuple[int, int], Any]] = {}
 
     def _cached(self, path: Path, read: Callable[[Path], Any], default: Any) -> Any:
+        """read(path), again only when the file changed; `default` when it is absent (a run being
+        removed meanwhile included)."""
         try:
             st = path.stat()
+            key, hit = (st.st_mtime_ns, st.st_size), self._cache.get((path, read.__name__))
+            if hit is None or hit[0] != key:
+                hit = self._cache[(path, read.__name__)] = (key, read(path))
         except OSError:
             return default
-        key, hit = (st.st_mtime_ns, st.st_size), self._cache.get((path, read.__name__))
-        if hit is None or hit[0] != key:
-            hit = self._cache[(path, read.__name__)] = (key, read(path))
         return hit[1]
 
     def run_dir(self, run_id: str) -> Path | None:
@@ -198,8 +207,7 @@ class RunsFolder:
         tail = self._cached(path / METRICS_FILE, _read_tail, [])
         step = max((r["step"] for r in tail if isinstance(r.get("step"), int)), default=0)
         max_steps = settings.get("max_steps")
-        updated = max((p.stat().st_mtime for p in (path / METRICS_FILE, path / TRAIN_CONFIG_FILE) if p.is_file()),
-                      default=0.0)
+        updated = max(_mtime(path / METRICS_FILE), _mtime(path / TRAIN_CONFIG_FILE))
         if flock_id(path / LOCK_FILE) in held:
             status = "running"                 # its training process holds the run lock
         elif isinstance(max_steps, int) and step >= max_steps:
