@@ -12,8 +12,9 @@ is refused).
 From ```bash blocks: `lmforge ...`, `torchrun ... -m lmforge ...` and `curl ...` run; `pip`
 and `python` scripts (benchmarks, examples: minutes long) do not. `echo TEXT | lmforge ...`
 feeds TEXT on stdin; `$(python -c 'CODE')` is expanded as the shell would; `lmforge serve ...
---port P &` starts a server in the background, on a free port that replaces P everywhere after
-it (the `curl` commands and the python blocks). ```python blocks are executed. Tiny settings are
+--port P &` (or `lmforge runs ... --port P &`: both answer /health) starts a server in the
+background, on a free port that replaces P everywhere after it (the `curl` commands and the
+python blocks). ```python blocks are executed. Tiny settings are
 appended per verb (argparse keeps the last value); `--max-steps N` and `--stop-after N` become
 N // 1000 so "train 3000 steps, stop after 2000, then resume" stays a valid sequence; in
 ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8. The first ```jsonl block is
@@ -239,7 +240,7 @@ def _free_port() -> int:
 
 
 def _start_server(argv: list[str], env: dict, port: str) -> subprocess.Popen:
-    """`lmforge serve ... &`: a background server; returns once /health answers."""
+    """`lmforge serve ... &` or `lmforge runs ... &`: a background server; returns once /health answers."""
     import time
     import urllib.request
     server = subprocess.Popen([sys.executable, "-m", "lmforge", *argv[1:]], env=env, stdout=subprocess.DEVNULL,

@@ -328,44 +328,52 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run"]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium); "
-                                                   ".ci/run installs it with apt-get")
-def test_playground_in_a_browser(server, tmp_path):
+@contextlib.contextmanager
+def browser_page(url: str, width: int = 1200, height: int = 800):
+    """Debian's Chromium (through Playwright) open at `url`; yields the page and the list of URLs it
+    requests (to check that nothing comes from the internet)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page = browser.new_page(viewport={"width": width, "height": height})
             requested = []
             page.on("request", lambda r: requested.append(r.url))
-            page.goto(server + "/")
-            page.fill("#api-key", KEY)
-            page.dispatch_event("#api-key", "change")
-            page.wait_for_function("document.getElementById('model-name').textContent.includes('randgpt')")
-            page.fill("#temperature", "0")
-            page.fill("#max_tokens", "24")
-            page.fill("#prompt", "Hello")
-            page.click("#send")
-            page.wait_for_selector(".msg.assistant[data-done='true']", timeout=30_000)
-            reply = page.inner_text(".msg.assistant .content")
-            assert len(reply) > 0 and "error" not in page.inner_html(".msg.assistant")
-            page.click("#tab-tokens")
-            tokens = page.query_selector_all("#tokens .tok")
-            assert len(tokens) == 24 and "".join(t.inner_text() for t in tokens).strip() == reply.strip()
-            tokens[0].hover()
-            assert page.inner_text("#tip").count("\n") == 5                # p of the token + 5 alternatives
-            page.click("#tab-attention")
-            page.fill("#attn-text", "The cat sat")
-            page.click("#attn-show")
-            page.wait_for_selector("#attn-grid[data-ready='true']")
-            assert len(page.query_selector_all("#attn-grid canvas")) == 2   # all heads of layer 0
-            page.select_option("#attn-head", "1")
-            page.wait_for_function("document.querySelectorAll('#attn-grid canvas').length === 1")
-            page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-            assert (tmp_path / "playground.png").stat().st_size > 10_000
-            assert all(u.startswith(server) for u in requested)              # nothing from the internet
+            page.goto(url)
+            yield page, requested
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium); "
+                                                   ".ci/run installs it with apt-get")
+def test_playground_in_a_browser(server, tmp_path):
+    with browser_page(server + "/") as (page, requested):
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.getElementById('model-name').textContent.includes('randgpt')")
+        page.fill("#temperature", "0")
+        page.fill("#max_tokens", "24")
+        page.fill("#prompt", "Hello")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant[data-done='true']", timeout=30_000)
+        reply = page.inner_text(".msg.assistant .content")
+        assert len(reply) > 0 and "error" not in page.inner_html(".msg.assistant")
+        page.click("#tab-tokens")
+        tokens = page.query_selector_all("#tokens .tok")
+        assert len(tokens) == 24 and "".join(t.inner_text() for t in tokens).strip() == reply.strip()
+        tokens[0].hover()
+        assert page.inner_text("#tip").count("\n") == 5                # p of the token + 5 alternatives
+        page.click("#tab-attention")
+        page.fill("#attn-text", "The cat sat")
+        page.click("#attn-show")
+        page.wait_for_selector("#attn-grid[data-ready='true']")
+        assert len(page.query_selector_all("#attn-grid canvas")) == 2   # all heads of layer 0
+        page.select_option("#attn-head", "1")
+        page.wait_for_function("document.querySelectorAll('#attn-grid canvas').length === 1")
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        assert (tmp_path / "playground.png").stat().st_size > 10_000
+        assert all(u.startswith(server) for u in requested)              # nothing from the internet
 
 
 def random_seq2seq_dir(out: Path, tokenizer_dir: Path) -> Path:

@@ -23,7 +23,7 @@ from ..train.config import TrainConfig
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # the order of `lmforge --help`, across the modules that register the verbs
-HELP_ORDER = ("quickstart", "prepare", "train", "finetune", "generate", "eval", "score", "merge-lora", "chat",
+HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
               "quantize", "distill", "classify", "translate", "presets", "import", "export", "embed", "attention",
               "serve")
 
