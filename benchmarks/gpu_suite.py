@@ -24,12 +24,14 @@ Parts, in the order they run (a part that no longer fits the time left is skippe
                  client), and `vllm serve` on the same model exported to Hugging Face format when a
                  vLLM is given (--vllm-python) or on the PATH; else the reason it was not measured
 
-Each part runs in its own process (this script with --worker), under a time limit taken from the
-budget; a worker prints `RESULT {json}` lines as figures arrive, so a part cut off by its limit keeps
-what it finished, and the JSON is rewritten after every part. The machine's own torch and packages
-are used (the suite runs from the source tree: PYTHONPATH=.); `--wheels DIR` installs the wheels in
-DIR first (packages lmforge needs that the machine lacks; timed). nanoGPT is not on PyPI: --nanogpt
-takes the folder of a checkout (train.py, model.py, configurator.py), never committed here.
+Each part runs in its own process group (this script with --worker), under a time limit taken from
+the budget; a worker prints `RESULT {json}` lines as figures arrive, so a part cut off by its limit
+keeps what it finished, and the JSON is rewritten after every part. A dry run runs the workers in
+this process instead (but for the memory part's torchrun): it checks code paths, quickly. The
+machine's own torch and packages are used (the suite runs from the source tree: PYTHONPATH=.);
+`--wheels DIR` installs the wheels in DIR first (what lmforge needs that the machine lacks; timed).
+nanoGPT is not on PyPI: --nanogpt takes the folder of a checkout (train.py, model.py,
+configurator.py), never committed here.
 
 benchmarks/run_all.py stays the local command (every side-by-side script, CPU or GPU shapes); this
 suite is the one command for a lent GPU: budgeted, self-contained, one JSON. It reuses common.py
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import re
@@ -68,8 +71,8 @@ class Job:
     torchrun: bool = False
 
 
-JOBS = [Job("env", "env", 15), Job("train", "train", 75), Job("train", "nanogpt", 75), Job("decode", "decode", 120),
-        Job("correctness", "correctness", 40), Job("memory", "memory", 60, torchrun=True), Job("serve", "serve", 85)]
+JOBS = [Job("env", "env", 20), Job("train", "train", 80), Job("train", "nanogpt", 80), Job("decode", "decode", 150),
+        Job("correctness", "correctness", 40), Job("memory", "memory", 45, torchrun=True), Job("serve", "serve", 75)]
 
 # ---- what each worker runs: the GPU figures, and --dry-run's tiny CPU shapes ---------------------------
 GPT2 = {"preset": "gpt2-124m", "vocab": 50257, "batch": 12, "overrides": {}}
@@ -126,7 +129,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: check that every part's code runs")
     p.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable; env always runs)")
-    p.add_argument("--budget-s", type=float, default=470, help="wall-clock budget of the whole suite, seconds")
+    p.add_argument("--budget-s", type=float, default=480, help="wall-clock budget of the whole suite, seconds")
     p.add_argument("--json", default=None, help="results file (default: $OUT/gpu_suite.json when OUT is set, else "
                                                 "benchmarks/results/gpu_suite-<time>.json); the log goes beside it")
     p.add_argument("--nanogpt", default=None, help="folder of a nanoGPT checkout (train.py, model.py, configurator.py)")
@@ -146,7 +149,8 @@ class Suite:
         self.deadline = self.t0 + args.budget_s
         self.work = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
         out = os.environ.get("OUT")
-        default = Path(out) / "gpu_suite.json" if out else HERE / "results" / f"gpu_suite-{time.strftime('%Y%m%d-%H%M')}.json"
+        stamp = time.strftime("%Y%m%d-%H%M")
+        default = Path(out) / "gpu_suite.json" if out else HERE / "results" / f"gpu_suite-{stamp}.json"
         self.json_path = Path(args.json) if args.json else default
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.json_path.with_suffix(".log"), "w")
@@ -154,7 +158,8 @@ class Suite:
         parts = set(args.only or PARTS) | {"env"}
         self.jobs = [j for j in JOBS if j.part in parts]
         self.settings = settings_for(args.dry_run)
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path,
                     "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
         self.results: dict = {"suite": {"argv": sys.argv[1:], "dry_run": args.dry_run, "budget_s": args.budget_s,
@@ -169,8 +174,8 @@ class Suite:
             self.install()
             for i, job in enumerate(self.jobs):
                 self.run_job(job, later=sum(j.budget_s for j in self.jobs[i + 1:]))
-                if job.part == "env" and not self.args.dry_run and not self.results["env"].get("versions", {}).get(
-                        "cuda_device"):
+                versions = self.results["env"].get("versions")
+                if job.part == "env" and not self.args.dry_run and versions and not versions["cuda_device"]:
                     self.results["suite"]["stopped"] = "no CUDA device here: run with --dry-run on a CPU machine"
                     break
         finally:
@@ -200,7 +205,8 @@ class Suite:
         done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                                "--no-cache-dir", "--upgrade", "--target", str(site), *wheels],
                               capture_output=True, text=True)
-        self.results["suite"]["install"] = {"wheels": [Path(w).name for w in wheels], "seconds": round(time.time() - t0, 1),
+        self.results["suite"]["install"] = {"wheels": [Path(w).name for w in wheels],
+                                            "seconds": round(time.time() - t0, 1),
                                             **({"error": done.stderr[-1000:]} if done.returncode else {})}
         self.env["PYTHONPATH"] = os.pathsep.join([str(site), self.env["PYTHONPATH"]])
         print(f"installed {len(wheels)} wheels in {time.time() - t0:.1f} s", flush=True)
@@ -216,7 +222,8 @@ class Suite:
                     "device": "cpu" if self.args.dry_run else "cuda", "deadline": time.time() + limit - 5,
                     "nanogpt": self.args.nanogpt and str(Path(self.args.nanogpt).resolve()),
                     "vllm_python": self.args.vllm_python}
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", job.worker, "--settings", json.dumps(settings)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", job.worker,
+               "--settings", json.dumps(settings)]
         if job.torchrun:
             cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
         print(f"\n[{job.part}/{job.worker}] limit {limit:.0f} s", flush=True)
@@ -246,6 +253,8 @@ class Suite:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        with contextlib.suppress(ProcessLookupError):      # whatever it left running (a server, compile workers)
+            os.killpg(proc.pid, signal.SIGKILL)
         reader.join(timeout=10)
         outcome = {"seconds": round(time.time() - t0, 1), "rc": proc.returncode}
         if timed_out:
@@ -272,7 +281,7 @@ class Suite:
     def read_output(self, proc: subprocess.Popen, tail: list[str]) -> None:
         for line in proc.stdout:
             self.log.write(line)
-            if line.startswith("RESULT "):
+            if line.startswith("RESULT {"):
                 row = json.loads(line[len("RESULT "):])
                 self.merge(row["path"], row["value"])
                 print(f"  {'/'.join(row['path'])}: {brief(row['value'])}", flush=True)
@@ -331,7 +340,7 @@ def time_left(s: dict) -> float:
 
 def needs_cuda(s: dict, what: str) -> dict | None:
     """The reason a figure is not measured on this device, or None when it can be."""
-    return None if s["device"] == "cuda" else {"skipped": f"{what} needs CUDA (this run is on {s['device']})"}
+    return None if s["device"] == "cuda" else {"skipped": f"{what}: needs CUDA (this run is on {s['device']})"}
 
 
 # ---- env ---------------------------------------------------------------------------------------------
@@ -415,9 +424,9 @@ def vllm_command(s: dict) -> tuple[list[str] | None, str]:
         return ([str(exe)], "") if exe.is_file() else (None, f"no vllm command beside {s['vllm_python']}")
     if shutil.which("vllm"):
         return [shutil.which("vllm")], ""
-    return None, ("vllm is not installed here: it pins its own torch and its wheels are far over the 64 MiB a "
-                  "device call carries, and the GPU machine reaches no registry; give --vllm-python PATH (a virtual "
-                  "environment that has vLLM) on a machine that has one")
+    return None, ("vllm is not installed here (it pins its own torch, and its wheels with their dependencies run "
+                  "to gigabytes: a machine without a network cannot install it); give --vllm-python PATH, the python "
+                  "of a virtual environment that has vLLM")
 
 
 # ---- synthetic data: one tokenizer and token shards that lmforge and nanoGPT both read ----------------
@@ -490,23 +499,30 @@ def train_run(s: dict, run: dict, data: str) -> dict:
     from lmforge.train import TrainConfig, train
     steps, cuda = run["steps"], s["device"] == "cuda"
     rec = recorder(cuda)
-    if cuda:
+    if cuda:                                   # the peak of this run alone (runs share the memory part's process)
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    end = steps if run.get("finish") else steps + 1          # a schedule one step longer: no final evaluation
     cfg = TrainConfig(data=data, out=str(Path(s["work"]) / f"run-{s['part']}-{run['name']}"), preset=s["preset"],
                       model=ModelOverridesConfig(dropout=0.0, **s["overrides"]), batch_size=s["batch"],
-                      max_steps=steps if run.get("finish") else steps + 1, stop_after=None if run.get("finish") else steps,
-                      lr=6e-4, warmup_steps=10, eval_interval=steps if run.get("finish") else steps + 1, eval_iters=1,
+                      max_steps=end, stop_after=steps, eval_interval=end, eval_iters=1, lr=6e-4, warmup_steps=10,
                       log_interval=run["log_interval"], sample_interval=0, device=s["device"],
                       dtype=run.get("dtype", "auto"), compile=run.get("compile", False),
-                      strategy=run.get("strategy", "auto"), activation_checkpointing=run.get("activation_checkpointing", False),
+                      strategy=run.get("strategy", "auto"),
+                      activation_checkpointing=run.get("activation_checkpointing", False),
                       optimizer="adamw", progress=False)
     t0, error = time.time(), None
     try:
         train(cfg, observers=[rec])
     except Exception as e:                 # recorded with whatever rows came before it
-        error = f"{type(e).__name__}: {e}"
+        error = f"{type(e).__name__}: {e}" + next((f" ({why})" for key, why in KNOWN.items() if key in str(e)), "")
     return run_figures(rec, run, cfg, time.time() - t0, error, needs_cuda(s, "MFU and peak CUDA memory"))
+
+
+# errors this suite can explain, by a word of their message
+KNOWN = {"reset_iter_state": "torch before 2.12 has no FSDPModule.reset_iter_state, which FSDPStrategy.full_params "
+                             "calls after gathering the model for evaluation (lmforge/train/distributed.py)"}
 
 
 def recorder(cuda: bool):
@@ -844,12 +860,17 @@ def serve_levels(s: dict, cmd: list[str], port: int, model: str, extra: dict, en
     except Exception as e:              # a server that fails mid-run is reported, not fatal
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ask a server to stop; kill it if it has not within 20 s."""
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    if proc.poll() is None:
+        proc.kill()
 
 
 WORKERS = {"env": env_worker, "train": train_worker, "nanogpt": nanogpt_worker, "decode": decode_worker,
@@ -868,7 +889,8 @@ def summarise(r: dict) -> dict:
     plain, ac, fsdp = (memory.get(k, {}) for k in ("plain", "activation_checkpointing", "fsdp"))
     out["fsdp_over_plain_tokens_per_s"] = ratio(fsdp.get("tokens_per_s"), plain.get("tokens_per_s"))
     out["ac_over_plain_tokens_per_s"] = ratio(ac.get("tokens_per_s"), plain.get("tokens_per_s"))
-    out["peak_cuda_GiB"] = {k: memory.get(k, {}).get("peak_cuda_GiB") for k in ("plain", "activation_checkpointing", "fsdp")}
+    out["peak_cuda_GiB"] = {k: r.get("peak_cuda_GiB") for k, r in
+                            (("plain", plain), ("activation_checkpointing", ac), ("fsdp", fsdp))}
     for key, row in decode.items():
         if key.startswith("batch_") and "tokens_per_s" in row:
             out[f"decode_{key}"] = {"lmforge_over_transformers": row["ratio_lmforge_over_transformers"],

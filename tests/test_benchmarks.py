@@ -1,6 +1,7 @@
 """The side-by-side speed scripts run end to end (`benchmarks/run_all.py --quick`: the CPU set
-on tiny shapes) and report both frameworks and their ratio. The figures themselves are
-measured on a quiet machine and recorded in docs/performance.md, not asserted here."""
+on tiny shapes) and report both frameworks and their ratio; the GPU suite runs its dry run. The
+figures themselves are measured on a quiet machine and recorded in docs/performance.md, not
+asserted here."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def errors(entry) -> list:
     return ([entry["error"]] if "error" in entry else []) + [e for v in entry.values() for e in errors(v)]
 
 
+@pytest.mark.slow
 def test_gpu_suite_dry_run_reports_every_part(tmp_path):
     """benchmarks/gpu_suite.py --dry-run: every part's code runs on CPU on tiny shapes, and the JSON
     holds every entry of every part, each with figures or the reason it has none (CUDA, vLLM). The
@@ -97,7 +99,8 @@ def test_gpu_suite_dry_run_reports_every_part(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r = json.loads(out.read_text())
-    figures = {"env": ["versions", "missing"], "train": ["lmforge", "nanogpt"], "decode": ["model", "batch_1", "batch_2"],
+    figures = {"env": ["versions", "missing"], "train": ["lmforge", "nanogpt"],
+               "decode": ["model", "batch_1", "batch_2"],
                "correctness": ["bf16_vs_fp32_loss", "greedy_vs_transformers"],
                "memory": ["plain", "activation_checkpointing", "fsdp"], "serve": ["lmforge"]}
     for part, keys in figures.items():
