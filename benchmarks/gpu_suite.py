@@ -72,7 +72,7 @@ class Job:
 
 
 JOBS = [Job("env", "env", 20), Job("train", "train", 80), Job("train", "nanogpt", 80), Job("decode", "decode", 150),
-        Job("correctness", "correctness", 40), Job("memory", "memory", 45, torchrun=True), Job("serve", "serve", 75)]
+        Job("correctness", "correctness", 40), Job("memory", "memory", 45, torchrun=True), Job("serve", "serve", 65)]
 
 # ---- what each worker runs: the GPU figures, and --dry-run's tiny CPU shapes ---------------------------
 GPT2 = {"preset": "gpt2-124m", "vocab": 50257, "batch": 12, "overrides": {}}
@@ -912,7 +912,8 @@ def ratio(a, b):
 def print_summary(r: dict) -> None:
     print("\nsummary")
     for key, value in r["summary"].items():
-        print(f"  {key:<34} {brief(value)}")
+        if value is not None and not (isinstance(value, dict) and all(v is None for v in value.values())):
+            print(f"  {key:<34} {brief(value)}")      # (what was not measured is left out)
     for part in PARTS:
         for name, row in r.get(part, {}).items():
             if not isinstance(row, dict):
