@@ -1,6 +1,7 @@
 """The side-by-side speed scripts run end to end (`benchmarks/run_all.py --quick`: the CPU set
-on tiny shapes) and report both frameworks and their ratio. The figures themselves are
-measured on a quiet machine and recorded in docs/performance.md, not asserted here."""
+on tiny shapes) and report both frameworks and their ratio; the GPU suite runs its dry run. The
+figures themselves are measured on a quiet machine and recorded in docs/performance.md, not
+asserted here."""
 
 from __future__ import annotations
 
@@ -64,3 +65,62 @@ def test_serve_throughput_benchmark_runs_both_servers(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p95"] for r in ours)
     if shutil.which("transformers"):
         assert "ratio lmforge / transformers serve --continuous-batching at 16 clients:" in done.stdout, done.stdout
+
+
+# nanoGPT is not on PyPI: a stand-in train.py that prints its iteration lines (10 ms each)
+FAKE_NANOGPT_TRAIN = """import sys
+settings = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+for i in range(int(settings["max_iters"]) + 1):
+    print(f"iter {i}: loss 5.0000, time 10.00ms, mfu 1.00%")
+"""
+
+
+def errors(entry) -> list:
+    """The "error" values anywhere in a results entry."""
+    if not isinstance(entry, dict):
+        return []
+    return ([entry["error"]] if "error" in entry else []) + [e for v in entry.values() for e in errors(v)]
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_reports_every_part(tmp_path):
+    """benchmarks/gpu_suite.py --dry-run: every part's code runs on CPU on tiny shapes, and the JSON
+    holds every entry of every part, each with figures or the reason it has none (CUDA, vLLM). The
+    fake nanoGPT's 10 ms per iteration of 2 x 32 tokens must read back as 6,400 tokens/s, and one
+    process under FSDP and activation checkpointing must not change the losses of the plain loop."""
+    nanogpt = tmp_path / "nanogpt"
+    nanogpt.mkdir()
+    (nanogpt / "train.py").write_text(FAKE_NANOGPT_TRAIN)
+    (nanogpt / "model.py").write_text("")
+    (nanogpt / "configurator.py").write_text("")
+    out = tmp_path / "suite.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--dry-run", "--nanogpt", str(nanogpt),
+                           "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    figures = {"env": ["versions", "missing"], "train": ["lmforge", "nanogpt"],
+               "decode": ["model", "batch_1", "batch_2"],
+               "correctness": ["bf16_vs_fp32_loss", "greedy_vs_transformers"],
+               "memory": ["plain", "activation_checkpointing", "fsdp"], "serve": ["lmforge"]}
+    for part, keys in figures.items():
+        jobs = [v for k, v in r[part].items() if k.endswith("_job")]
+        assert jobs and all(job["rc"] == 0 for job in jobs), (part, jobs)
+        for key in keys:
+            assert "skipped" not in r[part][key] and not errors(r[part][key]), (part, key, r[part][key])
+    assert "needs CUDA" in r["env"]["ceilings"]["skipped"]
+    assert "vLLM serves on GPUs" in r["serve"]["vllm"]["skipped"] and "skipped" in r["env"]["vllm"]
+    assert r["train"]["nanogpt"]["tokens_per_s"] == 6400.0 and r["train"]["lmforge"]["tokens_per_s"] > 0
+    for run in ("plain", "activation_checkpointing", "fsdp"):
+        assert "needs CUDA" in r["memory"][run]["peak_cuda_GiB"]["skipped"]
+        assert r["memory"][run]["losses"] == pytest.approx(r["memory"]["plain"]["losses"], rel=1e-4)
+    for batch in (1, 2):
+        row = r["decode"][f"batch_{batch}"]
+        assert min(row["tokens_per_s"].values()) > 0 and "needs CUDA" in row["bandwidth_limit"]["skipped"]
+    loss = r["correctness"]["bf16_vs_fp32_loss"]
+    assert loss["steps"] == 6 and loss["pass"] is True
+    greedy = r["correctness"]["greedy_vs_transformers"]
+    assert len(greedy["lmforge"]) == len(greedy["transformers"]) == 8 and greedy["prefill_logits_rel_error"] < 0.05
+    for clients, row in r["serve"]["lmforge"].items():
+        assert row["tokens"] == 8 * row["requests"] and row["tokens_per_s"] > 0, (clients, row)
+    assert set(r["summary"]) >= {"train_lmforge_over_nanogpt", "fsdp_over_plain_tokens_per_s", "greedy_equal"}
