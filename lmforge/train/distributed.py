@@ -199,7 +199,7 @@ class FSDPStrategy(Strategy):
             for m in groups:
                 m.reshard()
                 m.set_reshard_after_forward(m is not model, recurse=False)
-            if hasattr(model, "reset_iter_state"):    # torch >= 2.12; earlier FSDP keeps no such order
+            if hasattr(model, "reset_iter_state"):    # torch >= 2.12 (the GPU machine has 2.11: no such call)
                 model.reset_iter_state()  # forget the forward order seen here (it may differ between ranks)
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
