@@ -208,3 +208,29 @@ def test_only_the_main_process_reports_under_torchrun(tmp_path, char_data):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2] and len(events.Scalars("eval/val_loss")) == 1
+
+
+def test_a_run_that_never_checkpointed_is_replaced_with_its_trackers_files(tmp_path):
+    """What the trackers write at the start is part of a started run: a new run may replace it."""
+    from lmforge.train.run import claim_out
+    out = tmp_path / "run"
+    for name in ("tensorboard", "mlartifacts", "wandb"):
+        (out / name).mkdir(parents=True)
+    for name in ("train_config.yaml", "metrics.jsonl", "mlflow.db", "tracking.json"):
+        (out / name).write_text("")
+    claim_out(TrainConfig(data=str(tmp_path / "data"), out=str(out))).release()
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_wandb_is_offline_unless_logged_in(tmp_path, monkeypatch):
+    from lmforge.train.tracking.wandb import logged_in
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not logged_in()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert logged_in()                                             # `wandb login` keeps its key there
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
+    assert logged_in()
