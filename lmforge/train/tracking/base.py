@@ -68,9 +68,9 @@ def save_id(out: Path, name: str, value: Any) -> None:
 
 class Tracker(RunObserver):
     """One tracker of a run in the model directory `out`, its library imported (`self.library`).
-    `start(name, settings, step)` opens its
-    run (`step` > 0: a resumed run, continued where the backend can), `scalars(step, values)` and
-    `text(name, step, text)` log, `flush()` at each checkpoint, `close()` at the end."""
+    `start(run name, settings, step)` opens its run (`step` > 0: a resumed run, continued where the
+    backend can), `scalars(step, values)` and `text(name, step, text)` log, `flush()` at each
+    checkpoint, `close()` at the end."""
 
     name = ""                                    # the --report-to value, the name of the library it needs
 

@@ -32,13 +32,13 @@ class MLflowTracker(Tracker):
             self.client.update_run(self.run_id, status="RUNNING")
             known = self.client.get_run(self.run_id).data.params
         else:
-            run = self.client.create_run(self._experiment_id(uri), run_name=run_name)
+            run = self.client.create_run(self._experiment_id(), run_name=run_name)
             self.run_id, known = run.info.run_id, {}
             save_id(self.out, self.name, {"tracking_uri": uri, "run_id": self.run_id})
         params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in settings.items() if k not in known]
         self.client.log_batch(self.run_id, params=params)
 
-    def _experiment_id(self, uri: str) -> str:
+    def _experiment_id(self) -> str:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "lmforge"
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
