@@ -1,6 +1,7 @@
 """Training: one loop for every task (`trainer.py`), its settings (`config.py`), what observes
-it (`observers.py`), optimizer, schedule, checkpoints, torchrun/DDP/FSDP support, and `train()`
-which builds everything from a TrainConfig."""
+it (`observers.py`; the experiment trackers of `--report-to` in `tracking/`), optimizer,
+schedule, checkpoints, torchrun/DDP/FSDP support, and `train()` which builds everything from a
+TrainConfig."""
 
 from .config import TrainConfig
 from .observers import RunObserver

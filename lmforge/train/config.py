@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..options import above, at_least, between, device_name, nested, option, validate
 from ..tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
 from .distributed import STRATEGIES
+from .tracking import check_report_to
 
 
 def defaults_text(name: str) -> str:
@@ -83,10 +84,16 @@ class TrainConfig:
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many steps of this run; "
                                           "continue later with --resume", saved=False, check=at_least(1))
     progress: bool = option(True, "show a progress bar")
+    report_to: list[str] = option([], "experiment trackers that get the logged rows and the run's settings too: "
+                                      "tensorboard, trackio, mlflow, wandb (several at once), all (those installed) "
+                                      "or none (the default); each needs its library: pip install "
+                                      "\"lmforge[tracking]\"", check=check_report_to)
     task_options: Any = option(None, "the task's own options (MLMConfig, ClassifyConfig, Seq2SeqConfig); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):                     # report_to="wandb", as Hugging Face takes it
+            self.report_to = [self.report_to]
         if self.optimizer is None and self.strategy == "fsdp":
             self.optimizer = "adamw"
         for name, value in task_defaults(self.task).items():      # None: the task's default (one source)

@@ -52,6 +52,11 @@ from ..tasks import SHARD_TASKS, TASK_OPTIONS, TASKS, Task
 from . import checkpoint
 from .config import TrainConfig
 from .observers import RunObserver
+from .tracking import make_trackers
+from .tracking.base import TRACKING_FILE
+from .tracking.mlflow import MLFLOW_ARTIFACTS, MLFLOW_DB
+from .tracking.tensorboard import TENSORBOARD_DIR
+from .tracking.wandb import WANDB_DIR
 from .trainer import Trainer, check_memory_fits
 
 
@@ -123,7 +128,8 @@ def _run_inputs(cfg: TrainConfig, extra: list[tuple[str, str | None]]) -> list[t
 
 # what a run writes before its first checkpoint (a directory holding only these lost nothing if replaced)
 RUN_START_FILES = {TRAIN_CONFIG_FILE, CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, ADAPTER_CONFIG,
-                   TARGET_TOKENIZER_DIR, METRICS_FILE, LOSS_PLOT, checkpoint.STATE_DIR}
+                   TARGET_TOKENIZER_DIR, METRICS_FILE, LOSS_PLOT, checkpoint.STATE_DIR,
+                   TRACKING_FILE, TENSORBOARD_DIR, MLFLOW_DB, MLFLOW_ARTIFACTS, WANDB_DIR}   # --report-to's
 
 
 def _aborted_run(out: Path) -> bool:
@@ -326,13 +332,15 @@ def train(cfg: TrainConfig, *, lora=None,
     lora: a `LoRAConfig`; when enabled, train adapters on `cfg.init_from` and save only them.
     wrap_task(task, model config, tokenizer): replaces the task (distillation).
     inputs: other directories the run reads ((description, path)), which --out must not be.
-    observers: `RunObserver`s that see the run (rows, evaluations, checkpoints, the end) on rank 0.
+    observers: `RunObserver`s that see the run (rows, evaluations, checkpoints, the end) on rank 0,
+    after the trackers of `cfg.report_to` (`tracking`).
     While it runs, the run holds the lock of --out: a second writer is refused."""
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")
+    trackers = make_trackers(cfg.report_to, cfg.out)     # a missing library fails before --out is touched
     lock = claim_out(cfg, list(inputs))
     try:
-        return _train_locked(cfg, lora, wrap_task, observers)
+        return _train_locked(cfg, lora, wrap_task, [*trackers, *observers])
     finally:
         if lock is not None:
             lock.release()
