@@ -25,6 +25,7 @@ from lmforge.data.tables import read_table, read_texts
 from lmforge.errors import DataError
 from lmforge.tasks.classify import ClassificationTask, ClassifyConfig
 from lmforge.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
+from lmforge.tokenizers import Tokenizer
 
 from .conftest import corpus_text, pair_rows, topic_rows, write_pairs_tsv, write_topics_csv
 
@@ -124,6 +125,21 @@ def test_tsv_rows_and_several_files(tmp_path):
     assert [Path(s).name for s in meta["sources"]] == ["README.md", "train-00000-of-00002.parquet",
                                                        "train-00001-of-00002.parquet"]
     assert np.array_equal(load_split(tmp_path / "dir", "train"), np.concatenate([[meta["eos_id"]], expected]))
+
+
+def test_a_save_to_disk_directory_inside_a_directory_is_one_input(tmp_path):
+    """Its --split is read, not the Arrow files of every split."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a text file\n")
+    splits = {"train": ["a train row"], "test": ["a test row"]}
+    datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": v}) for k, v in splits.items()}).save_to_disk(
+        str(corpus / "saved"))
+    meta = _prepare([corpus], tmp_path / "o", tokenizer="char", val_fraction=0.0)
+    assert [Path(s).name for s in meta["sources"]] == ["a.txt", "saved"]
+    tok = Tokenizer.load(tmp_path / "o")
+    assert tok.decode(load_split(tmp_path / "o", "train").tolist(), skip_special_tokens=False) == \
+        "a text file\n<eos>a train row<eos>"
 
 
 def test_format_errors_are_one_line(tmp_path, monkeypatch):

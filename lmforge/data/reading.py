@@ -42,7 +42,7 @@ class ReadStats:
 
 def expand_inputs(inputs: list[str | Path], stats: ReadStats | None = None) -> list[Path]:
     """Files named directly and `save_to_disk` directories, plus the files of the formats read
-    here found (recursively, sorted, hidden ones left out) in other directories."""
+    here found in other directories (see `_directory_inputs`)."""
     if not inputs:
         raise DataError("no input given; pass text files, directories of them, tables (.jsonl, .csv, .tsv, "
                         ".parquet, .arrow) or --dataset NAME")
@@ -52,19 +52,30 @@ def expand_inputs(inputs: list[str | Path], stats: ReadStats | None = None) -> l
         if not p.exists():
             raise DataError(f"input {p} does not exist; check the path")
         if p.is_dir() and not is_saved_dataset(p):
-            found = sorted(q for q in p.rglob("*")
-                           if q.is_file() and not any(s.startswith(".") for s in q.relative_to(p).parts))
-            for q in found:
-                if q.suffix.lower() in READ_SUFFIXES:
+            for q in _directory_inputs(p):
+                if q.is_dir() or q.suffix.lower() in READ_SUFFIXES:
                     files.append(q)
                 elif stats is not None:
                     stats.skipped.append(str(q))
             if not any(f.is_relative_to(p) for f in files):
-                raise DataError(f"directory {p} has no text files or tables ({', '.join(sorted(READ_SUFFIXES - {''}))})"
-                                f"; point at the files directly")
+                formats = ", ".join(sorted(READ_SUFFIXES - {""}))
+                raise DataError(f"directory {p} has no text files or tables ({formats}); point at the files directly")
         else:
             files.append(p)
     return files
+
+
+def _directory_inputs(root: Path) -> Iterator[Path]:
+    """The files below `root`, depth first in sorted order (the order of sorted(root.rglob("*"))),
+    hidden ones and symbolic links to directories left out; a `save_to_disk` directory inside
+    is one input (its --split is read, not every split's files)."""
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            yield from [entry] if is_saved_dataset(entry) else _directory_inputs(entry)
+        elif entry.is_file():
+            yield entry
 
 
 def _decoded_blocks(path: Path, errors: str, stats: ReadStats) -> Iterator[str]:
