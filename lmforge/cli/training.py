@@ -41,7 +41,7 @@ def _quickstart(ns):
     return 0
 
 
-@verb("prepare", "tokenize text files / directories / .jsonl into train and validation shards")
+@verb("prepare", "tokenize text files, directories and tables (.jsonl, .csv, .parquet, ...) into train and val shards")
 @options_of(PrepareConfig)
 def _prepare(ns):
     from ..data.shards import prepare

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..fileio import open_text
 from ..tokenizers import Tokenizer
-from .reading import json_objects
+from .rows import json_objects
 
 ROLES = ("system", "user", "assistant")
 TEMPLATE_KEY = "lmforge_chat_template"

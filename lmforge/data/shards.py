@@ -1,15 +1,18 @@
 """`lmforge prepare`: text -> tokenizer + memmapped token shards with a train/val split.
 
+The text comes from files (text, or tables: each row's text field a document; see
+`reading.py`) and from a dataset read with the `datasets` library (`hf_datasets.py`).
+
 Output directory:
 
     tokenizer.json, tokenizer_config.json   the tokenizer (trained here, or copied)
     train.bin, val.bin                      flat token ids (uint16 if the vocabulary fits, else uint32)
     meta.json                               dtype, token and byte counts, sources
 
-It streams: text is read in ~1 MB pieces, encoded in parallel batches and appended to the
-.bin files, so a corpus larger than memory works. Every document ends with <eos>. Of each
-encoded piece, the last `val_fraction` of the tokens goes to val.bin, so the validation
-split samples the whole corpus.
+It streams: text is read in ~1 MB pieces (tables a batch of rows at a time), encoded in
+parallel batches and appended to the .bin files, so a corpus larger than memory works. Every
+document ends with <eos>. Of each encoded piece, the last `val_fraction` of the tokens goes to
+val.bin, so the validation split samples the whole corpus.
 """
 
 from __future__ import annotations
@@ -29,20 +32,29 @@ from ..options import at_least, between, option, validate
 from ..safety import staged_output
 from ..tokenizers import Tokenizer, train_tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from .hf_datasets import dataset_texts
 from .reading import ReadStats, expand_inputs, iter_documents
+from .rows import COLUMNAR, table_format
 
 META_FILE = "meta.json"
 
 
 @dataclass
 class PrepareConfig:
-    inputs: list[str] = option(None, "text files, directories of them, or .jsonl files", positional=True)
+    inputs: list[str] = option([], "text files, directories of them, or tables (.jsonl, .csv, .tsv, .parquet, .arrow, "
+                                   "directories written by `datasets`' save_to_disk): each row is a document",
+                               positional=True)
+    dataset: str | None = option(None, "also read this dataset with the `datasets` library (offline): a "
+                                       "save_to_disk directory, a local data file or directory, or a Hub dataset "
+                                       "in the local cache")
+    split: str = option("train", "the split to read of --dataset, or of a save_to_disk directory holding a "
+                                 "DatasetDict")
     out: str = option("data/corpus", "output directory for the shards and tokenizer", short="-o")
     tokenizer: str = option("bpe", "char, bpe, or a directory holding a tokenizer.json to reuse")
     vocab_size: int = option(8192, "vocabulary size when training a BPE tokenizer", check=at_least(1))
     val_fraction: float = option(0.05, "fraction of tokens held out for validation",
                                  check=between(0, 1, high_open=True))
-    text_field: str = option("text", "field holding the text in .jsonl inputs")
+    text_field: str = option("text", "field (column) holding the text in .jsonl, table and --dataset inputs")
     errors: str = option("replace", "undecodable bytes: replace (with U+FFFD, and warn) or strict (reject)",
                          choices=("replace", "strict"))
     overwrite: bool = option(False, "replace what --out holds (prepared data, a model, other files); never an "
@@ -51,6 +63,11 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         validate(self, DataError)
+
+
+def _size(path: Path) -> int:
+    """Bytes on disk of an input file, or of the files of a save_to_disk directory."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -63,13 +80,14 @@ def prepare(cfg: PrepareConfig, *, extra_files: dict[str, str] | None = None) ->
     ({relative name: text}) are written into it too."""
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"val_fraction={cfg.val_fraction} must be in [0, 1)")
-    files = expand_inputs(cfg.inputs)
-    total_bytes = sum(f.stat().st_size for f in files)
-    if total_bytes == 0:
+    files = expand_inputs(cfg.inputs) if cfg.inputs or not cfg.dataset else []
+    total_bytes = sum(_size(f) for f in files)
+    if total_bytes == 0 and not cfg.dataset:
         raise DataError(f"the corpus is empty ({', '.join(map(str, files))} hold 0 bytes); give files with text")
     tok_path = Path(cfg.tokenizer)
     reuse = tok_path.is_dir() or tok_path.suffix == ".json"
     inputs = [("the input", p) for p in cfg.inputs] + ([("the tokenizer", tok_path)] if reuse else [])
+    inputs += [("the dataset", cfg.dataset)] if cfg.dataset and Path(cfg.dataset).exists() else []
     with staged_output(cfg.out, inputs=inputs, overwrite=cfg.overwrite, out_name="--out") as out:
         meta = _prepare_into(out, cfg, files, total_bytes, tokenizer=Tokenizer.load(tok_path) if reuse else None)
         for name, text in (extra_files or {}).items():
@@ -101,25 +119,36 @@ def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes:
         "sources": [str(f) for f in files], "replaced_byte_sequences": sum(stats.replaced.values()),
         "val_fraction": cfg.val_fraction,
     }
+    if cfg.dataset:
+        meta.update(dataset=cfg.dataset, split=cfg.split)
     from ..modeldir import write_json
     write_json(out / META_FILE, meta)
     return meta
 
 
 class _Corpus:
-    """The input files, read piece by piece behind a progress bar; `stats` are the last pass's."""
+    """The input files, then the --dataset, read piece by piece behind a progress bar; `stats`
+    are the last pass's."""
 
     def __init__(self, files: list[Path], cfg: PrepareConfig, total_bytes: int):
-        self.files, self.cfg, self.total_bytes = files, cfg, total_bytes
+        self.files, self.cfg = files, cfg
+        # the bar counts the bytes of the files read, known up front unless texts come out of Parquet / Arrow / datasets
+        known = not cfg.dataset and all(table_format(f) not in COLUMNAR for f in files)
+        self.total_bytes = total_bytes if known else None
         self.stats = ReadStats()
 
     def pieces(self, desc: str) -> Iterator[tuple[str, bool]]:
         """(text, ends a document) pieces of the whole corpus."""
         self.stats = stats = ReadStats()
-        bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=desc, disable=not self.cfg.progress)
-        for piece in iter_documents(self.files, self.cfg.text_field, self.cfg.errors, stats):
+        cfg = self.cfg
+        bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=desc, disable=not cfg.progress)
+        for piece in iter_documents(self.files, cfg.text_field, cfg.errors, stats, split=cfg.split):
             bar.update(stats.bytes - bar.n)
             yield piece
+        if cfg.dataset:
+            for text in dataset_texts(cfg.dataset, cfg.split, cfg.text_field, stats):
+                bar.update(stats.bytes - bar.n)
+                yield text, True
         bar.close()
 
 

@@ -1,10 +1,10 @@
-"""Labelled and paired examples from a table file: CSV (.csv), TSV (.tsv, .tab) or JSON lines
-(.jsonl, one object per line).
+"""Labelled and paired examples from a table: CSV (.csv), TSV (.tsv, .tab), JSON lines (.jsonl,
+one object per line), Parquet (.parquet), Arrow (.arrow) or a directory written by `datasets`'
+`save_to_disk` (the formats are read by `rows.py` and `columnar.py`).
 
-TSV follows the IANA format: the first line names the columns, fields are separated by tabs
-and never quoted (a `"` is an ordinary character). CSV uses standard quoting. A missing column
-is an error that lists the columns found; rows with an empty required field (or too few
-fields) are skipped and counted in one warning; rows are returned as dicts of strings.
+A missing column is an error that lists the columns found; rows with an empty required field
+(or too few fields) are skipped and counted in one warning; rows are returned as dicts of
+strings (a null value is empty; a `ClassLabel` column of `datasets` gives its label names).
 
 Splits (`split_indices`) are a seeded shuffle, optionally stratified by a key (the label), so
 every class is represented in validation and test in proportion.
@@ -12,9 +12,7 @@ every class is represented in validation and test in proportion.
 
 from __future__ import annotations
 
-import csv
 import random
-import sys
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,9 +22,8 @@ from typing import Iterator
 from ..errors import DataError
 from ..fileio import open_text, read_text
 from ..options import at_least, option, validate
-from .reading import json_objects
-
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl"}
+from .columnar import ColumnarTable
+from .rows import COLUMNAR, csv_records, json_objects, table_format
 
 
 @dataclass
@@ -48,16 +45,21 @@ class TableConfig:
                             f"{self.test_fraction} in [0, 1), leaving rows for training")
 
 
-def table_format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+def _format(path: Path) -> str:
+    fmt = table_format(path)
     if fmt is None:
         raise DataError(f"{path}: unknown table format {path.suffix!r}; use .csv, .tsv (tab-separated, header "
-                        f"first) or .jsonl (one JSON object per line)")
+                        f"first), .jsonl (one JSON object per line), .parquet, .arrow or a directory written by "
+                        f"`datasets`' save_to_disk")
     return fmt
 
 
-def _records(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None]]]:
-    """(columns, iterator of (line number, row dict or None for a malformed row))."""
+def _records(path: Path, fmt: str, wanted: list[str]
+             ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None]]]:
+    """(columns, iterator of (line or row number, row dict or None for a malformed row)); of a
+    Parquet / Arrow table, only the `wanted` columns are read."""
+    if fmt in COLUMNAR:
+        return _columnar_records(ColumnarTable(path), wanted)
     f = open_text(path, encoding="utf-8-sig", newline="")
     if fmt == "jsonl":
         with f:
@@ -65,31 +67,27 @@ def _records(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict[
                     for n, rec in json_objects(enumerate(f, 1), path)]
         columns = list(dict.fromkeys(k for _, r in rows for k in r))
         return columns, iter(rows)
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f)
     try:
-        header = next(reader, None)
-    except csv.Error as e:
+        header, records = csv_records(f, path, fmt)
+    except DataError:
         f.close()
-        raise DataError(f"{path}: cannot read the header ({e})") from None
-    if header is None:
-        f.close()
-        raise DataError(f"{path} is empty; it needs a header line naming the columns, then rows")
-    header = [h.strip() for h in header]
+        raise
 
     def rows() -> Iterator[tuple[int, dict[str, str] | None]]:
         with f:
-            try:
-                for fields in reader:
-                    if not any(x.strip() for x in fields):
-                        continue
-                    if len(fields) > len(header):
-                        yield reader.line_num, None
-                    else:
-                        yield reader.line_num, dict(zip(header, fields))
-            except csv.Error as e:
-                raise DataError(f"{path}:{reader.line_num}: {e}; fix the quoting of that line") from None
+            yield from records
     return header, rows()
+
+
+def _columnar_records(table: ColumnarTable, wanted: list[str]
+                      ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        n = 0
+        for batch in table.batches([c for c in wanted if c in table.columns]):
+            for values in zip(*batch.values()):
+                n += 1
+                yield n, {c: "" if v is None else str(v) for c, v in zip(batch, values)}
+    return table.columns, rows()
 
 
 def read_table(path: str | Path, required: list[str], optional: tuple[str | None, ...] = (),
@@ -98,10 +96,10 @@ def read_table(path: str | Path, required: list[str], optional: tuple[str | None
     `optional` columns when present). `flags` names the option that sets each column, for
     the error message (e.g. {"text": "--text-column"})."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or table_format(path) == "saved"):
         raise DataError(f"data file {path} does not exist; check the path")
-    fmt = table_format(path)
-    columns, records = _records(path, fmt)
+    fmt = _format(path)
+    columns, records = _records(path, fmt, required + [c for c in optional if c])
     flags = flags or {}
     for col in required + [c for c in optional if c]:
         if col not in columns:
@@ -119,8 +117,9 @@ def read_table(path: str | Path, required: list[str], optional: tuple[str | None
         values.update({c: rec.get(c, "").strip() for c in optional if c})
         rows.append(values)
     if skipped:
+        where = "rows" if fmt in COLUMNAR else "lines"
         warnings.warn(f"skipped {len(skipped)} row(s) of {path} with an empty or missing "
-                      f"{' / '.join(repr(c) for c in required)} (lines {_few(skipped)})", stacklevel=2)
+                      f"{' / '.join(repr(c) for c in required)} ({where} {_few(skipped)})", stacklevel=2)
     if malformed:
         warnings.warn(f"skipped {len(malformed)} row(s) of {path} with more fields than the header has "
                       f"(lines {_few(malformed)}); a tab inside a TSV field splits it", stacklevel=2)
@@ -171,11 +170,11 @@ def table_tokenizer(options: TableConfig, texts: list[str]):
 
 def read_texts(path: str | Path, column: str, flag: str = "--text-column") -> list[str]:
     """The texts to run a model on: the non-empty lines of a text file, or the `column` of a
-    CSV / TSV / JSONL table (rows with an empty text are skipped with a warning)."""
+    table (rows with an empty text are skipped with a warning)."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or table_format(path) == "saved"):
         raise DataError(f"input file {path} does not exist; check the path")
-    if path.suffix.lower() not in FORMATS:
+    if table_format(path) is None:
         lines = read_text(path).splitlines()
         return [line for line in lines if line.strip()]
     return [r[column] for r in read_table(path, [column], (), {column: flag})]

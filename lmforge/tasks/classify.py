@@ -1,4 +1,4 @@
-"""Text classification (task `classify`): labelled rows of a CSV / TSV / JSONL table -> padded
+"""Text classification (task `classify`): labelled rows of a table (`data/tables.py`) -> padded
 batches, the cross-entropy loss on the model's classification head, validation accuracy /
 macro-F1, and a final test report (JSON + confusion-matrix PNG) in the model directory. Also
 the batched inference the `classify` and `embed` verbs use (`predict_proba`, `map_batches`).

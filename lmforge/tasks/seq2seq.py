@@ -1,7 +1,7 @@
-"""Sequence-to-sequence training (task `seq2seq`): source / target columns of a CSV / TSV / JSONL
-table -> teacher-forced batches for an encoder-decoder, label-smoothed cross-entropy, validation
-BLEU / chrF on greedy translations, and a final test report with beam search written into the
-model directory. The encoding is `lmforge.data.pairs`'.
+"""Sequence-to-sequence training (task `seq2seq`): source / target columns of a table (any format
+`data/tables.py` reads) -> teacher-forced batches for an encoder-decoder, label-smoothed
+cross-entropy, validation BLEU / chrF on greedy translations, and a final test report with beam
+search written into the model directory. The encoding is `lmforge.data.pairs`'.
 """
 
 from __future__ import annotations
