@@ -20,7 +20,7 @@ from .core import options_of, verb
 def _input_texts(verb_name: str, texts: list[str], file: str | None, column: str, column_flag: str,
                  ref_column: str | None = None, ref_flag: str = "") -> tuple[list[str], list[str | None] | None]:
     """The texts a verb runs on: those given as arguments, then the lines of --file (or its
-    `column`, for a CSV / TSV / JSONL table). With `ref_column`, also that column's values, one
+    `column`, for a table: CSV / TSV / JSONL / Parquet / Arrow). With `ref_column`, also that column's values, one
     per text (None for the argument texts); else None."""
     from ..data.tables import read_table, read_texts
     texts, refs = list(texts), None
@@ -40,8 +40,8 @@ class ClassifyCommandConfig:
     model_dir: str = option(None, "classifier model directory (from `lmforge finetune --task classify`)",
                             positional=True)
     texts: list[str] = option([], "text(s) to classify", positional=True)
-    file: str | None = option(None, "also classify every line of this text file, or a column of a CSV / TSV / "
-                                    "JSONL table (--text-column)")
+    file: str | None = option(None, "also classify every line of this text file, or a column of a table: CSV / "
+                                    "TSV / JSONL / Parquet / Arrow (--text-column)")
     text_column: str = option("text", "with a table --file: the column holding the text")
     label_column: str | None = option(None, "with a table --file: a column of true labels; prints accuracy, "
                                             "per-class scores and macro-F1 against them")
@@ -83,8 +83,8 @@ class TranslateCommandConfig:
     model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --task seq2seq`)",
                             positional=True)
     texts: list[str] = option([], "text(s) to translate", positional=True)
-    file: str | None = option(None, "also translate every line of this text file, or a column of a CSV / TSV / "
-                                    "JSONL table (--source-column)")
+    file: str | None = option(None, "also translate every line of this text file, or a column of a table: CSV / "
+                                    "TSV / JSONL / Parquet / Arrow (--source-column)")
     source_column: str = option("source", "with a table --file: the column holding the source text")
     target_column: str | None = option(None, "with a table --file: a column of reference translations; prints "
                                              "BLEU and chrF against them")
@@ -124,8 +124,8 @@ class EmbedCommandConfig:
     model_dir: str = option(None, "encoder (or decoder) model directory, e.g. an imported all-MiniLM-L6-v2",
                             positional=True)
     texts: list[str] = option([], "text(s) to embed", positional=True)
-    file: str | None = option(None, "also embed every line of this text file, or a column of a CSV / TSV / JSONL "
-                                    "table (--text-column)")
+    file: str | None = option(None, "also embed every line of this text file, or a column of a table: CSV / TSV / "
+                                    "JSONL / Parquet / Arrow (--text-column)")
     text_column: str = option("text", "with a table --file: the column holding the text")
     similarity: bool = option(False, "print the cosine similarity of every pair of texts instead of the vectors")
     device: str = option("auto", "auto, cpu or cuda", check=device_name)

@@ -23,8 +23,8 @@ def defaults_text(name: str) -> str:
 
 @dataclass
 class TrainConfig:
-    data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`) for clm / mlm; a CSV / TSV / "
-                                      "JSONL table for classify / seq2seq")
+    data: str = option("data/corpus", "prepared data directory (from `lmforge prepare`) for clm / mlm; a table (CSV / "
+                                      "TSV / JSONL / Parquet / Arrow / save_to_disk directory) for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
     preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)", fixed=True)
     task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
