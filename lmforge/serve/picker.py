@@ -40,14 +40,18 @@ class TokenPicker:
 
     # ---- choosing -------------------------------------------------------------------------
     @staticmethod
-    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None]]:
+    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None] | Exception]:
         """logits (n, V) float32 -> [(token id, logprob entry or None)] for n sequences. Rows that
-        decode plainly greedily share one argmax; the others choose one by one."""
+        decode plainly greedily share one argmax; the others choose one by one. A row whose choice
+        raises gets the exception in its place: that sequence fails, the others go on."""
         chosen = logits.argmax(-1).tolist()
         out = []
         for i, p in enumerate(pickers):
-            tok = chosen[i] if p.options.plain_greedy else p._choose(logits[i: i + 1])
-            out.append((tok, p._entry(logits[i], tok) if p.options.logprobs is not None else None))
+            try:
+                tok = chosen[i] if p.options.plain_greedy else p._choose(logits[i: i + 1])
+                out.append((tok, p._entry(logits[i], tok) if p.options.logprobs is not None else None))
+            except Exception as e:
+                out.append(e)
         return out
 
     def _choose(self, logits: torch.Tensor) -> int:
