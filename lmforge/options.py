@@ -239,9 +239,14 @@ def bounds(low: float | None = None, high: float | None = None, *, low_open: boo
 
 
 def every(*checks: Check) -> Check:
-    """The first problem any of `checks` finds (a value must pass them all)."""
+    """The first problem any of `checks` finds (a value must pass them all); its `low` and `high`
+    are the narrowest of theirs."""
     def check(v):
         return next((p for p in (c(v) for c in checks) if p), None)
+    lows = [c.low for c in checks if getattr(c, "low", None) is not None]
+    highs = [c.high for c in checks if getattr(c, "high", None) is not None]
+    check.low, check.high = max(lows, default=None), min(highs, default=None)
+    check.low_open = any(c.low_open for c in checks if getattr(c, "low", None) == check.low)
     return check
 
 

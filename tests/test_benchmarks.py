@@ -64,3 +64,14 @@ def test_serve_throughput_benchmark_runs_both_servers(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p95"] for r in ours)
     if shutil.which("transformers"):
         assert "ratio lmforge / transformers serve --continuous-batching at 16 clients:" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_serve_pressure_benchmark_holds_every_promise(tmp_path):
+    """benchmarks/serve_pressure.py --quick against a real server: the storm, the slow reader,
+    the slow senders, SIGTERM mid-stream and memory over 400 requests each hold what they promise."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_pressure.py"), "--quick"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.stdout.count("\nPASS ") == 5 and "pressure: 5 of 5 held" in done.stdout, done.stdout

@@ -321,12 +321,16 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(len(seqs))
 
-    def _take(self, s: Sequence, tok: int, entry: tuple | None, now: float) -> None:
-        """Sequence `s` chose `tok`: its text so far goes out, and its end when this was its last."""
+    def _take(self, s: Sequence, tok: int | None, entry: tuple | None, now: float) -> None:
+        """Sequence `s` chose `tok`: its text so far goes out, and its end when this was its last
+        (no token: its constraints allowed none, it stops)."""
         if s.first_token_at is None:
             s.first_token_at = now
             if self.metrics is not None:
                 self.metrics.time_to_first_token.observe(now - s.submitted)
+        if tok is None:
+            self._end(s, "stop")
+            return
         s.out_ids.append(tok)
         s.pending = tok
         piece, reason = s.picker.accept(tok, self.tokenizer)
@@ -335,12 +339,15 @@ class Scheduler:
             reason = "length"
         s.emit(Token(s, tok, piece, entry))
         if reason is not None:
-            tail = s.picker.flush(self.tokenizer, s.out_ids)
-            if tail:
-                s.emit(Token(s, None, tail, None))
-            s.finish_reason = reason
-            self._count_finished(reason)
-            s.emit(Finish(s))
+            self._end(s, reason)
+
+    def _end(self, s: Sequence, reason: str) -> None:
+        tail = s.picker.flush(self.tokenizer, s.out_ids)
+        if tail:
+            s.emit(Token(s, None, tail, None))
+        s.finish_reason = reason
+        self._count_finished(reason)
+        s.emit(Finish(s))
 
     def _retire(self) -> None:
         """Finished and cancelled sequences leave; the rest are packed into the top rows."""
