@@ -104,6 +104,21 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return ns
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """The one-line account of an allocation the machine could not make (None: `e` is another
+    error). Torch says "can't allocate memory: you tried to allocate N bytes" on CPU and raises
+    OutOfMemoryError on CUDA."""
+    import re
+    text = str(e)
+    if not (isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    size = "" if asked is None else f" ({int(asked.group(1)) / 2**30:,.1f} GiB asked for)" if asked.group(1).isdigit() \
+        else f" ({asked.group(1)} asked for)"
+    return f"out of memory{size}: the sizes given need more memory than this machine has; lower them " \
+           f"(--batch-size, --context-length, --d-model, --n-layer, --eval-iters, --max-new-tokens, ...)"
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"lmforge: warning: {message}", file=sys.stderr)
 
@@ -138,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from ..fileio import os_error_message
         print(f"lmforge {ns.verb}: error: {os_error_message(e, writing=True)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:   # sizes the machine cannot hold (a width of 10**6, ...)
+        if not out_of_memory(e) or os.environ.get("LMFORGE_DEBUG"):
+            raise
+        print(f"lmforge {ns.verb}: error: {out_of_memory(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:              # a second Ctrl-C, or one outside a training loop
         print(f"\nlmforge {ns.verb}: interrupted", file=sys.stderr)

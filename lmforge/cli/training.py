@@ -53,8 +53,8 @@ def _prepare(ns):
 
 
 def _with_task_options(cfg: TrainConfig, ns) -> TrainConfig:
-    cls = TASK_OPTIONS.get(cfg.task)
-    return dataclasses.replace(cfg, task_options=from_args(cls, ns)) if cls else cfg
+    built = {task: from_args(cls, ns) for task, cls in TASK_OPTIONS.items()}    # every task's flags checked
+    return dataclasses.replace(cfg, task_options=built[cfg.task]) if cfg.task in built else cfg
 
 
 @verb("train", "train a model: on a prepared data directory (clm, mlm) or a table (classify, seq2seq); also "

@@ -21,8 +21,14 @@ from typing import Iterator
 import torch
 
 from ..errors import LmforgeError
-from ..options import bounds, option, validate
+from ..options import SEED, bounds, every, option, validate
 from .sampling import MAX_LOGPROBS
+
+
+# Temperatures below this decode greedily (vLLM's rule): dividing float32 logits by 1e-300 makes
+# them infinite, and sampling from that is argmax anyway. (The repetition penalty's usable range,
+# 1e-4 to 1e4, is the same kind of bound: beyond it penalised logits overflow float32.)
+MIN_TEMPERATURE = 1e-5
 
 
 def _strings(v) -> str | None:
@@ -45,9 +51,9 @@ class GenerationConfig:
     top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)",
                           check=bounds(0.0, 1.0, low_open=True))
     repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)",
-                                       check=bounds(0.0, low_open=True))
+                                       check=every(bounds(0.0, low_open=True), bounds(1e-4, 1e4)))
     stop: list[str] = option([], "stop a sequence when it produces any of these strings", check=_strings)
-    seed: int | None = option(None, "random seed for sampling (same seed, same text)")
+    seed: int | None = option(None, "random seed for sampling (same seed, same text)", check=SEED)
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
@@ -73,7 +79,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.greedy:
+        if self.greedy or self.temperature < MIN_TEMPERATURE:
             self.temperature = 0.0
         if isinstance(self.stop, str):
             self.stop = [self.stop]
