@@ -195,7 +195,7 @@ def servers(char_data, tmp_path_factory):
     tokenizer = Tokenizer.load(char_data)
     torch.manual_seed(0)
     config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=["a", "b"], context_length=32)
-    models = {"decoder": load(random_decoder_dir(tmp / "dec", char_data, context_length=32), device="cpu"),
+    models = {"decoder": load(random_decoder_dir(tmp / "dec", char_data, context_length=96), device="cpu"),
               "seq2seq": load(random_seq2seq_dir(tmp / "s2s", char_data), device="cpu"),
               "encoder": Model(build_model(config).eval(), config, tokenizer)}
     with contextlib.ExitStack() as stack:
