@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq2seq-steps", type=int, default=600)
     p.add_argument("--decoder-preset", default="gpt-mini")
     p.add_argument("--pretrain-steps", type=int, default=400)
-    p.add_argument("--sft-steps", type=int, default=400)
+    p.add_argument("--sft-steps", type=int, default=250)
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace the models of an earlier run")
     args = p.parse_args(argv)
