@@ -8,6 +8,8 @@
     {'label': 'perl', 'score': 0.91, 'probs': {...}}
     >>> lmforge.load("runs/en-zh").translate("Hello")           # doctest: +SKIP
     '你好'
+    >>> lmforge.load("runs/debian-summaries").summarize(long_description)   # doctest: +SKIP
+    'collection of tools for Debian system administration'
     >>> lmforge.load("runs/minilm").embed(["a cat", "a dog"]).shape   # doctest: +SKIP
     torch.Size([2, 384])
 """
@@ -85,10 +87,21 @@ class Model:
         from .generate.seq2seq import translate, translation_config
         gen = translation_config(**options)
         single = isinstance(texts, str)
-        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
-                        num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
-                        length_penalty=gen.length_penalty, batch_size=batch_size,
-                        no_repeat_ngram_size=gen.no_repeat_ngram_size)
+        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts), gen,
+                        batch_size=batch_size)
+        return out[0] if single else out
+
+    def summarize(self, texts: str | list[str], batch_size: int = 32, **options: Any) -> str | list[str]:
+        """Summarise with an encoder-decoder trained on document / summary pairs, or with a decoder
+        fine-tuned on them with `--task sft` (each text is the user's message in its chat
+        template). Options are the GenerationConfig fields in `generate.summarize.SUMMARIZE_OPTIONS`
+        (num_beams, length_penalty, min_new_tokens, max_new_tokens, no_repeat_ngram_size; defaults:
+        `SUMMARIZE_DEFAULTS`, 4 beams)."""
+        from .generate.summarize import summarization_config, summarize
+        gen = summarization_config(**options)
+        single = isinstance(texts, str)
+        out = summarize(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts), gen,
+                        batch_size=batch_size)
         return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:

@@ -1,6 +1,7 @@
 """The verbs that measure what a model computes on a given text: eval (perplexity over a file,
-sliding window), score (per-token log-probabilities) and attention (the attention weights,
-drawn as a PNG)."""
+sliding window; or the ROUGE of its summaries of a table's documents, beside the lead
+baseline's), score (per-token log-probabilities) and attention (the attention weights, drawn
+as a PNG)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from dataclasses import dataclass
 
 from ..errors import LmforgeError
+from ..generate import GenerationConfig
+from ..generate.summarize import SUMMARIZE_DEFAULTS, SUMMARIZE_OPTIONS, summarization_config
 from ..options import at_least, device_name, from_args, option, validate
 from .core import options_of, verb
 
@@ -16,28 +19,60 @@ from .core import options_of, verb
 class EvalCommandConfig:
     model_dir: str = option(None, "model directory", positional=True)
     text: str | None = option(None, "text file to measure perplexity on")
+    pairs: str | None = option(None, "instead: a CSV / TSV / JSONL table of documents and reference summaries; "
+                                     "prints the ROUGE of the model's summaries and of the lead baseline")
+    source_column: str = option("source", "with --pairs: the column holding the documents")
+    target_column: str = option("target", "with --pairs: the column holding the reference summaries")
     stride: int | None = option(None, "sliding-window stride in tokens (default: the context length)",
                                 check=at_least(1))
-    batch_size: int = option(8, "windows per forward pass", check=at_least(1))
+    batch_size: int = option(8, "windows (with --pairs: documents) per forward pass", check=at_least(1))
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
 
     def __post_init__(self) -> None:
         validate(self)
 
 
-@verb("eval", "perplexity of a model directory on a text file (sliding window)")
-@options_of(EvalCommandConfig)
+def _rounded(result: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+@verb("eval", "perplexity of a model directory on a text file (sliding window), or the ROUGE of its summaries")
+@options_of(EvalCommandConfig, GenerationConfig, defaults=SUMMARIZE_DEFAULTS, only={GenerationConfig: SUMMARIZE_OPTIONS})
 def _eval(ns):
     from ..api import load
     from ..evaluate.perplexity import perplexity, read_text_file
     args = from_args(EvalCommandConfig, ns)
+    if args.pairs:
+        return _eval_summaries(ns, args)
     if not args.text:
-        raise LmforgeError("give the text to evaluate with --text FILE")
+        raise LmforgeError("give the text to evaluate with --text FILE (or a table of documents and summaries "
+                           "with --pairs FILE)")
     lm = load(args.model_dir, device=args.device)
     result = perplexity(lm.module, lm.tokenizer, read_text_file(args.text), stride=args.stride,
                         batch_size=args.batch_size, progress=True)
-    print(json.dumps({"file": args.text, **{k: round(v, 4) if isinstance(v, float) else v
-                                            for k, v in result.items()}}))
+    print(json.dumps({"file": args.text, **_rounded(result)}))
+    return 0
+
+
+def _eval_summaries(ns, args: EvalCommandConfig) -> int:
+    """`eval --pairs`: one JSON line, the ROUGE of the model's summaries and of the lead baseline."""
+    from ..api import load
+    from ..data.tables import read_table
+    from ..evaluate.rouge import lead, rouge_scores
+    if args.text:
+        raise LmforgeError("give --text FILE (perplexity) or --pairs FILE (ROUGE of summaries), not both")
+    options = {k: getattr(ns, k) for k in SUMMARIZE_OPTIONS}
+    summarization_config(**options)                               # checks the decoding flags before any work
+    flags = {args.source_column: "--source-column", args.target_column: "--target-column"}
+    rows = read_table(args.pairs, [args.source_column, args.target_column], (), flags)
+    documents = [r[args.source_column] for r in rows]
+    references = [r[args.target_column] for r in rows]
+    lm = load(args.model_dir, device=args.device)
+    summaries = lm.summarize(documents, batch_size=args.batch_size, **options)
+    model, baseline = rouge_scores(summaries, references), rouge_scores([lead(d) for d in documents], references)
+    print(json.dumps({"file": args.pairs, "pairs": len(rows), **_rounded(model),
+                      "lead": _rounded({k: v for k, v in baseline.items() if k.startswith("rouge") and
+                                        isinstance(v, float)})}))
     return 0
 
 

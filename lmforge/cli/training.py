@@ -18,7 +18,7 @@ from ..train.config import TrainConfig
 from .core import options_of, verb
 
 SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
-                "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf")
+                "val_rougeL", "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "test_rougeL")
 
 
 def print_summary(summary: dict) -> None:

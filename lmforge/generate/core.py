@@ -43,6 +43,8 @@ class GenerationConfig:
     request fields onto them (`lmforge.serve.openai_fields`), so a value is refused alike, with
     the same words, wherever it is given. Each field's rule is its `check` (plus its type)."""
     max_new_tokens: int = option(100, "most tokens to generate per prompt", check=bounds(1))
+    min_new_tokens: int = option(0, "fewest tokens to generate per prompt: the end-of-text token is forbidden "
+                                    "before them (0: no minimum)", check=bounds(0))
     temperature: float = option(0.8, "sampling temperature; 0 means greedy (at most 2, as OpenAI's)",
                                 check=bounds(0.0, 2.0))
     greedy: bool = option(False, "always take the most likely token (same as --temperature 0)")
@@ -85,6 +87,9 @@ class GenerationConfig:
             self.stop = [self.stop]
         if self.top_k is not None and self.top_k <= 0:        # 0 and -1 (vLLM's spelling) both mean no filter
             self.top_k = None
+        if self.min_new_tokens > self.max_new_tokens:
+            raise LmforgeError(f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens "
+                               f"{self.max_new_tokens}; lower it or raise --max-new-tokens")
         if self.num_beams > 1 and self.repetition_penalty != 1.0:
             raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
         if self.num_beams > 1 and (self.logprobs is not None or self.json_mode):

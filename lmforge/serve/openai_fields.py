@@ -63,6 +63,8 @@ NOT_SERVED = {
     "num_beams": "beam search is `lmforge generate` / `lmforge translate`",
     "length_penalty": "beam search only",
     "early_stopping": "beam search only",
+    "min_new_tokens": "`lmforge generate` / `lmforge summarize` (vLLM's min_tokens: the scheduler ends a reply at "
+                      "its first <eos>)",
     "sink_tokens": "a request stays within the context; max_tokens is cut to what fits",
 }
 
