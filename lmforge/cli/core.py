@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 # the order of `lmforge --help`, across the modules that register the verbs
 HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
               "quantize", "distill", "classify", "translate", "summarize", "presets", "import", "export", "embed",
-              "attention", "serve")
+              "attention", "inspect", "serve")
 
 
 def verb(name: str, help: str):
@@ -64,12 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         help, add, run = VERBS[name]
         p = sub.add_parser(name, help=help, description=help)
         add(p)
-        p.add_argument("--config", metavar="FILE.yaml", help="read settings from this YAML file (the flags' names, "
-                       "e.g. `batch_size: 16`); flags on the command line override it")
-        p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML (a --config "
-                       "file) and stop")
-        p.set_defaults(_run=run, _parser=p)
+        finish_parser(p, run)
     return parser
+
+
+def finish_parser(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
+    """What every verb's parser has (a verb with sub-commands: each of them): --config, --print-config,
+    and the run function and parser that `main` finds in the namespace."""
+    p.add_argument("--config", metavar="FILE.yaml", help="read settings from this YAML file (the flags' names, "
+                   "e.g. `batch_size: 16`); flags on the command line override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML (a --config "
+                   "file) and stop")
+    p.set_defaults(_run=run, _parser=p)
 
 
 def _settings(ns: argparse.Namespace) -> dict:
