@@ -82,3 +82,44 @@ def dedup_corpus(n_base: int = 300, n_exact: int = 40, n_near: int = 60, n_relat
     index_of = {p: i for i, (p, truth) in enumerate(docs) if truth is None}
     truth = {i: (t[0], index_of[base[t[1]]]) for i, (_, t) in enumerate(docs) if t is not None and t[0]}
     return [d for d, _ in docs], truth
+
+
+PII = {
+    "email": ["ann.lee@example.com", "j_smith+news@mail.co.uk", "ZED99@Sub.Domain.ORG", "o'brien@firm.ie",
+              "info@xn--bcher-kva.de", "x@y.io", "first.last@uni-bonn.de", "support@example.museum"],
+    "phone": ["+1 (555) 123-4567", "555-123-4567", "(555) 987 6543", "555.123.4567", "+44 20 7946 0958",
+              "+33 1 23 45 67 89", "+49 30 12345678", "+1-202-555-0143"],
+    "ip": ["192.168.1.20", "10.0.0.1", "8.8.8.8", "255.255.255.0", "2001:db8::8a2e:370:7334",
+           "fe80::1ff:fe23:4567:890a", "2001:0db8:0000:0000:0000:ff00:0042:8329"],
+    "card": ["4111 1111 1111 1111", "5500-0000-0000-0004", "340000000000009", "6011000000000004",
+             "4012888888881881", "3782 822463 10005"],
+}
+NOT_PII = [                    # look like the above, yet are none of them
+    "4111 1111 1111 1112", "5500-0000-0000-0005", "340000000000008", "6011000000000005", "4012888888881882",
+    "1234567890123",           # 13 digits, Luhn-invalid
+    "released 2023-01-15 at 10:30:45 UTC", "Python 3.11.7 and numpy 1.26.4", "a[1::2] and b[::-1]",
+    "ISBN 978-3-16-148410-0", "1,234,567 dollars and $1,299.99", "MAC 00:1A:2B:3C:4D:5E", "order #12345678",
+    "ratio 16:9 or 4:3", "pi is 3.14159265358979323846", "at 48.8566, 2.3522", "on 12.05.2024", "a@b",
+    "@handle", "user at example dot com", "C++ std::vector<int>", "x = y :: z",
+]
+CONTEXTS = ["Contact {} for details.", "({})", "<{}>", "Send it to {}, then wait.", "see: {}", "\"{}\"",
+            "value={}; next", "{}", "Last line ends with {}.", "[{}]"]
+
+
+def pii_corpus(seed: int = 0, filler: int = 30) -> list[tuple[str, str | None, str]]:
+    """(line, PII type or None, the line with that value replaced by its placeholder): every
+    planted value and every look-alike once, in a random context, among paragraphs of Python's
+    docs (which hold none), shuffled."""
+    rng = random.Random(seed)
+    placeholders = {"email": "<EMAIL>", "phone": "<PHONE>", "ip": "<IP>", "card": "<CARD>"}
+    lines = []
+    for kind, values in PII.items():
+        for value in values:
+            context = rng.choice(CONTEXTS)
+            lines.append((context.format(value), kind, context.format(placeholders[kind])))
+    for text in NOT_PII:
+        line = rng.choice(CONTEXTS).format(text)
+        lines.append((line, None, line))
+    lines += [(p, None, p) for p in base_paragraphs(filler, rng)]
+    rng.shuffle(lines)
+    return lines

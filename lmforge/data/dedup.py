@@ -14,7 +14,7 @@ enter the index, so `duplicate_of` always names a kept document. Memory: the ind
 1 KB per kept document (near mode), the exact table about 100 bytes.
 
     >>> d = Deduplicator("exact")
-    >>> [d.check(i, [text]) for i, text in enumerate(["Hello  World", "hello world\\n", "other"])]
+    >>> [d.check(i, text) for i, text in enumerate(["Hello  World", "hello world\\n", "other"])]
     [None, ('exact', 0), None]
 """
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import zlib
 import unicodedata
-from typing import Iterable
-
 from ..errors import DataError
 
 DEDUP_MODES = ("none", "exact", "near")
@@ -51,8 +49,8 @@ def _datasketch():
 
 
 class Sketch:
-    """One document's exact key and (near mode) MinHash, fed piece by piece: a piece may end
-    inside a word, which is carried over to the next."""
+    """One document's exact key and (near mode) MinHash, fed piece by piece (`last` on the
+    document's last piece): a piece may end inside a word, which is carried over to the next."""
 
     def __init__(self, minhash=None):
         self.hasher = hashlib.blake2b(digest_size=16)
@@ -108,14 +106,14 @@ class Deduplicator:
     def sketch(self) -> Sketch:
         return Sketch(self.template.copy() if self.mode == "near" else None)
 
-    def check(self, index: int, pieces: Iterable[str]) -> tuple[str, int] | None:
+    def check(self, index: int, text: str) -> tuple[str, int] | None:
+        """`decide` for a document given whole."""
         sketch = self.sketch()
-        for piece in pieces:
-            sketch.feed(piece)
+        sketch.feed(text, last=True)
         return self.decide(index, sketch)
 
     def decide(self, index: int, sketch: Sketch) -> tuple[str, int] | None:
-        sketch.finish()
+        sketch.finish()             # in case the last piece was not fed with last=True
         key = sketch.hasher.digest()
         found = ("exact", self.exact[key]) if key in self.exact else None
         if found is None and self.mode == "near" and sketch.shingles:

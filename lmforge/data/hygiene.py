@@ -60,7 +60,7 @@ class Hygiene:
         dedup = Deduplicator(self.dedup, self.threshold)
         sketch = dedup.sketch()
         for index, text, ends, canary in self._stream(raw):
-            sketch.feed(text)
+            sketch.feed(text, last=ends)
             if not ends:
                 continue
             found = dedup.decide(index, sketch)

@@ -52,9 +52,7 @@ def _phone_ok(text: str) -> bool:
     return not text.startswith("+") or 8 <= sum(ch.isdigit() for ch in text) <= 15
 
 
-def _ip_ok(text: str) -> bool:
-    if ":" not in text:
-        return True                    # IPv4: the pattern itself checks each octet
+def _ipv6_ok(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -67,22 +65,22 @@ class Kind:
     placeholder: str
     pattern: re.Pattern
     check: Callable[[str], bool] | None = None
-    needs: str | None = None           # a character every match holds: text without it is skipped at once
+    needs: str | None = None           # a character every match holds: only the lines that hold it are searched
 
 
-KINDS: dict[str, Kind] = {             # applied in this order
-    "email": Kind("<EMAIL>", re.compile(
-        r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-        r"\.[A-Za-z]{2,}(?![\w-])"), needs="@"),
-    "card": Kind("<CARD>", re.compile(r"(?<![\d+.,-])\d{4}(?:[ -]?\d{3,6}){1,4}(?!\d)"), _card_ok),
-    "ip": Kind("<IP>", re.compile(
-        rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?![\w]|\.\d)"
-        r"|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"), _ip_ok),
-    "phone": Kind("<PHONE>", re.compile(
+KINDS: list[tuple[str, Kind]] = [      # applied in this order
+    ("email", Kind("<EMAIL>", re.compile(
+        r"(?<![\w.+-])[\w+-](?:[\w.+'-]*[\w+-])?@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+        r"\.[A-Za-z]{2,}(?![\w-])"), needs="@")),
+    ("card", Kind("<CARD>", re.compile(r"(?<![\d+.,-])\d{4}(?:[ -]?\d{3,6}){1,4}(?!\d)"), _card_ok)),
+    ("ip", Kind("<IP>", re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?![\w]|\.\d)"))),       # IPv4
+    ("ip", Kind("<IP>", re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),   # IPv6
+                _ipv6_ok, needs=":")),
+    ("phone", Kind("<PHONE>", re.compile(
         r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,8}){1,4}"
-        r"|(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4})(?![\w]|[.-]\d)"), _phone_ok),
-}
-PII_TYPES = tuple(KINDS)
+        r"|(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4})(?![\w]|[.-]\d)"), _phone_ok)),
+]
+PII_TYPES = tuple(dict.fromkeys(name for name, _ in KINDS))
 
 
 def pii_types(names: list[str] | str) -> list[str]:
@@ -96,11 +94,24 @@ def pii_types(names: list[str] | str) -> list[str]:
     parts = [p.strip().lower() for item in names for p in str(item).split(",") if p.strip()]
     if "all" in parts:
         return list(PII_TYPES)
-    unknown = [p for p in parts if p not in KINDS]
+    unknown = [p for p in parts if p not in PII_TYPES]
     if unknown:
         raise DataError(f"--redact-pii {', '.join(unknown)}: unknown PII type; use any of {', '.join(PII_TYPES)} "
                         f"(comma-separated) or all")
     return list(dict.fromkeys(parts))
+
+
+def _lines_with(text: str, char: str, pattern: re.Pattern, replace: Callable[[re.Match], str]) -> str:
+    """`pattern.sub(replace, text)` where every match holds `char` and no match spans a line:
+    only the lines holding `char` are searched (an `@` is rare, a line of prose long)."""
+    out, done = [], 0
+    at = text.find(char)
+    while at != -1:
+        start, end = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+        end = len(text) if end == -1 else end
+        out += [text[done:start], pattern.sub(replace, text[start:end])]
+        done, at = end, text.find(char, end)
+    return "".join(out) + text[done:] if out else text
 
 
 class PiiScanner:
@@ -113,9 +124,10 @@ class PiiScanner:
         self.redacted = dict.fromkeys(PII_TYPES, 0)
 
     def __call__(self, text: str) -> str:
-        for name, kind in KINDS.items():
-            if kind.needs is None or kind.needs in text:
-                text = kind.pattern.sub(lambda m, name=name, kind=kind: self._one(name, kind, m[0]), text)
+        for name, kind in KINDS:
+            def one(m: re.Match, name=name, kind=kind) -> str:
+                return self._one(name, kind, m[0])
+            text = kind.pattern.sub(one, text) if kind.needs is None else _lines_with(text, kind.needs, kind.pattern, one)
         return text
 
     def _one(self, name: str, kind: Kind, match: str) -> str:
