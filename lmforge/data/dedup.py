@@ -28,6 +28,7 @@ from ..errors import DataError
 DEDUP_MODES = ("none", "exact", "near")
 SHINGLE_KIND, SHINGLE_SIZE = "chars", 5     # character 5-grams (see the module docstring)
 NUM_PERM = 128             # MinHash permutations: the Jaccard estimate's standard error is about 0.035 at 0.8
+LSH_WEIGHTS = (0.1, 0.9)   # the LSH only proposes (every candidate is checked): tune it against missing one
 INSTALL_HINT = "pip install 'lmforge[audit]'"
 
 
@@ -100,7 +101,7 @@ class Deduplicator:
         if mode == "near":
             ds = _datasketch()
             self.template = ds.MinHash(num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32)
-            self.lsh = ds.MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+            self.lsh = ds.MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS)
             self.kept: dict[int, object] = {}
 
     def sketch(self) -> Sketch:
