@@ -160,6 +160,18 @@ def test_prepare_redacts_the_types_asked_and_reports_the_rest(tmp_path):
     assert _documents(tmp_path / "plain") == [line for line, _, _ in lines]
 
 
+def test_a_trained_tokenizer_sees_the_redacted_text_and_the_counts_are_of_one_pass(tmp_path):
+    lines = pii_corpus()
+    path = _jsonl(tmp_path / "pii.jsonl", [line for line, _, _ in lines])
+    counts = {kind: len(PII[kind]) for kind in PII_TYPES}
+    for redact in ([], ["all"]):
+        meta = _prepare([path], tmp_path / f"d{len(redact)}", tokenizer="bpe", vocab_size=300, val_fraction=0.0,
+                        redact_pii=redact)
+        assert meta["pii"]["found"] == counts
+    assert _documents(tmp_path / "d1") == [expected for _, _, expected in lines]
+    assert _documents(tmp_path / "d0") == [line for line, _, _ in lines]
+
+
 def test_prepare_prints_the_hygiene_counts(tmp_path, capsys):
     path = _jsonl(tmp_path / "c.jsonl", ["mail ann@example.com now", "plain text", "plain  TEXT"])
     assert main(["prepare", str(path), "--out", str(tmp_path / "d"), "--tokenizer", "char", "--no-progress",

@@ -88,13 +88,15 @@ class Hygiene:
             index += 1
         self.documents = index
 
-    def pieces(self, raw: Raw) -> Iterator[Piece]:
-        """The pieces to tokenize: duplicates left out, canaries in, PII counted (afresh: the
-        counts are the last pass's) and redacted."""
-        self.pii = PiiScanner(self.redact)
+    def pieces(self, raw: Raw, count: bool = True) -> Iterator[Piece]:
+        """The pieces to tokenize: duplicates left out, canaries in, PII redacted and counted
+        afresh (`count=False`: a pass whose counts are not kept, the tokenizer's, where the text
+        is only scanned if there is something to redact)."""
+        scan = PiiScanner(self.redact) if count or self.redact else None
+        self.pii = scan if count else self.pii
         for index, text, ends, canary in self._stream(raw):
             if index not in self.dropped:
-                yield Piece(text, ends, True) if canary else Piece(self.pii(text), ends)
+                yield Piece(text, ends, True) if canary else Piece(scan(text) if scan else text, ends)
 
     def meta(self) -> dict:
         """What meta.json records."""

@@ -126,7 +126,7 @@ def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes:
     corpus = _Corpus(files, cfg, total_bytes)
     corpus.hygiene.survey(corpus.raw)
     if tokenizer is None:
-        texts = (p.text for p in corpus.pieces(f"reading for the {cfg.tokenizer} tokenizer"))
+        texts = (p.text for p in corpus.pieces(f"reading for the {cfg.tokenizer} tokenizer", count=False))
         tokenizer = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, progress=cfg.progress)
     tokenizer.save(out)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -165,9 +165,9 @@ class _Corpus:
         self.stats = ReadStats()
         self.hygiene = cfg.hygiene()
 
-    def pieces(self, desc: str) -> Iterator[Piece]:
-        """The pieces to tokenize: the inputs' through `hygiene`."""
-        return self.hygiene.pieces(self.raw(desc))
+    def pieces(self, desc: str, count: bool = True) -> Iterator[Piece]:
+        """The pieces to tokenize: the inputs' through `hygiene` (`count`: see `Hygiene.pieces`)."""
+        return self.hygiene.pieces(self.raw(desc), count)
 
     def raw(self, desc: str) -> Iterator[tuple[str, bool]]:
         """(text, ends a document) pieces of the inputs, as read."""
