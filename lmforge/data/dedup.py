@@ -5,11 +5,13 @@ Normalised text: Unicode NFKC, case-folded (`str.casefold`), every run of whites
 none at the ends; so two documents that differ only in case, spacing, line breaks or Unicode
 compatibility forms (full-width letters, ligatures) are exact duplicates.
 
-Near duplicates: the shingles of a document are its word 5-grams of the normalised text (a
-document of fewer than 5 words is one shingle); their MinHash (128 permutations) is looked up in
-an LSH index tuned to `threshold`, and each candidate is confirmed by its estimated Jaccard
-similarity >= `threshold` (the LSH only proposes). Word 5-grams were chosen by measurement on the
-planted corpus of tests/test_hygiene.py (see docs/data.md, "Data hygiene"). Only kept documents
+Near duplicates: the shingles of a document are the character 5-grams of its normalised text
+(with a space after it; a shorter text is one shingle), hashed with CRC-32; their MinHash (128
+permutations) is looked up in an LSH index tuned to `threshold`, and each candidate is confirmed
+by its estimated Jaccard similarity >= `threshold` (the LSH only proposes, so it is tuned against
+missing a pair). Character 5-grams were chosen by measurement on the planted corpus of
+tests/test_hygiene.py (word 5-grams missed most copies with 1-3 edited words; see docs/data.md,
+"Data hygiene"). Only kept documents
 enter the index, so `duplicate_of` always names a kept document. Memory: the index holds about
 1 KB per kept document (near mode), the exact table about 100 bytes.
 
@@ -21,12 +23,13 @@ enter the index, so `duplicate_of` always names a kept document. Memory: the ind
 from __future__ import annotations
 
 import hashlib
-import zlib
 import unicodedata
+import zlib
+
 from ..errors import DataError
 
 DEDUP_MODES = ("none", "exact", "near")
-SHINGLE_KIND, SHINGLE_SIZE = "chars", 5     # character 5-grams (see the module docstring)
+SHINGLE_SIZE = 5           # character 5-grams (see the module docstring)
 NUM_PERM = 128             # MinHash permutations: the Jaccard estimate's standard error is about 0.035 at 0.8
 LSH_WEIGHTS = (0.1, 0.9)   # the LSH only proposes (every candidate is checked): tune it against missing one
 INSTALL_HINT = "pip install 'lmforge[audit]'"
@@ -55,8 +58,7 @@ class Sketch:
 
     def __init__(self, minhash=None):
         self.hasher = hashlib.blake2b(digest_size=16)
-        self.minhash, self.carry, self.shingles = minhash, "", 0
-        self.tail = [] if SHINGLE_KIND == "words" else ""
+        self.minhash, self.carry, self.tail, self.shingles = minhash, "", "", 0
 
     def feed(self, piece: str, last: bool = False) -> None:
         text = self.carry + piece
@@ -68,14 +70,9 @@ class Sketch:
             return
         self.hasher.update((" ".join(words) + " ").encode("utf-8"))
         if self.minhash is not None:
-            if SHINGLE_KIND == "words":
-                words = self.tail + words
-                grams = [" ".join(words[i:i + SHINGLE_SIZE]) for i in range(len(words) - SHINGLE_SIZE + 1)]
-                self.tail = words[-(SHINGLE_SIZE - 1):]
-            else:
-                text = self.tail + " ".join(words) + " "
-                grams = [text[i:i + SHINGLE_SIZE] for i in range(len(text) - SHINGLE_SIZE + 1)]
-                self.tail = text[-(SHINGLE_SIZE - 1):]
+            text = self.tail + " ".join(words) + " "
+            grams = [text[i:i + SHINGLE_SIZE] for i in range(len(text) - SHINGLE_SIZE + 1)]
+            self.tail = text[-(SHINGLE_SIZE - 1):]
             if grams:
                 self.minhash.update_batch([g.encode("utf-8") for g in set(grams)])
                 self.shingles += len(grams)
@@ -84,13 +81,13 @@ class Sketch:
         if self.carry:
             self.feed("", last=True)
         if self.minhash is not None and self.shingles == 0 and self.tail:   # shorter than one shingle
-            self.minhash.update_batch([(" ".join(self.tail) if SHINGLE_KIND == "words" else self.tail).encode("utf-8")])
+            self.minhash.update_batch([self.tail.encode("utf-8")])
             self.shingles = 1
 
 
 class Deduplicator:
     """Decides, document by document in reading order, which are duplicates of an earlier
-    kept one: `check(index, pieces)` returns None (kept) or (kind, index of the kept document)."""
+    kept one: `check(index, text)` / `decide(index, sketch)` return None (kept) or (kind, index of the kept document)."""
 
     def __init__(self, mode: str, threshold: float = 0.8):
         if mode not in DEDUP_MODES:
