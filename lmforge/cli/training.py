@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..adapt.lora import LoRAConfig
+from ..data.hygiene import summary as hygiene_summary
 from ..data.shards import PrepareConfig
 from ..options import from_args
 from ..quickstart import QuickstartConfig
@@ -49,6 +50,8 @@ def _prepare(ns):
     print(f"wrote {ns.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
           f"({meta['dtype']}), {meta['bytes']:,} bytes, {meta['bytes_per_token']:.2f} bytes/token, "
           f"vocabulary {meta['vocab_size']} ({meta['tokenizer']})")
+    for line in hygiene_summary(meta):
+        print(line)
     return 0
 
 

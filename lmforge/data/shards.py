@@ -7,12 +7,14 @@ Output directory:
 
     tokenizer.json, tokenizer_config.json   the tokenizer (trained here, or copied)
     train.bin, val.bin                      flat token ids (uint16 if the vocabulary fits, else uint32)
-    meta.json                               dtype, token and byte counts, sources
+    meta.json                               dtype, token and byte counts, sources, hygiene counts
+    dedup.jsonl, canaries.json              with --dedup, --canaries (see `hygiene.py`)
 
 It streams: text is read in ~1 MB pieces (tables a batch of rows at a time), encoded in
 parallel batches and appended to the .bin files, so a corpus larger than memory works. Every
 document ends with <eos>. Of each encoded piece, the last `val_fraction` of the tokens goes to
-val.bin, so the validation split samples the whole corpus.
+val.bin, so the validation split samples the whole corpus. Between reading and tokenizing, the
+documents pass through `hygiene.py` (canaries, dedup, PII).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from ..options import at_least, between, option, validate
 from ..safety import staged_output
 from ..tokenizers import Tokenizer, train_tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from .canaries import canary_repeats
+from .dedup import DEDUP_MODES
 from .hf_datasets import dataset_texts
+from .hygiene import Hygiene, Piece
+from .pii import pii_types
 from .reading import ReadStats, expand_inputs, iter_documents
 from .rows import COLUMNAR, table_format
 
@@ -60,9 +66,28 @@ class PrepareConfig:
     overwrite: bool = option(False, "replace what --out holds (prepared data, a model, other files); never an "
                                     "input")
     progress: bool = option(True, "show a progress bar")
+    dedup: str = option("none", "leave out duplicate documents (a text file, or a row): exact (same text once "
+                                "normalised), near (MinHash + LSH over character 5-grams; needs lmforge[audit]) "
+                                "or none; listed in DATA/dedup.jsonl", choices=DEDUP_MODES)
+    dedup_threshold: float = option(0.8, "--dedup near: drop a document whose estimated Jaccard similarity to an "
+                                         "earlier kept one is at least this", check=between(0, 1, low_open=True))
+    redact_pii: list[str] = option([], "replace personal data with <EMAIL>, <PHONE>, <IP>, <CARD>: any of email, "
+                                       "phone, ip, card (comma-separated) or all; without it, what is found is "
+                                       "only counted")
+    canaries: int = option(0, "plant N random secrets per --canary-repeats count in the training split, before "
+                              "dedup (recorded in DATA/canaries.json for `lmforge audit canaries`)", check=at_least(0))
+    canary_repeats: str | list[int] = option([1, 10, 100], "how many times each canary is written: comma-separated "
+                                                           "counts")
+    seed: int = option(0, "random seed of the canaries' secrets and places")
 
     def __post_init__(self) -> None:
         validate(self, DataError)
+        self.redact_pii = pii_types(self.redact_pii)
+        self.canary_repeats = canary_repeats(self.canary_repeats)
+
+    def hygiene(self) -> Hygiene:
+        return Hygiene(self.dedup, self.dedup_threshold, self.redact_pii, self.canaries, self.canary_repeats,
+                       self.seed)
 
 
 def _size(path: Path) -> int:
@@ -99,8 +124,9 @@ def prepare(cfg: PrepareConfig, *, extra_files: dict[str, str] | None = None) ->
 def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes: int,
                   tokenizer: Tokenizer | None) -> dict:
     corpus = _Corpus(files, cfg, total_bytes)
+    corpus.hygiene.survey(corpus.raw)
     if tokenizer is None:
-        texts = (t for t, _ in corpus.pieces(f"reading for the {cfg.tokenizer} tokenizer"))
+        texts = (p.text for p in corpus.pieces(f"reading for the {cfg.tokenizer} tokenizer", count=False))
         tokenizer = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, progress=cfg.progress)
     tokenizer.save(out)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -117,18 +143,19 @@ def _prepare_into(out: Path, cfg: PrepareConfig, files: list[Path], total_bytes:
         "train_tokens": counts["train"], "val_tokens": counts["val"], "bytes": stats.bytes, "chars": chars,
         "bytes_per_token": round(stats.bytes / max(n_tokens, 1), 4), "eos_id": tokenizer.eos_id,
         "sources": [str(f) for f in files], "replaced_byte_sequences": sum(stats.replaced.values()),
-        "val_fraction": cfg.val_fraction,
+        "val_fraction": cfg.val_fraction, **corpus.hygiene.meta(),
     }
     if cfg.dataset:
         meta.update(dataset=cfg.dataset, split=cfg.split)
+    corpus.hygiene.write_files(out)
     from ..modeldir import write_json
     write_json(out / META_FILE, meta)
     return meta
 
 
 class _Corpus:
-    """The input files, then the --dataset, read piece by piece behind a progress bar; `stats`
-    are the last pass's."""
+    """The input files, then the --dataset, read piece by piece behind a progress bar, through
+    `hygiene`; `stats` are the last pass's."""
 
     def __init__(self, files: list[Path], cfg: PrepareConfig, total_bytes: int):
         self.files, self.cfg = files, cfg
@@ -136,9 +163,14 @@ class _Corpus:
         known = not cfg.dataset and all(table_format(f) not in COLUMNAR for f in files)
         self.total_bytes = total_bytes if known else None
         self.stats = ReadStats()
+        self.hygiene = cfg.hygiene()
 
-    def pieces(self, desc: str) -> Iterator[tuple[str, bool]]:
-        """(text, ends a document) pieces of the whole corpus."""
+    def pieces(self, desc: str, count: bool = True) -> Iterator[Piece]:
+        """The pieces to tokenize: the inputs' through `hygiene` (`count`: see `Hygiene.pieces`)."""
+        return self.hygiene.pieces(self.raw(desc), count)
+
+    def raw(self, desc: str) -> Iterator[tuple[str, bool]]:
+        """(text, ends a document) pieces of the inputs, as read."""
         self.stats = stats = ReadStats()
         cfg = self.cfg
         bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=desc, disable=not cfg.progress)
@@ -154,45 +186,52 @@ class _Corpus:
 
 class _SplitWriter:
     """Encodes batches of pieces and appends them to train.bin / val.bin: the last val_fraction
-    of each batch's tokens go to val. `counts` holds the tokens written to each."""
+    of each batch's tokens go to val, those of train-only pieces (canaries) left out of the count
+    and kept in train, in their place. `counts` holds the tokens written to each."""
 
     def __init__(self, f_train, f_val, tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float):
         self.f_train, self.f_val, self.tokenizer, self.dtype = f_train, f_val, tokenizer, dtype
         self.val_fraction = val_fraction
         self.counts = {"train": 0, "val": 0}
 
-    def write(self, batch: list[tuple[str, bool]]) -> None:
+    def write(self, batch: list[Piece]) -> None:
         if not batch:
             return
-        encoded = self.tokenizer.encode_batch([t for t, _ in batch])
-        ids: list[int] = []
-        for (_, ends), doc_ids in zip(batch, encoded):
-            ids.extend(doc_ids)
-            if ends and self.tokenizer.eos_id is not None:
-                ids.append(self.tokenizer.eos_id)
-        arr = np.asarray(ids, dtype=self.dtype)
-        n_val = int(round(len(arr) * self.val_fraction))
-        if self.val_fraction > 0 and n_val == 0 and len(arr) > 1:
+        eos = self.tokenizer.eos_id
+        encoded = self.tokenizer.encode_batch([p.text for p in batch])
+        segments = [(ids + [eos] if p.ends and eos is not None else ids, p.train_only)
+                    for p, ids in zip(batch, encoded)]
+        n = sum(len(ids) for ids, train_only in segments if not train_only)
+        n_val = int(round(n * self.val_fraction))
+        if self.val_fraction > 0 and n_val == 0 and n > 1:
             n_val = 1
-        arr[: len(arr) - n_val].tofile(self.f_train)
-        arr[len(arr) - n_val:].tofile(self.f_val)
-        self.counts["train"] += len(arr) - n_val
-        self.counts["val"] += n_val
+        train: list[int] = []
+        val: list[int] = []
+        left = n - n_val                  # tokens that still go to train before the cut
+        for ids, train_only in segments:
+            cut = len(ids) if train_only else min(len(ids), left)
+            left -= 0 if train_only else cut
+            train.extend(ids[:cut])
+            val.extend(ids[cut:])
+        np.asarray(train, dtype=self.dtype).tofile(self.f_train)
+        np.asarray(val, dtype=self.dtype).tofile(self.f_val)
+        self.counts["train"] += len(train)
+        self.counts["val"] += len(val)
 
 
 def _tokenize(corpus: _Corpus, write) -> int:
     """Hand the corpus to `write` in batches of ~1 MB of text; returns the characters read."""
     chars, batch, batch_chars = 0, [], 0
-    for text, ends in corpus.pieces("tokenizing"):
+    for text, ends, train_only in corpus.pieces("tokenizing"):
         if not text and not ends:
             continue
         chars += len(text)
         # split big pieces at newlines so encode_batch can use every core
         for part in _split_lines(text, 16384):
-            batch.append((part, False))
+            batch.append(Piece(part, False, train_only))
             batch_chars += len(part)
         if ends:
-            batch[-1:] = [(batch[-1][0] if batch else "", True)]
+            batch[-1] = batch[-1]._replace(ends=True)
         if batch_chars >= (1 << 20):
             write(batch)
             batch, batch_chars = [], 0
