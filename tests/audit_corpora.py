@@ -121,7 +121,7 @@ def bias_model(tmp_path_factory) -> tuple[Path, Path, Path]:
     (root / "corpus.txt").write_text("\n".join(bias_corpus()) + "\n", encoding="utf-8")
     prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], out=str(root / "data"), tokenizer="bpe",
                           vocab_size=400, val_fraction=0.02, progress=False))
-    train(tiny_train_config(root / "data", root / "model", context_length=64, batch_size=16, max_steps=120,
-                            lr=6e-3, warmup_steps=10, eval_interval=120))
+    train(tiny_train_config(root / "data", root / "model", context_length=64, batch_size=16, max_steps=80,
+                            lr=6e-3, warmup_steps=10, eval_interval=80))
     return (root / "model", write_bias_pairs(root / "planted.tsv", range(0, 20)),
             write_bias_pairs(root / "balanced.tsv", range(20, 40)))
