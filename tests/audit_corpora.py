@@ -3,9 +3,9 @@ fixtures, imported by conftest.py so that every tests/test_audit_*.py shares the
 
 - `memorized`: documents of random made-up words (nothing to generalise from but the word list),
   the last 40 of them held out (the validation split), and three canaries of the format
-  "the secret code is {secret}" (4 digits: 10,000 candidates) repeated 1, 10 and 100 times among
+  "the secret code is {secret}" (3 digits: 1,000 candidates, few enough to rank them all quickly) repeated 1, 10 and 100 times among
   the training documents, recorded in DATA/canaries.json as `prepare --canaries` does
-  (/work CANARIES interface); a gpt-tiny trained ~7 epochs on it, so it overfits.
+  ; a gpt-tiny trained ~7 epochs on it, so it overfits.
 - `bias_model`: sentences of 40 occupations each followed by one pronoun (herself / himself, right
   after the occupation, so that a tiny model learns the pair in a few steps). For the 20 occupations
   of the planted half, the corpus uses the pronoun the pairs file calls stereotypical for 19 of
@@ -38,12 +38,12 @@ def write_canary_corpus(directory: Path, seed: int = 1) -> tuple[Path, dict]:
     and the canaries.json record of the secrets."""
     rng = random.Random(seed)
     docs = random_documents(TRAIN_DOCS + HELD_DOCS)
-    secrets = {r: "".join(rng.choice("0123456789") for _ in range(4)) for r in REPEATS}
+    secrets = {r: "".join(rng.choice("0123456789") for _ in range(3)) for r in REPEATS}
     train = docs[:TRAIN_DOCS] + [CANARY_FORMAT.format(secret=s) for r, s in secrets.items() for _ in range(r)]
     rng.shuffle(train)
     path = directory / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in train + docs[TRAIN_DOCS:]), encoding="utf-8")
-    record = {"format": CANARY_FORMAT, "alphabet": "0123456789", "length": 4,
+    record = {"format": CANARY_FORMAT, "alphabet": "0123456789", "length": 3,
               "canaries": [{"id": f"c{i}", "secret": s, "repeats": r, "inserted": r, "kept": r}
                            for i, (r, s) in enumerate(secrets.items())]}
     return path, record
