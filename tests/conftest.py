@@ -146,3 +146,6 @@ def edit_hf_dir(src: Path, dst: Path, config: dict | None = None, tensors: dict 
         weights.update(tensors)
         save_file({k: v for k, v in weights.items() if v is not None}, dst / "model.safetensors", {"format": "pt"})
     return dst
+
+
+from .audit_corpora import bias_model, memorized  # noqa: E402,F401  (the audits' planted models, shared)

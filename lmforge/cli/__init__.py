@@ -9,12 +9,13 @@ API takes (its fields are the flags), calls one function and prints the result.
     text_tasks.py    classify, translate, embed
     interop.py       import, export, quantize, merge-lora, presets
     watching.py      runs (a page of the training runs in a folder)
+    auditing.py      audit memorization|canaries|membership|bias|overlap
 
 Each group module registers its verbs when imported; `lmforge --help` lists them in
 `core.HELP_ORDER`.
 """
 
-from . import generation, inspection, interop, text_tasks, training, watching  # noqa: F401  (registers the verbs)
+from . import auditing, generation, inspection, interop, text_tasks, training, watching  # noqa: F401  (registers the verbs)
 from .core import VERBS, build_parser, main
 
 __all__ = ["VERBS", "build_parser", "main"]

@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 # the order of `lmforge --help`, across the modules that register the verbs
 HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
               "quantize", "distill", "classify", "translate", "summarize", "presets", "import", "export", "embed",
-              "attention", "inspect", "serve")
+              "attention", "inspect", "audit", "serve")
 
 
 def verb(name: str, help: str):
@@ -43,11 +43,31 @@ def options_of(*classes, skip: tuple[str, ...] = (), defaults: dict | None = Non
     limits a class to some of its fields); a field shared by two classes (e.g. a common base)
     becomes one flag."""
     def deco(run):
+        run.options = lambda parser: add_flags(parser, classes, skip, defaults, only)
+        return run
+    return deco
+
+
+def add_flags(parser: argparse.ArgumentParser, classes: tuple[type, ...], skip: tuple[str, ...] = (),
+              defaults: dict | None = None, only: dict[type, tuple[str, ...]] | None = None) -> None:
+    """The flags of `options_of` on `parser`: each class's fields, a field seen before added once."""
+    seen = set(skip)
+    for cls in classes:
+        add_options(parser, cls, skip=tuple(seen), defaults=defaults, only=(only or {}).get(cls))
+        seen |= field_names(cls)
+
+
+def sub_commands(table: Callable[[], dict[str, tuple[str, tuple[type, ...], Callable]]], metavar: str = "SUB"):
+    """A verb made of sub-commands (`lmforge audit memorization MODEL ...`): `table()` gives
+    {name: (help, the option dataclasses of its flags, its run function)}; each sub-command has
+    its own parser, flags, --config and --print-config, and runs instead of the verb's function."""
+    def deco(run):
         def add(parser):
-            seen = set(skip)
-            for cls in classes:
-                add_options(parser, cls, skip=tuple(seen), defaults=defaults, only=(only or {}).get(cls))
-                seen |= field_names(cls)
+            subs = parser.add_subparsers(dest="sub_command", metavar=metavar, required=True)
+            for name, (help, classes, sub_run) in table().items():
+                sub = subs.add_parser(name, help=help, description=help)
+                add_flags(sub, classes)
+                finish_parser(sub, sub_run)
         run.options = add
         return run
     return deco

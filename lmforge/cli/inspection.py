@@ -15,8 +15,8 @@ from typing import Callable
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
 from ..generate.summarize import SUMMARIZE_DEFAULTS, SUMMARIZE_OPTIONS, summarization_config
-from ..options import add_options, at_least, device_name, field_names, from_args, option, validate
-from .core import options_of, verb
+from ..options import at_least, device_name, from_args, option, validate
+from .core import options_of, sub_commands, verb
 
 
 @dataclass
@@ -256,25 +256,7 @@ def _tools() -> dict[str, tuple[str, tuple[type, ...], Callable]]:
     }
 
 
-def _inspect_tools(parser) -> None:
-    """`lmforge inspect TOOL MODEL ...`: one sub-command per tool, each with its own flags."""
-    from .core import finish_parser
-    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    for name, (help, classes, run) in _tools().items():
-        sub = tools.add_parser(name, help=help, description=help)
-        seen: set[str] = set()
-        for cls in classes:
-            add_options(sub, cls, skip=tuple(seen))
-            seen |= field_names(cls)
-        finish_parser(sub, run)
-
-
-def _with_tools(run):
-    run.options = _inspect_tools
-    return run
-
-
 @verb("inspect", "see why a model answers: lens, dla, patch, attribute, heads, attention (`lmforge inspect TOOL -h`)")
-@_with_tools
+@sub_commands(_tools, metavar="TOOL")
 def _inspect(ns):                   # argparse requires a tool, whose own run function runs instead
     raise LmforgeError("name a tool: lmforge inspect lens|dla|patch|attribute|heads|attention MODEL ...")

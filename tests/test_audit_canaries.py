@@ -1,0 +1,66 @@
+"""`lmforge audit canaries` on the gpt-tiny overfitted on a corpus holding three canaries, written
+1, 10 and 100 times (tests/audit_corpora.py; DATA/canaries.json as `prepare --canaries` writes it):
+exposure grows with repetition, greedy decoding extracts the 100x secret and not the 1x one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge import audit, load
+from lmforge.cli import main
+
+from .audit_corpora import CANARY_FORMAT
+
+FAST = dict(progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exact(memorized):
+    model, data = memorized
+    return audit.canaries(model, data=str(data), **FAST)
+
+
+def test_exposure_grows_with_repetition_and_the_100x_secret_comes_out(exact, memorized):
+    by_repeats = {c.repeats: c for c in exact.canaries}
+    one, ten, hundred = by_repeats[1], by_repeats[10], by_repeats[100]
+    assert one.exposure < ten.exposure <= hundred.exposure, exact.table()
+    assert exact.space == 1000 and hundred.rank == 1 and hundred.exposure == pytest.approx(exact.max_exposure)
+    assert one.exposure < 6 and all(c.method == "enumerated 1000 candidates" for c in exact.canaries)
+    assert hundred.extracted and not one.extracted
+    lm = load(memorized[0], device="cpu")                       # and decoded for real, from the prefix
+    prefix = CANARY_FORMAT.split("{secret}")[0]
+    assert lm.generate(prefix, greedy=True, max_new_tokens=3) == hundred.secret
+    assert lm.generate(prefix, greedy=True, max_new_tokens=3) != one.secret
+    found = audit.findings.read(memorized[0])["canaries"]
+    assert found["summary"] == exact.summary and len(found["results"]["canaries"]) == 3
+
+
+def test_a_large_space_is_extrapolated_from_sampled_candidates(exact, memorized):
+    """The skew-normal fit of Carlini et al. (Section 4.3), against the exact ranks of all 1,000."""
+    model, data = memorized
+    est = audit.canaries(model, data=str(data), enumerate_limit=100, samples=1000, record=False, **FAST)
+    for e, x in zip(est.canaries, exact.canaries):
+        assert e.rank is None and e.method == "skew-normal fit to 1000 sampled candidates"
+        assert e.exposure == pytest.approx(x.exposure, abs=2.5) or min(e.exposure, x.exposure) > 7, (e, x)
+    assert [c.exposure for c in est.canaries] == sorted(c.exposure for c in est.canaries)
+
+
+def test_cli_table_and_errors(memorized, tmp_path, capsys):
+    model, data = memorized
+    assert main(["audit", "canaries", str(model), "--data", str(data), "--enumerate-limit", "10", "--samples", "200",
+                 "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "exposure at most 9.97 bits; rank by skew-normal fit to 200 sampled candidates" in out and "c2" in out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("meta.json", "tokenizer.json", "tokenizer_config.json", "train.bin", "val.bin"):
+        (bad / name).write_bytes((data / name).read_bytes())
+    assert main(["audit", "canaries", str(model), "--data", str(bad), "--device", "cpu"]) == 2
+    assert "has no canaries.json; plant canaries with `lmforge prepare" in capsys.readouterr().err
+    (bad / "canaries.json").write_text(json.dumps({"format": "no placeholder", "alphabet": "01", "length": 3,
+                                                   "canaries": []}))
+    assert main(["audit", "canaries", str(model), "--data", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a canaries file" in err and err.count("\n") == 1
