@@ -42,6 +42,7 @@ GPU = [
 STUDIES = [
     ["decode_profile.py"],                                         # where a decode step's time goes
     ["decode_profile.py", "--bits", "8", "--compile"],
+    ["quantized_decode.py"],                                       # fp32 / int8 / int4 (lmforge, torchao), eager and compiled
     ["gguf_llamacpp.py"],                                          # against llama.cpp (when llama-cpp-python is there)
     ["long_generation.py"],
     ["serve_throughput.py"],
