@@ -28,7 +28,7 @@ ALL = "fp32,fp32+c,int8,int8+c,int4,int4+c,ao-int8,ao-int8+c,ao-int4"
 def quantized(model, kind: str):
     from lmforge.quantize.model import quantize_model
     model = copy.deepcopy(model)
-    if kind in ("int8", "int4"):
+    if kind in ("int8", "int4"):                  # as `lmforge quantize` writes them
         quantize_model(model, int(kind[3:]), 64)
     elif kind == "ao-int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
@@ -59,9 +59,10 @@ def main() -> None:
     new, rounds = (8, 1) if args.quick else (args.new, args.rounds)
     torch.manual_seed(0)
     base = lmforge_llama(*shape).eval()
-    # fp32 as `lmforge.load` lays it out; quantized weights as `lmforge quantize` writes them (row-major)
-    models = {v: (quantized(base, v.removesuffix("+c")) if v.startswith(("int", "ao-")) else inference_layout(
-                  copy.deepcopy(base), "cpu"), GenerationConfig(max_new_tokens=new, greedy=True, compile=v.endswith("+c"))) for v in variants}
+    # laid out as `lmforge.load` lays them out (torchao's tensors keep their own layout)
+    models = {v: (quantized(base, v.removesuffix("+c")) if v.startswith("ao-") else inference_layout(
+                  quantized(base, v.removesuffix("+c")), "cpu"),
+                  GenerationConfig(max_new_tokens=new, greedy=True, compile=v.endswith("+c"))) for v in variants}
     prompt = [list(range(1, 17))]
     tokens, speed = {}, {v: [] for v in variants}
     for v, (model, cfg) in models.items():                     # warm-up (and compilation)
