@@ -19,13 +19,15 @@ from .base import NextTokenTask, Task, lm_loss
 from .classify import ClassifyConfig
 from .mlm import MLMConfig
 from .seq2seq import Seq2SeqConfig
+from .sft import SFTConfig
 
 # task name -> build(train config, model config, tokenizer); table tasks get tokenizer=None when training from
 # scratch and train their own
 TASKS: dict[str, Callable] = {"clm": clm.build, "mlm": mlm.build, "classify": classify.build,
                               "seq2seq": seq2seq.build, "sft": sft.build}
 SHARD_TASKS = ("clm", "mlm")          # --data is a prepared directory; the others read a file
-TASK_OPTIONS: dict[str, type] = {"mlm": MLMConfig, "classify": ClassifyConfig, "seq2seq": Seq2SeqConfig}
+TASK_OPTIONS: dict[str, type] = {"mlm": MLMConfig, "classify": ClassifyConfig, "seq2seq": Seq2SeqConfig,
+                                 "sft": SFTConfig}
 
 # Training defaults (TrainConfig fields left None), measured at equal 2-core CPU time on the shared corpora
 # (docs/finetuning.md, "Defaults"): Muon for the blocks' matrices wins for every task; seq2seq learns fastest
@@ -42,4 +44,4 @@ def task_defaults(task: str) -> dict[str, Any]:
 
 
 __all__ = ["TASKS", "SHARD_TASKS", "TASK_OPTIONS", "DEFAULTS", "TASK_DEFAULTS", "task_defaults", "Task",
-           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "Seq2SeqConfig"]
+           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "Seq2SeqConfig", "SFTConfig"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelOverridesConfig
 from ..errors import ConfigError
-from ..options import above, at_least, between, device_name, nested, option, validate
+from ..options import SEED, above, at_least, between, device_name, nested, option, validate
 from ..tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
 from .distributed import STRATEGIES
 from .tracking import check_report_to
@@ -65,7 +65,7 @@ class TrainConfig:
                                                "0 disables)", check=at_least(0))
     sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
-    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
+    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True, check=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
