@@ -46,6 +46,7 @@ STUDIES = [
     ["gguf_llamacpp.py"],                                          # against llama.cpp (when llama-cpp-python is there)
     ["long_generation.py"],
     ["serve_throughput.py"],
+    ["serve_pressure.py"],
     ["memory.py"],
     ["quality.py"],
     ["muon_vs_adamw.py"],
