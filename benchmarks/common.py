@@ -65,6 +65,22 @@ def lmforge_llama(n_layer: int, d: int, n_head: int, n_kv_head: int, ffn: int, c
                                   d_ff=ffn, context_length=ctx, vocab_size=vocab, pad_vocab_multiple=1))
 
 
+def hf_bert(n_layer: int, d: int, n_head: int, ctx: int, vocab: int):
+    """BertForMaskedLM (SDPA attention), no dropout, as lmforge's `bert-*` presets."""
+    from transformers import BertConfig, BertForMaskedLM
+    cfg = BertConfig(num_hidden_layers=n_layer, hidden_size=d, num_attention_heads=n_head, intermediate_size=4 * d,
+                     max_position_embeddings=ctx, vocab_size=vocab, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+    return BertForMaskedLM._from_config(cfg, attn_implementation="sdpa")
+
+
+def lmforge_bert(n_layer: int, d: int, n_head: int, ctx: int, vocab: int):
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    return build_model(get_preset("bert-mini", n_layer=n_layer, d_model=d, n_head=n_head, context_length=ctx,
+                                  vocab_size=vocab))
+
+
 def _accepts_attn_impl() -> bool:
     import inspect
 

@@ -24,13 +24,33 @@ def test_run_all_quick_runs_every_cpu_benchmark(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("ratio lmforge / transformers:") == 4, done.stdout
+    sys.path.insert(0, str(BENCHMARKS))
+    import run_all
+    assert done.stdout.count("ratio lmforge / transformers:") == len(run_all.CPU), done.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["title"].split()[0] for r in rows] == ["training", "greedy", "greedy", "greedy"]
+    assert [r["title"].split()[0] for r in rows] == ["training", "masked-LM", "greedy", "greedy", "greedy"]
     assert [(r["shapes"].get("compile"), r["shapes"]["dtype"]) for r in rows] == [
-        (False, "float32"), (False, "float32"), (True, "float32"), (False, "bfloat16")]
+        (False, "float32"), (False, "float32"), (False, "float32"), (True, "float32"), (False, "bfloat16")]
     for row in rows:
         assert set(row["best"]) == {"lmforge", "transformers"} and all(v > 0 for v in row["best"].values())
+
+
+def test_run_all_names_every_benchmark():
+    """Every script in benchmarks/ is run by run_all.py, or named there with the reason it is not."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import run_all
+    listed = {cmd[0] for cmd in run_all.CPU + run_all.GPU + run_all.STUDIES} | set(run_all.ELSEWHERE)
+    assert {p.name for p in BENCHMARKS.glob("*.py")} == listed
+    assert all((BENCHMARKS / script).exists() for script in listed)
+
+
+@pytest.mark.slow
+def test_decode_profile_sorts_a_step_into_its_parts():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "decode_profile.py"), "--new", "4", "--bits", "8"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for part in ("GEMV", "attention", "other model ops", "Python and dispatch"):
+        assert part in done.stdout, done.stdout
 
 
 @pytest.mark.slow

@@ -96,3 +96,21 @@ def test_quantize_verb(tmp_path, tiny_model_dir, capsys):
     assert main(["generate", str(tmp_path / "q4"), "The ", "--max-new-tokens", "4", "--device", "cpu"]) == 0
     assert main(["quantize", str(tmp_path / "q4"), str(tmp_path / "again")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_fuses_dequantization_with_the_same_tokens(tmp_path, tiny_model_dir):
+    """The compiled step writes each quantized product as a sum over the inputs (so that inductor
+    never writes a float weight matrix); it must decode the tokens eager decoding gives, past the
+    context window too."""
+    from lmforge.generate import GenerationConfig, generate_ids
+    from lmforge.model.quantized import fused_gemv
+    assert not fused_gemv(torch.zeros(1, 8))                          # eager: F.linear
+    for bits in (8, 4):
+        quantize(QuantizeConfig(str(tiny_model_dir), str(tmp_path / f"q{bits}"), bits=bits, group_size=32))
+        module = load(tmp_path / f"q{bits}", device="cpu").module
+        prompts, new = [[5, 6, 7, 8], [9, 10]], module.config.context_length + 8
+        eager, _, _ = generate_ids(module, prompts, GenerationConfig(max_new_tokens=new, greedy=True))
+        compiled, _, stats = generate_ids(module, prompts, GenerationConfig(max_new_tokens=new, greedy=True,
+                                                                            compile=True))
+        assert compiled == eager and stats["reencodes"] >= 1, bits

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
+from .quantized import Int4Linear
 from .weights import load_weights_into, replace_module, shared_parameters
 
 FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
@@ -59,11 +60,13 @@ def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix, 2-core EPYC), which makes fp32 decoding
     ~1.3x faster with identical logits. A tied head and embedding share the one transposed
     storage (the embedding lookup reads a strided row). Training keeps row-major weights.
+    Packed int4 weights get the same layout: the compiled decode step's fused product
+    (`quantized.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
     """
     if torch.device(device).type != "cpu":
         return model
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, Int4Linear)):
             w = module.weight
             if w.dim() == 2 and w.stride() != (1, w.shape[0]):
                 w.data = w.data.t().contiguous().t()

@@ -47,6 +47,17 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
 
 
+FUSED_ROWS = 8     # most input rows (batch x tokens) for which the compiled step fuses dequantization
+
+
+def fused_gemv(x: torch.Tensor) -> bool:
+    """Whether to write the product as a sum over the input dimension (a compiled decode step).
+    inductor then fuses the int -> float conversion into one dot-product loop that reads each
+    quantized weight once from memory; `F.linear` would first write the whole float matrix
+    (4x the bytes of int8) and read it back. Eager PyTorch cannot fuse: there `F.linear` wins."""
+    return torch.compiler.is_compiling() and x.numel() <= FUSED_ROWS * x.shape[-1]
+
+
 class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype = torch.float32):
@@ -66,7 +77,10 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)      # per-output-channel scale
+        if fused_gemv(x):
+            y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)  # per-output-channel scale
         return y + self.bias.to(x.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
@@ -95,8 +109,23 @@ class Int4Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_gemv(x):
+            y = self._fused_gemv(x)
+            return y + self.bias.to(x.dtype) if self.bias is not None else y
         w = dequantize_int4(self.weight, self.scales, self.offsets).to(x.dtype)    # (out, in)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _fused_gemv(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out) without a float weight matrix: per group, the low nibbles
+        meet the even input columns and the high ones the odd columns; the offset multiplies
+        the group's input sum."""
+        n_groups = self.scales.shape[1]
+        xg = x.reshape(*x.shape[:-1], 1, n_groups, self.group_size // 2, 2)         # (..., 1, n_groups, G/2, 2)
+        packed = self.weight.view(self.out_features, n_groups, self.group_size // 2)  # (out, n_groups, G/2)
+        lo, hi = (packed & 15).to(x.dtype), (packed >> 4).to(x.dtype)
+        dots = (xg[..., 0] * lo + xg[..., 1] * hi).sum(-1)                          # (..., out, n_groups)
+        sums = xg.sum((-2, -1))                                                     # (..., 1, n_groups)
+        return (dots * self.scales.to(x.dtype) + sums * self.offsets.to(x.dtype)).sum(-1)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
