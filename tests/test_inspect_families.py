@@ -33,12 +33,16 @@ def inspect_json(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_the_lens_reads_an_encoder_and_a_decoder(model_dirs, capsys, tmp_path):
+def test_the_lens_and_heads_read_an_encoder_and_a_decoder(model_dirs, capsys, tmp_path):
     bert = inspect_json(capsys, "lens", model_dirs["bert"], "a cat", "--out", str(tmp_path / "a.png"))
     assert bert["tokens"][1:-1] == list("a cat") and None not in bert["expected"]       # the token itself
     s2s = inspect_json(capsys, "lens", model_dirs["seq2seq"], "a cat", "--target", "un chat",
                        "--out", str(tmp_path / "b.png"))
     assert s2s["tokens"][1:] == list("un chat") and s2s["expected"][-1] is None
+    heads = inspect_json(capsys, "heads", model_dirs["bert"], "--seq-len", "6", "--out", str(tmp_path / "h.png"))
+    assert heads["kind"] == "self" and len(heads["induction"]) == 2          # bidirectional attention scores too
+    assert main(["inspect", "attention", model_dirs["bert"], "a cat", "--out", str(tmp_path / "x.png"),
+                 "--device", "cpu"]) == 0 and "7 x 7 tokens" in capsys.readouterr().out     # <bos> a cat <eos>
     greedy = inspect_json(capsys, "lens", model_dirs["seq2seq"], "a cat", "--out", str(tmp_path / "c.png"))
     assert greedy["tokens"][0] == s2s["tokens"][0]                       # <bos>, then the greedy translation
 
