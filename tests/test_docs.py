@@ -65,6 +65,7 @@ TINY: dict[str, list[str]] = {
     "embed": ["--device", "cpu"],
     "serve": ["--device", "cpu"],
     "attention": ["--device", "cpu"],
+    "inspect": ["--device", "cpu"],
 }
 
 

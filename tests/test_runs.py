@@ -170,7 +170,7 @@ def test_the_page_follows_a_training_run_and_overlays_two(tmp_path, char_data, t
     with background("train", "--data", str(char_data), "--out", "runs/live", "--preset", "gpt-tiny",
                     "--max-steps", "100000", "--context-length", "32", "--batch-size", "8", "--log-interval", "1",
                     "--eval-interval", "25", "--eval-iters", "1", "--sample-interval", "25", "--sample-tokens", "24",
-                    "--no-progress", "--device", "cpu", cwd=tmp_path) as training, \
+                    "--inspect-interval", "5", "--no-progress", "--device", "cpu", cwd=tmp_path) as training, \
             background("runs", "runs", "--port", url.rsplit(":", 1)[1], cwd=tmp_path) as server:
         wait_for_health(url, server, tmp_path / "runs.log")
         with browser_page(url + "/#live", width=1280, height=900) as (page, requested):
@@ -186,6 +186,7 @@ def test_the_page_follows_a_training_run_and_overlays_two(tmp_path, char_data, t
             drawn = {line.get_attribute("data-run") for line in page.query_selector_all("#chart-loss polyline")}
             assert drawn == {"live", "done"}
             assert page.locator("#chart-tokens_per_s polyline").count() == 2
+            page.wait_for_selector("#chart-induction_L1 polyline")                  # train --inspect-interval's rows
             if SCREENSHOT:                                     # the docs' picture: a run with a longer curve
                 page.wait_for_function(f"{points} >= 400", timeout=120_000)
                 page.wait_for_selector("#samples .item")

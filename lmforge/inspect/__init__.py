@@ -3,7 +3,8 @@
     hooks.py        the named hook points (TransformerLens' names), `recording` and `editing`
                     contexts that set the model's `hook` attributes only while they are open
     prompts.py      a text in each family's layout, one forward pass, `trace` (the activations)
-    lens.py         the logit lens: every layer's residual stream read through the final norm and head
+    lens.py         the logit lens: every layer's residual stream read through the final norm and head;
+                    its loss per layer on a batch
     dla.py          direct logit attribution: each head's / MLP's share of a logit (difference)
     patching.py     activation patching: clean -> corrupted per (layer, position) and per (layer, head)
     attribution.py  input attribution: gradient x input and integrated gradients over the embeddings
@@ -18,10 +19,10 @@ from .attribution import AttributeConfig, InputAttribution, attribute
 from .dla import DlaConfig, LogitAttribution, dla
 from .heads import HeadScores, HeadScoresConfig, attention_maps, check_kind, head_scores
 from .hooks import editing, hook_names, recording
-from .lens import LensConfig, LogitLens, logit_lens
+from .lens import LensConfig, LogitLens, lens_loss, lens_points, logit_lens
 from .patching import PatchConfig, Patching, patch
 from .prompts import Trace, trace
 
 __all__ = ["AttributeConfig", "InputAttribution", "attribute", "DlaConfig", "LogitAttribution", "dla", "HeadScores",
            "HeadScoresConfig", "attention_maps", "check_kind", "head_scores", "editing", "hook_names", "recording",
-           "LensConfig", "LogitLens", "logit_lens", "PatchConfig", "Patching", "patch", "Trace", "trace"]
+           "LensConfig", "LogitLens", "lens_loss", "lens_points", "logit_lens", "PatchConfig", "Patching", "patch", "Trace", "trace"]

@@ -6,6 +6,9 @@ probability of the expected token — the one that actually comes next in a caus
 decoder, the decoder of an encoder-decoder), the token itself in an encoder (what its masked-LM
 head reconstructs). The last row is the model's own output. Rows are labelled as
 TransformerLens' `accumulated_resid` labels them: `0_pre`, `1_pre`, ..., `final_post`.
+
+`lens_loss` is the lens of a batch in one number per layer: the cross-entropy of each layer's
+readout against the batch's targets (what `train --inspect-interval` logs).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import LmforgeError
 from ..options import at_least, option, validate
 from .hooks import bodies
-from .prompts import prompt, run, token_strings
+from .prompts import Prompt, prompt, run, token_strings
 
 
 @dataclass
@@ -108,3 +112,16 @@ def logit_lens(lm, text: str, target: str | None = None, **options) -> LogitLens
             rank[:, t] = (probs[:, t] > probs[:, t, e:e + 1]).sum(-1).cpu()
     top_tokens = [[token_strings(tok, row) for row in layer] for layer in top_ids.tolist()]
     return LogitLens(p.tokens, labels, top_ids.cpu(), top_tokens, top_probs.cpu(), expected, rank, prob)
+
+
+@torch.no_grad()
+def lens_loss(model, ids: torch.Tensor, targets: torch.Tensor, source_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per layer of the lens (`lens_points`' order, L + 1): the mean cross-entropy (nats) of that
+    layer's readout of the batch `ids` (B, T) against `targets` (B, T; -100 where nothing is
+    expected); an encoder-decoder's decoder reads `ids` over the encoder's `source_ids`. The last
+    entry is the model's own loss."""
+    names, _ = lens_points(model)
+    _, store = run(model, Prompt(ids, [], source_ids), names, batch=ids.shape[0])
+    flat = targets.reshape(-1)
+    return torch.stack([F.cross_entropy(readout(model, store[n]).float().flatten(0, 1), flat, ignore_index=-100)
+                        for n in names]).cpu()

@@ -63,6 +63,10 @@ class TrainConfig:
                                        check=at_least(1))
     sample_interval: int | None = option(None, "print a sample every this many steps (default: eval_interval; "
                                                "0 disables)", check=at_least(0))
+    inspect_interval: int = option(0, "every this many steps, log each layer's highest previous-token and induction "
+                                      "head score and logit-lens loss to metrics.jsonl (kind \"inspect\") and draw "
+                                      "them beside the loss curve (0: never, the default; costs nothing then)",
+                                   check=at_least(0))
     sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
     seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True, check=SEED)

@@ -1,7 +1,8 @@
 """Seeing a training run from outside the loop: a `RunObserver` is called at the run's named
-points (start, each logged row, each evaluation with the model, each checkpoint, the end), so
-that experiment tracking and training-time inspection plug in without flags threaded through
-`Trainer.fit` (an example is in `trainer.py`'s docstring). The run directory's own metrics.jsonl
+points (start, each logged row, each evaluation with the model, each inspection step with the
+model, each checkpoint, the end), so that experiment tracking and training-time inspection
+(`inspection.py`) plug in without flags threaded through `Trainer.fit` (an example is in
+`trainer.py`'s docstring). The run directory's own metrics.jsonl
 and loss.png are written by one such observer (`RunFiles`), always the first: every row
 metrics.jsonl gets, every observer gets, in the same order. Only the main process (rank 0 under
 torchrun) calls observers; one that raises stops the run.
@@ -36,6 +37,12 @@ class RunObserver:
         """At each evaluation, just before its row is logged: the model, whole on this process (also
         under FSDP), in eval mode and under `torch.no_grad()` — where training-time inspection looks."""
 
+    def on_inspect(self, step: int, model: nn.Module) -> dict[str, float]:
+        """Every `--inspect-interval` steps (never when it is 0): the model, as in `on_eval`. What it
+        returns (numbers by name) is logged as the step's {"kind": "inspect"} row, so metrics.jsonl,
+        the trackers and the plots get it like any other row."""
+        return {}
+
     def on_save(self, step: int, out: Path) -> None:
         """After the checkpoint of `step` is committed in the model directory `out`."""
 
@@ -62,6 +69,12 @@ class Observers(RunObserver):
 
     def on_eval(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
         self._each("on_eval", step, model, metrics)
+
+    def on_inspect(self, step: int, model: nn.Module) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for observer in self.observers:
+            values.update(observer.on_inspect(step, model))
+        return values
 
     def on_save(self, step: int, out: Path) -> None:
         self._each("on_save", step, out)

@@ -361,6 +361,10 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any
     sample_fn = task.sampler()
     if sample_fn is None and config.family == "decoder" and not config.labels:
         sample_fn = decoder_sampler(tokenizer, cfg)
+    if cfg.inspect_interval:
+        from .inspection import TrainingInspection, lens_batch
+        observers = [*observers, TrainingInspection(tokenizer, getattr(task, "target_tokenizer", None),
+                                                    lens_batch(task, cfg.seed))]
     hooks: dict[str, Any] = {}
     if lora is not None:
         from ..adapt.runs import write_adapter_config

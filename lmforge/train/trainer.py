@@ -4,7 +4,8 @@ wraps the same loop.
 
 `fit` is the loop and nothing else: set the step's learning rate, `train_step`, then the named
 parts at their intervals — the log (`progress.TrainLog`: train rows, tokens/s, MFU, progress
-bar, collapse warnings), evaluation and samples (`evaluate_and_sample`), checkpoints
+bar, collapse warnings), evaluation and samples (`evaluate_and_sample`), training-time
+inspection (`inspect`, with --inspect-interval), checkpoints
 (`checkpoint.Checkpointer`, which also redraws loss.png) — inside a `StopRequest` (Ctrl-C:
 the first saves at the end of the step, a second stops at once without saving).
 
@@ -149,11 +150,12 @@ class Trainer:
                     if step % cfg.log_interval == 0 or step == end_step:
                         log.log(step, loss_sum, lr, tokens)
                     evaluated = self.evaluate_and_sample(step, log, summary)
+                    inspected = self.inspect(step)
                     if step % save_every == 0 or step == end_step:
                         saver.save(step, tokens)
-                    if evaluated:
-                        last_eval = step
-                        log.restart_clock()                                  # keep eval time out of tokens/s
+                    if evaluated or inspected:
+                        last_eval = step if evaluated else last_eval
+                        log.restart_clock()                  # keep eval and inspection time out of tokens/s
                     if step < end_step and self._stop_requested(stop):       # Ctrl-C: the step is whole, save it
                         return self._interrupted(step, tokens, saver, log, summary)
         except KeyboardInterrupt:                        # a second Ctrl-C: mid-step, so nothing consistent to save
@@ -280,6 +282,25 @@ class Trainer:
                     self.observers.on_log({"kind": "sample", "step": step, "text": text})
                     log.write(f"sample at step {step}: {text!r}")
         return evaluated
+
+    @torch.no_grad()
+    def inspect(self, step: int) -> bool:
+        """Every `inspect_interval` steps: the observers look inside the model, whole and in eval mode
+        (`on_inspect`), and what they measure is logged as an {"kind": "inspect"} row. Returns whether
+        it ran (with --inspect-interval 0, the default, never: no hook is ever set)."""
+        every = self.cfg.inspect_interval
+        if not every or step % every:
+            return False
+        model = self._raw(self.train_model)
+        was_training = model.training
+        model.eval()
+        with self.full_params():
+            if self.dist.is_main:
+                values = self.observers.on_inspect(step, model)
+                if values:
+                    self.observers.on_log({"kind": "inspect", "step": step, **values})
+        model.train(was_training)
+        return True
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int | None = None) -> dict[str, float]:
