@@ -65,6 +65,11 @@ class Task:
         """Extra validation metrics beyond the loss (accuracy, BLEU, ...)."""
         return {}
 
+    def baseline(self) -> tuple[dict[str, float], str] | None:
+        """Before training: what a classical model gets on the same split (its figures for the log
+        and the summary, and a line to print); None when the task has no baseline."""
+        return None
+
     def constant_loss(self) -> float | None:
         """The training loss of a model that ignores its input and predicts the training frequencies
         (of labels, of tokens): where a collapsed run sits (None: not known for this task)."""

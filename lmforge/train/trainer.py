@@ -138,6 +138,7 @@ class Trainer:
         summary: dict[str, Any] = {"out": str(self.out)}
         log = TrainLog(cfg, step, self.dist, self.device, self.model_config, self.task.constant_loss(),
                        self.observers, summary)
+        self._report_baseline(step, log, summary)
         last_eval: int | None = None
         try:
             with StopRequest(announce=self.dist.is_main) as stop:
@@ -262,6 +263,16 @@ class Trainer:
         return summary
 
     # ---- evaluation and samples -------------------------------------------------------------
+    def _report_baseline(self, step: int, log: TrainLog, summary: dict[str, Any]) -> None:
+        """Rank 0, before the first step: the task's classical baseline on the same split, logged
+        (a "baseline" row), printed and kept in the summary."""
+        result = self.task.baseline() if self.dist.is_main else None
+        if result is not None:
+            metrics, line = result
+            self.observers.on_log({"kind": "baseline", "step": step, **metrics})
+            summary.update(metrics)
+            log.write(line)
+
     def evaluate_and_sample(self, step: int, log: TrainLog, summary: dict[str, Any]) -> bool:
         """At an evaluation step: evaluate, log and print the metrics; at a sample step: sample, log
         and print the text. Returns whether it evaluated."""
