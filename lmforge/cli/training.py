@@ -17,7 +17,7 @@ from ..train.finetune import FINETUNE_DEFAULTS, FinetuneConfig
 from ..train.config import TrainConfig
 from .core import options_of, verb
 
-SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
+SUMMARY_KEYS = ("step", "best_step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
                 "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "baseline_val_macro_f1",
                 "baseline_test_macro_f1")
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 class Task:
     name = "base"
     reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
+    selection = ("val_loss", "min")  # the validation metric --keep-best / --patience judge by, and its direction
     tokenizer = None             # set by tasks that read a table and train their own tokenizer from it
 
     # ---- what the data decides about the model (called by `train()` before the model is built) ----

@@ -111,6 +111,7 @@ def label_entropy(y: torch.Tensor, n_labels: int) -> float:
 
 class ClassificationTask(Task):
     name = "classify"
+    selection = ("val_macro_f1", "max")     # what a user reads off a classifier; the loss keeps falling past it
 
     def __init__(self, path: str | Path, config, tokenizer, options: ClassifyConfig | None = None):
         o = self.options = options or ClassifyConfig()

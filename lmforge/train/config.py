@@ -65,6 +65,11 @@ class TrainConfig:
                                                "0 disables)", check=at_least(0))
     sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
+    keep_best: bool | None = option(None, "when the run ends, keep the weights of the evaluation with the best "
+                                          "validation metric (classify: val_macro_f1; other tasks: val_loss), not "
+                                          "the last", unset="on for classify and with --patience, else off")
+    patience: int | None = option(None, "early stopping: end the run when the validation metric has not improved "
+                                        "for this many evaluations (every --eval-interval steps)", check=at_least(1))
     seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
@@ -105,6 +110,11 @@ class TrainConfig:
                               f"learning rate; give --min-lr at most --lr")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+
+    def keeps_best(self) -> bool:
+        """--keep-best, or its default: on for classify (a fine-tuned classifier overfits small tables)
+        and with --patience. Resolved here, not in __post_init__, since `finetune` sets the task later."""
+        return self.keep_best if self.keep_best is not None else self.task == "classify" or self.patience is not None
 
     def options_for(self, cls: type) -> Any:
         """The task's options: `task_options` when set (checked to be a `cls`), else `cls()`."""
