@@ -35,6 +35,16 @@ class Task:
         so that the optimizer and DDP see only parameters that get gradients."""
         return ()
 
+    def attach(self, model: torch.nn.Module) -> None:
+        """Modules the task trains beside the model (ELECTRA's generator), put on it before training."""
+
+    def saved_names(self, names: set[str]) -> set[str]:
+        """Which of the model's state-dict names model.safetensors keeps (the rest: `save_extras`)."""
+        return names
+
+    def save_extras(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """At each checkpoint, after model.safetensors: what `attach` added, in a file of its own."""
+
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         """n example indices (int64) for `split`, drawn with `generator`."""
         raise NotImplementedError

@@ -27,7 +27,8 @@ class TrainConfig:
                                       "TSV / JSONL / Parquet / Arrow / save_to_disk directory) for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
     preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)", fixed=True)
-    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
+    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), rtd "
+                              "(replaced-token detection, ELECTRA: encoders), classify "
                               "(labelled table), seq2seq (pairs table, encoder-decoders), sft (chat JSONL)",
                        aliases=("--objective",), fixed=True)
     model: ModelOverridesConfig = nested(ModelOverridesConfig)
@@ -93,7 +94,7 @@ class TrainConfig:
                                       "tensorboard, trackio, mlflow, wandb (several at once), all (those installed) "
                                       "or none (the default); each needs its library: pip install "
                                       "\"lmforge[tracking]\"", check=check_report_to)
-    task_options: Any = option(None, "the task's own options (MLMConfig, ClassifyConfig, Seq2SeqConfig); "
+    task_options: Any = option(None, "the task's own options (MLMConfig, RTDConfig, ClassifyConfig, Seq2SeqConfig); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
