@@ -138,6 +138,8 @@ def arm_pretrained(args, out: Path, task: str) -> dict:
 
 
 def _pick(summary: dict) -> dict:
+    if summary.get("stopped"):                       # Ctrl-C / SIGTERM: no test figure to report
+        raise SystemExit(f"interrupted at step {summary['step']}; nothing written for this arm")
     return {k: summary[k] for k in ("test_macro_f1", "test_accuracy", "best_step", "step") if k in summary}
 
 
