@@ -24,7 +24,7 @@ from .generate import Completion, GenerationConfig, generate
 from .interop import export_gguf, export_hf, import_gguf, import_hf
 from .model import build_model
 from .quantize import QuantizeConfig, quantize, quantize_model
-from .tasks import TASKS, ClassifyConfig, MLMConfig, Seq2SeqConfig
+from .tasks import TASKS, ClassifyConfig, MLMConfig, Seq2SeqConfig, SFTConfig
 from .tokenizers import Tokenizer, train_tokenizer
 from .train import TrainConfig, train
 from .train.distill import DistillConfig, distill
@@ -35,6 +35,6 @@ __version__ = "0.1.0"
 __all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverridesConfig", "TASKS", "PRESETS", "get_preset", "PrepareConfig", "prepare",
            "GenerationConfig", "Completion", "generate", "build_model", "Tokenizer", "train_tokenizer",
            "TrainConfig", "train", "import_hf", "export_hf", "import_gguf", "export_gguf", "LmforgeError", "ConfigError", "DataError",
-           "ModelDirError", "FinetuneConfig", "finetune", "ClassifyConfig", "Seq2SeqConfig", "MLMConfig", "LoRAConfig",
-           "apply_lora", "merge_lora", "merge_adapter", "QuantizeConfig", "quantize", "quantize_model", "DistillConfig",
-           "distill"]
+           "ModelDirError", "FinetuneConfig", "finetune", "ClassifyConfig", "Seq2SeqConfig", "SFTConfig", "MLMConfig",
+           "LoRAConfig", "apply_lora", "merge_lora", "merge_adapter", "QuantizeConfig", "quantize", "quantize_model",
+           "DistillConfig", "distill"]

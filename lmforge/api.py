@@ -8,6 +8,8 @@
     {'label': 'perl', 'score': 0.91, 'probs': {...}}
     >>> lmforge.load("runs/en-zh").translate("Hello")           # doctest: +SKIP
     '你好'
+    >>> lmforge.load("runs/debian-summaries").summarize(long_description)   # doctest: +SKIP
+    'collection of tools for Debian system administration'
     >>> lmforge.load("runs/minilm").embed(["a cat", "a dog"]).shape   # doctest: +SKIP
     torch.Size([2, 384])
 """
@@ -85,10 +87,21 @@ class Model:
         from .generate.seq2seq import translate, translation_config
         gen = translation_config(**options)
         single = isinstance(texts, str)
-        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts),
-                        num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
-                        length_penalty=gen.length_penalty, batch_size=batch_size,
-                        no_repeat_ngram_size=gen.no_repeat_ngram_size)
+        out = translate(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts), gen,
+                        batch_size=batch_size)
+        return out[0] if single else out
+
+    def summarize(self, texts: str | list[str], batch_size: int = 32, **options: Any) -> str | list[str]:
+        """Summarise with an encoder-decoder trained on document / summary pairs, or with a decoder
+        fine-tuned on them with `--task sft` (each text is the user's message in its chat
+        template). Options are the GenerationConfig fields in `generate.summarize.SUMMARIZE_OPTIONS`
+        (num_beams, length_penalty, min_new_tokens, max_new_tokens, no_repeat_ngram_size; defaults:
+        `SUMMARIZE_DEFAULTS`, 4 beams)."""
+        from .generate.summarize import summarization_config, summarize
+        gen = summarization_config(**options)
+        single = isinstance(texts, str)
+        out = summarize(self.module, self.tokenizer, self.target_tokenizer, [texts] if single else list(texts), gen,
+                        batch_size=batch_size)
         return out[0] if single else out
 
     def chat(self, messages: list[dict[str, str]], draft: "Model | None" = None, **options: Any) -> str:
@@ -112,33 +125,58 @@ class Model:
         query token q attends to each key token. Encoder-decoders: `kind` "cross" (the decoder
         reading the source; default), "encoder" or "decoder", over `target` (default: the
         model's greedy translation). `with_tokens`: also (query token strings, key token strings)."""
-        from .viz.attention import attention_maps, check_kind
+        from .inspect import attention_maps, check_kind
         kind = check_kind(self.config.family, kind)
-        limit = min(max_tokens or self.config.context_length, self.config.context_length)
-        if self.config.family == "decoder":
-            src = self.tokenizer.encode(text, bos=self.tokenizer.add_bos)[:limit]
-        else:                                             # <bos> text <eos>, as the encoder saw it in training
-            encoder_bos = self.config.family == "encoder" and self.tokenizer.bos_id is not None
-            bos = [self.tokenizer.bos_id] if encoder_bos else []
-            eos = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
-            src = (bos + self.tokenizer.encode(text))[: limit - len(eos)] + eos
-        if not src:
-            raise LmforgeError("attention maps need a text of at least one token")
-        tgt = None
-        if self.config.family == "seq2seq":
-            target = self.translate(text, num_beams=1) if target is None else target
-            tgt_tok = self.target_tokenizer
-            tgt = ([tgt_tok.bos_id] + tgt_tok.encode(target))[:limit]
-        maps = attention_maps(self.module, src, tgt, kind)
-        if not with_tokens:
-            return maps
-        def strings(tok, ids):
-            return [tok.decode([i], skip_special_tokens=False) for i in ids]
-        src_s = strings(self.tokenizer, src)
-        tgt_s = strings(self.target_tokenizer, tgt) if tgt is not None else None
-        queries, keys = {"self": (src_s, src_s), "encoder": (src_s, src_s), "decoder": (tgt_s, tgt_s),
-                         "cross": (tgt_s, src_s)}[kind]
-        return maps, (queries, keys)
+        maps, tokens = attention_maps(self, text, kind, self._decoder_text(text, target), max_tokens)
+        return (maps, tokens) if with_tokens else maps
+
+    # ---- the glass box (lmforge.inspect): results are dataclasses with to_dict(), table() and plot(PNG) ----
+    def trace(self, text: str, names: list[str] | None = None, target: str | None = None):
+        """A `Trace` of `text`: the activations of the hook points `names` (TransformerLens' names,
+        e.g. "blocks.0.hook_resid_post", globs allowed; default: all), the token strings, the logits.
+        Encoder-decoders: the decoder reads `target` (default: the model's greedy translation)."""
+        from .inspect import trace
+        return trace(self, text, names, self._decoder_text(text, target))
+
+    def patched(self, patches: dict):
+        """Context: inside it every forward of this model (generation included) passes the activation
+        of each named hook point (globs allowed) through fn(activation, name) -> new activation."""
+        from .inspect import editing
+        return editing(self.module, patches)
+
+    def logit_lens(self, text: str, target: str | None = None, **options):
+        """The `LogitLens` of `text`: every layer's top tokens, and the rank of the actual next token.
+        Options: `lmforge.inspect.LensConfig` fields (top_k)."""
+        from .inspect import logit_lens
+        return logit_lens(self, text, self._decoder_text(text, target), **options)
+
+    def dla(self, text: str, answer: str, wrong: str | None = None, position: int = -1, target: str | None = None):
+        """`LogitAttribution`: what each head and MLP writes toward `answer`'s logit (minus `wrong`'s)."""
+        from .inspect import dla
+        return dla(self, text, self._decoder_text(text, target), answer=answer, wrong=wrong, position=position)
+
+    def patch(self, clean: str, corrupted: str, answer: str, wrong: str):
+        """Activation `Patching` from `clean` into `corrupted` (same length), scored on answer - wrong."""
+        from .inspect import patch
+        return patch(self, clean, corrupted=corrupted, answer=answer, wrong=wrong)
+
+    def attribute(self, text: str, **options):
+        """`InputAttribution` of a classifier's label or the next token to each input token. Options:
+        `lmforge.inspect.AttributeConfig` fields (target, method "ig" / "gxi", steps, batch_size)."""
+        from .inspect import attribute
+        return attribute(self, text, **options)
+
+    def head_scores(self, **options):
+        """`HeadScores`: previous-token, induction and entropy score per head on a repeated random
+        sequence. Options: `lmforge.inspect.HeadScoresConfig` fields (seq_len, seed, alphabet, kind)."""
+        from .inspect import head_scores
+        return head_scores(self, **options)
+
+    def _decoder_text(self, text: str, target: str | None) -> str | None:
+        """What an encoder-decoder's decoder reads: `target`, by default the greedy translation."""
+        if self.config.family == "seq2seq" and target is None:
+            return self.translate(text, num_beams=1)
+        return target
 
     def draft_module(self, draft: "Model | None"):
         """The torch module of `draft` (a smaller model for speculative decoding), checked to share

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .options import option
+from .options import bounds, between, option, validate
 
 FAMILIES = ("decoder", "encoder", "seq2seq")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -177,13 +177,18 @@ class ModelConfig:
 @dataclass
 class ModelOverridesConfig:
     """The ModelConfig fields a training run may change from its preset (None: the preset's)."""
-    context_length: int | None = option(None, "override the preset's context length", fixed=True)
-    n_layer: int | None = option(None, "override the preset's number of layers", fixed=True)
-    n_head: int | None = option(None, "override the preset's number of attention heads", fixed=True)
+    context_length: int | None = option(None, "override the preset's context length", fixed=True, check=bounds(1))
+    n_layer: int | None = option(None, "override the preset's number of layers", fixed=True, check=bounds(1))
+    n_head: int | None = option(None, "override the preset's number of attention heads", fixed=True,
+                                check=bounds(1))
     n_kv_head: int | None = option(None, "override the preset's key/value heads (grouped-query attention)",
-                                   fixed=True)
-    d_model: int | None = option(None, "override the preset's width", fixed=True)
-    dropout: float | None = option(None, "override the preset's dropout", fixed=True)
+                                   fixed=True, check=bounds(1))
+    d_model: int | None = option(None, "override the preset's width", fixed=True, check=bounds(1))
+    dropout: float | None = option(None, "override the preset's dropout", fixed=True,
+                                   check=between(0, 1, high_open=True))
+
+    def __post_init__(self) -> None:
+        validate(self)          # before any work: a run's flags, its run file and the API alike
 
     def given(self) -> dict[str, Any]:
         """{field: value} of the overrides that are set."""

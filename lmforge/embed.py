@@ -26,7 +26,7 @@ from .config import POOLINGS
 from .data.classify import encode_for_classification
 from .errors import ConfigError
 from .model.heads import pool
-from .options import option
+from .options import at_least, option, validate
 from .tasks.classify import map_batches, segments
 
 
@@ -37,13 +37,12 @@ class EmbedConfig:
                                   "the model's own (an imported sentence-transformers model's, else cls for encoders)",
                           choices=POOLINGS)
     normalize: bool = option(True, "scale every vector to length 1 (dot products are then cosine similarities)")
-    batch_size: int = option(64, "texts per forward pass")
+    batch_size: int = option(64, "texts per forward pass", check=at_least(1))
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        validate(self)
 
 
 def embed_texts(model, tokenizer, texts: list[str], pooling: str = "auto", normalize: bool = True,

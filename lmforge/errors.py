@@ -5,6 +5,18 @@ corpus, a config that does not fit) raises `LmforgeError` with a message that na
 input and the fix. The CLI prints these without a traceback.
 """
 
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
+
+
+def shown(value) -> str:
+    """`repr(value)` as an error message shows it: whole when short, cut (with ...) when long or
+    deep, so a 2 MB list in a request cannot make a 2 MB message."""
+    return _SHORT.repr(value)
+
 
 class LmforgeError(ValueError):
     """A user-facing error: the message names the bad input and how to fix it."""
@@ -28,5 +40,5 @@ class OptionError(ConfigError):
     otherwise (the server: OpenAI's names) builds its own from the three parts."""
 
     def __init__(self, field: str, value, problem: str):
-        super().__init__(f"{field}={value!r} {problem}")
+        super().__init__(f"{field}={shown(value)} {problem}")
         self.field, self.value, self.problem = field, value, problem

@@ -191,6 +191,12 @@ def from_args(cls: type, ns: argparse.Namespace, **extra: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- validation
+# What the code can hold: every integer option ends up in Python loops, torch tensors (int64) or a
+# torch seed, so one outside 64 bits is refused whatever its own check says (a seed may use the
+# unsigned range, as torch's generators do: its check says so by naming that upper bound).
+INT64_MIN, INT64_MAX, UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
 def at_least(low: float, note: str = "") -> Check:
     return lambda v: None if v is None or v >= low else f"must be at least {low}{note}"
 
@@ -218,7 +224,8 @@ def device_name(v: str) -> str | None:
 
 def bounds(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Check:
     """low <= v <= high (low < v when `low_open`), either side optional, said the way OpenAI's
-    and vLLM's servers say it: "must be >= 0.0 and <= 2.0" (the numbers as written here)."""
+    and vLLM's servers say it: "must be >= 0.0 and <= 2.0" (the numbers as written here). The
+    check keeps `low` and `high`, so tests and the server can generate values at the edges."""
     def check(v):
         if v is None:
             return None
@@ -227,7 +234,23 @@ def bounds(low: float | None = None, high: float | None = None, *, low_open: boo
         parts = ([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + \
                 ([f"<= {high}"] if high is not None else [])
         return "must be " + " and ".join(parts)
+    check.low, check.high, check.low_open = low, high, low_open
     return check
+
+
+def every(*checks: Check) -> Check:
+    """The first problem any of `checks` finds (a value must pass them all); its `low` and `high`
+    are the narrowest of theirs."""
+    def check(v):
+        return next((p for p in (c(v) for c in checks) if p), None)
+    lows = [c.low for c in checks if getattr(c, "low", None) is not None]
+    highs = [c.high for c in checks if getattr(c, "high", None) is not None]
+    check.low, check.high = max(lows, default=None), min(highs, default=None)
+    check.low_open = any(c.low_open for c in checks if getattr(c, "low", None) == check.low)
+    return check
+
+
+SEED = bounds(0, UINT64_MAX)       # what torch.Generator.manual_seed takes, without its negative aliases
 
 
 _TYPE_PROBLEMS = {bool: "must be true or false", int: "must be an integer", float: "must be a number"}
@@ -248,6 +271,34 @@ def type_problem(value: Any, tp: Any) -> str | None:
     return None if ok else _TYPE_PROBLEMS[tp]
 
 
+def _not_finite(value: Any) -> str | None:
+    """Checked before a field's own check: NaN passes every comparison a range check makes."""
+    return "must be a finite number" if isinstance(value, float) and not math.isfinite(value) else None
+
+
+def _outside_64_bits(value: Any, check: Check | None) -> str | None:
+    """Checked after a field's own check (whose words are the better ones when it objects): an
+    integer the code cannot hold, whatever the check allows; a check whose own `high` is larger
+    (a seed's) widens the top."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    top = max(INT64_MAX, getattr(check, "high", None) or INT64_MAX)
+    return f"must be <= {top}" if value > top else f"must be >= {INT64_MIN}" if value < INT64_MIN else None
+
+
+def value_problem(value: Any, tp: Any, check: Check | None = None, choices=None) -> str | None:
+    """What is wrong with `value` for an option annotated `tp` (None when fine), in this order: its
+    type (for booleans and numbers), a float that is not finite, a value outside `choices`, its
+    `check`, an integer outside 64 bits. The options (`problem_of`) and the server's other request
+    fields use it, so a number is refused alike wherever it is given."""
+    problem = type_problem(value, tp) or _not_finite(value)
+    if problem is None and choices and value is not None and value not in choices:
+        problem = f"is not one of {', '.join(map(str, choices))}"
+    if problem is None and check is not None:
+        problem = check(value)
+    return problem or _outside_64_bits(value, check)
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     try:
@@ -257,17 +308,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def problem_of(f: dataclasses.Field, value: Any, tp: Any) -> str | None:
-    """What is wrong with `value` for field `f` (annotated `tp`), None when fine: its type (for
-    booleans and numbers), a float that is not finite, a value outside `choices`, its `check`."""
-    meta = f.metadata
-    problem = type_problem(value, tp)
-    if problem is None and isinstance(value, float) and not math.isfinite(value):
-        problem = "must be a finite number"
-    elif problem is None and meta.get("choices") and value is not None and value not in meta["choices"]:
-        problem = f"is not one of {', '.join(map(str, meta['choices']))}"
-    elif problem is None and meta.get("check") is not None:
-        problem = meta["check"](value)
-    return problem
+    """What is wrong with `value` for field `f` (annotated `tp`), None when fine (`value_problem`)."""
+    return value_problem(value, tp, f.metadata.get("check"), f.metadata.get("choices"))
 
 
 def validate(obj: Any, error: type[Exception] = OptionError) -> None:

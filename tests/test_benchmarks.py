@@ -124,3 +124,14 @@ def test_gpu_suite_dry_run_reports_every_part(tmp_path):
     for clients, row in r["serve"]["lmforge"].items():
         assert row["tokens"] == 8 * row["requests"] and row["tokens_per_s"] > 0, (clients, row)
     assert set(r["summary"]) >= {"train_lmforge_over_nanogpt", "fsdp_over_plain_tokens_per_s", "greedy_equal"}
+
+
+@pytest.mark.slow
+def test_serve_pressure_benchmark_holds_every_promise(tmp_path):
+    """benchmarks/serve_pressure.py --quick against a real server: the storm, the slow reader,
+    the slow senders, SIGTERM mid-stream and memory over 400 requests each hold what they promise."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_pressure.py"), "--quick"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.stdout.count("\nPASS ") == 5 and "pressure: 5 of 5 held" in done.stdout, done.stdout

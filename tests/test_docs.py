@@ -61,6 +61,7 @@ TINY: dict[str, list[str]] = {
                 "--sample-tokens", "8", "--device", "cpu"],
     "classify": ["--device", "cpu"],
     "translate": ["--device", "cpu", "--max-new-tokens", "8"],
+    "summarize": ["--device", "cpu", "--max-new-tokens", "8"],
     "embed": ["--device", "cpu"],
     "serve": ["--device", "cpu"],
     "attention": ["--device", "cpu"],

@@ -436,3 +436,116 @@ def test_data_errors_name_the_file(tmp_path):
     (tmp_path / "b.json").write_text("{")
     with pytest.raises(DataError, match=r"b.json is not valid JSON"):
         read_json(tmp_path / "b.json")
+
+
+# ------------------------------------------------------------------------------ the server (issue 27)
+@pytest.fixture
+def tiny_server(char_data):
+    """A gpt-tiny random decoder behind the app, in-process, with a short body timeout."""
+    from starlette.testclient import TestClient
+
+    from lmforge.api import Model
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    from lmforge.serve import ServeConfig
+    from lmforge.serve.app import create_app
+    from lmforge.tokenizers import Tokenizer
+    tokenizer = Tokenizer.load(char_data)
+    config = get_preset("gpt-tiny", vocab_size=tokenizer.vocab_size, context_length=32)
+    app = create_app(Model(build_model(config).eval(), config, tokenizer), ServeConfig(model_dir="x", body_timeout=0.5))
+    with TestClient(app) as http:
+        yield http, app.state.server
+
+
+def test_a_body_that_trickles_in_gets_408_and_holds_no_row(tiny_server):
+    """The body is read (within --body-timeout) before any row is asked for."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from lmforge.serve.http import read_json
+    from lmforge.serve.protocol import ApiError
+    http, state = tiny_server
+    held = []
+
+    async def receive():                       # a byte every 0.1 s, never the end
+        held.append(state.scheduler.running + state.scheduler.queue_depth)
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+    request = Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": [], "app": http.app},
+                      receive)
+    with pytest.raises(ApiError) as e:
+        asyncio.run(read_json(request))
+    assert e.value.status == 408 and e.value.code == "timeout" and "--body-timeout" in e.value.message
+    assert 3 <= len(held) <= 7 and set(held) == {0}
+    assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_a_stream_reader_that_falls_behind_is_cancelled_with_an_error_event():
+    """Past max_backlog unread events a stream's sequences are cancelled (their rows freed at the
+    next step) and its reader gets what was queued, then one error event in OpenAI's shape."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from lmforge.serve.events import Token
+    from lmforge.serve.replies import Mailbox, Reply
+
+    async def run():
+        cancelled = []
+        reply = Reply(Mailbox(asyncio.get_running_loop()), SimpleNamespace(cancel=cancelled.extend), max_backlog=4)
+        seq = SimpleNamespace(finish_reason=None, index=0)
+        reply.seqs = [seq]
+        stream = reply.stream(lambda s, text, entry: text, lambda s: "END")
+        reply.deliver(Token(seq, 1, "a", None))
+        first = await stream.__anext__()                 # the reader took one event, then stops reading
+        for _ in range(10):
+            reply.deliver(Token(seq, 2, "b", None))
+        return first, [chunk async for chunk in stream], cancelled, seq
+    first, rest, cancelled, seq = asyncio.run(run())
+    assert first == "a" and rest[0].startswith("bbbbdata: ") and cancelled == [seq]
+    error = json.loads(rest[0][4:].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_backlog_exceeded" and "--max-stream-backlog" in error["message"]
+
+
+def test_sigterm_ends_the_running_streams_cleanly_within_the_timeout(tmp_path, char_data):
+    """A real server (uvicorn) asked to stop while two long streams run: each gets its last chunk
+    (finish_reason "cancelled") and [DONE], the process is gone within --shutdown-timeout plus
+    2 s, and its log says so in one line at the start and one at the end."""
+    import time
+
+    import httpx
+
+    from .test_serve import free_port, random_decoder_dir
+    model = random_decoder_dir(tmp_path / "m", char_data, context_length=4096)
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", str(model), "--port", str(port), "--device",
+                                 "cpu", "--shutdown-timeout", "0.5"], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url, body = f"http://127.0.0.1:{port}", {"prompt": "The", "max_tokens": 4000, "temperature": 0,
+                                                 "stream": True, "ignore_eos": True}
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            with http.stream("POST", "/v1/completions", json=body) as one, \
+                    http.stream("POST", "/v1/completions", json=body) as two:
+                lines = [one.iter_lines(), two.iter_lines()]
+                assert all(next(it).startswith("data: ") for it in lines)          # both run
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                rests = [[line for line in it if line.startswith("data: ")] for it in lines]
+        proc.wait(timeout=30)
+        stopped = time.monotonic() - t0
+    finally:
+        proc.kill()
+    for rest in rests:
+        assert rest[-1] == "data: [DONE]" and '"finish_reason": "cancelled"' in rest[-2]
+    assert stopped < 0.5 + 2 + 1.5, stopped
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("shutting down: 2 sequences running or waiting") == 1
+    assert text.count("shut down after") == 1 and "2 cancelled" in text

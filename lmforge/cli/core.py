@@ -24,8 +24,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 
 # the order of `lmforge --help`, across the modules that register the verbs
 HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
-              "quantize", "distill", "classify", "translate", "presets", "import", "export", "embed", "attention",
-              "serve")
+              "quantize", "distill", "classify", "translate", "summarize", "presets", "import", "export", "embed",
+              "attention", "inspect", "serve")
 
 
 def verb(name: str, help: str):
@@ -64,12 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         help, add, run = VERBS[name]
         p = sub.add_parser(name, help=help, description=help)
         add(p)
-        p.add_argument("--config", metavar="FILE.yaml", help="read settings from this YAML file (the flags' names, "
-                       "e.g. `batch_size: 16`); flags on the command line override it")
-        p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML (a --config "
-                       "file) and stop")
-        p.set_defaults(_run=run, _parser=p)
+        finish_parser(p, run)
     return parser
+
+
+def finish_parser(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
+    """What every verb's parser has (a verb with sub-commands: each of them): --config, --print-config,
+    and the run function and parser that `main` finds in the namespace."""
+    p.add_argument("--config", metavar="FILE.yaml", help="read settings from this YAML file (the flags' names, "
+                   "e.g. `batch_size: 16`); flags on the command line override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML (a --config "
+                   "file) and stop")
+    p.set_defaults(_run=run, _parser=p)
 
 
 def _settings(ns: argparse.Namespace) -> dict:
@@ -102,6 +108,21 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     if ns.config or saved is not None and saved.is_file():
         ns = parser.parse_args(argv)
     return ns
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """The one-line account of an allocation the machine could not make (None: `e` is another
+    error). Torch says "can't allocate memory: you tried to allocate N bytes" on CPU and raises
+    OutOfMemoryError on CUDA."""
+    import re
+    text = str(e)
+    if not (isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    size = "" if asked is None else f" ({int(asked.group(1)) / 2**30:,.1f} GiB asked for)" if asked.group(1).isdigit() \
+        else f" ({asked.group(1)} asked for)"
+    return f"out of memory{size}: the sizes given need more memory than this machine has; lower them " \
+           f"(--batch-size, --context-length, --d-model, --n-layer, --eval-iters, --max-new-tokens, ...)"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -138,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from ..fileio import os_error_message
         print(f"lmforge {ns.verb}: error: {os_error_message(e, writing=True)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:   # sizes the machine cannot hold (a width of 10**6, ...)
+        if not out_of_memory(e) or os.environ.get("LMFORGE_DEBUG"):
+            raise
+        print(f"lmforge {ns.verb}: error: {out_of_memory(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:              # a second Ctrl-C, or one outside a training loop
         print(f"\nlmforge {ns.verb}: interrupted", file=sys.stderr)

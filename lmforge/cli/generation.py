@@ -81,10 +81,10 @@ def _generate(ns):
 def _chat(ns):
     from ..api import load
     from ..generate.chat import Chat, chat_loop
-    args = from_args(ChatConfig, ns)
+    args, gen = from_args(ChatConfig, ns), from_args(GenerationConfig, ns)     # both checked before any work
     lm = load(args.model_dir, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype) if args.draft else None
-    chat_loop(Chat(lm.module, lm.tokenizer, args.system, from_args(GenerationConfig, ns), lm.draft_module(draft)))
+    chat_loop(Chat(lm.module, lm.tokenizer, args.system, gen, lm.draft_module(draft)))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The verbs that run a trained task over texts given as arguments or read from a file:
 classify (labels, and scores against a label column), translate (and BLEU / chrF against a
-reference column) and embed (vectors, or their cosine similarities)."""
+reference column), summarize (and ROUGE against a reference column) and embed (vectors, or
+their cosine similarities)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..embed import EmbedConfig
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
 from ..generate.seq2seq import TRANSLATE_DEFAULTS, TRANSLATE_OPTIONS, translation_config
+from ..generate.summarize import SUMMARIZE_DEFAULTS, SUMMARIZE_OPTIONS, summarization_config
 from ..options import at_least, device_name, from_args, option, validate
 from .core import options_of, verb
 
@@ -117,23 +119,56 @@ class TranslateCommandConfig:
 @verb("translate", "translate (or summarise) texts with an encoder-decoder model directory (greedy or beam search)")
 @options_of(TranslateCommandConfig, GenerationConfig, defaults=TRANSLATE_DEFAULTS, only={GenerationConfig: TRANSLATE_OPTIONS})
 def _translate(ns):
+    def scores(outputs: list[str], refs: list[str]) -> str:
+        from ..evaluate.bleu import format_bleu, translation_scores
+        return format_bleu(translation_scores(outputs, refs))
+    return _decode_texts(ns, TranslateCommandConfig, "translate", TRANSLATE_OPTIONS, translation_config,
+                         ("source", "translation"), scores)
+
+
+@dataclass
+class SummarizeCommandConfig(TranslateCommandConfig):
+    model_dir: str = option(None, "encoder-decoder model directory (from `lmforge train --task seq2seq` on documents "
+                                  "and summaries) or decoder fine-tuned on them (`lmforge finetune --task sft`)",
+                            positional=True)
+    texts: list[str] = option([], "document(s) to summarize", positional=True)
+    file: str | None = option(None, "also summarize every line of this text file, or a column of a CSV / TSV / "
+                                    "JSONL table (--source-column)")
+    source_column: str = option("source", "with a table --file: the column holding the documents")
+    target_column: str | None = option(None, "with a table --file: a column of reference summaries; prints ROUGE "
+                                             "against them")
+
+
+@verb("summarize", "summarize texts with an encoder-decoder or an SFT decoder (beam search; ROUGE against "
+                   "references)")
+@options_of(SummarizeCommandConfig, GenerationConfig, defaults=SUMMARIZE_DEFAULTS,
+            only={GenerationConfig: SUMMARIZE_OPTIONS})
+def _summarize(ns):
+    def scores(outputs: list[str], refs: list[str]) -> str:
+        from ..evaluate.rouge import format_rouge, rouge_scores
+        s = rouge_scores(outputs, refs)
+        return format_rouge(s) + ("" if s["rouge_stemmer"] else " (Unicode words, no stemming)")
+    return _decode_texts(ns, SummarizeCommandConfig, "summarize", SUMMARIZE_OPTIONS, summarization_config,
+                         ("document", "summary"), scores)
+
+
+def _decode_texts(ns, command: type, verb_name: str, names: tuple[str, ...], decoding_config,
+                  keys: tuple[str, str], scores) -> int:
+    """translate / summarize: decode the texts with the model's `verb_name` method, print the
+    outputs (or JSON objects with `keys`), and `scores(outputs, references)` against --target-column."""
     from ..api import load
-    args = from_args(TranslateCommandConfig, ns)
-    options = {k: getattr(ns, k) for k in TRANSLATE_OPTIONS}
-    translation_config(**options)                                 # checks the decoding flags before any work
-    texts, refs = _input_texts("translate", args.texts, args.file, args.source_column, "--source-column",
+    args = from_args(command, ns)
+    options = {k: getattr(ns, k) for k in names}
+    decoding_config(**options)                                    # checks the decoding flags before any work
+    texts, refs = _input_texts(verb_name, args.texts, args.file, args.source_column, "--source-column",
                                args.target_column, "--target-column")
     lm = load(args.model_dir, device=args.device)
-    outputs = lm.translate(texts, batch_size=args.batch_size,
-                           **options)
+    outputs = getattr(lm, verb_name)(texts, batch_size=args.batch_size, **options)
     for text, out in zip(texts, outputs):
-        print(json.dumps({"source": text, "translation": out}, ensure_ascii=False) if args.json else out)
+        print(json.dumps({keys[0]: text, keys[1]: out}, ensure_ascii=False) if args.json else out)
     if refs is not None:
-        from ..evaluate.bleu import translation_scores
         refs = refs[len(args.texts):]                        # the --file rows: the argument texts have none
-        s = translation_scores(outputs[len(args.texts):], refs)
-        print(f"BLEU {s['bleu']:.2f} ({s['bleu_tokenize']} tokens), chrF {s['chrf']:.2f} over {len(refs)} pairs",
-              file=sys.stderr)
+        print(f"{scores(outputs[len(args.texts):], refs)} over {len(refs)} pairs", file=sys.stderr)
     return 0
 
 

@@ -17,9 +17,9 @@ from ..train.finetune import FINETUNE_DEFAULTS, FinetuneConfig
 from ..train.config import TrainConfig
 from .core import options_of, verb
 
-SUMMARY_KEYS = ("step", "best_step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
-                "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "baseline_val_macro_f1",
-                "baseline_test_macro_f1")
+SUMMARY_KEYS = ("step", "best_step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu",
+                "val_chrf", "val_rougeL", "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "test_rougeL",
+                "baseline_val_macro_f1", "baseline_test_macro_f1")
 
 
 def print_summary(summary: dict) -> None:
@@ -56,8 +56,8 @@ def _prepare(ns):
 
 
 def _with_task_options(cfg: TrainConfig, ns) -> TrainConfig:
-    cls = TASK_OPTIONS.get(cfg.task)
-    return dataclasses.replace(cfg, task_options=from_args(cls, ns)) if cls else cfg
+    built = {task: from_args(cls, ns) for task, cls in TASK_OPTIONS.items()}    # every task's flags checked
+    return dataclasses.replace(cfg, task_options=built[cfg.task]) if cfg.task in built else cfg
 
 
 @verb("train", "train a model: on a prepared data directory (clm, mlm) or a table (classify, seq2seq); also "

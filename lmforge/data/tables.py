@@ -21,7 +21,7 @@ from typing import Iterator
 
 from ..errors import DataError
 from ..fileio import open_text, read_text
-from ..options import at_least, option, validate
+from ..options import SEED, at_least, option, validate
 from .columnar import ColumnarTable
 from .rows import COLUMNAR, csv_records, json_objects, table_format
 
@@ -31,7 +31,7 @@ class TableConfig:
     """How a table file becomes train / validation / test examples (classify and seq2seq)."""
     val_fraction: float = option(0.1, "fraction of the rows held out for validation (evaluated during training)")
     test_fraction: float = option(0.1, "fraction of the rows held out for the final test report")
-    split_seed: int = option(0, "seed of the shuffle that makes the train / validation / test split")
+    split_seed: int = option(0, "seed of the shuffle that makes the train / validation / test split", check=SEED)
     tokenizer: str = option("bpe", "training from scratch: tokenizer kind to train on the table (char, bpe, "
                                    "wordpiece) or a directory holding a tokenizer.json")
     vocab_size: int = option(8192, "training from scratch: vocabulary size of the trained tokenizer",

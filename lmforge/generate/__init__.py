@@ -7,7 +7,8 @@
     sampling.py     logits -> tokens: penalties, filters, sampling
     text.py         a sequence's text as tokens arrive: incremental decoding, stop strings
 
-`chat.py` (a conversation) and `seq2seq.py` (encoder-decoders) sit beside `dispatch.py`.
+`chat.py` (a conversation) and `seq2seq.py` (encoder-decoders) sit beside `dispatch.py`;
+`summarize.py` (a summary with either family) above them.
 """
 
 from .core import Completion, GenerationConfig, decode_one_token, prefill

@@ -73,16 +73,19 @@ class Beams:
                    torch.zeros((B, K), dtype=torch.long, device=device),
                    torch.zeros((B, K), dtype=torch.bool, device=device), torch.zeros(B, dtype=torch.bool, device=device))
 
-    def candidates(self, logits: torch.Tensor, t: int, n_cand: int, no_repeat_ngram_size: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def candidates(self, logits: torch.Tensor, t: int, n_cand: int, no_repeat_ngram_size: int,
+                   banned_eos: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The n_cand best one-token extensions of each prompt's beams, from logits (B*K, V):
-        (scores, beam, token, sequences), each (B, n_cand, ...), best first."""
+        (scores, beam, token, sequences), each (B, n_cand, ...), best first. `banned_eos`: an
+        end-of-text id that may not be chosen at this step (before the minimum length)."""
         B, K, L = self.running_seqs.shape
         V = logits.shape[-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         if no_repeat_ngram_size:                                       # no n-gram twice in a hypothesis
             banned = repeated_ngram_mask(self.running_seqs.view(B * K, L), t, no_repeat_ngram_size, V)
             logp = logp.masked_fill(banned, float("-inf"))
+        if banned_eos is not None:                     # as Hugging Face's min_length: no renormalisation
+            logp[:, banned_eos] = float("-inf")
         logp = logp.view(B, K, V)
         cand = (self.running_scores[..., None] + logp).view(B, K * V)  # (B, K*V)
         top_scores, top_ids = cand.topk(n_cand, dim=-1)              # (B, 2K), best first
@@ -130,7 +133,7 @@ class Beams:
 def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], first_logits: torch.Tensor,
                 num_beams: int, max_new_tokens: int, eos_id: int | None, pad_id: int = 0,
                 length_penalty: float = 1.0, early_stopping: bool = True,
-                no_repeat_ngram_size: int = 0) -> BeamResult:
+                no_repeat_ngram_size: int = 0, min_new_tokens: int = 0) -> BeamResult:
     """Beam search for B prompts with K = num_beams beams each.
 
     first_logits: (B*K, V) next-token logits after each prompt, repeated K times (row b*K + k
@@ -139,6 +142,7 @@ def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
         that order), feed `tokens` as generated token number t (0-based), return the logits.
     no_repeat_ngram_size: n > 0 forbids a hypothesis to contain any n generated tokens twice
         (the "y nosotros nosotros nosotros" loops small translators fall into).
+    min_new_tokens: no hypothesis ends (with <eos>) before this many tokens.
     """
     K = num_beams
     N, V = first_logits.shape
@@ -150,7 +154,8 @@ def beam_search(step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     beam_offset = (torch.arange(B, device=device) * K)[:, None]        # (B, 1)
     logits, t = first_logits, 0
     for t in range(L):
-        top_scores, top_beam, top_tok, top_seqs = beams.candidates(logits, t, n_cand, no_repeat_ngram_size)
+        banned_eos = eos_id if t < min_new_tokens else None
+        top_scores, top_beam, top_tok, top_seqs = beams.candidates(logits, t, n_cand, no_repeat_ngram_size, banned_eos)
         is_eos = (top_tok == eos_id) if eos_id is not None else torch.zeros_like(top_tok, dtype=torch.bool)
         norm = float(t + 1) ** length_penalty
         # finished: <eos> candidates ranked among the top K, for prompts still searching
@@ -207,6 +212,6 @@ def beam_generate_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig,
                                     last_pos + t + 1, key_valid)
 
         result = beam_search(step, logits[expand], K, max_new, None if cfg.ignore_eos else eos_id, pad_id,
-                             cfg.length_penalty, cfg.early_stopping, cfg.no_repeat_ngram_size)
+                             cfg.length_penalty, cfg.early_stopping, cfg.no_repeat_ngram_size, cfg.min_new_tokens)
     ids, reasons = best_hypotheses(result, None if cfg.ignore_eos else eos_id)
     return ids, reasons, clock.stats(T0, result.steps, B, beams=K)

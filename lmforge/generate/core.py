@@ -21,8 +21,14 @@ from typing import Iterator
 import torch
 
 from ..errors import LmforgeError
-from ..options import bounds, option, validate
+from ..options import SEED, bounds, every, option, validate
 from .sampling import MAX_LOGPROBS
+
+
+# Temperatures below this decode greedily (vLLM's rule): dividing float32 logits by 1e-300 makes
+# them infinite, and sampling from that is argmax anyway. (The repetition penalty's usable range,
+# 1e-4 to 1e4, is the same kind of bound: beyond it penalised logits overflow float32.)
+MIN_TEMPERATURE = 1e-5
 
 
 def _strings(v) -> str | None:
@@ -37,6 +43,8 @@ class GenerationConfig:
     request fields onto them (`lmforge.serve.openai_fields`), so a value is refused alike, with
     the same words, wherever it is given. Each field's rule is its `check` (plus its type)."""
     max_new_tokens: int = option(100, "most tokens to generate per prompt", check=bounds(1))
+    min_new_tokens: int = option(0, "fewest tokens to generate per prompt: the end-of-text token is forbidden "
+                                    "before them (0: no minimum)", check=bounds(0))
     temperature: float = option(0.8, "sampling temperature; 0 means greedy (at most 2, as OpenAI's)",
                                 check=bounds(0.0, 2.0))
     greedy: bool = option(False, "always take the most likely token (same as --temperature 0)")
@@ -45,9 +53,9 @@ class GenerationConfig:
     top_p: float = option(1.0, "sample only from the smallest set of tokens with this much probability (nucleus)",
                           check=bounds(0.0, 1.0, low_open=True))
     repetition_penalty: float = option(1.0, "penalise tokens already in the text (>1 discourages repeats)",
-                                       check=bounds(0.0, low_open=True))
+                                       check=every(bounds(0.0, low_open=True), bounds(1e-4, 1e4)))
     stop: list[str] = option([], "stop a sequence when it produces any of these strings", check=_strings)
-    seed: int | None = option(None, "random seed for sampling (same seed, same text)")
+    seed: int | None = option(None, "random seed for sampling (same seed, same text)", check=SEED)
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
@@ -73,12 +81,15 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.greedy:
+        if self.greedy or self.temperature < MIN_TEMPERATURE:
             self.temperature = 0.0
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.top_k is not None and self.top_k <= 0:        # 0 and -1 (vLLM's spelling) both mean no filter
             self.top_k = None
+        if self.min_new_tokens > self.max_new_tokens:
+            raise LmforgeError(f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens "
+                               f"{self.max_new_tokens}; lower it or raise --max-new-tokens")
         if self.num_beams > 1 and self.repetition_penalty != 1.0:
             raise LmforgeError("--repetition-penalty is not supported with beam search; drop it or use --num-beams 1")
         if self.num_beams > 1 and (self.logprobs is not None or self.json_mode):

@@ -133,9 +133,12 @@ class DecodeState:
             logits = self.feed(i, nxt)
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token of every row (B,) — pad where a row has ended — after the repetition
-        penalty and the JSON masks; with cfg.logprobs, the model's own log-probabilities are kept."""
+        """The next token of every row (B,) — pad where a row has ended — after the minimum length,
+        the repetition penalty and the JSON masks; with cfg.logprobs, the model's own
+        log-probabilities are kept."""
         raw, cfg = logits, self.cfg
+        if self.n_steps < cfg.min_new_tokens and self.ends_at_eos:       # too short to end yet
+            logits = logits.index_fill(-1, torch.tensor([self.eos_id], device=logits.device), float("-inf"))
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
         if self.json_states is not None:

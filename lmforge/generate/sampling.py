@@ -71,6 +71,7 @@ def filter_top_p(logits: torch.Tensor, p: Param) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     probs = sorted_logits.softmax(-1)
     drop_sorted = (probs.cumsum(-1) - probs) >= p          # mass before this token already >= p
+    drop_sorted[..., 0] = False        # the most likely token always stays (a p that rounds to 0 in float32)
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

@@ -68,6 +68,8 @@ def check_speculative(model, draft, prompt_ids: list[list[int]], cfg: Generation
                            f"give one prompt, or drop --draft to decode them as a batch")
     if cfg.repetition_penalty != 1.0:
         raise LmforgeError("--repetition-penalty is not supported with a draft model; drop one of the two")
+    if cfg.min_new_tokens:
+        raise LmforgeError("--min-new-tokens is not supported with a draft model; drop one of the two")
     if cfg.logprobs is not None or cfg.json_mode:
         raise LmforgeError("--logprobs and --json-mode are not supported with a draft model; drop --draft")
     if draft.config.vocab_size != model.config.vocab_size:

@@ -4,8 +4,11 @@ positions, an optional preallocated `KVCache`.
 
 Decoding caches: self-attention keys/values live in the block's `KVCache`; cross-attention
 keys/values of the encoder output are projected once per sequence (`project_memory`, kept in
-`memory_kv`) and reused every step. `attention_weights` writes out the weights SDPA applies, for
-looking at them (`recorded`).
+`memory_kv`) and reused every step.
+
+Inspection: while `lmforge.inspect` sets `hook` (None otherwise: one `if`, no cost), the same
+attention runs written out (`_written_out`: `attention_scores`, softmax, weighted sum), each
+step passing through a named hook point in TransformerLens' names and shapes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
         self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
-        self.recorded: list[torch.Tensor] | None = None   # set to a list to collect the attention weights (viz)
+        self.hook = None   # lmforge.inspect's hook (name, tensor) -> tensor while tracing or patching; else None
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -66,14 +69,15 @@ class Attention(nn.Module):
             q = self._split_heads(q, self.n_head)        # (B, nh, T, hs)
             k = self._split_heads(k, self.n_kv_head)     # (B, nkv, T, hs)
             v = self._split_heads(v, self.n_kv_head)
+        if self.hook is not None:
+            return self._written_out(q, k, v, mask=mask, is_causal=is_causal and mask is None, rope=rope,
+                                     input_pos=input_pos)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None and not self.cross:
             assert input_pos is not None, "decoding with a KV cache needs input_pos (the cache slots)"
             k, v = self.kv_cache.update(input_pos, k, v)
-        if self.recorded is not None:
-            self.recorded.append(attention_weights(q, k, mask, is_causal and mask is None))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -82,10 +86,37 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, q_dim)   # (B, T, nh*hs)
         return self.out(y)
 
+    def _written_out(self, q, k, v, *, mask, is_causal, rope, input_pos) -> torch.Tensor:
+        """`forward` step by step through the hook points (inspection: float32 scores, not fast).
+        q, k, v, z are hooked as (B, T, heads, hs), scores and pattern as (B, nh, Tq, Tk), the
+        per-head outputs `hook_result` (B, T, nh, d) only when asked for."""
+        hook = self.hook
+        def heads_last(name, t):                                 # hook (B, T, heads, hs); keep (B, heads, T, hs)
+            return hook(name, t.transpose(1, 2)).transpose(1, 2)
+        q, k, v = heads_last("hook_q", q), heads_last("hook_k", k), heads_last("hook_v", v)
+        if rope is not None:
+            cos, sin = rope
+            q = heads_last("hook_rot_q", apply_rotary(q, cos, sin))
+            k = heads_last("hook_rot_k", apply_rotary(k, cos, sin))
+        if self.kv_cache is not None and not self.cross:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        pattern = hook("hook_pattern", hook("hook_attn_scores", attention_scores(q, k, mask, is_causal)).softmax(-1))
+        if self.training and self.dropout:
+            pattern = F.dropout(pattern, self.dropout)
+        v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)            # grouped-query heads
+        z = hook("hook_z", (pattern @ v.float()).to(v.dtype).transpose(1, 2))   # (B, T, nh, hs)
+        B, T, nh, hs = z.shape
+        if not hook.wants("hook_result"):
+            return self.out(z.reshape(B, T, nh * hs))
+        alone = torch.eye(nh, dtype=z.dtype, device=z.device)[:, :, None] * z[:, :, None]   # (B, T, nh, nh, hs)
+        bias = self.out(z.new_zeros(nh * hs))                                    # (d,): the output bias, or 0
+        result = hook("hook_result", self.out(alone.reshape(B, T, nh, nh * hs)) - bias)   # (B, T, nh, d)
+        return result.sum(2) + bias
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-    """The weights `scaled_dot_product_attention` applies, written out (for looking at, not for
-    speed): q (B, nh, Tq, hs), k (B, nkv, Tk, hs) -> (B, nh, Tq, Tk) float32, rows summing to 1."""
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """The scores `scaled_dot_product_attention` softmaxes, written out (for looking at, not for
+    speed): q (B, nh, Tq, hs), k (B, nkv, Tk, hs) -> (B, nh, Tq, Tk) float32, -inf where masked."""
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)               # grouped-query heads
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if mask is not None:
@@ -94,4 +125,4 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
         Tq, Tk = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1),
                                     float("-inf"))
-    return scores.softmax(-1)
+    return scores

@@ -5,6 +5,11 @@
 - `attention.py`: `Attention` — causal, bidirectional or cross, grouped-query heads, KV cache.
 - here: `make_norm` (LayerNorm or RMSNorm), `MLP` (GELU / ReLU or SwiGLU), `Block` (attention
   (+ cross attention) + MLP with pre- or post-norm residuals) and `init_weights`.
+
+Named hook points (TransformerLens' names: `hook_resid_pre`, `hook_attn_out`, `hook_resid_mid`,
+`hook_mlp_out`, `hook_resid_post`, the MLP's `hook_pre` / `hook_post`): a module calls
+`self.hook(name, tensor)` only while `lmforge.inspect` has set `hook` (a trace or a patch is
+active); otherwise `hook` is None and the cost is one `if`.
 - `transformer.py`: `Transformer` — embeddings + positions + blocks + final norm; the decoder,
   the encoder and both halves of the seq2seq model are this module with different flags.
 """
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .attention import Attention
 
-__all__ = ["RMSNorm", "make_norm", "MLP", "Block", "init_weights"]
+__all__ = ["RMSNorm", "make_norm", "norm_parts", "MLP", "Block", "init_weights"]
 
 
 # ---------------------------------------------------------------------------------- norms
@@ -41,6 +46,15 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
+def norm_parts(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A norm written out for inspection: (x centred — LayerNorm — or as is — RMSNorm —, its scale
+    (..., 1)), so that norm(x) = centred / scale * weight (+ bias); float32."""
+    x = x.float()
+    if isinstance(norm, nn.LayerNorm):
+        x = x - x.mean(-1, keepdim=True)
+    return x, (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+
+
 # ----------------------------------------------------------------------------------- MLP
 class MLP(nn.Module):
     """fc -> activation -> proj. SwiGLU fuses gate and up projections into one `fc`."""
@@ -50,18 +64,27 @@ class MLP(nn.Module):
         self.kind, ff = config.mlp, config.ff_dim
         self.fc = nn.Linear(config.d_model, 2 * ff if self.kind == "swiglu" else ff, bias=config.bias)
         self.proj = nn.Linear(ff, config.d_model, bias=config.bias)
+        self.hook = None   # lmforge.inspect's (name, tensor) -> tensor while tracing or patching
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
+        hook = self.hook
         if self.kind == "swiglu":
             gate, up = h.chunk(2, dim=-1)
+            if hook is not None:                             # TransformerLens' gated MLP: pre = gate, pre_linear = up
+                gate, up = hook("hook_pre", gate), hook("hook_pre_linear", up)
             h = F.silu(gate) * up
-        elif self.kind == "gelu_tanh":
-            h = F.gelu(h, approximate="tanh")
-        elif self.kind == "relu":
-            h = F.relu(h)
         else:
-            h = F.gelu(h)
+            if hook is not None:
+                h = hook("hook_pre", h)
+            if self.kind == "gelu_tanh":
+                h = F.gelu(h, approximate="tanh")
+            elif self.kind == "relu":
+                h = F.relu(h)
+            else:
+                h = F.gelu(h)
+        if hook is not None:
+            h = hook("hook_post", h)
         return self.proj(h)
 
 
@@ -79,19 +102,30 @@ class Block(nn.Module):
             self.cross_attn = None
         self.mlp_norm, self.mlp = make_norm(config), MLP(config)
         self.drop = nn.Dropout(config.dropout)
+        self.hook = None   # lmforge.inspect's (name, tensor) -> tensor while tracing or patching
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
-        if self.pre_norm:
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
+    def _residual(self, x: torch.Tensor, norm: nn.Module, fn, names: tuple[str, str]) -> torch.Tensor:
+        """x + fn(norm(x)) (pre-norm) or norm(x + fn(x)) (post-norm); `names`: the hook points of
+        the sub-layer's output and of the residual stream after it."""
+        h = fn(norm(x) if self.pre_norm else x)
+        if self.hook is not None:
+            h = self.hook(names[0], h)
+        x = x + self.drop(h)
+        if not self.pre_norm:
+            x = norm(x)
+        return x if self.hook is None else self.hook(names[1], x)
 
     def forward(self, x: torch.Tensor, *, mask=None, is_causal=False, rope=None, input_pos=None,
                 memory=None, memory_mask=None) -> torch.Tensor:
+        if self.hook is not None:
+            x = self.hook("hook_resid_pre", x)
         x = self._residual(x, self.attn_norm,
-                           lambda h: self.attn(h, mask=mask, is_causal=is_causal, rope=rope, input_pos=input_pos))
+                           lambda h: self.attn(h, mask=mask, is_causal=is_causal, rope=rope, input_pos=input_pos),
+                           ("hook_attn_out", "hook_resid_mid"))
         if self.cross_attn is not None:
-            x = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, mask=memory_mask, memory=memory))
-        return self._residual(x, self.mlp_norm, self.mlp)
+            x = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, mask=memory_mask, memory=memory),
+                               ("hook_cross_attn_out", "hook_resid_mid_cross"))
+        return self._residual(x, self.mlp_norm, self.mlp, ("hook_mlp_out", "hook_resid_post"))
 
 
 # ------------------------------------------------------------------------------ weights

@@ -5,6 +5,11 @@ the seq2seq model are this module with different flags (`causal`, `cross`).
 It also owns the decoding caches of its blocks: `setup_cache` preallocates every block's
 `KVCache` (and projects the encoder output for cross attention once), `reorder_cache` keeps the
 rows beam search continues, `clear_cache` frees them.
+
+Its hook points (while `lmforge.inspect` sets `hook`): `hook_embed` (the token table's rows),
+`hook_pos_embed` (learned or sinusoidal position vectors), `hook_token_type_embed` (segments)
+and the final norm's `ln_final.hook_scale` and `ln_final.hook_normalized` (the input centred and
+divided by its scale, before the norm's weight: the norm then runs written out).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .blocks import Block, make_norm
+from .blocks import Block, make_norm, norm_parts
 from .kv_cache import KVCache, attention_mask
 from .positions import Rotary, SinusoidalPositions
 
@@ -41,24 +46,32 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, cross=cross) for _ in range(n_layer or config.n_layer))
         # post-norm blocks end in a norm already; pre-norm stacks need a final one
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.hook = None   # lmforge.inspect's (name, tensor) -> tensor while tracing or patching
 
     def embed(self, idx: torch.Tensor, pos_ids: torch.Tensor,
               type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
         x = self.tok_emb(idx)                                        # (B, T, d)
+        if self.hook is not None:
+            x = self.hook("hook_embed", x)
         if self.emb_scale is not None:
             x = x * self.emb_scale
         if self.type_emb is not None:                                # segment 0 unless type_ids say otherwise
-            x = x + (self.type_emb(type_ids) if type_ids is not None else self.type_emb.weight[0])
+            x = x + self._hooked("hook_token_type_embed", self.type_emb(type_ids) if type_ids is not None
+                                 else self.type_emb.weight[0], x)
         rope = None
         if self.config.position == "learned":
-            x = x + self.pos_emb(pos_ids)
+            x = x + self._hooked("hook_pos_embed", self.pos_emb(pos_ids), x)
         elif self.config.position == "sinusoidal":
-            x = x + self.sin_pos(pos_ids).to(x.dtype)
+            x = x + self._hooked("hook_pos_embed", self.sin_pos(pos_ids).to(x.dtype), x)
         elif self.config.position == "rope":
             rope = self.rotary(pos_ids)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         return self.drop(x), rope
+
+    def _hooked(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`t`, through hook point `name` (broadcast to the shape of `like`) while one is set."""
+        return t if self.hook is None else self.hook(name, t.expand_as(like))
 
     def forward(self, idx: torch.Tensor, *, pos_ids: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
@@ -95,7 +108,15 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask=mask, is_causal=self.causal, rope=rope, input_pos=input_pos,
                       memory=memory, memory_mask=memory_mask)
-        return self.norm(x)
+        return self.norm(x) if self.hook is None or isinstance(self.norm, nn.Identity) else self._final_norm(x)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm written out through its hook points `ln_final.hook_scale` (B, T, 1) and
+        `ln_final.hook_normalized` (centred / scale, before the weight)."""
+        centred, scale = norm_parts(self.norm, x)
+        scale = self.hook("ln_final.hook_scale", scale)
+        y = self.hook("ln_final.hook_normalized", centred / scale) * self.norm.weight
+        return (y if getattr(self.norm, "bias", None) is None else y + self.norm.bias).to(x.dtype)
 
     # ---- KV cache -------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,

@@ -62,7 +62,7 @@ class QuantizeConfig:
     model_dir: str = option(None, "model directory to quantize", positional=True)
     out_dir: str = option(None, "where to write the quantized model directory", positional=True)
     bits: int = option(8, "8: int8 per output channel; 4: int4 in groups along the input", choices=(8, 4))
-    group_size: int = option(64, "int4: input columns sharing one scale and offset")
+    group_size: int = option(64, "int4: input columns sharing one scale and offset", check=at_least(2))
     report: bool = option(False, "compare size on disk, decode speed and perplexity with the original "
                                  "(also saved as quantize_report.json)")
     text: str | None = option(None, "text file for the report's perplexity")

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from . import routes_openai as openai, routes_page as page, routes_tokenizer as tokenizer
 from .config import ServeConfig
-from .http import endpoint
+from .http import endpoint, http_error
 from .replies import Mailbox
 from .state import ServerState
 
@@ -52,6 +53,6 @@ def create_app(lm, args: ServeConfig) -> Starlette:
         if state.scheduler is not None:
             state.scheduler.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.server = state
     return app

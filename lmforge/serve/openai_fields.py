@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import OptionError, shown
 from ..generate import GenerationConfig
 from .protocol import ApiError, flag
 
@@ -63,6 +63,8 @@ NOT_SERVED = {
     "num_beams": "beam search is `lmforge generate` / `lmforge translate`",
     "length_penalty": "beam search only",
     "early_stopping": "beam search only",
+    "min_new_tokens": "`lmforge generate` / `lmforge summarize` (vLLM's min_tokens: the scheduler ends a reply at "
+                      "its first <eos>)",
     "sink_tokens": "a request stays within the context; max_tokens is cut to what fits",
 }
 
@@ -87,7 +89,7 @@ def decoding_options(body: dict, chat: bool, no_repeat_ngram_size: int = 0) -> G
         return GenerationConfig(**{**defaults, **values})
     except OptionError as e:
         name = names.get(e.field, e.field)
-        raise ApiError(f"'{name}' {e.problem}, got {e.value!r}", name) from None
+        raise ApiError(f"'{name}' {e.problem}, got {shown(e.value)}", name) from None
 
 
 # the fields whose request shape differs from the option's: read by the functions below
@@ -125,5 +127,5 @@ def _response_format(body: dict, values: dict) -> None:
         return
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object"):
         raise ApiError(f"'response_format' must be {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, "
-                       f"got {fmt!r}", "response_format")
+                       f"got {shown(fmt)}", "response_format")
     values["json_mode"] = fmt["type"] == "json_object"

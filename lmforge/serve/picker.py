@@ -40,17 +40,23 @@ class TokenPicker:
 
     # ---- choosing -------------------------------------------------------------------------
     @staticmethod
-    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None]]:
+    def pick_all(pickers: list["TokenPicker"], logits: torch.Tensor) -> list[tuple[int, tuple | None] | Exception]:
         """logits (n, V) float32 -> [(token id, logprob entry or None)] for n sequences. Rows that
-        decode plainly greedily share one argmax; the others choose one by one."""
+        decode plainly greedily share one argmax; the others choose one by one. A row whose choice
+        raises gets the exception in its place: that sequence fails, the others go on. A token of
+        None: the sequence's constraints allow no token at all (it ends)."""
         chosen = logits.argmax(-1).tolist()
         out = []
         for i, p in enumerate(pickers):
-            tok = chosen[i] if p.options.plain_greedy else p._choose(logits[i: i + 1])
-            out.append((tok, p._entry(logits[i], tok) if p.options.logprobs is not None else None))
+            try:
+                tok = chosen[i] if p.options.plain_greedy else p._choose(logits[i: i + 1])
+                out.append((tok, p._entry(logits[i], tok) if p.options.logprobs is not None and tok is not None
+                            else None))
+            except Exception as e:
+                out.append(e)
         return out
 
-    def _choose(self, logits: torch.Tensor) -> int:
+    def _choose(self, logits: torch.Tensor) -> int | None:
         options = self.options
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, options.repetition_penalty)
@@ -59,6 +65,8 @@ class TokenPicker:
             logits = logits.index_fill(1, torch.tensor(sorted(banned), device=logits.device), float("-inf"))
         if self.json_state is not None:
             logits = apply_json_masks(logits, [self.json_state])
+        if (banned or self.json_state is not None) and bool(torch.isneginf(logits).all()):
+            return None         # n-gram blocking and JSON mode together left nothing to write
         return int(sample_next(logits, options.temperature, options.top_k, options.top_p, self.generator, options.min_p))
 
     def _repeats(self) -> set[int] | None:

@@ -7,9 +7,11 @@ Every check failure is an `ApiError` that the app answers in OpenAI's error shap
 
 from __future__ import annotations
 
-from ..options import bounds, type_problem
+from ..errors import shown
+from ..options import bounds, value_problem
 
 MAX_N = 8            # choices per request
+MAX_INPUTS = 2048    # texts per embeddings / classify request (OpenAI's limit for embeddings)
 
 
 class ApiError(Exception):
@@ -24,13 +26,13 @@ class ApiError(Exception):
 
 def field(body: dict, name: str, default, tp: type, check=None):
     """A request field that is not a decoding option, checked by the rules the options use
-    (`lmforge.options`): its type, then `check`."""
+    (`lmforge.options.value_problem`): its type, a number no option can mean, then `check`."""
     value = body.get(name)
     if value is None:
         return default
-    problem = type_problem(value, tp) or (check(value) if check is not None else None)
+    problem = value_problem(value, tp, check)
     if problem:
-        raise ApiError(f"'{name}' {problem}, got {value!r}", name)
+        raise ApiError(f"'{name}' {problem}, got {shown(value)}", name)
     return value
 
 
@@ -51,7 +53,7 @@ def stream_options(body: dict) -> tuple[bool, bool]:
     if opts is None:
         return stream, False
     if not isinstance(opts, dict):
-        raise ApiError(f"'stream_options' must be an object, got {opts!r}", "stream_options")
+        raise ApiError(f"'stream_options' must be an object, got {shown(opts)}", "stream_options")
     return stream, flag(opts, "include_usage", False)
 
 
@@ -61,6 +63,8 @@ def input_texts(body: dict) -> list[str]:
     texts = [texts] if isinstance(texts, str) else texts
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ApiError("'input' must be a string or a non-empty list of strings", "input")
+    if len(texts) > MAX_INPUTS:
+        raise ApiError(f"'input' holds {len(texts)} texts; at most {MAX_INPUTS} are allowed per request", "input")
     return texts
 
 
@@ -94,7 +98,7 @@ def chat_messages(body: dict, roles: tuple[str, ...] | None) -> list[dict[str, s
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or (roles is not None and role not in roles):
             known = ", ".join(roles) if roles is not None else "string roles"
-            raise ApiError(f"messages[{i}].role is {role!r}; this model's chat template knows {known}",
+            raise ApiError(f"messages[{i}].role is {shown(role)}; this model's chat template knows {known}",
                            f"messages[{i}].role")
         if isinstance(content, list):           # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -103,6 +107,6 @@ def chat_messages(body: dict, roles: tuple[str, ...] | None) -> list[dict[str, s
                                f"model reads text only)", f"messages[{i}].content")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
-            raise ApiError(f"messages[{i}].content must be a string, got {content!r}", f"messages[{i}].content")
+            raise ApiError(f"messages[{i}].content must be a string, got {shown(content)}", f"messages[{i}].content")
         out.append({"role": role, "content": content})
     return out

@@ -8,6 +8,7 @@ shape the same events as one JSON object or as chunks."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -18,6 +19,8 @@ from .protocol import ApiError, choices, completion_prompts, flag, input_texts, 
 from .replies import Reply
 from .responses import new_id, now, sse, usage
 from .state import ServerState, server_state
+
+log = logging.getLogger("lmforge.serve")
 
 
 class _Answer:
@@ -46,9 +49,13 @@ class _Answer:
                 yield text
             if self.include_usage:
                 yield sse(self.envelope(self.kind, choices=[], usage=self.usage()))
-            yield "data: [DONE]\n\n"
+        except Exception:           # a bug after the status line went: an error event ends the stream cleanly
+            log.exception("500 inside a stream")
+            yield sse(ApiError("internal error; the server's log has the details", status=500,
+                               kind="server_error").body())
         finally:
             self.reply.cancel_unfinished()
+        yield "data: [DONE]\n\n"
 
     def streamed(self) -> StreamingResponse:
         return StreamingResponse(self.chunks(), media_type="text/event-stream")
@@ -132,18 +139,19 @@ async def completions(request: Request) -> Response:
     body = await read_json(request)
     state.need_decoder("/v1/completions")
     options = decoding_options(body, chat=False, no_repeat_ngram_size=state.no_repeat_default)
-    score_prompt = options.logprobs is not None and flag(body, "echo", False)
+    echo = flag(body, "echo", False)
+    score_prompt = options.logprobs is not None and echo
     n = choices(body)
     stream, include_usage = stream_options(body)
     if state.seq2seq and score_prompt:
         raise ApiError("'echo' with 'logprobs' scores the prompt's tokens, but an encoder-decoder reads its "
                        "prompt (the source) without predicting it; leave out 'echo'", "echo")
     texts = completion_prompts(body)
+    state.check_sequences(len(texts) * n)                     # before any prompt is encoded
     prompts = [state.encode(t) if isinstance(t, str) else t for t in texts]
     for i, ids in enumerate(prompts):
         state.check_prompt(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
     reply = state.start(prompts, state.fit(options, max(len(p) for p in prompts)), n, score_prompt)
-    echo = body.get("echo") is True
     return await _answer(request, _CompletionAnswer(state, reply, prompts, texts, n, echo, include_usage), stream)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..errors import shown
 from .http import read_json
 from .protocol import ApiError, input_texts
 from .state import server_state
@@ -25,6 +26,8 @@ async def attention(request: Request) -> Response:
     if not isinstance(text, str) or not text:
         raise ApiError("'text' must be a non-empty string", "text")
     kind = body.get("kind", "auto")
+    if not isinstance(kind, str):
+        raise ApiError(f"'kind' must be a string (auto, self, cross, encoder or decoder), got {shown(kind)}", "kind")
     maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, max_tokens=MAX_ATTENTION_TOKENS,
                                         with_tokens=True)
     layer = _layer(body, maps.shape[0] - 1)
@@ -36,7 +39,7 @@ async def attention(request: Request) -> Response:
 def _layer(body: dict, last: int) -> int:
     value = body.get("layer", 0)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= last:
-        raise ApiError(f"'layer' must be an integer from 0 to {last}, got {value!r}", "layer")
+        raise ApiError(f"'layer' must be an integer from 0 to {last}, got {shown(value)}", "layer")
     return value
 
 

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .http import read_json
-from .protocol import ApiError
+from .protocol import ApiError, flag
 from .state import server_state
 
 
@@ -17,12 +17,12 @@ async def tokenize(request: Request) -> Response:
     if "messages" in body:
         ids, _ = state.chat_ids(body)
     elif isinstance(body.get("prompt"), str):
-        add = body.get("add_special_tokens", True)
-        ids = state.encode(body["prompt"]) if add is not False else state.tokenizer.encode(body["prompt"])
+        add = flag(body, "add_special_tokens", True)
+        ids = state.encode(body["prompt"]) if add else state.tokenizer.encode(body["prompt"])
     else:
         raise ApiError("send 'prompt' (a string) or 'messages'", "prompt")
     out = {"count": len(ids), "max_model_len": state.config.context_length, "tokens": ids}
-    if body.get("return_token_strs"):
+    if flag(body, "return_token_strs", False):
         out["token_strs"] = [state.prompt_formatter.token(i) for i in ids]
     return JSONResponse(out)
 

@@ -16,8 +16,10 @@ One scheduler step:
 
 So a request joins at the next token boundary and leaves when done: short requests never
 wait for long ones. Sampling is per sequence (its own decoding options: temperature, filters,
-seed). A sequence hears of its progress through `events.py`'s Token, Finish and Failed (a step
-that raised fails every sequence it held, so no client waits forever).
+seed). A sequence hears of its progress through `events.py`'s Token, Finish and Failed: a
+sequence whose own choosing raises fails alone (its neighbours in the batch go on), a step that
+raised fails every sequence it held, so no client waits forever. `end_all` ends every sequence
+at the next token boundary (a server that is shutting down).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,9 +41,11 @@ import torch
 
 from ..generate import GenerationConfig
 from ..generate.json_mode import JsonState
-from ..model.kv_cache import KVCache
 from .events import Event, Failed, Finish, Token
 from .picker import TokenPicker
+from .rows import RowCache
+
+log = logging.getLogger("lmforge.serve")
 
 
 def _attention_kernels(device: torch.device):
@@ -56,16 +61,6 @@ def _attention_kernels(device: torch.device):
 
 class QueueFull(Exception):
     """More requests are waiting than the queue holds."""
-
-
-class _RowsView:
-    """Rows r0..r1 and slots 0..S-1 of a layer's cache: what `Attention` sees for one step
-    (a view, so writes land in the shared buffer)."""
-
-    update = KVCache.update
-
-    def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor):
-        self.k_cache, self.v_cache = k_cache, v_cache
 
 
 @dataclass
@@ -107,10 +102,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []          # row i holds _running[i]
-        self._stop = False
-        self._caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._cross: list[tuple[torch.Tensor, torch.Tensor]] = []      # seq2seq: per layer, every row's source
-        self._source_valid: torch.Tensor | None = None                   # seq2seq: (rows, context) real source slots
+        self._stop = self._end_all = False
+        self.rows = RowCache(module, self.stack, max_batch, self.seq2seq)      # allocated at the first step
         self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
 
     # ---- the client side (any thread) ----------------------------------------------------
@@ -134,6 +127,13 @@ class Scheduler:
             self._cond.notify()
         self._gauges()
 
+    def end_all(self) -> None:
+        """Every running and waiting sequence ends at the next token boundary with finish_reason
+        "cancelled", its Finish event sent (the readers then close their answers)."""
+        with self._cond:
+            self._end_all = True
+            self._cond.notify()
+
     def cancel(self, seqs: list[Sequence]) -> None:
         """The client went away: the sequences leave at the next step, freeing their rows."""
         with self._cond:
@@ -154,10 +154,13 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not self._stop and not self._waiting and not self._running:
+                while not self._stop and not self._end_all and not self._waiting and not self._running:
                     self._cond.wait()
                 if self._stop:
                     return
+                if self._end_all:
+                    self._end_everything()
+                    continue
                 newcomers = []
                 while self._waiting and len(self._running) + len(newcomers) < self.max_batch:
                     s = self._waiting.popleft()
@@ -169,51 +172,29 @@ class Scheduler:
                 with self.lock:
                     self._step(newcomers)
             except Exception as e:          # a bug must not hang the clients: fail what was running
+                log.exception("a decoding step failed; its %d sequences end with an error",
+                              len(self._running) + len(newcomers))
                 for s in self._running + newcomers:
-                    if s.finish_reason is None:
-                        s.finish_reason = "error"
-                        self._count_finished("error")
-                        s.emit(Failed(s, f"{type(e).__name__}: {e}"))
+                    self._fail(s, e)
                 self._running = []
             self._gauges()
 
-    def _ensure_cache(self) -> None:
-        if self._caches is not None:
-            return
-        self.module.clear_cache()           # caches an earlier `generate` kept go: the rows below replace them
-        p = next(self.module.parameters())
-        c = self.config
-        shape = (self.max_batch, c.kv_heads, c.context_length, c.head_dim)
+    def _end_everything(self) -> None:
+        """(Under the condition's lock, between steps.)"""
+        self._end_all = False
+        for s in [*self._running, *self._waiting]:
+            if s.finish_reason is None:
+                s.finish_reason = "cancelled"
+                self._count_finished("cancelled")
+                s.emit(Finish(s))
+        self._running, self._waiting = [], collections.deque()
+        self._gauges()
 
-        def buffers() -> list[tuple[torch.Tensor, torch.Tensor]]:
-            return [(torch.zeros(shape, dtype=p.dtype, device=p.device),
-                     torch.zeros(shape, dtype=p.dtype, device=p.device)) for _ in self.stack.blocks]
-        self._caches = buffers()
-        if self.seq2seq:
-            self._cross = buffers()
-            self._source_valid = torch.zeros((self.max_batch, c.context_length), dtype=torch.bool, device=p.device)
-
-    def _use_rows(self, r0: int, r1: int, slots: int, source_slots: int = 0) -> None:
-        for block, (k, v) in zip(self.stack.blocks, self._caches):
-            block.attn.kv_cache = _RowsView(k[r0:r1, :, :slots], v[r0:r1, :, :slots])
-        for block, (k, v) in zip(self.stack.blocks, self._cross):
-            block.cross_attn.memory_kv = (k[r0:r1, :, :source_slots], v[r0:r1, :, :source_slots])
-
-    def _drop_views(self) -> None:
-        for block in self.stack.blocks:
-            block.attn.kv_cache = None
-            if block.cross_attn is not None:
-                block.cross_attn.memory_kv = None
-
-    def _move_row(self, src: int, dst: int, seq: Sequence) -> None:
-        for k, v in self._caches:
-            k[dst, :, :seq.length] = k[src, :, :seq.length]
-            v[dst, :, :seq.length] = v[src, :, :seq.length]
-        for k, v in self._cross:
-            k[dst, :, :seq.source_length] = k[src, :, :seq.source_length]
-            v[dst, :, :seq.source_length] = v[src, :, :seq.source_length]
-        if self._source_valid is not None:
-            self._source_valid[dst] = self._source_valid[src]
+    def _fail(self, s: Sequence, e: Exception) -> None:
+        if s.finish_reason is None:
+            s.finish_reason = "error"
+            self._count_finished("error")
+            s.emit(Failed(s, f"{type(e).__name__}: {e}"))
 
     def _pack(self, rows: list[Sequence]) -> list[Sequence]:
         """`rows` is the previous row order (None where a sequence left); fill holes from the end."""
@@ -225,13 +206,13 @@ class Scheduler:
                     rows.pop()
                 if i < len(rows):
                     last = rows.pop()
-                    self._move_row(len(rows), i, last)
+                    self.rows.move(len(rows), i, last.length, last.source_length)
                     rows[i] = last
             i += 1
         return rows
 
     def _step(self, newcomers: list[Sequence]) -> None:
-        self._ensure_cache()
+        self.rows.ensure()
         device = next(self.module.parameters()).device
         with _attention_kernels(device):
             self._step_on(newcomers, device)
@@ -248,7 +229,7 @@ class Scheduler:
                 self._decode(device)
                 self._retire()
         finally:
-            self._drop_views()
+            self.rows.drop_views()
 
     def _prefill(self, seqs: list[Sequence], r0: int, device) -> None:
         """Newcomers in rows r0.. : right-padded prompts, slot = position; sample each first token."""
@@ -259,15 +240,16 @@ class Scheduler:
             idx[b, :lengths[b]] = torch.tensor(s.prompt_ids, dtype=torch.long)
         idx = idx.to(device)
         slots = torch.arange(T, device=device).expand(len(seqs), T)
-        self._use_rows(r0, r0 + len(seqs), T)
+        self.rows.use(r0, r0 + len(seqs), T)
         h = self.stack(idx, input_pos=slots, pos_ids=slots)       # (m, T, d)
         last = torch.tensor(lengths, device=device) - 1
         logits = self._logits(h[torch.arange(len(seqs), device=device), last])  # (m, V)
         for b, s in enumerate(seqs):
             s.length = lengths[b]
-            s.picker = TokenPicker(s.options, s.prompt_ids, self.vocab_size, device, s.json_state)
-            if s.score_prompt:
-                s.prompt_logprobs = s.picker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids)
+            with self._alone(s):
+                s.picker = TokenPicker(s.options, s.prompt_ids, self.vocab_size, device, s.json_state)
+                if s.score_prompt:
+                    s.prompt_logprobs = s.picker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
         self._sample(seqs, logits)
@@ -283,14 +265,15 @@ class Scheduler:
         src = src.to(device)
         valid = torch.arange(S, device=device) < torch.tensor(lengths, device=device)[:, None]    # (m, S)
         memory = self.module.encode(src, valid)                                               # (m, S, d)
-        for block, (k, v) in zip(self.stack.blocks, self._cross):
+        for block, (k, v) in zip(self.stack.blocks, self.rows.cross):
             k[r0:r0 + m, :, :S], v[r0:r0 + m, :, :S] = block.cross_attn.project_memory(memory)
-        self._source_valid[r0:r0 + m] = False
-        self._source_valid[r0:r0 + m, :S] = valid
+        self.rows.source_valid[r0:r0 + m] = False
+        self.rows.source_valid[r0:r0 + m, :S] = valid
         bos = self.tokenizer.bos_id
         for b, s in enumerate(seqs):
             s.source_length, s.length, s.pending = lengths[b], 0, bos
-            s.picker = TokenPicker(s.options, [bos], self.vocab_size, device, s.json_state)
+            with self._alone(s):
+                s.picker = TokenPicker(s.options, [bos], self.vocab_size, device, s.json_state)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
 
@@ -299,9 +282,9 @@ class Scheduler:
         tokens = torch.tensor([[s.pending] for s in seqs], dtype=torch.long, device=device)   # (n, 1)
         pos = torch.tensor([[s.length] for s in seqs], dtype=torch.long, device=device)       # (n, 1)
         source = max(s.source_length for s in seqs)
-        self._use_rows(0, len(seqs), max(s.length for s in seqs) + 1, source)
+        self.rows.use(0, len(seqs), max(s.length for s in seqs) + 1, source)
         t0 = time.perf_counter()
-        extra = {"memory_valid": self._source_valid[:len(seqs), :source]} if self.seq2seq else {}
+        extra = {"memory_valid": self.rows.source_valid[:len(seqs), :source]} if self.seq2seq else {}
         logits = self._logits(self.stack(tokens, input_pos=pos, pos_ids=pos, **extra)[:, -1])
         for s in seqs:
             s.length += 1
@@ -315,30 +298,56 @@ class Scheduler:
         logits = self.module.lm_head(h)
         return logits[..., : self.vocab_size].float()
 
+    @contextlib.contextmanager
+    def _alone(self, s: Sequence):
+        """What raises inside fails sequence `s` alone (its own options or text broke it), logged
+        in one line; its neighbours in the batch go on."""
+        try:
+            yield
+        except Exception as e:
+            log.warning("sequence failed alone: %s: %s", type(e).__name__, e)
+            self._fail(s, e)
+
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        picks = TokenPicker.pick_all([s.picker for s in seqs], logits)
+        live = [b for b, s in enumerate(seqs) if s.finish_reason is None]   # not failed in their prefill
+        seqs = [seqs[b] for b in live]
+        picks = TokenPicker.pick_all([s.picker for s in seqs], logits[live])
         now = time.perf_counter()
-        for s, (tok, entry) in zip(seqs, picks):
-            if s.first_token_at is None:
-                s.first_token_at = now
-                if self.metrics is not None:
-                    self.metrics.time_to_first_token.observe(now - s.submitted)
-            s.out_ids.append(tok)
-            s.pending = tok
-            piece, reason = s.picker.accept(tok, self.tokenizer)
-            room = s.length + 1 < self.config.context_length   # the next token still has a cache slot
-            if reason is None and (len(s.out_ids) >= s.options.max_new_tokens or not room):
-                reason = "length"
-            s.emit(Token(s, tok, piece, entry))
-            if reason is not None:
-                tail = s.picker.flush(self.tokenizer, s.out_ids)
-                if tail:
-                    s.emit(Token(s, None, tail, None))
-                s.finish_reason = reason
-                self._count_finished(reason)
-                s.emit(Finish(s))
+        for s, pick in zip(seqs, picks):
+            with self._alone(s):
+                if isinstance(pick, Exception):
+                    raise pick
+                self._take(s, *pick, now)
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(len(seqs))
+
+    def _take(self, s: Sequence, tok: int | None, entry: tuple | None, now: float) -> None:
+        """Sequence `s` chose `tok`: its text so far goes out, and its end when this was its last
+        (no token: its constraints allowed none, it stops)."""
+        if s.first_token_at is None:
+            s.first_token_at = now
+            if self.metrics is not None:
+                self.metrics.time_to_first_token.observe(now - s.submitted)
+        if tok is None:
+            self._end(s, "stop")
+            return
+        s.out_ids.append(tok)
+        s.pending = tok
+        piece, reason = s.picker.accept(tok, self.tokenizer)
+        room = s.length + 1 < self.config.context_length   # the next token still has a cache slot
+        if reason is None and (len(s.out_ids) >= s.options.max_new_tokens or not room):
+            reason = "length"
+        s.emit(Token(s, tok, piece, entry))
+        if reason is not None:
+            self._end(s, reason)
+
+    def _end(self, s: Sequence, reason: str) -> None:
+        tail = s.picker.flush(self.tokenizer, s.out_ids)
+        if tail:
+            s.emit(Token(s, None, tail, None))
+        s.finish_reason = reason
+        self._count_finished(reason)
+        s.emit(Finish(s))
 
     def _retire(self) -> None:
         """Finished and cancelled sequences leave; the rest are packed into the top rows."""

@@ -4,8 +4,11 @@ metrics — in one object on `app.state.server`, and the steps every generation 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -16,6 +19,7 @@ from ..data.chat import ROLES
 from ..errors import LmforgeError
 from ..generate import GenerationConfig
 from ..generate.seq2seq import TRANSLATE_DEFAULTS
+from ..options import UINT64_MAX
 from .config import ServeConfig
 from .metrics import Metrics
 from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
@@ -23,6 +27,8 @@ from .protocol import ApiError, chat_messages
 from .replies import Mailbox, Reply
 from .responses import LogprobFormatter, now
 from .scheduler import QueueFull, Scheduler, Sequence
+
+log = logging.getLogger("lmforge.serve")
 
 
 @dataclass
@@ -34,6 +40,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     started: int = field(default_factory=now)
     mailbox: Mailbox | None = None       # made by the app's lifespan, on the loop that serves requests
+    draining: bool = False               # shutting down: running requests finish, new ones get 503
 
     @classmethod
     def of(cls, lm, settings: ServeConfig) -> "ServerState":
@@ -95,13 +102,25 @@ class ServerState:
         room = self.config.context_length - (1 if self.seq2seq else prompt_len)
         return dataclasses.replace(options, max_new_tokens=max(1, min(options.max_new_tokens, room)))
 
+    def check_sequences(self, count: int) -> None:
+        """A request of more sequences than the queue holds could never start: 400, not 503."""
+        if count > self.settings.max_queue:
+            raise ApiError(f"the request asks for {count} sequences (prompts x n) but this server queues at most "
+                           f"{self.settings.max_queue} (--max-queue); send fewer at a time", "prompt")
+
     def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: bool = False) -> Reply:
-        """Queue `n` sequences per prompt (choice j of a seeded request samples with seed + j);
-        their events arrive on the returned Reply. 503 when the queue is full."""
-        reply = Reply(self.mailbox, self.scheduler)
+        """Queue `n` sequences per prompt (choice j of a seeded request samples with seed + j, modulo
+        2**64); their events arrive on the returned Reply. 503 when the queue is full or the server
+        is shutting down."""
+        self.check_sequences(len(prompts) * n)
+        if self.draining:
+            raise ApiError("server is shutting down; retry on another replica or after it restarts", status=503,
+                           kind="server_error", code="shutting_down")
+        reply = Reply(self.mailbox, self.scheduler, self.settings.max_stream_backlog)
         for p, ids in enumerate(prompts):
             for j in range(n):
-                opts = options if n == 1 or options.seed is None else dataclasses.replace(options, seed=options.seed + j)
+                opts = options if n == 1 or options.seed is None else \
+                    dataclasses.replace(options, seed=(options.seed + j) % (UINT64_MAX + 1))
                 json_state = json_constraint(self.out_tokenizer, self.scheduler.vocab_size) if opts.json_mode else None
                 reply.seqs.append(Sequence(ids, opts, reply.emit, index=p * n + j, json_state=json_state,
                                            score_prompt=score_prompt))
@@ -110,6 +129,25 @@ class ServerState:
         except QueueFull as e:
             raise ApiError(f"server is busy: {e}", status=503, kind="server_error", code="queue_full") from None
         return reply
+
+    async def drain(self, timeout: float, give_up=lambda: False) -> None:
+        """Shutting down: new generation requests get 503, the running and waiting sequences get
+        `timeout` seconds to finish (unless `give_up()`: a second Ctrl-C), then the rest end
+        ("cancelled"), their readers told. Logs one line when it starts and one when it ends."""
+        self.draining = True
+        scheduler = self.scheduler
+        busy = 0 if scheduler is None else scheduler.running + scheduler.queue_depth
+        log.info("shutting down: %d sequences running or waiting get up to %g s to finish (--shutdown-timeout)",
+                 busy, timeout)
+        t0 = time.monotonic()
+        while busy and scheduler.running + scheduler.queue_depth and time.monotonic() - t0 < timeout \
+                and not give_up():
+            await asyncio.sleep(0.02)
+        left = 0 if scheduler is None else scheduler.running + scheduler.queue_depth
+        if left:
+            scheduler.end_all()
+        log.info("shut down after %.1f s: %d sequences finished, %d cancelled", time.monotonic() - t0,
+                 busy - left, left)
 
     # ---- other model work ----------------------------------------------------------------------
     async def on_model(self, fn, *args, **kwargs):

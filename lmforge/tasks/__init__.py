@@ -21,6 +21,7 @@ from .classify import ClassifyConfig
 from .mlm import MLMConfig
 from .rtd import RTDConfig
 from .seq2seq import Seq2SeqConfig
+from .sft import SFTConfig
 
 # task name -> build(train config, model config, tokenizer); table tasks get tokenizer=None when training from
 # scratch and train their own
@@ -28,7 +29,7 @@ TASKS: dict[str, Callable] = {"clm": clm.build, "mlm": mlm.build, "rtd": rtd.bui
                               "seq2seq": seq2seq.build, "sft": sft.build}
 SHARD_TASKS = ("clm", "mlm", "rtd")   # --data is a prepared directory; the others read a file
 TASK_OPTIONS: dict[str, type] = {"mlm": MLMConfig, "rtd": RTDConfig, "classify": ClassifyConfig,
-                                 "seq2seq": Seq2SeqConfig}
+                                 "seq2seq": Seq2SeqConfig, "sft": SFTConfig}
 
 # Training defaults (TrainConfig fields left None), measured at equal 2-core CPU time on the shared corpora
 # (docs/finetuning.md, "Defaults"): Muon for the blocks' matrices wins for every task; seq2seq learns fastest
@@ -45,4 +46,4 @@ def task_defaults(task: str) -> dict[str, Any]:
 
 
 __all__ = ["TASKS", "SHARD_TASKS", "TASK_OPTIONS", "DEFAULTS", "TASK_DEFAULTS", "task_defaults", "Task",
-           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "RTDConfig", "Seq2SeqConfig"]
+           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "RTDConfig", "Seq2SeqConfig", "SFTConfig"]

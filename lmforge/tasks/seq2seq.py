@@ -1,7 +1,8 @@
 """Sequence-to-sequence training (task `seq2seq`): source / target columns of a table (any format
 `data/tables.py` reads) -> teacher-forced batches for an encoder-decoder, label-smoothed
-cross-entropy, validation BLEU / chrF on greedy translations, and a final test report with beam
-search written into the model directory. The encoding is `lmforge.data.pairs`'.
+cross-entropy, validation scores on greedy outputs, and a final test report with beam search
+written into the model directory. The scores are BLEU / chrF (translation) or, with
+`metric="rouge"`, ROUGE-1 / 2 / L / Lsum (summarization). The encoding is `lmforge.data.pairs`'.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..tokenizers import Tokenizer
 from .base import Task
 
 REPORT_FILE = "translation_report.json"
+SUMMARY_REPORT_FILE = "summarization_report.json"          # metric="rouge"
 
 
 @dataclass
@@ -34,7 +36,10 @@ class Seq2SeqConfig(TableConfig):
                                          "in the model directory) instead of one shared vocabulary")
     label_smoothing: float = option(0.1, "label smoothing of the training loss (validation loss is plain "
                                          "cross-entropy)")
-    eval_translations: int = option(64, "validation pairs translated (greedily) for BLEU / chrF at each "
+    metric: str = option("bleu", "how validation and test outputs are scored: bleu (BLEU and chrF, sacrebleu: "
+                                 "translation) or rouge (ROUGE-1/2/L/Lsum, rouge-score: summarization)",
+                         choices=("bleu", "rouge"))
+    eval_translations: int = option(64, "validation pairs translated (greedily) for BLEU / chrF (or ROUGE) at each "
                                         "evaluation (0: none)", check=at_least(0))
     test_beams: int = option(4, "beam size for the final test-set translations", check=at_least(1))
     no_repeat_ngram_size: int = option(4, "validation and test translations: never repeat an n-gram of this many "
@@ -129,14 +134,22 @@ class Seq2SeqTask(Task):
             hyps += [self.target_tokenizer.decode(s) for s in ids]
         return list(sources), hyps, list(references)
 
+    def _scores(self, hypotheses: list[str], references: list[str]) -> tuple[dict[str, float], dict, str]:
+        """(the scores logged, everything the scorer reports, one printable line) of the outputs."""
+        if self.options.metric == "rouge":
+            from ..evaluate.rouge import ROUGE_TYPES, format_rouge, rouge_scores
+            s = rouge_scores(hypotheses, references)
+            return {kind: s[kind] for kind in ROUGE_TYPES}, s, format_rouge(s)
+        from ..evaluate.bleu import format_bleu, translation_scores
+        s = translation_scores(hypotheses, references)
+        return {"bleu": s["bleu"], "chrf": s["chrf"]}, s, format_bleu(s)
+
     def evaluate(self, model, device, autocast) -> dict[str, float]:
-        from ..evaluate.bleu import translation_scores
         if self.options.eval_translations <= 0:
             return {}
         with autocast():
             _, hyps, refs = self._translate(model, "val", self.options.eval_translations, 1)
-        s = translation_scores(hyps, refs)
-        return {"val_bleu": s["bleu"], "val_chrf": s["chrf"]}
+        return {f"val_{k}": v for k, v in self._scores(hyps, refs)[0].items()}
 
     def sampler(self) -> Callable[[torch.nn.Module], str]:
         def sample(model) -> str:
@@ -145,21 +158,21 @@ class Seq2SeqTask(Task):
         return sample
 
     def report(self, model, out_dir: Path, device, autocast) -> dict[str, Any]:
-        from ..evaluate.bleu import translation_scores
         from ..modeldir import write_json
         split = "test" if self.splits["test"][0] else "val"
         with autocast():
             sources, hyps, refs = self._translate(model, split, None, self.options.test_beams)
-        s = translation_scores(hyps, refs)
-        samples = [{"source": a, "reference": r, "translation": h} for a, h, r in zip(sources, hyps, refs)]
-        write_json(Path(out_dir) / REPORT_FILE, {"split": split, "data": str(self.path), "pairs": len(hyps),
-                                                 "num_beams": self.options.test_beams, **s, "samples": samples})
-        print(f"\n{split} set ({len(hyps)} pairs, beam {self.options.test_beams}): BLEU {s['bleu']:.2f} "
-              f"({s['bleu_tokenize']} tokens), chrF {s['chrf']:.2f}")
+        logged, s, line = self._scores(hyps, refs)
+        rouge = self.options.metric == "rouge"
+        name, output = (SUMMARY_REPORT_FILE, "summary") if rouge else (REPORT_FILE, "translation")
+        samples = [{"source": a, "reference": r, output: h} for a, h, r in zip(sources, hyps, refs)]
+        write_json(Path(out_dir) / name, {"split": split, "data": str(self.path), "pairs": len(hyps),
+                                          "num_beams": self.options.test_beams, **s, "samples": samples})
+        print(f"\n{split} set ({len(hyps)} pairs, beam {self.options.test_beams}): {line}")
         for x in samples[:3]:
-            print(f"  source:      {x['source']}\n  reference:   {x['reference']}\n  translation: {x['translation']}")
-        print(f"wrote {Path(out_dir) / REPORT_FILE}")
-        return {f"{split}_bleu": s["bleu"], f"{split}_chrf": s["chrf"]}
+            print(f"  source:      {x['source']}\n  reference:   {x['reference']}\n  {output + ':':<13}{x[output]}")
+        print(f"wrote {Path(out_dir) / name}")
+        return {f"{split}_{k}": v for k, v in logged.items()}
 
 
 def build(cfg, config: ModelConfig, tokenizer) -> Seq2SeqTask:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelOverridesConfig
 from ..errors import ConfigError
-from ..options import above, at_least, between, device_name, nested, option, validate
+from ..options import SEED, above, at_least, between, device_name, nested, option, validate
 from ..tasks import DEFAULTS, TASK_DEFAULTS, task_defaults
 from .distributed import STRATEGIES
 from .tracking import check_report_to
@@ -71,7 +71,7 @@ class TrainConfig:
                                           "the last", unset="on for classify and with --patience, else off")
     patience: int | None = option(None, "early stopping: end the run when the validation metric has not improved "
                                         "for this many evaluations (every --eval-interval steps)", check=at_least(1))
-    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True)
+    seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True, check=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))

@@ -1,11 +1,5 @@
-"""Attention maps: the weights every head puts on every earlier token, for decoders, encoders
-and encoder-decoders (encoder self attention, decoder self attention, decoder-to-source cross
-attention), and a matplotlib drawing of one head or of all heads of a layer.
-
-The model computes them itself: each `Attention` module appends its weights to `recorded`
-while that is a list (`model.attention.attention_weights`), and this module turns that on for one
-forward pass.
-"""
+"""A matplotlib drawing of attention maps — one head, or all heads of a layer — as
+`lmforge.inspect.attention_maps` gives them (the `hook_pattern` of every layer)."""
 
 from __future__ import annotations
 
@@ -13,57 +7,6 @@ import math
 from pathlib import Path
 
 import torch
-
-from ..errors import LmforgeError
-
-KINDS = {"decoder": ("self",), "encoder": ("self",), "seq2seq": ("cross", "encoder", "decoder")}
-
-
-def _attention_modules(model, kind: str) -> list:
-    family = model.config.family
-    if family == "seq2seq":
-        if kind == "encoder":
-            return [b.attn for b in model.encoder.blocks]
-        return [b.cross_attn if kind == "cross" else b.attn for b in model.decoder.blocks]
-    return [b.attn for b in model.transformer.blocks]
-
-
-def check_kind(family: str, kind: str) -> str:
-    kinds = KINDS[family]
-    if kind == "auto":
-        return kinds[0]
-    if kind not in kinds:
-        raise LmforgeError(f"attention kind {kind!r} does not exist in a {family} model; use one of "
-                           f"{', '.join(kinds)}")
-    return kind
-
-
-@torch.no_grad()
-def attention_maps(model, src_ids: list[int], tgt_ids: list[int] | None = None, kind: str = "auto") -> torch.Tensor:
-    """(layers, heads, queries, keys) float32 attention weights for one token sequence (src_ids;
-    an encoder-decoder also needs the decoder's input ids tgt_ids)."""
-    kind = check_kind(model.config.family, kind)
-    modules = _attention_modules(model, kind)
-    device = next(model.parameters()).device
-    src = torch.tensor([src_ids], device=device)
-    was_training = model.training
-    model.eval()
-    for m in modules:
-        m.recorded = []
-    try:
-        if model.config.family == "seq2seq":
-            assert tgt_ids is not None, "an encoder-decoder needs the decoder's input ids"
-            model(src, torch.tensor([tgt_ids], device=device))
-        elif model.config.family == "encoder":
-            model.hidden_states(src)
-        else:
-            model(src)
-        maps = [m.recorded[0][0] for m in modules]            # (heads, Tq, Tk) each
-    finally:
-        for m in modules:
-            m.recorded = None
-        model.train(was_training)
-    return torch.stack(maps).float().cpu()
 
 
 def plot_attention(layer_maps: torch.Tensor, queries: list[str], keys: list[str], out_png: str | Path,
