@@ -31,28 +31,21 @@ DEFAULT_TABLE = "/work/shared/data/fortunes_topics.tsv"
 
 
 def tfidf_baselines(table: Path, options) -> dict[str, dict[str, float]]:
-    """TF-IDF + logistic regression (word 1-2-grams, char 2-5-grams) on the same split."""
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, f1_score
-    except ImportError:
-        return {}
+    """TF-IDF + logistic regression (word 1-2-grams, char 2-5-grams: `lmforge.evaluate.baseline`) on the same split."""
     from lmforge.data.tables import read_table
+    from lmforge.evaluate.baseline import BASELINE_NAMES, fit_baselines, score_baselines
+    from lmforge.evaluate.classification import label_metrics
     from lmforge.tasks.classify import split_rows
     rows = read_table(table, [options.text_column, options.label_column])
     split = split_rows(rows, options)
     text = {s: [rows[i][options.text_column] for i in idx] for s, idx in split.items()}
     gold = {s: [rows[i][options.label_column] for i in idx] for s, idx in split.items()}
-    out = {}
-    for name, vec in [("TF-IDF words + logistic regression", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-                      ("TF-IDF chars + logistic regression",
-                       TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))]:
-        clf = LogisticRegression(C=10, max_iter=2000).fit(vec.fit_transform(text["train"]), gold["train"])
-        pred = clf.predict(vec.transform(text["test"]))
-        out[name] = {"test_macro_f1": f1_score(gold["test"], pred, average="macro"),
-                     "test_accuracy": accuracy_score(gold["test"], pred)}
-    return out
+    fitted = fit_baselines(text["train"], gold["train"]) or {}
+    scores = score_baselines(fitted, text["test"], lambda pred: label_metrics(sorted(set(gold["train"])),
+                                                                              gold["test"], pred))
+    return {f"TF-IDF {BASELINE_NAMES[k]} + logistic regression": {"test_macro_f1": m["macro_f1"],
+                                                                  "test_accuracy": m["accuracy"]}
+            for k, m in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

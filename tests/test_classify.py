@@ -110,6 +110,11 @@ def encoder_classifier(tmp_path_factory, tiny_encoder_dir, topics_csv):
 def test_classifier_from_an_encoder(encoder_classifier, tiny_encoder_dir):
     out, summary = encoder_classifier
     assert summary["test_macro_f1"] >= 0.9 and summary["val_accuracy"] >= 0.9        # an easy task, learnt
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    baseline = [r for r in rows if r["kind"] == "baseline"]                            # the TF-IDF baseline, logged
+    assert len(baseline) == 1 and baseline[0]["step"] == 0 and "baseline_char_val_macro_f1" in baseline[0]
+    assert summary["baseline_val_macro_f1"] == baseline[0]["baseline_val_macro_f1"]
+    assert "baseline_test_macro_f1" in summary and "TF-IDF baseline" in summary["baseline_verdict"]
     report = json.loads((out / "classification_report.json").read_text())
     assert report["split"] == "test" and report["labels"] == ["animals", "food", "tech"]
     assert sum(map(sum, report["confusion_matrix"])) == report["examples"] == 24
@@ -150,6 +155,11 @@ def test_classify_cli(encoder_classifier, tiny_encoder_dir, tmp_path, capsys):
     assert main(["classify", str(out), "--file", str(labelled), "--label-column", "label", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "warning: 1 row(s) have labels the model was never trained on ('drinks')" in err and "macro-F1" in err
+    assert "TF-IDF + logistic regression baseline on these rows (trained on the training split of " in err
+    assert "TF-IDF baseline: macro-F1" in err
+    assert main(["classify", str(out), "--file", str(labelled), "--label-column", "label", "--no-baseline",
+                 "--device", "cpu"]) == 0
+    assert "TF-IDF" not in capsys.readouterr().err
     assert main(["classify", str(tiny_encoder_dir), "x", "--device", "cpu"]) == 2
     assert "no classification head" in capsys.readouterr().err
 

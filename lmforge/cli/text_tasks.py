@@ -51,6 +51,8 @@ class ClassifyCommandConfig:
     batch_size: int = option(64, "texts per forward pass", check=at_least(1))
     json: bool = option(False, "print one JSON object per text (label, score, every label's probability)")
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
+    baseline: bool = option(True, "with --label-column: also score TF-IDF + logistic regression fitted on the "
+                                  "training split of the model's own training table (scikit-learn)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -77,7 +79,23 @@ def _classify(ns):
         metrics = label_metrics(lm.config.labels, truth, [r["label"] for r in results])
         if metrics is not None:
             print(format_metrics(metrics, top=30), file=sys.stderr)
+            if args.baseline:
+                _print_baseline(args.model_dir, lm.config.labels, texts, truth, metrics["macro_f1"])
     return 0
+
+
+def _print_baseline(model_dir: str, labels: list[str], texts: list[str], truth: list[str | None],
+                    model_f1: float) -> None:
+    """The TF-IDF baseline on the same labelled rows, and how the model compares (stderr)."""
+    from ..evaluate.baseline import describe, verdict
+    from ..tasks.classify import baseline_for_file
+    result = baseline_for_file(model_dir, labels, texts, truth)
+    if isinstance(result, str):
+        print(result, file=sys.stderr)
+    elif result is not None and result[0]:
+        scores, where = result
+        print(describe(scores, where), file=sys.stderr)
+        print(verdict(model_f1, scores, where), file=sys.stderr)
 
 
 @dataclass

@@ -18,8 +18,9 @@ from ..train.finetune import FINETUNE_DEFAULTS, FinetuneConfig
 from ..train.config import TrainConfig
 from .core import options_of, verb
 
-SUMMARY_KEYS = ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu", "val_chrf",
-                "val_rougeL", "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "test_rougeL")
+SUMMARY_KEYS = ("step", "best_step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "val_bleu",
+                "val_chrf", "val_rougeL", "test_accuracy", "test_macro_f1", "test_bleu", "test_chrf", "test_rougeL",
+                "baseline_val_macro_f1", "baseline_test_macro_f1")
 
 
 def print_summary(summary: dict) -> None:
@@ -30,6 +31,8 @@ def print_summary(summary: dict) -> None:
     print("finished: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
           + f"; model directory {summary['out']}" + (f"; merged model {summary['merged']}" if "merged" in summary
                                                       else ""))
+    if summary.get("baseline_verdict"):
+        print(summary["baseline_verdict"])
     if summary.get("warning"):
         print(f"warning: {summary['warning']}", file=sys.stderr)
 

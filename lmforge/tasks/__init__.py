@@ -3,6 +3,7 @@ report, and a `build(train config, model config, tokenizer)` that the one traine
 
     clm       next-token prediction on prepared shards (decoders)
     mlm       masked-LM on prepared shards (encoders)
+    rtd       replaced-token detection (ELECTRA) on prepared shards (encoders)
     classify  a labelled CSV / TSV / JSONL table (a classification head on an encoder or decoder)
     seq2seq   a pairs table (encoder-decoders: translation, summarisation)
     sft       chat conversations (loss on the assistant's tokens)
@@ -14,20 +15,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import classify, clm, mlm, seq2seq, sft
+from . import classify, clm, mlm, rtd, seq2seq, sft
 from .base import NextTokenTask, Task, lm_loss
 from .classify import ClassifyConfig
 from .mlm import MLMConfig
+from .rtd import RTDConfig
 from .seq2seq import Seq2SeqConfig
 from .sft import SFTConfig
 
 # task name -> build(train config, model config, tokenizer); table tasks get tokenizer=None when training from
 # scratch and train their own
-TASKS: dict[str, Callable] = {"clm": clm.build, "mlm": mlm.build, "classify": classify.build,
+TASKS: dict[str, Callable] = {"clm": clm.build, "mlm": mlm.build, "rtd": rtd.build, "classify": classify.build,
                               "seq2seq": seq2seq.build, "sft": sft.build}
-SHARD_TASKS = ("clm", "mlm")          # --data is a prepared directory; the others read a file
-TASK_OPTIONS: dict[str, type] = {"mlm": MLMConfig, "classify": ClassifyConfig, "seq2seq": Seq2SeqConfig,
-                                 "sft": SFTConfig}
+SHARD_TASKS = ("clm", "mlm", "rtd")   # --data is a prepared directory; the others read a file
+TASK_OPTIONS: dict[str, type] = {"mlm": MLMConfig, "rtd": RTDConfig, "classify": ClassifyConfig,
+                                 "seq2seq": Seq2SeqConfig, "sft": SFTConfig}
 
 # Training defaults (TrainConfig fields left None), measured at equal 2-core CPU time on the shared corpora
 # (docs/finetuning.md, "Defaults"): Muon for the blocks' matrices wins for every task; seq2seq learns fastest
@@ -44,4 +46,4 @@ def task_defaults(task: str) -> dict[str, Any]:
 
 
 __all__ = ["TASKS", "SHARD_TASKS", "TASK_OPTIONS", "DEFAULTS", "TASK_DEFAULTS", "task_defaults", "Task",
-           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "Seq2SeqConfig", "SFTConfig"]
+           "NextTokenTask", "lm_loss", "ClassifyConfig", "MLMConfig", "RTDConfig", "Seq2SeqConfig", "SFTConfig"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 class Task:
     name = "base"
     reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
+    selection = ("val_loss", "min")  # the validation metric --keep-best / --patience judge by, and its direction
     tokenizer = None             # set by tasks that read a table and train their own tokenizer from it
 
     # ---- what the data decides about the model (called by `train()` before the model is built) ----
@@ -33,6 +34,16 @@ class Task:
         """Parameter-name prefixes this task does not train (heads it never uses); frozen
         so that the optimizer and DDP see only parameters that get gradients."""
         return ()
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Modules the task trains beside the model (ELECTRA's generator), put on it before training."""
+
+    def saved_names(self, names: set[str]) -> set[str]:
+        """Which of the model's state-dict names model.safetensors keeps (the rest: `save_extras`)."""
+        return names
+
+    def save_extras(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """At each checkpoint, after model.safetensors: what `attach` added, in a file of its own."""
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         """n example indices (int64) for `split`, drawn with `generator`."""
@@ -64,6 +75,11 @@ class Task:
     def evaluate(self, model: torch.nn.Module, device: torch.device, autocast: Any) -> dict[str, float]:
         """Extra validation metrics beyond the loss (accuracy, BLEU, ...)."""
         return {}
+
+    def baseline(self) -> tuple[dict[str, float], str] | None:
+        """Before training: what a classical model gets on the same split (its figures for the log
+        and the summary, and a line to print); None when the task has no baseline."""
+        return None
 
     def constant_loss(self) -> float | None:
         """The training loss of a model that ignores its input and predicts the training frequencies

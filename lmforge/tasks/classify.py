@@ -30,6 +30,9 @@ class ClassifyConfig(TableConfig):
     text_pair_column: str | None = option(None, "optional column with a second text (sentence-pair tasks); an "
                                                 "encoder sees it as segment 1")
     class_weights: bool = option(False, "weight the loss by inverse class frequency (imbalanced labels)")
+    baseline: bool = option(True, "also fit TF-IDF + logistic regression (word and character n-grams, scikit-learn: "
+                                  "pip install \"lmforge[baseline]\") on the same split and report it beside the "
+                                  "model", saved=False)
 
 
 def segments(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,6 +99,11 @@ def training_texts(path: str | Path, options: ClassifyConfig | None = None) -> l
     return [rows[i][o.text_column] for i in split_rows(rows, o)["train"]]
 
 
+def baseline_text(row: dict[str, str], o: ClassifyConfig) -> str:
+    """What the TF-IDF baseline reads of a row: its text (and second text, on a line of its own)."""
+    return row[o.text_column] + (f"\n{row[o.text_pair_column]}" if o.text_pair_column else "")
+
+
 def label_entropy(y: torch.Tensor, n_labels: int) -> float:
     """The cross-entropy of always predicting the label frequencies of `y` (ln 2 for two balanced classes)."""
     return frequency_entropy(torch.bincount(y, minlength=n_labels))
@@ -103,6 +111,7 @@ def label_entropy(y: torch.Tensor, n_labels: int) -> float:
 
 class ClassificationTask(Task):
     name = "classify"
+    selection = ("val_macro_f1", "max")     # what a user reads off a classifier; the loss keeps falling past it
 
     def __init__(self, path: str | Path, config, tokenizer, options: ClassifyConfig | None = None):
         o = self.options = options or ClassifyConfig()
@@ -139,6 +148,8 @@ class ClassificationTask(Task):
         splits = split_rows(rows, o)
         self.splits = {s: ([ids[i] for i in idx], [types[i] for i in idx], torch.tensor([y[i] for i in idx]))
                        for s, idx in splits.items()}
+        self.texts = {s: [baseline_text(rows[i], o) for i in idx] for s, idx in splits.items()}
+        self.baselines: dict[str, Any] | None = None                    # fitted by `baseline()`
         counts = torch.bincount(self.splits["train"][2], minlength=len(self.labels)).float()
         self.weights = None
         if o.class_weights:
@@ -189,15 +200,75 @@ class ClassificationTask(Task):
         m = self._metrics(model, "val", autocast)
         return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
 
+    def baseline(self) -> tuple[dict[str, float], str] | None:
+        if not self.options.baseline:
+            return None
+        from ..evaluate.baseline import describe, fit_baselines, flat_scores
+        self.baselines = fit_baselines(self.texts["train"], [self.labels[i] for i in self.splits["train"][2]])
+        if not self.baselines:
+            return None
+        scores = self._baseline_scores("val")
+        return flat_scores(scores, "val"), describe(scores, f"the validation split ({len(self.texts['val'])} rows)")
+
+    def _baseline_scores(self, split: str) -> dict[str, dict[str, Any]]:
+        """The fitted baselines on `split`, scored as the model is (`classification_metrics` over its labels)."""
+        from ..evaluate.baseline import score_baselines
+        from ..evaluate.classification import classification_metrics
+        y = self.splits[split][2]
+        return score_baselines(self.baselines or {}, self.texts[split],
+                               lambda pred: classification_metrics(y, [self.labels.index(p) for p in pred],
+                                                                   self.labels))
+
     def report(self, model, out_dir: Path, device, autocast) -> dict[str, Any]:
+        from ..evaluate.baseline import describe, flat_scores, verdict
         from ..evaluate.classification import format_metrics, write_report
         split = "test" if len(self.splits["test"][0]) else "val"
         m = self._metrics(model, split, autocast)
-        json_path, png_path = write_report(m, out_dir, {"split": split, "data": str(self.path)})
+        scores = self._baseline_scores(split) if self.baselines else {}
+        extra = {"split": split, "data": str(self.path)}
+        if scores:
+            extra["baseline"] = {k: {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]} for k, s in scores.items()}
+        json_path, png_path = write_report(m, out_dir, extra)
         print(f"\n{split} set ({m['examples']} examples):\n{format_metrics(m, top=30)}")
         print(f"wrote {json_path} and {png_path}")
-        return {f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]}
+        out = {f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]}
+        if scores:
+            where = f"the {'test' if split == 'test' else 'validation'} split ({m['examples']} rows)"
+            print(describe(scores, where))
+            out.update(flat_scores(scores, split), baseline_verdict=verdict(m["macro_f1"], scores, where))
+        return out
 
 
 def build(cfg, config: ModelConfig, tokenizer) -> ClassificationTask:
     return ClassificationTask(cfg.data, config, tokenizer, cfg.options_for(ClassifyConfig))
+
+
+def baseline_for_file(model_dir: str | Path, labels: list[str], texts: list[str],
+                      truth: list[str | None]) -> tuple[dict[str, dict[str, Any]], str] | str | None:
+    """The TF-IDF baselines fitted on the training rows of the table the classifier in `model_dir`
+    was trained on (as its train_config.yaml records it: the same split), scored on (texts, truth)
+    as `label_metrics` scores the model: ({kind: metrics}, what was scored). A string says why there
+    is none; None: scikit-learn is missing (it warned)."""
+    import dataclasses
+    from ..evaluate.baseline import fit_baselines, score_baselines
+    from ..evaluate.classification import label_metrics
+    from ..runfile import TRAIN_CONFIG_FILE, read_run_file
+    run_file = Path(model_dir) / TRAIN_CONFIG_FILE
+    saved = read_run_file(run_file) if run_file.is_file() else {}
+    data = saved.get("data")
+    if saved.get("task") != "classify" or not data:
+        return f"no TF-IDF baseline: {model_dir} records no classification table it was trained on ({TRAIN_CONFIG_FILE})"
+    if not Path(data).exists():
+        return f"no TF-IDF baseline: {data}, the table {model_dir} was trained on, is not found from here"
+    o = ClassifyConfig(**{f.name: saved[f.name] for f in dataclasses.fields(ClassifyConfig) if f.name in saved})
+    rows = read_table(data, [o.text_column, o.label_column], (o.text_pair_column,))
+    train = split_rows(rows, o)["train"]
+    fitted = fit_baselines([baseline_text(rows[i], o) for i in train], [rows[i][o.label_column] for i in train])
+    if fitted is None:
+        return None
+
+    def score(pred: list[str]) -> dict[str, Any] | None:
+        with warnings.catch_warnings():                     # unseen labels: the model's own scores warned once
+            warnings.simplefilter("ignore")
+            return label_metrics(labels, truth, pred)
+    return score_baselines(fitted, texts, score), f"these rows (trained on the training split of {data})"

@@ -63,9 +63,13 @@ class MaskedLMTask(Task):
         if self.bos is not None:
             rows = torch.cat([torch.full((len(rows), 1), self.bos, dtype=torch.long), rows], dim=1)
         gen = None if split == "train" else torch.Generator().manual_seed(int(indices.sum()) * 7919 + len(indices))
-        inputs, labels = mask_tokens(rows, mask_id=self.mask_id, vocab_size=self.vocab_size,
-                                     special_ids=self.special, mask_prob=self.options.mask_prob, generator=gen)
+        inputs, labels = self.mask(rows, gen)
         return {"x": inputs, "labels": labels}
+
+    def mask(self, rows: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of windows (B, T): BERT's masking (`data.mlm.mask_tokens`)."""
+        return mask_tokens(rows, mask_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special,
+                           mask_prob=self.options.mask_prob, generator=gen)
 
     def constant_loss(self) -> float:
         return token_entropy(self.data["train"])

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, ModelDirError
-from ..modeldir import WEIGHTS_FILE, atomic_write, read_weights, read_weights_metadata, save_tensors
+from ..modeldir import WEIGHTS_FILE, atomic_write, atomic_write_text, read_weights, read_weights_metadata, save_tensors
 
 STATE_DIR = "train_state"
 
@@ -41,24 +41,35 @@ def sharded_state_path(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / STATE_DIR / f"step-{step:08d}"
 
 
-def _delete_other_states(out_dir: Path, keep: Path) -> None:
+def best_paths(out_dir: Path, weights_file: str = WEIGHTS_FILE) -> tuple[Path, Path]:
+    """Where a --keep-best run keeps the best evaluation's weights and its record (`selection.py`)."""
+    return Path(out_dir) / STATE_DIR / f"best-{weights_file}", Path(out_dir) / STATE_DIR / "best.json"
+
+
+def _delete_other_states(out_dir: Path, keep: Path, keep_step: int | None = None) -> None:
+    """Delete the train states but `keep` (and the one of `keep_step`: the best evaluation's)."""
+    kept = {keep} | ({state_path(out_dir, keep_step), sharded_state_path(out_dir, keep_step)}
+                     if keep_step is not None else set())
     for old in (Path(out_dir) / STATE_DIR).glob("step-*"):
-        if old != keep:
+        if old not in kept:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], step: int, state: dict[str, Any],
-                    extra_metadata: dict[str, str] | None = None, weights_file: str = WEIGHTS_FILE) -> None:
-    """Save the train state, then commit `tensors` (from `modeldir.state_dict_for_save`) as `weights_file`."""
+                    extra_metadata: dict[str, str] | None = None, weights_file: str = WEIGHTS_FILE,
+                    keep_step: int | None = None) -> None:
+    """Save the train state, then commit `tensors` (from `modeldir.state_dict_for_save`) as `weights_file`;
+    older train states are deleted (but the one of `keep_step`)."""
     out_dir = Path(out_dir)
     path = state_path(out_dir, step)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     save_tensors(tensors, out_dir / weights_file, {"step": str(step), **(extra_metadata or {})})
-    _delete_other_states(out_dir, path)
+    _delete_other_states(out_dir, path, keep_step)
 
 
 def save_sharded_checkpoint(out_dir: Path, step: int, state: dict[str, Any], full_tensors: Any,
-                            extra_metadata: dict[str, str] | None, weights_file: str, info) -> None:
+                            extra_metadata: dict[str, str] | None, weights_file: str, info,
+                            keep_step: int | None = None) -> None:
     """Every rank: write `state` (DTensors: each rank its shards) as the DCP directory of `step`;
     then rank 0 commits the tensors `full_tensors()` returns there (called on every rank: it
     gathers) as `weights_file`. `info`: the run's `DistInfo`."""
@@ -84,7 +95,7 @@ def save_sharded_checkpoint(out_dir: Path, step: int, state: dict[str, Any], ful
         else:
             partial.rename(final)
         save_tensors(tensors, out_dir / weights_file, {"step": str(step), **(extra_metadata or {})})
-        _delete_other_states(out_dir, final)
+        _delete_other_states(out_dir, final, keep_step)
     barrier(info)
 
 
@@ -190,13 +201,13 @@ def _sharded_train_state(model, optimizer, data_gen: torch.Generator, step: int,
 
 def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
                      shape: torch.Tensor, weights: Any, extra_metadata: dict[str, str] | None,
-                     weights_file: str) -> None:
+                     weights_file: str, keep_step: int | None = None) -> None:
     """Every rank: checkpoint the run at `step`, as a DCP directory under a sharding `strategy`, else
     as a .pt file from rank 0. `weights()` gives the tensors of `weights_file` (on rank 0; it gathers)."""
     info = strategy.info
     if strategy.sharded:
         state = _sharded_train_state(model, optimizer, data_gen, step, tokens, shape, f"rng_rank{info.rank}")
-        save_sharded_checkpoint(out_dir, step, state, weights, extra_metadata, weights_file, info)
+        save_sharded_checkpoint(out_dir, step, state, weights, extra_metadata, weights_file, info, keep_step)
         return
     from .distributed import barrier
     tensors = weights()
@@ -205,7 +216,7 @@ def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.
                  "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                  "batch_shape": shape}
-        save_checkpoint(out_dir, tensors, step, state, extra_metadata, weights_file)
+        save_checkpoint(out_dir, tensors, step, state, extra_metadata, weights_file, keep_step)
     barrier(info)
 
 
@@ -267,7 +278,8 @@ class Checkpointer:
     state into the model, optimizer and data generator; `save(step, tokens)` commits them at `step`
     and tells the observers (`on_save`). `names_to_save(model)` picks the state-dict entries that
     `weights_file` stores (None: all; a LoRA run keeps its adapters). `saved_at`: the last step
-    saved (or resumed from)."""
+    saved (or resumed from). `keep_best(step, record)` keeps the checkpoint of `step` (saved) beside
+    the later ones, `restore_best()` makes it the run's checkpoint again (`selection.py`)."""
 
     def __init__(self, out: Path, strategy, model: nn.Module, optimizer, data_gen: torch.Generator,
                  shape: torch.Tensor, *, names_to_save: Callable[[nn.Module], set[str]] | None,
@@ -276,6 +288,7 @@ class Checkpointer:
         self.data_gen, self.shape, self.names_to_save = data_gen, shape, names_to_save
         self.extra_metadata, self.weights_file, self.observers = extra_metadata, weights_file, observers
         self.saved_at = 0
+        self.best_step: int | None = None        # the kept best checkpoint (its train state is not deleted)
 
     def resume(self, state: dict[str, Any]) -> tuple[int, int]:
         """Load `state` (from `load_checkpoint`); returns (step, tokens)."""
@@ -286,7 +299,51 @@ class Checkpointer:
 
     def save(self, step: int, tokens: int) -> None:
         save_train_state(self.out, self.strategy, self.model, self.optimizer, self.data_gen, step, tokens, self.shape,
-                         self._weights, self.extra_metadata, self.weights_file)
+                         self._weights, self.extra_metadata, self.weights_file, self.best_step)
+        self.saved_at = step
+        self.observers.on_save(step, self.out)
+
+    def read_best(self) -> dict[str, Any]:
+        """The best evaluation a resumed run had kept (train_state/best.json; {} when none or its weights are gone)."""
+        import json
+        weights, record = best_paths(self.out, self.weights_file)
+        try:
+            state = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not weights.is_file() or not isinstance(state, dict):
+            return {}
+        self.best_step = state.get("step")
+        return state
+
+    def keep_best(self, step: int, record: dict[str, Any]) -> None:
+        """Every rank: the checkpoint just saved at `step` is the best so far; keep a copy of its
+        weights and its train state until a better one comes (rank 0 writes)."""
+        assert self.saved_at == step, (self.saved_at, step)
+        self.best_step = step
+        if self.strategy.info.is_main:
+            import json
+            weights, path = best_paths(self.out, self.weights_file)
+            atomic_write(weights, lambda tmp: shutil.copyfile(self.out / self.weights_file, tmp))
+            atomic_write_text(path, json.dumps(record))
+
+    def restore_best(self) -> None:
+        """Every rank: make the kept best checkpoint the run's (its weights committed as `weights_file`,
+        the later train states deleted) and load its weights into the model."""
+        from .distributed import barrier
+        step, (weights, _) = self.best_step, best_paths(self.out, self.weights_file)
+        assert step is not None
+        if self.strategy.info.is_main:
+            atomic_write(self.out / self.weights_file, lambda tmp: shutil.copyfile(weights, tmp))
+            keep = sharded_state_path(self.out, step) if self.strategy.sharded else state_path(self.out, step)
+            _delete_other_states(self.out, keep)
+        barrier(self.strategy.info)
+        tensors, _ = read_weights(weights)
+        if self.strategy.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            set_model_state_dict(self.model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.model.load_state_dict(tensors, strict=False)   # tied second names and a LoRA run's base are absent
         self.saved_at = step
         self.observers.on_save(step, self.out)
 

@@ -27,7 +27,8 @@ class TrainConfig:
                                       "TSV / JSONL / Parquet / Arrow / save_to_disk directory) for classify / seq2seq")
     out: str = option("runs/model", "model directory to write: config, weights, tokenizer, metrics", short="-o")
     preset: str = option("gpt-mini", "model preset (`lmforge presets` lists them)", fixed=True)
-    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), classify "
+    task: str = option("clm", "what to train for: clm (next-token prediction), mlm (masked LM, encoders), rtd "
+                              "(replaced-token detection, ELECTRA: encoders), classify "
                               "(labelled table), seq2seq (pairs table, encoder-decoders), sft (chat JSONL)",
                        aliases=("--objective",), fixed=True)
     model: ModelOverridesConfig = nested(ModelOverridesConfig)
@@ -69,6 +70,11 @@ class TrainConfig:
                                    check=at_least(0))
     sample_tokens: int = option(64, "tokens per training sample", check=at_least(1))
     sample_prompt: str = option("", "prompt for training samples")
+    keep_best: bool | None = option(None, "when the run ends, keep the weights of the evaluation with the best "
+                                          "validation metric (classify: val_macro_f1; other tasks: val_loss), not "
+                                          "the last", unset="on for classify and with --patience, else off")
+    patience: int | None = option(None, "early stopping: end the run when the validation metric has not improved "
+                                        "for this many evaluations (every --eval-interval steps)", check=at_least(1))
     seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True, check=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",
@@ -92,7 +98,7 @@ class TrainConfig:
                                       "tensorboard, trackio, mlflow, wandb (several at once), all (those installed) "
                                       "or none (the default); each needs its library: pip install "
                                       "\"lmforge[tracking]\"", check=check_report_to)
-    task_options: Any = option(None, "the task's own options (MLMConfig, ClassifyConfig, Seq2SeqConfig); "
+    task_options: Any = option(None, "the task's own options (MLMConfig, RTDConfig, ClassifyConfig, Seq2SeqConfig); "
                                      "None: their defaults. The CLI fills it from the task's flags", cli=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +115,11 @@ class TrainConfig:
                               f"learning rate; give --min-lr at most --lr")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+
+    def keeps_best(self) -> bool:
+        """--keep-best, or its default: on for classify (a fine-tuned classifier overfits small tables)
+        and with --patience. Resolved here, not in __post_init__, since `finetune` sets the task later."""
+        return self.keep_best if self.keep_best is not None else self.task == "classify" or self.patience is not None
 
     def options_for(self, cls: type) -> Any:
         """The task's options: `task_options` when set (checked to be a `cls`), else `cls()`."""

@@ -1,6 +1,6 @@
 """`lmforge finetune MODEL_DIR --task T --data ... --out ...`: continue training a model
 directory on new data. The task (a key of `lmforge.tasks.TASKS`) says what to train for: clm
-(more text), mlm (more masked-LM pretraining), classify (a labelled table: adds a
+(more text), mlm (more masked-LM pretraining), rtd (more replaced-token detection), classify (a labelled table: adds a
 classification head, from an encoder or a decoder), seq2seq (a pairs table), sft (chat
 conversations). Every task runs through the same `train()` with `init_from` set, so resume,
 DDP, metrics and checkpoints work the same way as pretraining; the task's own options

@@ -81,3 +81,23 @@ class TrainingInspection(RunObserver):
         losses = lens_loss(model, ids, targets)
         return {f"lens_loss_{label}": round(float(v), 6) for label, v in zip(lens_points(model)[1], losses)
                 if torch.isfinite(v)}                       # NaN: no target in the batch (JSON has no NaN)
+
+
+@torch.no_grad()
+def inspect_at(trainer, step: int) -> bool:
+    """Every `inspect_interval` steps: the observers look inside the model, whole and in eval mode
+    (`on_inspect`), and what they measure is logged as an {"kind": "inspect"} row. Returns whether
+    it ran (with --inspect-interval 0, the default, never: no hook is ever set)."""
+    every = trainer.cfg.inspect_interval
+    if not every or step % every:
+        return False
+    model = trainer._raw(trainer.train_model)
+    was_training = model.training
+    model.eval()
+    with trainer.full_params():
+        if trainer.dist.is_main:
+            values = trainer.observers.on_inspect(step, model)
+            if values:
+                trainer.observers.on_log({"kind": "inspect", "step": step, **values})
+    model.train(was_training)
+    return True

@@ -323,6 +323,16 @@ def _build_from_weights(cfg: TrainConfig, start: _Start, config: ModelConfig, lo
     return model
 
 
+class TaskFiles(RunObserver):
+    """At each checkpoint, the task's own files beside the weights (`Task.save_extras`)."""
+
+    def __init__(self, task: Task, model: torch.nn.Module):
+        self.task, self.model = task, model
+
+    def on_save(self, step: int, out: Path) -> None:
+        self.task.save_extras(self.model, out)
+
+
 def train(cfg: TrainConfig, *, lora=None,
           wrap_task: Callable[[Task, ModelConfig, Tokenizer], Task] | None = None,
           inputs: list[tuple[str, str | None]] = (), observers: list[RunObserver] = ()) -> dict[str, Any]:
@@ -356,6 +366,7 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device),
                       trainable_fraction=n_trainable / max(1, sum(p.numel() for p in model.parameters())))
+    task.attach(model)                               # what the task trains beside the model (rtd: its generator)
     if wrap_task is not None:
         task = wrap_task(task, config, tokenizer)
     sample_fn = task.sampler()
@@ -370,6 +381,9 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any
         from ..adapt.runs import write_adapter_config
         print(f"LoRA rank {lora.lora_rank}: training {n_trainable:,} of {num_params(config):,} parameters")
         hooks.update(names_to_save=trainable_names, weights_file=ADAPTER_FILE)
+    else:
+        hooks["names_to_save"] = lambda m: task.saved_names(set(m.state_dict()))
+        observers = [*observers, TaskFiles(task, model)]
     settings = run_settings(cfg, lora)
 
     def extra_files(out: Path) -> None:

@@ -51,6 +51,7 @@ from .interrupt import StopRequest
 from .observers import Observers, RunFiles, RunObserver
 from .optim import make_adamw
 from .progress import TrainLog
+from .selection import BestEvaluation
 from .schedule import lr_at
 
 
@@ -139,7 +140,10 @@ class Trainer:
         summary: dict[str, Any] = {"out": str(self.out)}
         log = TrainLog(cfg, step, self.dist, self.device, self.model_config, self.task.constant_loss(),
                        self.observers, summary)
+        self._report_baseline(step, log, summary)
+        self.best = self._best_evaluation(saver, step if resume_state is not None else None)
         last_eval: int | None = None
+        early_stop = False
         try:
             with StopRequest(announce=self.dist.is_main) as stop:
                 while step < end_step:
@@ -149,13 +153,16 @@ class Trainer:
                     log.step_done(step_tokens * W)
                     if step % cfg.log_interval == 0 or step == end_step:
                         log.log(step, loss_sum, lr, tokens)
-                    evaluated = self.evaluate_and_sample(step, log, summary)
+                    metrics = self.evaluate_and_sample(step, log, summary)
                     inspected = self.inspect(step)
                     if step % save_every == 0 or step == end_step:
                         saver.save(step, tokens)
-                    if evaluated or inspected:
-                        last_eval = step if evaluated else last_eval
+                    if metrics is not None or inspected:
+                        last_eval = step if metrics is not None else last_eval
                         log.restart_clock()                  # keep eval and inspection time out of tokens/s
+                    if metrics is not None and self._track_best(step, tokens, metrics, saver):
+                        early_stop = True                    # --patience ran out
+                        break
                     if step < end_step and self._stop_requested(stop):       # Ctrl-C: the step is whole, save it
                         return self._interrupted(step, tokens, saver, log, summary)
         except KeyboardInterrupt:                        # a second Ctrl-C: mid-step, so nothing consistent to save
@@ -165,7 +172,7 @@ class Trainer:
                       f"{self.out} is intact — continue with --resume")
             raise
         log.close()
-        return self._finish(step, last_eval, log, summary)
+        return self._finish(step, last_eval, log, summary, saver, early_stop)
 
     def set_lr(self, step: int) -> float:
         """Set every optimizer group's rate for `step` (the schedule scales each group's own peak)."""
@@ -247,29 +254,82 @@ class Trainer:
         self.observers.on_end(summary)
         return summary
 
-    def _finish(self, step: int, last_eval: int | None, log: TrainLog, summary: dict[str, Any]) -> dict[str, Any]:
-        """The loop ran to its end step: the summary, and the task's final report if the run is complete."""
+    def _finish(self, step: int, last_eval: int | None, log: TrainLog, summary: dict[str, Any], saver: Checkpointer,
+                early_stop: bool) -> dict[str, Any]:
+        """The loop ran to its end step (or stopped early on --patience): the summary, and if the run is
+        complete, the best evaluation's weights kept (--keep-best) and the task's final report."""
         cfg = self.cfg
-        summary.update(step=step, stopped=step < cfg.max_steps, last_eval=last_eval)
+        summary.update(step=step, stopped=step < cfg.max_steps and not early_stop, last_eval=last_eval)
         if log.verdict():
             summary["warning"] = log.verdict()
-        if step < cfg.max_steps:
+        if summary["stopped"]:
             if self.dist.is_main:
                 print(f"stopped at step {step} of {cfg.max_steps}; continue with the same command plus --resume")
         else:
+            self._keep_best(saver, summary, early_stop)
             with self.full_params():                     # every rank: FSDP gathers the whole model
                 if self.dist.is_main:
                     summary.update(self.task.report(self.model, self.out, self.device, self.autocast))
         self.observers.on_end(summary)
         return summary
 
+    # ---- the best evaluation (--keep-best, --patience: `selection.py`) -------------------------
+    def _best_evaluation(self, saver: Checkpointer, resume_step: int | None) -> BestEvaluation | None:
+        """What tracks the best evaluation (None when neither --keep-best nor --patience asks); a
+        resumed run continues from the best it had kept."""
+        if not (self.cfg.keeps_best() or self.cfg.patience):
+            return None
+        best = BestEvaluation(*self.task.selection, patience=self.cfg.patience)
+        if resume_step is not None:
+            best.load(saver.read_best(), resume_step)
+        return best
+
+    def _track_best(self, step: int, tokens: int, metrics: dict[str, float], saver: Checkpointer) -> bool:
+        """After an evaluation: a new best is checkpointed (if this step was not) and kept; returns
+        whether --patience ran out."""
+        if self.best is None:
+            return False
+        if self.best.update(step, metrics) and self.cfg.keeps_best():
+            if saver.saved_at != step:
+                saver.save(step, tokens)
+            saver.keep_best(step, self.best.state())
+        return self.best.out_of_patience()
+
+    def _keep_best(self, saver: Checkpointer, summary: dict[str, Any], early_stop: bool) -> None:
+        """At the end of a complete run: the best evaluation's weights become the model directory's."""
+        best = self.best
+        if best is None or best.step is None:
+            return
+        if early_stop:
+            summary["early_stopped"] = True
+            if self.dist.is_main:
+                print(best.message())
+        if not self.cfg.keeps_best():
+            return
+        if saver.saved_at != best.step:
+            saver.restore_best()
+            if self.dist.is_main:
+                print(f"kept the best evaluation, step {best.step} ({best.metric} {best.value:.4f}), not the last: "
+                      f"the model directory holds its weights")
+        summary.update(best.metrics, best_step=best.step)
+
     # ---- evaluation and samples -------------------------------------------------------------
-    def evaluate_and_sample(self, step: int, log: TrainLog, summary: dict[str, Any]) -> bool:
+    def _report_baseline(self, step: int, log: TrainLog, summary: dict[str, Any]) -> None:
+        """Rank 0, before the first step: the task's classical baseline on the same split, logged
+        (a "baseline" row), printed and kept in the summary."""
+        result = self.task.baseline() if self.dist.is_main else None
+        if result is not None:
+            metrics, line = result
+            self.observers.on_log({"kind": "baseline", "step": step, **metrics})
+            summary.update(metrics)
+            log.write(line)
+
+    def evaluate_and_sample(self, step: int, log: TrainLog, summary: dict[str, Any]) -> dict[str, float] | None:
         """At an evaluation step: evaluate, log and print the metrics; at a sample step: sample, log
-        and print the text. Returns whether it evaluated."""
+        and print the text. Returns the evaluation's metrics (None: no evaluation at this step)."""
         cfg = self.cfg
-        evaluated = step % cfg.eval_interval == 0 or step == cfg.max_steps
-        if evaluated:
+        metrics = None
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             metrics = self.evaluate(self.train_model, step)
             self.observers.on_log({"kind": "eval", "step": step, **{k: round(v, 6) for k, v in metrics.items()}})
             summary.update(metrics)
@@ -281,26 +341,12 @@ class Trainer:
                     text = self.sample_fn(self.model)
                     self.observers.on_log({"kind": "sample", "step": step, "text": text})
                     log.write(f"sample at step {step}: {text!r}")
-        return evaluated
+        return metrics
 
-    @torch.no_grad()
     def inspect(self, step: int) -> bool:
-        """Every `inspect_interval` steps: the observers look inside the model, whole and in eval mode
-        (`on_inspect`), and what they measure is logged as an {"kind": "inspect"} row. Returns whether
-        it ran (with --inspect-interval 0, the default, never: no hook is ever set)."""
-        every = self.cfg.inspect_interval
-        if not every or step % every:
-            return False
-        model = self._raw(self.train_model)
-        was_training = model.training
-        model.eval()
-        with self.full_params():
-            if self.dist.is_main:
-                values = self.observers.on_inspect(step, model)
-                if values:
-                    self.observers.on_log({"kind": "inspect", "step": step, **values})
-        model.train(was_training)
-        return True
+        """Every `inspect_interval` steps, the observers look inside the model (`inspection.py`)."""
+        from .inspection import inspect_at
+        return inspect_at(self, step)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int | None = None) -> dict[str, float]:

@@ -1,0 +1,188 @@
+"""Pretrain, then fine-tune — at equal CPU time: on a labelled table, the test-split macro-F1 of
+TF-IDF + logistic regression (word and character n-grams), a classifier trained from scratch,
+masked-LM pretraining -> fine-tune and replaced-token detection (ELECTRA) -> fine-tune.
+
+    python benchmarks/pretrain_finetune.py                                   # fortunes topics, 20 CPU-minutes an arm
+    python benchmarks/pretrain_finetune.py --cpu-minutes 5 --arms scratch mlm rtd --out runs/bench
+    python benchmarks/pretrain_finetune.py --data my_labels.tsv --corpus more_text.txt
+
+Every lmforge arm gets the same budget of CPU time (this process's, `time.process_time`: the
+figure a loaded machine does not distort, unlike wall time): the step counts are the budget
+divided by each arm's own CPU time per step, measured on a few calibration steps first. A
+pretrained arm spends `--pretrain-share` of its budget (after preparing its data, which counts)
+pretraining on the table's training texts (never its validation or test rows) plus the Python
+reference text that ships with Python, and the rest fine-tuning; every fine-tune keeps its best
+evaluation (`--keep-best`, the classify default). Each arm can run in a process of its own
+(`--arms rtd`) and writes OUT/ARM.json; the table is printed from whatever OUT holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_TABLE = "/work/shared/data/fortunes_topics.tsv"
+ARMS = ("tfidf", "scratch", "mlm", "rtd")
+
+
+class CPUClock:
+    """`lmforge.train` observer: the process CPU time at each logged train row (log_interval=1)."""
+
+    def __init__(self):
+        from lmforge.train import RunObserver
+        self.times: list[float] = []
+        clock = self
+
+        class Observer(RunObserver):
+            def on_log(self, row):
+                if row["kind"] == "train":
+                    clock.times.append(time.process_time())
+        self.observer = Observer()
+
+    def per_step(self) -> float:
+        t = self.times[2:]                                  # the first steps warm up
+        return (t[-1] - t[0]) / max(1, len(t) - 1)
+
+
+def run_config(args, **kw):
+    import lmforge
+    base = dict(preset=args.preset, batch_size=args.batch_size, device="cpu", progress=False, overwrite=True,
+                log_interval=1, eval_iters=10)
+    base.update(kw)
+    from lmforge.options import build_flat
+    return build_flat(lmforge.TrainConfig, base)
+
+
+def steps_for(args, seconds: float, calibrate) -> int:
+    """Steps that fit `seconds` of CPU: `calibrate(clock)` runs a few steps observed by `clock`."""
+    clock = CPUClock()
+    calibrate(clock)
+    return max(10, int(seconds / clock.per_step()))
+
+
+def options(args):
+    from lmforge.tasks.classify import ClassifyConfig
+    return ClassifyConfig(text_column=args.text_column, label_column=args.label_column, tokenizer="wordpiece",
+                          vocab_size=args.vocab_size, baseline=False)
+
+
+def arm_tfidf(args, out: Path) -> dict:
+    from lmforge.data.tables import read_table
+    from lmforge.evaluate.baseline import fit_baselines, score_baselines
+    from lmforge.evaluate.classification import label_metrics
+    from lmforge.tasks.classify import split_rows
+    o = options(args)
+    rows = read_table(args.data, [o.text_column, o.label_column])
+    split = split_rows(rows, o)
+    text = {s: [rows[i][o.text_column] for i in idx] for s, idx in split.items()}
+    gold = {s: [rows[i][o.label_column] for i in idx] for s, idx in split.items()}
+    labels = sorted(set(gold["train"]))
+    fitted = fit_baselines(text["train"], gold["train"])
+    scores = score_baselines(fitted, text["test"], lambda pred: label_metrics(labels, gold["test"], pred))
+    return {f"TF-IDF {k} + logistic regression": {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"]}
+            for k, m in scores.items()}
+
+
+def arm_scratch(args, out: Path) -> dict:
+    import lmforge
+    o = options(args)
+    cfg = lambda steps, **kw: run_config(args, task="classify", data=args.data, out=str(out / "scratch"),  # noqa: E731
+                                         max_steps=steps, task_options=o, **kw)
+    t0 = time.process_time()
+    steps = steps_for(args, args.cpu_minutes * 60 - (time.process_time() - t0),
+                      lambda c: lmforge.train(cfg(12, eval_interval=12), observers=[c.observer]))
+    summary = lmforge.train(cfg(steps, eval_interval=max(1, steps // args.evals)))
+    return {"from scratch (classify)": {**_pick(summary), "steps": steps}}
+
+
+def prepare_texts(args, out: Path) -> Path:
+    import lmforge
+    from lmforge.quickstart import pydoc_corpus
+    from lmforge.tasks.classify import training_texts
+    with tempfile.TemporaryDirectory() as tmp:
+        own = Path(tmp) / "task_texts.txt"
+        own.write_text("\n\n".join(training_texts(args.data, options(args))) + "\n", encoding="utf-8")
+        ref = Path(tmp) / "pydoc.txt"
+        ref.write_text(pydoc_corpus(), encoding="utf-8")
+        lmforge.prepare(lmforge.PrepareConfig(inputs=[str(own), str(ref), *args.corpus], out=str(out / "data"),
+                                              tokenizer="wordpiece", vocab_size=args.vocab_size, overwrite=True,
+                                              progress=False))
+    return out / "data"
+
+
+def arm_pretrained(args, out: Path, task: str) -> dict:
+    import lmforge
+    from lmforge.train.finetune import FINETUNE_DEFAULTS
+    t0 = time.process_time()
+    data = prepare_texts(args, out / task)
+    budget = args.cpu_minutes * 60 - (time.process_time() - t0)
+    pre = lambda steps, **kw: run_config(args, task=task, data=str(data), out=str(out / task / "encoder"),  # noqa: E731
+                                         max_steps=steps, **kw)
+    p_steps = steps_for(args, budget * args.pretrain_share,
+                        lambda c: lmforge.train(pre(12, eval_interval=12), observers=[c.observer]))
+    pretrain = lmforge.train(pre(p_steps, eval_interval=max(1, p_steps // 4)))
+    left = args.cpu_minutes * 60 - (time.process_time() - t0)
+    ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
+                                                 "out": str(out / task / "classifier"), "max_steps": steps, **kw})
+    encoder = lmforge.FinetuneConfig(str(out / task / "encoder"), task="classify")
+    f_steps = steps_for(args, left, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
+                                                               observers=[c.observer]))
+    summary = lmforge.finetune(encoder, ft(f_steps, eval_interval=max(1, f_steps // args.evals)), options(args))
+    name = {"mlm": "masked LM -> fine-tune", "rtd": "replaced-token detection -> fine-tune"}[task]
+    return {name: {**_pick(summary), "steps": f"{p_steps} + {f_steps}",
+                   "pretrain_val_loss": pretrain.get("val_loss")}}
+
+
+def _pick(summary: dict) -> dict:
+    if summary.get("stopped"):                       # Ctrl-C / SIGTERM: no test figure to report
+        raise SystemExit(f"interrupted at step {summary['step']}; nothing written for this arm")
+    return {k: summary[k] for k in ("test_macro_f1", "test_accuracy", "best_step", "step") if k in summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=DEFAULT_TABLE, help="labelled CSV / TSV / JSONL table")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--corpus", nargs="*", default=[], help="more unlabelled text files for pretraining")
+    p.add_argument("--out", default="runs/pretrain_finetune", help="directory for the runs and ARM.json results")
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS, help="what to run (each: OUT/ARM.json)")
+    p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU time of every lmforge arm")
+    p.add_argument("--pretrain-share", type=float, default=0.6, help="share of a pretrained arm's budget spent "
+                                                                     "pretraining")
+    p.add_argument("--preset", default="bert-tiny")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
+    args = p.parse_args(argv)
+    import torch
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in args.arms:
+        t0, w0 = time.process_time(), time.perf_counter()
+        result = {"tfidf": arm_tfidf, "scratch": arm_scratch, "mlm": lambda a, o: arm_pretrained(a, o, "mlm"),
+                  "rtd": lambda a, o: arm_pretrained(a, o, "rtd")}[arm](args, out)
+        for r in result.values():
+            r.update(cpu_minutes=round((time.process_time() - t0) / 60, 2),
+                     wall_minutes=round((time.perf_counter() - w0) / 60, 2))
+        (out / f"{arm}.json").write_text(json.dumps(result, indent=1))
+    print_table(out, Path(args.data).name)
+    return 0
+
+
+def print_table(out: Path, table: str) -> None:
+    print(f"\n{'test split of ' + table:<44} {'macro-F1':>9} {'accuracy':>9} {'CPU min':>8} {'steps':>12}")
+    for arm in ARMS:
+        path = out / f"{arm}.json"
+        for name, r in (json.loads(path.read_text()) if path.is_file() else {}).items():
+            print(f"{name:<44} {r['test_macro_f1']:>9.4f} {r['test_accuracy']:>9.4f} {r['cpu_minutes']:>8} "
+                  f"{str(r.get('steps', '')):>12}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
