@@ -8,6 +8,7 @@ Every check failure is an `ApiError` that the app answers in OpenAI's error shap
 from __future__ import annotations
 
 from ..errors import shown
+from ..generate.sampling import MAX_LOGPROBS
 from ..options import bounds, value_problem
 
 MAX_N = 8            # choices per request
@@ -44,6 +45,15 @@ def flag(body: dict, name: str, default: bool) -> bool:
 def choices(body: dict) -> int:
     """`n`: how many continuations of each prompt."""
     return field(body, "n", 1, int, bounds(1, MAX_N))
+
+
+def prompt_logprobs(body: dict, stream: bool) -> int | None:
+    """vLLM's `prompt_logprobs`: score every prompt token, with this many alternatives (none: None)."""
+    k = field(body, "prompt_logprobs", None, int, bounds(0, MAX_LOGPROBS))
+    if k is not None and stream:
+        raise ApiError("'prompt_logprobs' is not available with 'stream': true (as in vLLM); ask without streaming",
+                       "prompt_logprobs")
+    return k
 
 
 def stream_options(body: dict) -> tuple[bool, bool]:

@@ -5,9 +5,9 @@ metrics — in one object on `app.state.server`, and the steps every generation 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,6 +41,7 @@ class ServerState:
     started: int = field(default_factory=now)
     mailbox: Mailbox | None = None       # made by the app's lifespan, on the loop that serves requests
     draining: bool = False               # shutting down: running requests finish, new ones get 503
+    model_lock: threading.Lock = field(default_factory=threading.Lock)   # no scheduler: one model job at a time
 
     @classmethod
     def of(cls, lm, settings: ServeConfig) -> "ServerState":
@@ -108,10 +109,11 @@ class ServerState:
             raise ApiError(f"the request asks for {count} sequences (prompts x n) but this server queues at most "
                            f"{self.settings.max_queue} (--max-queue); send fewer at a time", "prompt")
 
-    def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: bool = False) -> Reply:
+    def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: int | None = None
+              ) -> Reply:
         """Queue `n` sequences per prompt (choice j of a seeded request samples with seed + j, modulo
-        2**64); their events arrive on the returned Reply. 503 when the queue is full or the server
-        is shutting down."""
+        2**64); their events arrive on the returned Reply. `score_prompt`: also score the prompt's
+        tokens, with that many alternatives. 503 when the queue is full or the server is shutting down."""
         self.check_sequences(len(prompts) * n)
         if self.draining:
             raise ApiError("server is shutting down; retry on another replica or after it restarts", status=503,
@@ -151,13 +153,16 @@ class ServerState:
 
     # ---- other model work ----------------------------------------------------------------------
     async def on_model(self, fn, *args, **kwargs):
-        """`fn(*args, **kwargs)` in a worker thread, under the scheduler's lock (between decode steps)."""
-        lock = self.scheduler.lock if self.scheduler is not None else contextlib.nullcontext()
+        """`fn(*args, **kwargs)` on the model: a job the scheduler runs between two decode steps
+        (`Scheduler.between_steps`); without a scheduler (an encoder), in a worker thread, one at
+        a time (hook contexts are not thread-safe)."""
+        if self.scheduler is not None:
+            return await asyncio.wrap_future(self.scheduler.between_steps(lambda: fn(*args, **kwargs)))
 
-        def locked():
-            with lock:
+        def alone():
+            with self.model_lock:
                 return fn(*args, **kwargs)
-        return await run_in_threadpool(locked)
+        return await run_in_threadpool(alone)
 
 
 def server_state(request: Request) -> ServerState:
