@@ -37,6 +37,16 @@ def field(body: dict, name: str, default, tp: type, check=None):
     return value
 
 
+def text_field(body: dict, name: str, required: bool = True) -> str | None:
+    """A text field: a string holding more than white space (absent and not `required`: None)."""
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(f"'{name}' must be a non-empty string, got {shown(value)}", name)
+    return value
+
+
 def flag(body: dict, name: str, default: bool) -> bool:
     """A true / false field of the request."""
     return field(body, name, default, bool)

@@ -23,7 +23,7 @@ from ..options import UINT64_MAX
 from .config import ServeConfig
 from .metrics import Metrics
 from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
-from .protocol import ApiError, chat_messages
+from .protocol import ApiError, chat_messages, text_field
 from .replies import Mailbox, Reply
 from .responses import LogprobFormatter, now
 from .scheduler import QueueFull, Scheduler, Sequence
@@ -95,6 +95,28 @@ class ServerState:
             return chat_prompt(self.tokenizer, chat_messages(body, chat_roles(self.tokenizer)))
         except LmforgeError as e:
             raise ApiError(str(e), "messages") from None
+
+    # ---- inspections ---------------------------------------------------------------------------
+    @property
+    def inspect_limit(self) -> int:
+        """Tokens an inspected text may hold: --max-inspect-tokens, within the context (room left
+        for the <bos> / <eos> a family's layout adds)."""
+        return min(self.settings.max_inspect_tokens, self.config.context_length - 2)
+
+    def inspected(self, body: dict, name: str, required: bool = True, target_side: bool = False) -> str | None:
+        """A text field an inspection reads (`target_side`: an encoder-decoder's decoder text)."""
+        value = text_field(body, name, required)
+        if value is not None:
+            self.check_inspected(value, name, target_side)
+        return value
+
+    def check_inspected(self, value: str, name: str, target_side: bool = False) -> None:
+        """400 past `inspect_limit` tokens (of the target tokenizer on the `target_side`)."""
+        n = len((self.out_tokenizer if target_side else self.tokenizer).encode(value))
+        if n > self.inspect_limit:
+            raise ApiError(f"'{name}' has {n} tokens; inspections here take at most {self.inspect_limit} "
+                           f"(--max-inspect-tokens {self.settings.max_inspect_tokens}, within the model's context of "
+                           f"{self.config.context_length})", name, code="context_length_exceeded")
 
     # ---- generation ---------------------------------------------------------------------------
     def fit(self, options: GenerationConfig, prompt_len: int) -> GenerationConfig:
