@@ -28,8 +28,8 @@ async def attention(request: Request) -> Response:
     kind = body.get("kind", "auto")
     if not isinstance(kind, str):
         raise ApiError(f"'kind' must be a string (auto, self, cross, encoder or decoder), got {shown(kind)}", "kind")
-    maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, max_tokens=state.inspect_limit,
-                                        with_tokens=True)
+    maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, with_tokens=True,
+                                        max_tokens=state.settings.max_inspect_tokens)   # (cuts a seq2seq's target)
     layer = _layer(body, maps.shape[0] - 1)
     return JSONResponse({"layers": maps.shape[0], "heads": maps.shape[1], "layer": layer,
                          "queries": tokens[0], "keys": tokens[1],
