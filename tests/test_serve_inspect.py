@@ -6,14 +6,16 @@ greedy streams write what they write alone while inspections run beside them."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-from .test_serve import PROMPTS, random_decoder_dir, random_seq2seq_dir, running_server
+from .test_serve import CHROMIUM, PROMPTS, browser_page, random_decoder_dir, random_seq2seq_dir, running_server
 
 
 def plain(result) -> dict:
@@ -211,3 +213,64 @@ def test_16_streams_equal_their_solo_outputs_while_inspections_run(char_data, tm
         threads[-1].join()
     assert errors == [] and got == solo
     assert set(inspected) == {200} and len(inspected) >= 4
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def shoot(page, selector: str, name: str, tmp_path: Path) -> None:
+    """A screenshot of one view: into tmp_path, or into docs/ with LMFORGE_DOCS_SCREENSHOTS=1 (how
+    docs/serving.md's pictures are taken)."""
+    out = (DOCS if os.environ.get("LMFORGE_DOCS_SCREENSHOTS") else tmp_path) / name
+    page.locator(selector).screenshot(path=str(out))
+    assert out.stat().st_size > 3_000
+
+
+def run_view(page, tab: str, button: str, out: str, **fills: str) -> None:
+    page.click(f"#tab-{tab}")
+    for field, value in fills.items():
+        page.fill(f"#{field.replace('_', '-')}", value)
+    page.click(button)
+    page.wait_for_selector(f"#{out}[data-ready='true']", timeout=30_000)
+    assert 'class="error"' not in page.inner_html(f"#{out}"), page.inner_text(f"#{out}")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium); "
+                                                   ".ci/run installs it with apt-get")
+def test_the_playgrounds_glass_box_views_in_a_browser(char_data, tmp_path, models):
+    """Chromium drives the lens, attribution, patching and heads views against a real server (a
+    decoder; then a classifier for attribution), and each view shows what the route answers."""
+    dec = models["decoder"]
+    model = random_decoder_dir(tmp_path / "dec", char_data)
+    with running_server(model) as url, browser_page(url + "/") as (page, requested):
+        page.wait_for_function("document.getElementById('model-name').textContent.includes('dec')")
+        run_view(page, "lens", "#lens-go", "lens-out")
+        lens = dec.logit_lens("The cat sat on the mat")
+        cells = page.query_selector_all("#lens-out td")
+        assert len(cells) == len(lens.layers) * len(lens.tokens)
+        assert cells[0].inner_text() == lens.top_tokens[-1][0][0].replace(" ", "␣")[:6]     # the output row on top
+        cells[0].hover()
+        assert page.inner_text("#tip").count("\n") >= 5                   # the top 5, and the next token's rank
+        shoot(page, "#view-lens", "playground-lens.png", tmp_path)
+        run_view(page, "attribution", "#attr-go", "attr-out", attr_text="hello wor")
+        assert len(page.query_selector_all("#attr-tokens .tok")) == len(dec.attribute("hello wor").tokens)
+        assert "integrated gradients" in page.inner_text("#attr-head")
+        run_view(page, "patching", "#patch-go", "patch-out")
+        patch = dec.patch("abcab", "xbcab", "c", "d")
+        assert len(page.query_selector_all("#patch-out td")) == patch.resid.numel() + patch.heads.numel()
+        assert page.query_selector_all("#patch-out td")[0].inner_text() == f"{float(patch.resid[0, 0]):.2f}"
+        shoot(page, "#view-patching", "playground-patching.png", tmp_path)
+        run_view(page, "heads", "#heads-go", "heads-out")
+        assert len(page.query_selector_all("#heads-out table")) == 3           # previous token, induction, entropy
+        shoot(page, "#view-heads", "playground-heads.png", tmp_path)
+        assert all(u.startswith(url) for u in requested)                     # nothing from the internet
+    classifier = tmp_path / "topics"
+    models["encoder"].save(classifier)
+    with running_server(classifier) as url, browser_page(url + "/") as (page, _):
+        page.wait_for_function("document.getElementById('model-name').textContent.includes('encoder')")
+        run_view(page, "attribution", "#attr-go", "attr-out", attr_text="a cat sat", attr_target="music")
+        tokens = page.query_selector_all("#attr-tokens .tok")
+        assert [t.inner_text() for t in tokens] == models["encoder"].attribute("a cat sat").tokens
+        assert "'music'" not in page.inner_text("#attr-head") and '"music"' in page.inner_text("#attr-head")
+        assert page.is_hidden("#tab-patching")                                # a classifier cannot be patched
+        shoot(page, "#view-attribution", "playground-attribution.png", tmp_path)

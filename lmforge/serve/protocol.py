@@ -38,11 +38,11 @@ def field(body: dict, name: str, default, tp: type, check=None):
 
 
 def text_field(body: dict, name: str, required: bool = True) -> str | None:
-    """A text field: a string holding more than white space (absent and not `required`: None)."""
+    """A text field: a non-empty string (absent and not `required`: None)."""
     value = body.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value:
         raise ApiError(f"'{name}' must be a non-empty string, got {shown(value)}", name)
     return value
 
