@@ -37,7 +37,7 @@ from lmforge.errors import LmforgeError
 from lmforge.generate import GenerationConfig
 from lmforge.options import INT64_MAX, INT64_MIN, bounds
 
-from .test_serve import random_decoder_dir, random_seq2seq_dir
+from .test_serve import three_families
 
 LONG = int(os.environ.get("LMFORGE_PROPERTY_EXAMPLES", "0"))
 
@@ -198,19 +198,9 @@ def servers(char_data, tmp_path_factory):
     """A decoder, an encoder-decoder and an encoder (a classifier), each behind its own app."""
     from starlette.testclient import TestClient
 
-    from lmforge.api import Model, load
-    from lmforge.config import get_preset
-    from lmforge.model import build_model
     from lmforge.serve import ServeConfig
     from lmforge.serve.app import create_app
-    from lmforge.tokenizers import Tokenizer
-    tmp = tmp_path_factory.mktemp("properties")
-    tokenizer = Tokenizer.load(char_data)
-    torch.manual_seed(0)
-    config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=["a", "b"], context_length=32)
-    models = {"decoder": load(random_decoder_dir(tmp / "dec", char_data, context_length=96), device="cpu"),
-              "seq2seq": load(random_seq2seq_dir(tmp / "s2s", char_data), device="cpu"),
-              "encoder": Model(build_model(config).eval(), config, tokenizer)}
+    models = three_families(char_data, tmp_path_factory.mktemp("properties"), labels=["a", "b"])
     with contextlib.ExitStack() as stack:
         out = {}
         for family, lm in models.items():

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import torch
 
-from .test_serve import CHROMIUM, PROMPTS, browser_page, random_decoder_dir, random_seq2seq_dir, running_server
+from .test_serve import CHROMIUM, PROMPTS, browser_page, random_decoder_dir, running_server, three_families
 
 
 def plain(result) -> dict:
@@ -25,17 +25,7 @@ def plain(result) -> dict:
 
 @pytest.fixture(scope="module")
 def models(char_data, tmp_path_factory):
-    from lmforge.api import Model, load
-    from lmforge.config import get_preset
-    from lmforge.model import build_model
-    from lmforge.tokenizers import Tokenizer
-    tmp = tmp_path_factory.mktemp("inspect-serve")
-    tokenizer = Tokenizer.load(char_data)
-    torch.manual_seed(0)
-    config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=["sports", "music"], context_length=32)
-    return {"decoder": load(random_decoder_dir(tmp / "dec", char_data), device="cpu"),
-            "seq2seq": load(random_seq2seq_dir(tmp / "s2s", char_data), device="cpu"),
-            "encoder": Model(build_model(config).eval(), config, tokenizer)}
+    return three_families(char_data, tmp_path_factory.mktemp("inspect-serve"), labels=["sports", "music"])
 
 
 @pytest.fixture(scope="module")
