@@ -20,7 +20,8 @@ seed). A sequence hears of its progress through `events.py`'s Token, Finish and 
 sequence whose own choosing raises fails alone (its neighbours in the batch go on), a step that
 raised fails every sequence it held, so no client waits forever. `end_all` ends every sequence
 at the next token boundary (a server that is shutting down).
-Other model work (inspections, attention maps) is a job run between two steps (`jobs.py`).
+Other model work (inspections, attention maps) is a job run between two steps, sharing the
+model's time with the batch (`jobs.py`).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -175,9 +176,9 @@ class Scheduler:
                 if self._end_all:
                     self._end_everything()
                     continue
-                job = self._jobs.take()
+                job = self._jobs.take(batch_running=bool(self._running or self._waiting))
                 newcomers = self._admit()
-            Jobs.run(job)                    # at most one job between two steps
+            self._jobs.run(job)              # at most one job between two steps
             if newcomers or self._running:
                 self._guarded_step(newcomers)
             self._gauges()
