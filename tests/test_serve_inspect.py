@@ -167,6 +167,23 @@ def test_at_most_one_job_runs_between_two_decode_steps(models):
         scheduler.shutdown()
 
 
+def test_jobs_take_at_most_half_of_a_running_batchs_time():
+    """After a job of t seconds, the next one waits until a running batch has had t seconds; with
+    no batch it runs at once."""
+    from lmforge.serve.jobs import Jobs
+    jobs = Jobs()
+    first = jobs.add(lambda: time.sleep(0.2) or "slept")
+    jobs.run(jobs.take(batch_running=True))
+    assert first.result() == "slept"
+    second = jobs.add(lambda: "next")
+    assert jobs.take(batch_running=True) is None                   # the batch's turn now
+    time.sleep(0.25)
+    jobs.run(jobs.take(batch_running=True))
+    assert second.result() == "next"
+    jobs.add(lambda: "at once")
+    assert jobs.take(batch_running=False) is not None
+
+
 def test_16_streams_equal_their_solo_outputs_while_inspections_run(char_data, tmp_path):
     model = random_decoder_dir(tmp_path / "dec", char_data)
     lengths = [6 + 2 * i for i in range(16)]
