@@ -143,7 +143,8 @@ def test_other_families_get_a_clear_400(clients):
 
 
 def test_at_most_one_job_runs_between_two_decode_steps(models):
-    """A batch decoding beside 6 queued jobs: each job sees the batch one step further on."""
+    """A batch decoding beside 6 queued jobs: each job sees the batch at least one step further on
+    (never two jobs without a step between them; more steps when a job took longer than a step)."""
     from lmforge.generate import GenerationConfig
     from lmforge.serve.scheduler import Scheduler, Sequence
     lm = models["decoder"]
@@ -158,7 +159,7 @@ def test_at_most_one_job_runs_between_two_decode_steps(models):
         futures = [scheduler.between_steps(lambda: seen.append(len(seq.out_ids)) or len(seen)) for _ in range(6)]
         assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 4, 5, 6]
         assert done.wait(30) and len(seq.out_ids) == 40
-        assert all(b == a + 1 for a, b in zip(seen, seen[1:])), seen       # one step between two jobs
+        assert all(b > a for a, b in zip(seen, seen[1:])), seen          # a step between any two jobs
         failing = scheduler.between_steps(lambda: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             failing.result(timeout=30)
