@@ -37,7 +37,7 @@ from lmforge.errors import LmforgeError
 from lmforge.generate import GenerationConfig
 from lmforge.options import INT64_MAX, INT64_MIN, bounds
 
-from .test_serve import random_decoder_dir, random_seq2seq_dir
+from .test_serve import three_families
 
 LONG = int(os.environ.get("LMFORGE_PROPERTY_EXAMPLES", "0"))
 
@@ -99,6 +99,8 @@ PROMPT = (texts.filter(str.strip) | st.lists(texts, min_size=1, max_size=3) | st
           | st.lists(st.lists(ids, min_size=1, max_size=8), min_size=1, max_size=3),
           of(st.nothing(), [], [[]], 5, [1, "a"])[1] | bad_ids | st.lists(bad_ids, min_size=1, max_size=2))
 INPUT = of(texts | st.lists(texts, min_size=1, max_size=4), [], [1], [["a"]])
+TEXT = of(texts.filter(str.strip), "", " ")
+ONE_TOKEN = of(st.sampled_from(list("abcdexyz ")), "ab", "")          # an answer: one token (a label: "a", "b")
 
 
 def decoding_schema(chat: bool) -> dict[str, tuple]:
@@ -126,7 +128,8 @@ def decoding_schema(chat: bool) -> dict[str, tuple]:
 
 
 SCHEMAS = {      # route -> (required fields, optional fields), each field (good values, bad values)
-    "/v1/completions": ({"prompt": PROMPT}, {**decoding_schema(chat=False), "echo": BOOL}),
+    "/v1/completions": ({"prompt": PROMPT}, {**decoding_schema(chat=False), "echo": BOOL,
+                                             "prompt_logprobs": numbers(int, bounds(0, 20))}),
     "/v1/chat/completions": ({"messages": MESSAGES}, decoding_schema(chat=True)),
     "/tokenize": ({}, {"prompt": of(texts), "messages": MESSAGES, "add_special_tokens": BOOL,
                        "return_token_strs": BOOL}),
@@ -136,6 +139,16 @@ SCHEMAS = {      # route -> (required fields, optional fields), each field (good
                                                                       "encoder", "decoder", "x")}),
     "/classify": ({"input": INPUT}, {}),
     "/v1/embeddings": ({"input": INPUT}, {}),
+    "/inspect/lens": ({"text": TEXT}, {"top_k": numbers(int, bounds(1, 20)), "target": TEXT}),
+    "/inspect/dla": ({"text": TEXT, "answer": ONE_TOKEN}, {"wrong": ONE_TOKEN, "position": numbers(int, bounds(-1, 0)),
+                                                          "target": TEXT}),
+    "/inspect/patch": ({"text": of(st.just("abcab"), "abc"), "corrupted": of(st.just("xbcab"), "ab", "abcab"),
+                        "answer": of(st.just("c"), "ab"), "wrong": of(st.just("d"), "c")}, {}),
+    "/inspect/attribute": ({"text": TEXT}, {"target": ONE_TOKEN, "steps": numbers(int, bounds(2, 16)),
+                                            "method": of(st.sampled_from(["ig", "gxi"]), "shap"),
+                                            "batch_size": numbers(int, bounds(1, 64))}),
+    "/inspect/heads": ({}, {"seq_len": numbers(int, bounds(2, 46)), "seed": numbers(int, bounds(0)), "alphabet": TEXT,
+                            "kind": of(st.sampled_from(["auto"]), "self", "cross", "encoder", "decoder", "x")}),
 }
 
 
@@ -185,19 +198,9 @@ def servers(char_data, tmp_path_factory):
     """A decoder, an encoder-decoder and an encoder (a classifier), each behind its own app."""
     from starlette.testclient import TestClient
 
-    from lmforge.api import Model, load
-    from lmforge.config import get_preset
-    from lmforge.model import build_model
     from lmforge.serve import ServeConfig
     from lmforge.serve.app import create_app
-    from lmforge.tokenizers import Tokenizer
-    tmp = tmp_path_factory.mktemp("properties")
-    tokenizer = Tokenizer.load(char_data)
-    torch.manual_seed(0)
-    config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=["a", "b"], context_length=32)
-    models = {"decoder": load(random_decoder_dir(tmp / "dec", char_data, context_length=96), device="cpu"),
-              "seq2seq": load(random_seq2seq_dir(tmp / "s2s", char_data), device="cpu"),
-              "encoder": Model(build_model(config).eval(), config, tokenizer)}
+    models = three_families(char_data, tmp_path_factory.mktemp("properties"), labels=["a", "b"])
     with contextlib.ExitStack() as stack:
         out = {}
         for family, lm in models.items():
@@ -243,7 +246,10 @@ ROUTES = [("decoder", "/v1/completions", 40), ("decoder", "/v1/chat/completions"
           ("decoder", "/tokenize", 15), ("decoder", "/detokenize", 10), ("decoder", "/attention", 10),
           ("decoder", "/classify", 5), ("seq2seq", "/v1/completions", 15), ("seq2seq", "/v1/chat/completions", 10),
           ("seq2seq", "/tokenize", 5), ("seq2seq", "/attention", 8), ("encoder", "/v1/embeddings", 10),
-          ("encoder", "/classify", 10), ("encoder", "/attention", 5), ("encoder", "/v1/completions", 5)]
+          ("encoder", "/classify", 10), ("encoder", "/attention", 5), ("encoder", "/v1/completions", 5),
+          ("decoder", "/inspect/lens", 8), ("decoder", "/inspect/dla", 8), ("decoder", "/inspect/patch", 6),
+          ("decoder", "/inspect/attribute", 6), ("decoder", "/inspect/heads", 6), ("seq2seq", "/inspect/lens", 5),
+          ("encoder", "/inspect/attribute", 6)]
 
 
 REFUSED = {("decoder", "/classify"), ("encoder", "/v1/completions")}     # what that family does not serve

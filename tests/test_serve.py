@@ -399,6 +399,21 @@ def random_seq2seq_dir(out: Path, tokenizer_dir: Path) -> Path:
     return out
 
 
+def three_families(tokenizer_dir: Path, out: Path, labels: list[str]) -> dict:
+    """Loaded random models of each family on the char tokenizer: a decoder (context 96), an
+    encoder-decoder and a bert-tiny classifier of `labels` (context 32)."""
+    from lmforge.api import Model, load
+    from lmforge.config import get_preset
+    from lmforge.model import build_model
+    from lmforge.tokenizers import Tokenizer
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    torch.manual_seed(0)
+    config = get_preset("bert-tiny", vocab_size=tokenizer.vocab_size, labels=labels, context_length=32)
+    return {"decoder": load(random_decoder_dir(out / "dec", tokenizer_dir), device="cpu"),
+            "seq2seq": load(random_seq2seq_dir(out / "s2s", tokenizer_dir), device="cpu"),
+            "encoder": Model(build_model(config).eval(), config, tokenizer)}
+
+
 def test_encoder_decoder_translates_through_the_server(char_data, tmp_path):
     """An encoder-decoder batched continuously: 6 concurrent streamed greedy requests with sources
     of different lengths, each equal to `translate(num_beams=1)` alone; the chat route translates

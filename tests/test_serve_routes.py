@@ -32,6 +32,8 @@ DECODER_REQUESTS = [
     ("completion-echo-logprobs", "POST", "/v1/completions",
      {"prompt": "Hello", "max_tokens": 3, "temperature": 0, "logprobs": 1, "echo": True}),
     ("completion-echo", "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0, "echo": True}),
+    ("completion-prompt-logprobs", "POST", "/v1/completions",
+     {"prompt": "Hello", "max_tokens": 2, "temperature": 0, "prompt_logprobs": 2}),
     ("completion-sampling-filters", "POST", "/v1/completions",
      {"prompt": "for", "max_tokens": 6, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
       "repetition_penalty": 1.3, "seed": 3, "no_repeat_ngram_size": 2}),
@@ -63,6 +65,11 @@ DECODER_REQUESTS = [
     ("health", "GET", "/health", None),
     ("attention", "POST", "/attention", {"text": "a cat", "layer": 1}),
     ("classify-decoder", "POST", "/classify", {"input": "a cat"}),
+    ("inspect-lens", "POST", "/inspect/lens", {"text": "a cat", "top_k": 2}),
+    ("inspect-dla", "POST", "/inspect/dla", {"text": "a cat", "answer": "t", "wrong": "a"}),
+    ("inspect-patch", "POST", "/inspect/patch", {"text": "abcab", "corrupted": "xbcab", "answer": "c", "wrong": "d"}),
+    ("inspect-attribute", "POST", "/inspect/attribute", {"text": "a cat", "steps": 4}),
+    ("inspect-heads", "POST", "/inspect/heads", {"seq_len": 6, "seed": 1}),
     ("embeddings-decoder", "POST", "/v1/embeddings", {"input": "a cat"}),
     # mistakes: one 4xx each, in OpenAI's error shape
     ("no-key", "NOKEY", "/v1/completions", {"prompt": "x"}),
@@ -102,6 +109,10 @@ DECODER_REQUESTS = [
     ("detokenize-outside", "POST", "/detokenize", {"tokens": [99999]}),
     ("attention-no-text", "POST", "/attention", {"text": ""}),
     ("attention-bad-layer", "POST", "/attention", {"text": "a cat", "layer": 9}),
+    ("prompt-logprobs-stream", "POST", "/v1/completions", {"prompt": "x", "prompt_logprobs": 1, "stream": True}),
+    ("inspect-too-long", "POST", "/inspect/lens", {"text": "x" * 200}),
+    ("inspect-bad-steps", "POST", "/inspect/attribute", {"text": "x", "steps": 5000}),
+    ("inspect-answer-two-tokens", "POST", "/inspect/dla", {"text": "x", "answer": "ab"}),
 ]
 SEQ2SEQ_REQUESTS = [
     ("s2s-completion", "POST", "/v1/completions", {"prompt": "Hello world", "max_tokens": 8, "temperature": 0}),
@@ -116,6 +127,9 @@ SEQ2SEQ_REQUESTS = [
     ("s2s-models", "GET", "/v1/models", None),
     ("s2s-attention-cross", "POST", "/attention", {"text": "ab", "kind": "cross"}),
     ("s2s-attention-encoder", "POST", "/attention", {"text": "ab", "kind": "encoder", "layer": 1}),
+    ("s2s-prompt-logprobs", "POST", "/v1/completions", {"prompt": "x", "prompt_logprobs": 1}),
+    ("s2s-inspect-lens", "POST", "/inspect/lens", {"text": "ab", "target": "cd", "top_k": 2}),
+    ("s2s-inspect-heads", "POST", "/inspect/heads", {"seq_len": 4, "kind": "cross"}),
 ]
 ENCODER_REQUESTS = [
     ("enc-embeddings", "POST", "/v1/embeddings", {"input": ["a cat", "a dog"]}),
@@ -123,6 +137,8 @@ ENCODER_REQUESTS = [
     ("enc-classify", "POST", "/classify", {"input": ["a cat", "a dog"]}),
     ("enc-classify-bad", "POST", "/classify", {"input": 3}),
     ("enc-attention", "POST", "/attention", {"text": "a cat"}),
+    ("enc-inspect-attribute", "POST", "/inspect/attribute", {"text": "a cat", "method": "gxi"}),
+    ("enc-inspect-patch", "POST", "/inspect/patch", {"text": "ab", "corrupted": "cd", "answer": "a", "wrong": "b"}),
     ("enc-completion", "POST", "/v1/completions", {"prompt": "x"}),
     ("enc-chat", "POST", "/v1/chat/completions", {"messages": CHAT}),
     ("enc-tokenizer-info", "GET", "/tokenizer_info", None),
@@ -207,7 +223,8 @@ def test_the_record_covers_every_route_and_answers_something():
     recorded = json.loads(RECORD.read_text(encoding="utf-8"))
     paths = {path for _, _, path, _ in DECODER_REQUESTS + SEQ2SEQ_REQUESTS + ENCODER_REQUESTS}
     assert paths >= {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/tokenize",
-                     "/detokenize", "/tokenizer_info", "/attention", "/classify", "/health"}
+                     "/detokenize", "/tokenizer_info", "/attention", "/classify", "/health", "/inspect/lens",
+                     "/inspect/dla", "/inspect/patch", "/inspect/attribute", "/inspect/heads"}
     statuses = [a["status"] for a in recorded.values()]
     assert statuses.count(200) >= 25 and {400, 401, 413} <= set(statuses)
     assert recorded["completion"]["json"]["choices"][0]["text"]                     # a real generation

@@ -9,6 +9,7 @@ The package, top to bottom (a module imports only those below it; `lint-imports`
     routes_openai.py        /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models
     routes_tokenizer.py     /tokenize, /detokenize, /tokenizer_info, /health, /metrics
     routes_page.py          the playground page and its model views: /attention, /classify
+    routes_inspect.py       the glass box: /inspect/lens, /dla, /patch, /attribute, /heads (lmforge.inspect)
     http.py                 one route wrapper (API key, errors in OpenAI's shape, counts), reading bodies
                             (within a size, a time, a depth)
     state.py                ServerState: the model, the scheduler, the limits and the metrics of one server
@@ -16,8 +17,9 @@ The package, top to bottom (a module imports only those below it; `lint-imports`
     openai_fields.py        OpenAI's request fields onto the decoding options (GenerationConfig)
     protocol.py · responses.py · prompts.py   request shapes · answer shapes · request text to prompt ids
     scheduler.py            continuous batching over one KV cache
-    picker.py · events.py · rows.py · metrics.py · config.py   per-sequence token choice · scheduler
-                            events · the batched KV cache · Prometheus metrics · the settings (ServeConfig)
+    picker.py · events.py · rows.py · jobs.py · metrics.py · config.py   per-sequence token choice ·
+                            scheduler events · the batched KV cache · model work run between two
+                            decode steps · Prometheus metrics · the settings (ServeConfig)
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ and the lifespan that starts and stops the scheduler.
 
 Routes: /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models (a bearer key when
 one is set), /tokenize, /detokenize, /tokenizer_info (vLLM's shapes), /health, /metrics
-(Prometheus), / (the playground) and the playground's /attention and /classify. Generation goes
-through one `Scheduler` (continuous batching); other model work (attention maps, embeddings,
-classification) takes the scheduler's lock in a worker thread.
+(Prometheus), / (the playground) and the playground's /attention and /classify, and the glass
+box's /inspect/lens, /inspect/dla, /inspect/patch, /inspect/attribute, /inspect/heads. Generation
+goes through one `Scheduler` (continuous batching); other model work (inspections, attention maps,
+embeddings, classification) is a job the scheduler runs between two decode steps.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from . import routes_openai as openai, routes_page as page, routes_tokenizer as tokenizer
+from . import routes_inspect as inspect, routes_openai as openai, routes_page as page, routes_tokenizer as tokenizer
 from .config import ServeConfig
 from .http import endpoint, http_error
 from .replies import Mailbox
@@ -33,6 +34,11 @@ ROUTES = [    # (path, method, route function)
     ("/tokenizer_info", "GET", tokenizer.tokenizer_info),
     ("/attention", "POST", page.attention),
     ("/classify", "POST", page.classify),
+    ("/inspect/lens", "POST", inspect.lens),
+    ("/inspect/dla", "POST", inspect.dla),
+    ("/inspect/patch", "POST", inspect.patch),
+    ("/inspect/attribute", "POST", inspect.attribute),
+    ("/inspect/heads", "POST", inspect.heads),
     ("/health", "GET", tokenizer.health),
     ("/", "GET", page.playground),
 ]

@@ -25,6 +25,9 @@ class ServeConfig:
                                      check=bounds(1))
     shutdown_timeout: float = option(10.0, "on SIGTERM or Ctrl-C: seconds the running requests get to finish; then "
                                            "they end (a stream with a last chunk and [DONE])", check=bounds(0.0))
+    max_inspect_tokens: int = option(256, "longest text, in tokens, the inspection routes (/inspect/*, /attention) "
+                                          "take (longer: 400); one runs between two decode steps, so this bounds "
+                                          "how long a running batch waits for it", check=at_least(1))
     model_name: str | None = option(None, "the model id clients see (default: the directory's name)")
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
     dtype: str = option("auto", "auto, float32, bfloat16")

@@ -91,12 +91,15 @@ class TokenPicker:
                                                   self.options.logprobs)
         return tok, float(chosen[0]), list(zip(top_ids[0].tolist(), top_lps[0].tolist()))
 
-    def score_prompt(self, logits: torch.Tensor, prompt_ids: list[int]) -> list[tuple | None]:
-        """logits (T-1, V) predicting prompt tokens 1..T-1 -> entries, None for the first token."""
+    @staticmethod
+    def score_prompt(logits: torch.Tensor, prompt_ids: list[int], k: int) -> list[tuple | None]:
+        """logits (T-1, V) predicting prompt tokens 1..T-1 -> entries (token, logprob,
+        [(alternative, logprob)] * k, its rank in the vocabulary from 1), None for the first token."""
         targets = torch.tensor(prompt_ids[1:], device=logits.device)
-        chosen, top_ids, top_lps = token_logprobs(logits, targets, self.options.logprobs or 0)
-        return [None] + [(tok, lp, list(zip(ids, lps))) for tok, lp, ids, lps in
-                         zip(prompt_ids[1:], chosen.tolist(), top_ids.tolist(), top_lps.tolist())]
+        chosen, top_ids, top_lps = token_logprobs(logits, targets, k)
+        ranks = (logits > logits.gather(-1, targets[:, None])).sum(-1) + 1
+        return [None] + [(tok, lp, list(zip(ids, lps)), rank) for tok, lp, ids, lps, rank in
+                         zip(prompt_ids[1:], chosen.tolist(), top_ids.tolist(), top_lps.tolist(), ranks.tolist())]
 
     # ---- text ---------------------------------------------------------------------------------
     def accept(self, tok: int, tokenizer) -> tuple[str, str | None]:

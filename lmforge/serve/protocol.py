@@ -8,6 +8,7 @@ Every check failure is an `ApiError` that the app answers in OpenAI's error shap
 from __future__ import annotations
 
 from ..errors import shown
+from ..generate.sampling import MAX_LOGPROBS
 from ..options import bounds, value_problem
 
 MAX_N = 8            # choices per request
@@ -36,6 +37,16 @@ def field(body: dict, name: str, default, tp: type, check=None):
     return value
 
 
+def text_field(body: dict, name: str, required: bool = True) -> str | None:
+    """A text field: a non-empty string (absent and not `required`: None)."""
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ApiError(f"'{name}' must be a non-empty string, got {shown(value)}", name)
+    return value
+
+
 def flag(body: dict, name: str, default: bool) -> bool:
     """A true / false field of the request."""
     return field(body, name, default, bool)
@@ -44,6 +55,15 @@ def flag(body: dict, name: str, default: bool) -> bool:
 def choices(body: dict) -> int:
     """`n`: how many continuations of each prompt."""
     return field(body, "n", 1, int, bounds(1, MAX_N))
+
+
+def prompt_logprobs(body: dict, stream: bool) -> int | None:
+    """vLLM's `prompt_logprobs`: score every prompt token, with this many alternatives (none: None)."""
+    k = field(body, "prompt_logprobs", None, int, bounds(0, MAX_LOGPROBS))
+    if k is not None and stream:
+        raise ApiError("'prompt_logprobs' is not available with 'stream': true (as in vLLM); ask without streaming",
+                       "prompt_logprobs")
+    return k
 
 
 def stream_options(body: dict) -> tuple[bool, bool]:

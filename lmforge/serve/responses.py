@@ -54,6 +54,24 @@ class LogprobFormatter:
             top.append(None if e is None else {self.token(a): alp for a, alp in e[2]})
         return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
+    def prompt(self, entries: list[tuple | None], k: int) -> list[dict | None]:
+        """vLLM's `prompt_logprobs`: per prompt token (None for the first) {token id: {"logprob",
+        "rank", "decoded_token"}}, the prompt's own token first, then the top `k` (rank 1..k);
+        -inf is written -9999.0, as vLLM does (JSON has no -inf)."""
+        def item(tok: int, lp: float, rank: int) -> dict:
+            return {"logprob": max(lp, -9999.0), "rank": rank, "decoded_token": self.token(tok)}
+        out: list[dict | None] = []
+        for e in entries:
+            if e is None:
+                out.append(None)
+                continue
+            tok, lp, alts, rank = e
+            position = {str(tok): item(tok, lp, rank)}
+            for r, (a, alp) in enumerate(alts[:k], 1):
+                position.setdefault(str(a), item(a, alp, r))
+            out.append(position)
+        return out
+
 
 def sse(obj: dict) -> str:
     """One server-sent event holding `obj` as JSON."""

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .http import read_json
 from .openai_fields import decoding_options
-from .protocol import ApiError, choices, completion_prompts, flag, input_texts, stream_options
+from .protocol import ApiError, choices, completion_prompts, flag, input_texts, prompt_logprobs, stream_options
 from .replies import Reply
 from .responses import new_id, now, sse, usage
 from .state import ServerState, server_state
@@ -64,8 +64,10 @@ class _Answer:
 class _CompletionAnswer(_Answer):
     kind = "text_completion"
 
-    def __init__(self, state, reply, prompts, texts, n: int, echo: bool, include_usage: bool):
+    def __init__(self, state, reply, prompts, texts, n: int, echo: bool, include_usage: bool,
+                 prompt_top: int | None = None):
         super().__init__(state, reply, sum(len(p) for p in prompts), include_usage, "cmpl")
+        self.prompt_top = prompt_top          # vLLM's prompt_logprobs, when asked
         tokenizer = state.tokenizer
         self.echoed = {s.index: (texts[s.index // n] if isinstance(texts[s.index // n], str)
                                  else tokenizer.decode(prompts[s.index // n])) if echo else "" for s in reply.seqs}
@@ -87,7 +89,8 @@ class _CompletionAnswer(_Answer):
     def logprobs(self, s, entries: list) -> dict | None:
         if s.options.logprobs is None:
             return None
-        head = s.prompt_logprobs if self.echo and s.prompt_logprobs is not None else []
+        k = s.options.logprobs
+        head = [e and e[:2] + (e[2][:k],) for e in s.prompt_logprobs] if self.echo and s.prompt_logprobs else []
         offset = 0 if head else len(self.echoed[s.index])
         return self.state.formatter.legacy(head + entries, s.prompt_ids, offset)
 
@@ -95,6 +98,9 @@ class _CompletionAnswer(_Answer):
         choices_ = [{"index": s.index, "text": self.echoed[s.index] + generated[s.index],
                      "logprobs": self.logprobs(s, entries[s.index]), "finish_reason": s.finish_reason}
                     for s in self.reply.seqs]
+        if self.prompt_top is not None:
+            for choice, s in zip(choices_, self.reply.seqs):
+                choice["prompt_logprobs"] = self.state.formatter.prompt(s.prompt_logprobs, self.prompt_top)
         return JSONResponse(self.envelope(self.kind, choices=choices_, usage=self.usage()))
 
 
@@ -140,19 +146,30 @@ async def completions(request: Request) -> Response:
     state.need_decoder("/v1/completions")
     options = decoding_options(body, chat=False, no_repeat_ngram_size=state.no_repeat_default)
     echo = flag(body, "echo", False)
-    score_prompt = options.logprobs is not None and echo
     n = choices(body)
     stream, include_usage = stream_options(body)
-    if state.seq2seq and score_prompt:
-        raise ApiError("'echo' with 'logprobs' scores the prompt's tokens, but an encoder-decoder reads its "
-                       "prompt (the source) without predicting it; leave out 'echo'", "echo")
+    prompt_top = prompt_logprobs(body, stream)
+    score_prompt = _prompt_scoring(state, options.logprobs if echo else None, prompt_top)
     texts = completion_prompts(body)
     state.check_sequences(len(texts) * n)                     # before any prompt is encoded
     prompts = [state.encode(t) if isinstance(t, str) else t for t in texts]
     for i, ids in enumerate(prompts):
         state.check_prompt(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
     reply = state.start(prompts, state.fit(options, max(len(p) for p in prompts)), n, score_prompt)
-    return await _answer(request, _CompletionAnswer(state, reply, prompts, texts, n, echo, include_usage), stream)
+    answer = _CompletionAnswer(state, reply, prompts, texts, n, echo, include_usage, prompt_top)
+    return await _answer(request, answer, stream)
+
+
+def _prompt_scoring(state: ServerState, echoed: int | None, prompt_top: int | None) -> int | None:
+    """How many alternatives to score the prompt's tokens with (None: not scored): what `echo`
+    with `logprobs` shows, and vLLM's `prompt_logprobs`."""
+    if state.seq2seq and (echoed is not None or prompt_top is not None):
+        field = "echo" if echoed is not None else "prompt_logprobs"
+        what = "'echo' with 'logprobs' scores" if echoed is not None else "'prompt_logprobs' scores"
+        raise ApiError(f"{what} the prompt's tokens, but an encoder-decoder reads its prompt (the source) without "
+                       f"predicting it; leave out '{field}'", field)
+    wanted = [k for k in (echoed, prompt_top) if k is not None]
+    return max(wanted) if wanted else None
 
 
 async def chat_completions(request: Request) -> Response:

@@ -1,6 +1,7 @@
-"""The playground page (/) and the model views it draws: /attention (attention maps) and
-/classify (a classifier's labels, or an encoder's similarities). They run on the model between
-decode steps (`ServerState.on_model`)."""
+"""The playground page (/) and the model views it draws: /attention (attention maps, of a text
+within --max-inspect-tokens) and /classify (a classifier's labels, or an encoder's similarities).
+They run on the model between decode steps (`ServerState.on_model`); the page's glass-box views
+call `routes_inspect.py`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from ..errors import shown
 from .http import read_json
 from .protocol import ApiError, input_texts
 from .state import server_state
-
-MAX_ATTENTION_TOKENS = 256
 
 
 async def playground(request: Request) -> Response:
@@ -25,11 +24,12 @@ async def attention(request: Request) -> Response:
     text = body.get("text")
     if not isinstance(text, str) or not text:
         raise ApiError("'text' must be a non-empty string", "text")
+    state.check_inspected(text, "text")
     kind = body.get("kind", "auto")
     if not isinstance(kind, str):
         raise ApiError(f"'kind' must be a string (auto, self, cross, encoder or decoder), got {shown(kind)}", "kind")
-    maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, max_tokens=MAX_ATTENTION_TOKENS,
-                                        with_tokens=True)
+    maps, tokens = await state.on_model(state.lm.attention_maps, text, kind=kind, with_tokens=True,
+                                        max_tokens=state.settings.max_inspect_tokens)   # (cuts a seq2seq's target)
     layer = _layer(body, maps.shape[0] - 1)
     return JSONResponse({"layers": maps.shape[0], "heads": maps.shape[1], "layer": layer,
                          "queries": tokens[0], "keys": tokens[1],

@@ -20,6 +20,8 @@ seed). A sequence hears of its progress through `events.py`'s Token, Finish and 
 sequence whose own choosing raises fails alone (its neighbours in the batch go on), a step that
 raised fails every sequence it held, so no client waits forever. `end_all` ends every sequence
 at the next token boundary (a server that is shutting down).
+Other model work (inspections, attention maps) is a job run between two steps, sharing the
+model's time with the batch (`jobs.py`).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -34,6 +36,7 @@ import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +45,7 @@ import torch
 from ..generate import GenerationConfig
 from ..generate.json_mode import JsonState
 from .events import Event, Failed, Finish, Token
+from .jobs import Jobs
 from .picker import TokenPicker
 from .rows import RowCache
 
@@ -72,11 +76,12 @@ class Sequence:
     emit: Callable[[Event], None]
     index: int = 0                               # choice index within its request
     json_state: JsonState | None = None          # JSON mode: this sequence's grammar state
-    score_prompt: bool = False                   # echo + logprobs: score the prompt's tokens too
+    score_prompt: int | None = None              # echo + logprobs, prompt_logprobs: score the prompt's
+                                                 # tokens too, with this many alternatives
     out_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
-    prompt_logprobs: list | None = None          # echo + logprobs: per prompt token (first None)
+    prompt_logprobs: list | None = None          # score_prompt: per prompt token (first None)
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     # scheduler-private state
@@ -89,7 +94,7 @@ class Sequence:
 class Scheduler:
     """Owns `module` (a decoder or an encoder-decoder) and serves `submit`ted sequences with
     continuous batching; `tokenizer` is the one of the generated text (an encoder-decoder's
-    target side). `lock` serialises every other use of the module (attention maps, embeddings)."""
+    target side). Every other use of the module is a job run `between_steps`."""
 
     def __init__(self, module, tokenizer, max_batch: int = 16, max_queue: int = 64, metrics=None):
         self.module, self.tokenizer = module, tokenizer
@@ -98,9 +103,9 @@ class Scheduler:
         self.stack = module.decoder if self.seq2seq else module.transformer     # the blocks that decode
         self.vocab_size = self.config.tgt_vocab_size if self.seq2seq else self.config.vocab_size
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
-        self.lock = threading.Lock()
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
+        self._jobs = Jobs()
         self._running: list[Sequence] = []          # row i holds _running[i]
         self._stop = self._end_all = False
         self.rows = RowCache(module, self.stack, max_batch, self.seq2seq)      # allocated at the first step
@@ -116,6 +121,16 @@ class Scheduler:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout=10)
+        with self._cond:
+            self._jobs.fail_all("the server shut down before the job ran")
+
+    def between_steps(self, fn: Callable) -> Future:
+        """Run `fn()` on the scheduler's thread at the next step boundary; its result (or
+        exception) arrives on the returned future."""
+        with self._cond:
+            future = self._jobs.add(fn)
+            self._cond.notify()
+        return future
 
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue the sequences of one request (all or none); QueueFull when the queue is full."""
@@ -154,30 +169,40 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not self._stop and not self._end_all and not self._waiting and not self._running:
+                while not (self._stop or self._end_all or self._waiting or self._running or self._jobs):
                     self._cond.wait()
                 if self._stop:
                     return
                 if self._end_all:
                     self._end_everything()
                     continue
-                newcomers = []
-                while self._waiting and len(self._running) + len(newcomers) < self.max_batch:
-                    s = self._waiting.popleft()
-                    if s.cancelled:
-                        self._count_finished("cancelled")
-                    else:
-                        newcomers.append(s)
-            try:
-                with self.lock:
-                    self._step(newcomers)
-            except Exception as e:          # a bug must not hang the clients: fail what was running
-                log.exception("a decoding step failed; its %d sequences end with an error",
-                              len(self._running) + len(newcomers))
-                for s in self._running + newcomers:
-                    self._fail(s, e)
-                self._running = []
+                job = self._jobs.take(batch_running=bool(self._running or self._waiting))
+                newcomers = self._admit()
+            self._jobs.run(job)              # at most one job between two steps
+            if newcomers or self._running:
+                self._guarded_step(newcomers)
             self._gauges()
+
+    def _admit(self) -> list[Sequence]:
+        """(Under the condition's lock.) Waiting sequences that get a free row."""
+        newcomers = []
+        while self._waiting and len(self._running) + len(newcomers) < self.max_batch:
+            s = self._waiting.popleft()
+            if s.cancelled:
+                self._count_finished("cancelled")
+            else:
+                newcomers.append(s)
+        return newcomers
+
+    def _guarded_step(self, newcomers: list[Sequence]) -> None:
+        try:
+            self._step(newcomers)
+        except Exception as e:          # a bug must not hang the clients: fail what was running
+            log.exception("a decoding step failed; its %d sequences end with an error",
+                          len(self._running) + len(newcomers))
+            for s in self._running + newcomers:
+                self._fail(s, e)
+            self._running = []
 
     def _end_everything(self) -> None:
         """(Under the condition's lock, between steps.)"""
@@ -248,8 +273,9 @@ class Scheduler:
             s.length = lengths[b]
             with self._alone(s):
                 s.picker = TokenPicker(s.options, s.prompt_ids, self.vocab_size, device, s.json_state)
-                if s.score_prompt:
-                    s.prompt_logprobs = s.picker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids)
+                if s.score_prompt is not None:
+                    s.prompt_logprobs = TokenPicker.score_prompt(self._logits(h[b, : lengths[b] - 1]), s.prompt_ids,
+                                                                 s.score_prompt)
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(lengths))
         self._sample(seqs, logits)

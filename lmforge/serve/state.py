@@ -5,9 +5,9 @@ metrics — in one object on `app.state.server`, and the steps every generation 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +23,7 @@ from ..options import UINT64_MAX
 from .config import ServeConfig
 from .metrics import Metrics
 from .prompts import chat_prompt, chat_roles, chat_source, encode_text, json_constraint, source_prompt
-from .protocol import ApiError, chat_messages
+from .protocol import ApiError, chat_messages, text_field
 from .replies import Mailbox, Reply
 from .responses import LogprobFormatter, now
 from .scheduler import QueueFull, Scheduler, Sequence
@@ -41,6 +41,7 @@ class ServerState:
     started: int = field(default_factory=now)
     mailbox: Mailbox | None = None       # made by the app's lifespan, on the loop that serves requests
     draining: bool = False               # shutting down: running requests finish, new ones get 503
+    model_lock: threading.Lock = field(default_factory=threading.Lock)   # no scheduler: one model job at a time
 
     @classmethod
     def of(cls, lm, settings: ServeConfig) -> "ServerState":
@@ -95,6 +96,28 @@ class ServerState:
         except LmforgeError as e:
             raise ApiError(str(e), "messages") from None
 
+    # ---- inspections ---------------------------------------------------------------------------
+    @property
+    def inspect_limit(self) -> int:
+        """Tokens an inspected text may hold: --max-inspect-tokens, within the context (room left
+        for the <bos> / <eos> a family's layout adds)."""
+        return min(self.settings.max_inspect_tokens, self.config.context_length - 2)
+
+    def inspected(self, body: dict, name: str, required: bool = True, target_side: bool = False) -> str | None:
+        """A text field an inspection reads (`target_side`: an encoder-decoder's decoder text)."""
+        value = text_field(body, name, required)
+        if value is not None:
+            self.check_inspected(value, name, target_side)
+        return value
+
+    def check_inspected(self, value: str, name: str, target_side: bool = False) -> None:
+        """400 past `inspect_limit` tokens (of the target tokenizer on the `target_side`)."""
+        n = len((self.out_tokenizer if target_side else self.tokenizer).encode(value))
+        if n > self.inspect_limit:
+            raise ApiError(f"'{name}' has {n} tokens; inspections here take at most {self.inspect_limit} "
+                           f"(--max-inspect-tokens {self.settings.max_inspect_tokens}, within the model's context of "
+                           f"{self.config.context_length})", name, code="context_length_exceeded")
+
     # ---- generation ---------------------------------------------------------------------------
     def fit(self, options: GenerationConfig, prompt_len: int) -> GenerationConfig:
         """max_tokens cut to what fits in the context (the reply then ends with finish_reason "length"):
@@ -108,10 +131,11 @@ class ServerState:
             raise ApiError(f"the request asks for {count} sequences (prompts x n) but this server queues at most "
                            f"{self.settings.max_queue} (--max-queue); send fewer at a time", "prompt")
 
-    def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: bool = False) -> Reply:
+    def start(self, prompts: list[list[int]], options: GenerationConfig, n: int, score_prompt: int | None = None
+              ) -> Reply:
         """Queue `n` sequences per prompt (choice j of a seeded request samples with seed + j, modulo
-        2**64); their events arrive on the returned Reply. 503 when the queue is full or the server
-        is shutting down."""
+        2**64); their events arrive on the returned Reply. `score_prompt`: also score the prompt's
+        tokens, with that many alternatives. 503 when the queue is full or the server is shutting down."""
         self.check_sequences(len(prompts) * n)
         if self.draining:
             raise ApiError("server is shutting down; retry on another replica or after it restarts", status=503,
@@ -151,13 +175,16 @@ class ServerState:
 
     # ---- other model work ----------------------------------------------------------------------
     async def on_model(self, fn, *args, **kwargs):
-        """`fn(*args, **kwargs)` in a worker thread, under the scheduler's lock (between decode steps)."""
-        lock = self.scheduler.lock if self.scheduler is not None else contextlib.nullcontext()
+        """`fn(*args, **kwargs)` on the model: a job the scheduler runs between two decode steps
+        (`Scheduler.between_steps`); without a scheduler (an encoder), in a worker thread, one at
+        a time (hook contexts are not thread-safe)."""
+        if self.scheduler is not None:
+            return await asyncio.wrap_future(self.scheduler.between_steps(lambda: fn(*args, **kwargs)))
 
-        def locked():
-            with lock:
+        def alone():
+            with self.model_lock:
                 return fn(*args, **kwargs)
-        return await run_in_threadpool(locked)
+        return await run_in_threadpool(alone)
 
 
 def server_state(request: Request) -> ServerState:
