@@ -47,6 +47,7 @@ STUDIES = [
     ["long_generation.py"],
     ["serve_throughput.py"],
     ["serve_pressure.py"],
+    ["serve_inspect.py"],                                          # the batch beside inspections
     ["memory.py"],
     ["quality.py"],
     ["muon_vs_adamw.py"],
@@ -54,6 +55,8 @@ STUDIES = [
 ELSEWHERE = {"gpu_suite.py": "a GPU lease's one command (docs/performance.md)",
              "adapt_compress_kjv.py": "needs a corpus: --corpus FILE",
              "serve_lm_eval.py": "needs lm-eval and a trained model directory",
+             "dedup.py": "reads the data kit: --kit ../shared/data",
+             "pretrain_finetune.py": "equal-CPU arms of 20 minutes each: run it alone, one arm per process",
              "common.py": "helpers", "run_all.py": "this command"}
 NEEDS = {"gguf_llamacpp.py": "llama_cpp"}                            # skipped, with a line, when not installed
 # --quick: shapes small enough that the whole set runs in seconds (the figures mean nothing)

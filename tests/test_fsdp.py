@@ -151,7 +151,7 @@ def test_one_process_checkpoint_resumes_under_fsdp_on_two(tmp_path, char_data, r
 @pytest.mark.slow
 def test_encoder_classifier_with_lora_and_activation_checkpointing_under_fsdp(tmp_path, tiny_encoder_dir, topics_csv):
     """An encoder task (classify, with a new head) and LoRA adapters, through the same loop."""
-    args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--data", str(topics_csv), "--lora-rank", "4",
+    args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--no-keep-best", "--data", str(topics_csv), "--lora-rank", "4",
             "--batch-size", "4", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval",
             "1", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2", "--optimizer", "adamw"]
     assert main([*args, "--out", str(tmp_path / "one"), "--grad-accum", "2"]) == 0

@@ -286,7 +286,7 @@ def test_any_method_on_any_path_is_answered_in_openais_shape(servers, method, pa
 
 # ---- the CLI verbs' numeric flags ---------------------------------------------------------------------------
 ARGS = {"prepare": ["no-such.txt"], "train": ["--data", "no-such-data"], "finetune": ["no-such-model", "--data", "d"],
-        "distill": ["--data", "no-such-data"], "generate": ["no-such-model", "x"], "eval": ["no-such-model"],
+        "distill": ["--data", "no-such-data"], "generate": ["no-such-model", "x"], "eval": ["no-such-model", "--text", "no-such.txt"],
         "score": ["no-such-model", "x"], "merge-lora": ["no-such-model", "o"], "chat": ["no-such-model"],
         "quantize": ["no-such-model", "o"], "classify": ["no-such-model", "x"], "translate": ["no-such-model", "x"],
         "import": ["no-such-model", "o"], "export": ["no-such-model", "o"], "embed": ["no-such-model", "x"],
@@ -357,7 +357,7 @@ def test_numeric_flags_give_one_line_never_a_traceback(cli, data):
 
 
 # ---- every options class --------------------------------------------------------------------------------
-MAY_BE_NEGATIVE = {"layer", "head", "top_k"}      # -1: the last layer; no top-k filter
+MAY_BE_NEGATIVE = {"layer", "head", "top_k", "position"}      # -1: the last layer or position; no top-k filter
 
 
 def option_fields() -> list[tuple[type, str, type, bool, object]]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..fileio import read_text
-from ..options import at_least, between, option, validate
+from ..options import SEED, at_least, between, option, validate
 from .likelihood import check_family, pseudo_log_likelihood, token_logprobs
 from .samples import audited_model, record_findings
 
@@ -49,7 +49,7 @@ class BiasConfig:
     bootstrap: int = option(1000, "bootstrap resamples of the pairs for the confidence interval", check=at_least(10))
     confidence: float = option(0.95, "confidence level of the interval", check=between(0, 1, low_open=True,
                                                                                           high_open=True))
-    seed: int = option(0, "seed of the bootstrap")
+    seed: int = option(0, "seed of the bootstrap", check=SEED)
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..evaluate.score import loglikelihood
 from ..fileio import read_json
-from ..options import at_least, option, validate
+from ..options import SEED, at_least, option, validate
 from .likelihood import token_logprobs
 from .samples import decoder_on_data, record_findings
 
@@ -46,7 +46,7 @@ class CanariesConfig:
                                            "otherwise extrapolate from --samples of them", check=at_least(1))
     samples: int = option(5000, "random candidates scored to extrapolate the rank (a larger candidate space)",
                           check=at_least(100))
-    seed: int = option(0, "seed of the sampled candidates")
+    seed: int = option(0, "seed of the sampled candidates", check=SEED)
     batch_size: int = option(256, "candidate documents per forward pass", check=at_least(1))
     progress: bool = option(True, "show a progress bar")
 

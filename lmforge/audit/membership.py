@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..options import at_least, option, validate
+from ..options import SEED, at_least, option, validate
 from .likelihood import token_logprobs
 from .samples import decoder_on_data, record_findings, sample_windows
 
@@ -28,7 +28,7 @@ class MembershipConfig:
     windows: int = option(200, "windows sampled from each split (members: training; non-members: held out)",
                           check=at_least(1))
     length: int | None = option(None, "tokens per window", unset="the model's context length", check=at_least(2))
-    seed: int = option(0, "seed of the sampling of windows")
+    seed: int = option(0, "seed of the sampling of windows", check=SEED)
     batch_size: int = option(32, "windows per forward pass", check=at_least(1))
     progress: bool = option(True, "show a progress bar")
 

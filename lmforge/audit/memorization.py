@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
-from ..options import at_least, option, validate
+from ..options import SEED, at_least, option, validate
 from .likelihood import token_logprobs
 from .samples import decoder_on_data, record_findings, sample_windows
 
@@ -29,7 +29,7 @@ class MemorizationConfig:
     k: int = option(32, "prefix length: the tokens the model is prompted with", check=at_least(1))
     m: int = option(32, "continuation length: the tokens greedy decoding must reproduce exactly", check=at_least(1))
     windows: int = option(200, "windows sampled from each split (training and held out)", check=at_least(1))
-    seed: int = option(0, "seed of the sampling of windows")
+    seed: int = option(0, "seed of the sampling of windows", check=SEED)
     batch_size: int = option(32, "windows per forward pass", check=at_least(1))
     progress: bool = option(True, "show a progress bar")
 

@@ -46,6 +46,7 @@ def _eval(ns):
     from ..api import load
     from ..evaluate.perplexity import perplexity, read_text_file
     args = from_args(EvalCommandConfig, ns)
+    summarization_config(**{k: getattr(ns, k) for k in SUMMARIZE_OPTIONS})   # the decoding flags, before any work
     if args.pairs:
         return _eval_summaries(ns, args)
     if not args.text:
@@ -66,7 +67,6 @@ def _eval_summaries(ns, args: EvalCommandConfig) -> int:
     if args.text:
         raise LmforgeError("give --text FILE (perplexity) or --pairs FILE (ROUGE of summaries), not both")
     options = {k: getattr(ns, k) for k in SUMMARIZE_OPTIONS}
-    summarization_config(**options)                               # checks the decoding flags before any work
     flags = {args.source_column: "--source-column", args.target_column: "--target-column"}
     rows = read_table(args.pairs, [args.source_column, args.target_column], (), flags)
     documents = [r[args.source_column] for r in rows]

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ..fileio import read_json
 from ..modeldir import CONFIG_FILE
-from ..options import at_least, between, option, validate
+from ..options import SEED, at_least, between, option, validate
 from ..safety import staged_output
 from ..tokenizers import Tokenizer, train_tokenizer
 from ..tokenizers.base import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
@@ -78,7 +78,7 @@ class PrepareConfig:
                               "dedup (recorded in DATA/canaries.json for `lmforge audit canaries`)", check=at_least(0))
     canary_repeats: str | list[int] = option([1, 10, 100], "how many times each canary is written: comma-separated "
                                                            "counts")
-    seed: int = option(0, "random seed of the canaries' secrets and places")
+    seed: int = option(0, "random seed of the canaries' secrets and places", check=SEED)
 
     def __post_init__(self) -> None:
         validate(self, DataError)

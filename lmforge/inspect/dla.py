@@ -31,8 +31,6 @@ class DlaConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if not self.answer:
-            raise LmforgeError("direct logit attribution needs the answer token (--answer TOKEN)")
 
 
 @dataclass
@@ -105,6 +103,8 @@ def dla(lm, text: str, target: str | None = None, **options) -> LogitAttribution
     """Direct logit attribution at one position of `text` (an encoder-decoder: of its decoder
     reading `target`). Options are `DlaConfig` fields."""
     o = DlaConfig(**options)
+    if not o.answer:                      # here, not in DlaConfig: its fields are checked one at a time
+        raise LmforgeError("direct logit attribution needs the answer token (--answer TOKEN)")
     model = lm.module
     prefix, body = _stream(model)
     p = prompt(lm, text, target)

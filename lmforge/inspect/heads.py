@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LmforgeError
-from ..options import at_least, option, validate
+from ..options import SEED, at_least, option, validate
 from .prompts import Prompt, prompt, run, token_strings
 
 KINDS = {"decoder": ("self",), "encoder": ("self",), "seq2seq": ("cross", "encoder", "decoder")}
@@ -76,7 +76,7 @@ def attention_maps(lm, text: str, kind: str = "auto", target: str | None = None,
 class HeadScoresConfig:
     seq_len: int | None = option(None, "random tokens per copy (default: 50, or what fits the context twice)",
                                  check=at_least(2))
-    seed: int = option(0, "seed of the random sequence")
+    seed: int = option(0, "seed of the random sequence", check=SEED)
     alphabet: str | None = option(None, "draw the random tokens from the tokens of this text (default: the "
                                         "whole vocabulary, special tokens left out)")
     kind: str = option("auto", "encoder-decoders: decoder (auto), encoder or cross attention",
