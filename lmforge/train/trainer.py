@@ -47,6 +47,7 @@ from ..tasks import Task
 from .checkpoint import Checkpointer, batch_shape
 from .config import TrainConfig
 from .distributed import DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed, make_strategy
+from .inspection import inspect_at
 from .interrupt import StopRequest
 from .observers import Observers, RunFiles, RunObserver
 from .optim import make_adamw
@@ -345,7 +346,6 @@ class Trainer:
 
     def inspect(self, step: int) -> bool:
         """Every `inspect_interval` steps, the observers look inside the model (`inspection.py`)."""
-        from .inspection import inspect_at
         return inspect_at(self, step)
 
     @torch.no_grad()
