@@ -225,12 +225,14 @@ def storm(model: Path, work: Path, n: int, batch: int, queue: int, tokens: int, 
 def slow_reader(model: Path, work: Path, clients: int, tokens: int, big: tuple[int, int], backlog: int,
                 hold: float, repeat: int) -> None:
     """`clients` streams of `tokens` read at full speed beside one big request (`big`: n x tokens,
-    with 20 log-probabilities per token: some 2 KB a token, more than the kernel's socket buffers
-    take) whose client reads 1 KB a second through a 4 KB socket buffer for `hold` seconds: the
-    others' tokens/s are those they get alone, and beside the same big request read at full speed
-    (medians over `repeat` runs of each, interleaved), and the slow one is cancelled once `backlog`
-    events wait unread (its rows freed)."""
+    with 20 log-probabilities per token: some 800 bytes a token, more than the kernel's socket
+    buffers take, some 4 MB on loopback) whose client reads 1 KB a second through a 4 KB socket
+    buffer until the server cancels it (at most `hold` seconds): the others' tokens/s are those
+    they get alone, and beside the same big request read at full speed (medians over `repeat`
+    runs of each, interleaved), and the slow one is cancelled once `backlog` events wait unread
+    (its rows freed)."""
     server = Server(model, work, "--max-batch-size", str(clients + big[0]), "--max-stream-backlog", str(backlog))
+    counter, cancelled_before = 'lmforge_finished_sequences_total{reason="cancelled"}', 0.0
     try:
         async def alone():
             return await asyncio.gather(*(exchange(server.port, "/v1/completions", completion(PROMPTS[i], tokens))
@@ -245,19 +247,22 @@ def slow_reader(model: Path, work: Path, clients: int, tokens: int, big: tuple[i
             await asyncio.sleep(0.5)                    # it is decoding: the others join it
             fast = await asyncio.gather(*(exchange(server.port, "/v1/completions", completion(PROMPTS[i], tokens))
                                           for i in range(clients)))
-            await asyncio.sleep(hold - 0.5 if slow else 0)
+            deadline = time.perf_counter() + hold       # it stays slow until the server cancels it (or `hold`)
+            while slow and time.perf_counter() < deadline and not big_one.done():
+                if await metric(server.port, counter) > cancelled_before:
+                    break
+                await asyncio.sleep(0.1)
             done.set()                                  # then it reads the rest at full speed
             return fast, await big_one
-        counter = 'lmforge_finished_sequences_total{reason="cancelled"}'
         asyncio.run(run(False))                             # warm-up
         solo, base, beside_slow, cuts, cancelled = [], [], [], [], 0.0
         for _ in range(repeat):                             # interleaved: a slow spell of the machine hits all
             solo += asyncio.run(alone())
             base += asyncio.run(run(False))[0]
-            before = asyncio.run(metric(server.port, counter))
+            cancelled_before = asyncio.run(metric(server.port, counter))
             fast, slow_answer = asyncio.run(run(True))
             beside_slow += fast
-            cancelled += asyncio.run(metric(server.port, counter)) - before
+            cancelled += asyncio.run(metric(server.port, counter)) - cancelled_before
             cuts.append("stream_backlog_exceeded" in slow_answer.body.decode("utf-8", "replace"))
         rss = rss_mb(server.proc.pid)
     finally:
@@ -385,8 +390,8 @@ def main() -> int:
         "storm": lambda: storm(model, work, n=24 if q else 200, batch=4, queue=4 if q else 16, tokens=200,
                                probes=5 if q else 20),
         "slow-reader": lambda: slow_reader(model, work, clients=2 if q else 4, tokens=300 if q else 1000,
-                                           big=(2, 1200) if q else (8, CONTEXT - 8), backlog=16 if q else 64,
-                                           hold=3 if q else 8, repeat=1 if q else 3),
+                                           big=(4, CONTEXT - 8) if q else (8, CONTEXT - 8), backlog=16 if q else 64,
+                                           hold=20 if q else 30, repeat=1 if q else 3),
         "slow-senders": lambda: slow_senders(model, work, senders=4 if q else 50, timeout=1.5 if q else 2.5),
         "sigterm": lambda: sigterm(model, work, streams=2 if q else 8, tokens=CONTEXT - 8, grace=0.5 if q else 2),
         "memory": lambda: memory(model, work, total=400 if q else 10_000,
