@@ -163,6 +163,13 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
+    def card(self) -> str:
+        """The model card (README.md in Hugging Face's layout: `lmforge.card`) as it would be written
+        now — its directory's card refreshed, a hand-written README.md as it is, or one made from
+        the config and tokenizer of a model without an lmforge directory. Nothing is written."""
+        from .card import current_card
+        return current_card(self.path, self.config, self.tokenizer)
+
     def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto", overwrite: bool = False,
              inputs: list[tuple[str, str | Path | None]] = ()) -> Path:
         """Write a model directory; format="hf" writes one that `transformers` loads, format="gguf"

@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 
 # the order of `lmforge --help`, across the modules that register the verbs
 HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
-              "quantize", "distill", "classify", "translate", "presets", "import", "export", "embed", "attention",
+              "quantize", "distill", "classify", "translate", "presets", "import", "export", "card", "embed", "attention",
               "serve")
 
 
