@@ -161,3 +161,9 @@ def current_card(path: str | Path | None, config: ModelConfig | None = None, tok
     own = path is not None and is_lmforge_dir(path)
     name = path.resolve().name.removesuffix(".gguf") if path is not None else None
     return card_text(path if own else None, config, tokenizer, existing=existing, library_name=library_name, name=name)
+
+
+def card_metadata(path: str | Path, config: ModelConfig | None = None, tokenizer: Tokenizer | None = None
+                  ) -> dict[str, Any]:
+    """The front matter of the model's card as it would be written now (`current_card`)."""
+    return split_front_matter(current_card(path, config, tokenizer), CARD_FILE)[0]
