@@ -198,7 +198,7 @@ def limitations(facts: Facts) -> str:
         items.append("It writes what is likely after its training data, not what is true: check what it says, and "
                      "expect it to repeat passages of that data.")
     if facts.params < 100_000_000:
-        items.append(f"At {facts.params / 1e6:.1f}M parameters it is a small model: fluent at best in the style of its "
+        items.append(f"At {facts.params / 1e6:.2f}M parameters it is a small model: fluent at best in the style of its "
                      f"training data, and weak outside it.")
     items.append("It carries the biases of its training data; the audit above measures only what was asked of it.")
     if facts.settings.get("max_steps") and isinstance(facts.last_train.get("step"), int) \

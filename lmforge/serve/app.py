@@ -1,9 +1,9 @@
 """`create_app`: the routes of `lmforge serve` (Starlette), its `ServerState` on `app.state.server`,
 and the lifespan that starts and stops the scheduler.
 
-Routes: /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models (a bearer key when
-one is set), /tokenize, /detokenize, /tokenizer_info (vLLM's shapes), /health, /metrics
-(Prometheus), / (the playground) and the playground's /attention and /classify. Generation goes
+Routes: /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /v1/models/{model}/card
+(a bearer key when one is set), /tokenize, /detokenize, /tokenizer_info (vLLM's shapes), /health,
+/metrics (Prometheus), / (the playground) and the playground's /attention and /classify. Generation goes
 through one `Scheduler` (continuous batching); other model work (attention maps, embeddings,
 classification) takes the scheduler's lock in a worker thread.
 """
@@ -27,6 +27,7 @@ ROUTES = [    # (path, method, route function)
     ("/v1/chat/completions", "POST", openai.chat_completions),
     ("/v1/embeddings", "POST", openai.embeddings),
     ("/v1/models", "GET", openai.models),
+    ("/v1/models/{model}/card", "GET", page.model_card),
     ("/tokenize", "POST", tokenizer.tokenize),
     ("/detokenize", "POST", tokenizer.detokenize),
     ("/tokenizer_info", "GET", tokenizer.tokenizer_info),
