@@ -120,6 +120,10 @@ def test_export_carries_the_card(model, tmp_path):
     assert exported.data.library_name == "transformers" and exported.data.license == "mit"
     assert "User text." in exported.text and "## Evaluation" in exported.text
     assert (model / "README.md").read_text() == readme                # the source directory is not touched
+    from lmforge.api import load
+    assert load(tmp_path / "hf", device="cpu").card() == (tmp_path / "hf" / "README.md").read_text()
+    with pytest.raises(LmforgeError, match="not an lmforge model directory"):
+        card(CardConfig(str(tmp_path / "hf")))                        # a Hugging Face directory's card is its own
     import gguf
     export_gguf(model, tmp_path / "m.gguf")
     fields = gguf.GGUFReader(tmp_path / "m.gguf").fields

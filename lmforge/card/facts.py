@@ -57,6 +57,9 @@ def check_card_dir(path: str | Path) -> Path:
     if not (path / CONFIG_FILE).is_file():
         raise ModelDirError(f"{path} holds no {CONFIG_FILE}; it is not a model directory — give the directory a "
                             f"training run wrote")
+    if not is_lmforge_dir(path):
+        raise ModelDirError(f"{path} is not an lmforge model directory (its {CONFIG_FILE} is not lmforge's): a Hugging "
+                            f"Face directory's card is its own README.md; `lmforge import` it to make an lmforge one")
     return path
 
 

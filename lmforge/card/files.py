@@ -152,13 +152,14 @@ def current_card(path: str | Path | None, config: ModelConfig | None = None, tok
                  library_name: str = "lmforge") -> str:
     """The card of a model as it would be written now (nothing is written): lmforge's card of the
     model directory `path` (its library `library_name`) composed with its README.md; a hand-written
-    README.md as it is; for what is not an lmforge directory (a Hugging Face directory without a
-    card, a GGUF file, None), the card of `config` and `tokenizer`."""
+    README.md, or the README.md of a directory that is not lmforge's (a Hugging Face one), as it is;
+    for a model with no card (a Hugging Face directory without one, a GGUF file, None), the card of
+    `config` and `tokenizer`."""
     path = Path(path) if path is not None else None
     existing = read_card(path) if path is not None and path.is_dir() else None
-    if existing is not None and not has_markers(existing):
-        return existing
-    own = path is not None and is_lmforge_dir(path)
+    own = path is not None and path.is_dir() and is_lmforge_dir(path)
+    if existing is not None and not (own and has_markers(existing)):
+        return existing                  # hand-written, or a Hugging Face directory's own (an export's included)
     name = path.resolve().name.removesuffix(".gguf") if path is not None else None
     return card_text(path if own else None, config, tokenizer, existing=existing, library_name=library_name, name=name)
 
