@@ -4,11 +4,12 @@ training data, training procedure, evaluation, audit, limitations)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .facts import Facts, hub_dataset
 
-# the pipeline a model serves (the Hub's `pipeline_tag`), and what its task is called
+# what the card calls each training task
 TASK_NAMES = {"clm": "causal language modelling", "mlm": "masked language modelling", "classify": "text classification",
               "seq2seq": "sequence to sequence (translation)", "sft": "instruction tuning (chat)",
               "distill": "distillation"}
@@ -23,6 +24,7 @@ NOT_PROCEDURE = {"data", "out", "progress", "device", "report_to", "sample_inter
 
 
 def pipeline_tag(facts: Facts) -> str:
+    """The Hub's name for what the model does."""
     config = facts.config
     if config.labels:
         return "text-classification"
@@ -58,8 +60,8 @@ def model_index(facts: Facts) -> list[dict[str, Any]] | None:
         if not metrics or not isinstance(r["data"], str):
             continue
         dataset_id = hub_dataset(facts) or r["data"].rstrip("/").rsplit("/", 1)[-1]
-        entries.append({"task": {"type": pipeline_tag(facts), "name": TASK_NAMES.get(facts.task, facts.task or "")},
-                        "dataset": {"type": dataset_id, "name": r["data"], "split": r["split"]},
+        task = {"type": pipeline_tag(facts), **({"name": TASK_NAMES.get(facts.task, facts.task)} if facts.task else {})}
+        entries.append({"task": task, "dataset": {"type": dataset_id, "name": r["data"], "split": r["split"]},
                         "metrics": metrics})
     return [{"name": facts.name, "results": entries}] if entries else None
 
@@ -104,7 +106,8 @@ def details(facts: Facts) -> str:
              f"{c.context_length} tokens, {c.position} positions, {c.norm} ({c.norm_position}), {c.mlp} MLP")
     if c.family == "seq2seq":
         shape = f"{c.n_encoder_layer or c.n_layer} encoder + " + shape.replace("layers", "decoder layers", 1)
-    rows: list[tuple[Any, Any]] = [("family", c.family), ("preset", facts.settings.get("preset") or "—"),
+    preset = facts.settings.get("preset") if not facts.settings.get("init_from") else None   # ignored by a fine-tune
+    rows: list[tuple[Any, Any]] = [("family", c.family), *([("preset", preset)] if preset else []),
                                    ("shape", shape), ("parameters", f"{facts.params / 1e6:.2f}M ({facts.params:,})")]
     if facts.tokenizer is not None:
         t = facts.tokenizer
@@ -117,8 +120,10 @@ def details(facts: Facts) -> str:
         rows.append(("started from", f"`{facts.settings['init_from']}` (fine-tuned)"))
     if facts.source:
         rows.append(("weights from", facts.source))
-    if facts.lora:
-        rows.append(("LoRA", {k: v for k, v in facts.lora.items() if k.startswith("lora_") or k == "base"}))
+    if isinstance(facts.lora, dict):
+        lora = facts.lora.get("lora") if isinstance(facts.lora.get("lora"), dict) else {}
+        rows.append(("LoRA adapters", {**{k.removeprefix("lora_"): v for k, v in lora.items() if v not in ([], None)},
+                                       "on the base": facts.lora.get("base_model")}))
     if c.quantization:
         rows.append(("quantization", c.quantization))
     return "## Model details\n\n" + table(rows)
@@ -129,9 +134,12 @@ def training_data(facts: Facts) -> str:
     if facts.data is not None:
         text = (f"Prepared by `lmforge prepare` into `{data}`; its `meta.json` records:\n\n"
                 + table([(k, v) for k, v in facts.data.items()]))
+    elif isinstance(data, str) and Path(data).is_file():
+        text = (f"`{data}`, read by the {facts.task} task (its columns and splits are among the settings below; "
+                f"`lmforge prepare` records nothing for a table).")
     elif isinstance(data, str):
-        text = (f"`{data}` (the `--data` of the run). It is not a prepared data directory found from where this "
-                f"card was written, so its details are not repeated here.")
+        text = (f"`{data}` (the `--data` of the run): not found from where this card was written, so what it held "
+                f"is not repeated here.")
     elif facts.source:
         text = (f"Not recorded here: the weights were imported ({facts.source}); the original model's card says what "
                 f"it was trained on.")
@@ -143,7 +151,8 @@ def training_data(facts: Facts) -> str:
 def procedure(facts: Facts) -> str:
     if not facts.settings:
         return "## Training procedure\n\nNot recorded (no `train_config.yaml` in the model directory)."
-    rows = [(k, v) for k, v in facts.settings.items() if k not in NOT_PROCEDURE and v not in (None, [], "")]
+    skip = NOT_PROCEDURE | ({"preset"} if facts.settings.get("init_from") else set())
+    rows = [(k, v) for k, v in facts.settings.items() if k not in skip and v not in (None, [], "")]
     text = "The run's settings (`train_config.yaml`):\n\n" + table(rows, ("setting", "value"))
     last = facts.last_train
     if last.get("step") is not None:
