@@ -41,9 +41,9 @@ class CardConfig:
                                     "a fresh card")
 
     def __post_init__(self) -> None:
-        validate(self)
-        if isinstance(self.language, str):
+        if isinstance(self.language, str):                      # language="en", as the Hub's own card data takes it
             self.language = [self.language]
+        validate(self)
 
 
 def has_markers(text: str) -> bool:
@@ -120,6 +120,8 @@ def card(cfg: CardConfig) -> Path:
     """Write or refresh the model card, README.md of `cfg.model_dir`; returns its path. Only the
     block between lmforge's markers and its front-matter keys change; a README.md without the
     markers is replaced only with `cfg.overwrite`."""
+    if not cfg.model_dir:
+        raise ConfigError("give the model directory whose card to write: `lmforge card MODEL_DIR`")
     path = check_card_dir(cfg.model_dir)
     check_no_writer(path)
     existing = read_card(path)
