@@ -12,11 +12,13 @@ language models — decoder (GPT, Llama), encoder (BERT), encoder-decoder — fr
     print(lmforge.load("runs/topics").classify("some text"))
 
 Adapt and compress: `finetune` (full or LoRA, `task="sft"` for chat), `distill`, `quantize`,
-`Model.chat`, and speculative decoding with `Model.generate(..., draft=smaller_model)`.
+`Model.chat`, and speculative decoding with `Model.generate(..., draft=smaller_model)`. Share: `card` writes the
+model card (README.md), `export_hf` / `export_gguf` carry it along.
 """
 
 from .adapt import LoRAConfig, apply_lora, merge_adapter, merge_lora
 from .api import Model, load, load_model
+from .card import CardConfig, card
 from .config import PRESETS, ModelConfig, ModelOverridesConfig, get_preset
 from .data.shards import PrepareConfig, prepare
 from .errors import ConfigError, DataError, LmforgeError, ModelDirError
@@ -37,4 +39,4 @@ __all__ = ["Model", "load", "load_model", "ModelConfig", "ModelOverridesConfig",
            "TrainConfig", "train", "import_hf", "export_hf", "import_gguf", "export_gguf", "LmforgeError", "ConfigError", "DataError",
            "ModelDirError", "FinetuneConfig", "finetune", "ClassifyConfig", "Seq2SeqConfig", "SFTConfig", "MLMConfig",
            "LoRAConfig", "apply_lora", "merge_lora", "merge_adapter", "QuantizeConfig", "quantize", "quantize_model",
-           "DistillConfig", "distill"]
+           "DistillConfig", "distill", "CardConfig", "card"]

@@ -201,24 +201,32 @@ class Model:
         from .evaluate.perplexity import perplexity
         return perplexity(self.module, self.tokenizer, text, stride=stride, batch_size=batch_size)
 
+    def card(self) -> str:
+        """The model card (README.md in Hugging Face's layout: `lmforge.card`) as it would be written
+        now — its directory's card refreshed, a hand-written README.md as it is, or one made from
+        the config and tokenizer of a model without an lmforge directory. Nothing is written."""
+        from .card import current_card
+        return current_card(self.path, self.config, self.tokenizer)
+
     def save(self, directory: str | Path, format: str = "lmforge", outtype: str = "auto", overwrite: bool = False,
              inputs: list[tuple[str, str | Path | None]] = ()) -> Path:
-        """Write a model directory; format="hf" writes one that `transformers` loads, format="gguf"
-        one .gguf file (`directory` names it) that llama.cpp and Ollama run, its matrices in
-        `outtype` (auto, f32, f16, bf16, q8_0). A directory appears whole or not at all; it must not
+        """Write a model directory; format="hf" writes one that `transformers` loads (with the model
+        card, `card()`), format="gguf" one .gguf file (`directory` names it) that llama.cpp and Ollama
+        run, its matrices in `outtype` (auto, f32, f16, bf16, q8_0). A directory appears whole or not at all; it must not
         be this model's own directory or one of `inputs`, and one holding anything is replaced only
         with `overwrite` (see `lmforge.safety`)."""
+        from .card import card_metadata, current_card
         from .modeldir import state_dict_for_save
         inputs = [("the model's own directory", self.path), *inputs]
         if format == "hf":
             from .interop import write_hf
             write_hf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, overwrite=overwrite,
-                     inputs=inputs)
+                     inputs=inputs, card=current_card(self.path, self.config, self.tokenizer, "transformers"))
             return Path(directory)
         if format == "gguf":
             from .interop import write_gguf
             write_gguf(self.config, state_dict_for_save(self.module), self.tokenizer, directory, outtype,
-                       overwrite=overwrite)
+                       overwrite=overwrite, card=card_metadata(self.path, self.config, self.tokenizer))
             return Path(directory)
         if format != "lmforge":
             raise LmforgeError(f"format={format!r} is unknown; use lmforge, hf or gguf")

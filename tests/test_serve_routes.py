@@ -57,6 +57,8 @@ DECODER_REQUESTS = [
      {"messages": CHAT, "max_tokens": 5, "temperature": 0, "stream": True, "logprobs": True,
       "stream_options": {"include_usage": True}}),
     ("models", "GET", "/v1/models", None),
+    ("model-card", "GET", "/v1/models/dec/card", None),
+    ("model-card-unknown", "GET", "/v1/models/gpt-4/card", None),
     ("tokenize", "POST", "/tokenize", {"prompt": "Hello there", "return_token_strs": True}),
     ("tokenize-raw", "POST", "/tokenize", {"prompt": "Hello", "add_special_tokens": False}),
     ("tokenize-chat", "POST", "/tokenize", {"messages": CHAT}),
@@ -142,6 +144,7 @@ ENCODER_REQUESTS = [
     ("enc-completion", "POST", "/v1/completions", {"prompt": "x"}),
     ("enc-chat", "POST", "/v1/chat/completions", {"messages": CHAT}),
     ("enc-tokenizer-info", "GET", "/tokenizer_info", None),
+    ("enc-model-card", "GET", "/v1/models/enc/card", None),
 ]
 
 

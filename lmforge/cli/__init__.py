@@ -7,7 +7,7 @@ API takes (its fields are the flags), calls one function and prints the result.
     generation.py    generate, chat, serve
     inspection.py    eval, score, attention
     text_tasks.py    classify, translate, embed
-    interop.py       import, export, quantize, merge-lora, presets
+    interop.py       import, export, card, quantize, merge-lora, presets
     watching.py      runs (a page of the training runs in a folder)
     auditing.py      audit memorization|canaries|membership|bias|overlap
 

@@ -24,8 +24,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
 
 # the order of `lmforge --help`, across the modules that register the verbs
 HELP_ORDER = ("quickstart", "prepare", "train", "runs", "finetune", "generate", "eval", "score", "merge-lora", "chat",
-              "quantize", "distill", "classify", "translate", "summarize", "presets", "import", "export", "embed",
-              "attention", "inspect", "audit", "serve")
+              "quantize", "distill", "classify", "translate", "summarize", "presets", "import", "export", "card",
+              "embed", "attention", "inspect", "audit", "serve")
 
 
 def verb(name: str, help: str):

@@ -1,11 +1,13 @@
 """The verbs that turn one model directory into another: import (from Hugging Face or GGUF),
-export (to them), quantize and merge-lora; and presets, the sizes to start a model from."""
+export (to them), quantize and merge-lora; card, the model card that export carries along; and
+presets, the sizes to start a model from."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from ..card import CardConfig
 from ..errors import LmforgeError
 from ..options import from_args, option, validate
 from ..quantize import QuantizeConfig
@@ -43,6 +45,15 @@ def _quantize(ns):
           + (f" (groups of {q['group_size']})" if q["group_size"] else ""))
     if result["report"]:
         print(format_report(result["report"]))
+    return 0
+
+
+@verb("card", "write or refresh a model directory's model card (README.md in Hugging Face's layout: details, data, "
+              "training, evaluation, audits); your own text outside lmforge's markers is kept")
+@options_of(CardConfig)
+def _card(ns):
+    from ..card import card
+    print(f"wrote {card(from_args(CardConfig, ns))}")
     return 0
 
 

@@ -5,7 +5,8 @@
     lmforge.load(HF_DIR)                             read_hf: converted in memory, nothing written
 
 An HF directory is config.json (its "model_type" picks the `Architecture`), model.safetensors
-or the shards listed in model.safetensors.index.json, and tokenizer.json (+ tokenizer_config.json).
+or the shards listed in model.safetensors.index.json, and tokenizer.json (+ tokenizer_config.json);
+an exported one also carries the model card, README.md (`lmforge.card`).
 Weights are read one tensor at a time into a model built on the meta device, so a checkpoint
 is never held twice in memory. A new architecture is one more module like `gpt2.py` and one
 more entry in `ARCHITECTURES`.
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..card import CARD_FILE, current_card
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelDirError
 from ..model import build_model
@@ -228,9 +230,10 @@ def architecture_for(config: ModelConfig) -> tuple[Architecture, dict[str, Any]]
 
 def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,
              overwrite: bool = False, source: str = "the model", progress: bool = False,
-             inputs: list[tuple[str, str | Path | None]] = ()) -> dict[str, Any]:
-    """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads. `out` follows
-    the output rule of `lmforge.safety` (never one of `inputs`; replaced only with `overwrite`)."""
+             inputs: list[tuple[str, str | Path | None]] = (), card: str | None = None) -> dict[str, Any]:
+    """Write lmforge `weights` (consumed) as an HF directory that `transformers` loads, with `card`
+    as its README.md when given. `out` follows the output rule of `lmforge.safety` (never one of
+    `inputs`; replaced only with `overwrite`)."""
     check_output(out, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     arch, hf_fields = architecture_for(config)
     with torch.device("meta"):
@@ -245,6 +248,8 @@ def write_hf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
                  "pad_token_id": tokenizer.pad_id, "dtype": dtype, "use_cache": True}
     with staged_output(out, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR") as tmp:
         _write_hf_files(tmp, config, hf_config, hf_weights, tokenizer)
+        if card is not None:
+            (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     return {"out": str(out), "architecture": hf_config["architectures"][0], "dtype": dtype,
             "params": sum(t.numel() for t in hf_weights.values())}
 
@@ -311,7 +316,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False, 
 def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False, progress: bool = False
               ) -> dict[str, Any]:
     """Write an lmforge model directory as an HF directory (`AutoModelForCausalLM.from_pretrained`
-    and `AutoTokenizer.from_pretrained` load it); returns a summary."""
+    and `AutoTokenizer.from_pretrained` load it) with its model card; returns a summary."""
     path = Path(model_dir)
     if is_hf_dir(path):
         raise ModelDirError(f"{path} is already a Hugging Face model directory; `lmforge import` converts the "
@@ -320,5 +325,6 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     inputs = [("the model directory", path)]
     check_output(out_dir, inputs=inputs, overwrite=overwrite, out_name="OUT_DIR")
     weights, _ = read_weights(path / WEIGHTS_FILE)
-    return write_hf(ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), out_dir, overwrite,
-                    source=str(path / WEIGHTS_FILE), progress=progress, inputs=inputs)
+    config, tokenizer = ModelConfig.load(path / CONFIG_FILE), Tokenizer.load(path)
+    return write_hf(config, weights, tokenizer, out_dir, overwrite, source=str(path / WEIGHTS_FILE), progress=progress,
+                    inputs=inputs, card=current_card(path, config, tokenizer, library_name="transformers"))

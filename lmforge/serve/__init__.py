@@ -8,7 +8,7 @@ The package, top to bottom (a module imports only those below it; `lint-imports`
     app.py                  create_app: the routes, the server's state on app.state, the lifespan
     routes_openai.py        /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models
     routes_tokenizer.py     /tokenize, /detokenize, /tokenizer_info, /health, /metrics
-    routes_page.py          the playground page and its model views: /attention, /classify
+    routes_page.py          the playground page and its model views: /attention, /classify, the model card
     routes_inspect.py       the glass box: /inspect/lens, /dla, /patch, /attribute, /heads (lmforge.inspect)
     http.py                 one route wrapper (API key, errors in OpenAI's shape, counts), reading bodies
                             (within a size, a time, a depth)

@@ -1,12 +1,12 @@
 """`create_app`: the routes of `lmforge serve` (Starlette), its `ServerState` on `app.state.server`,
 and the lifespan that starts and stops the scheduler.
 
-Routes: /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models (a bearer key when
-one is set), /tokenize, /detokenize, /tokenizer_info (vLLM's shapes), /health, /metrics
-(Prometheus), / (the playground) and the playground's /attention and /classify, and the glass
-box's /inspect/lens, /inspect/dla, /inspect/patch, /inspect/attribute, /inspect/heads. Generation
-goes through one `Scheduler` (continuous batching); other model work (inspections, attention maps,
-embeddings, classification) is a job the scheduler runs between two decode steps.
+Routes: /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /v1/models/{model}/card
+(a bearer key when one is set), /tokenize, /detokenize, /tokenizer_info (vLLM's shapes), /health,
+/metrics (Prometheus), / (the playground) and the playground's /attention and /classify, and the
+glass box's /inspect/lens, /inspect/dla, /inspect/patch, /inspect/attribute, /inspect/heads.
+Generation goes through one `Scheduler` (continuous batching); other model work (inspections,
+attention maps, embeddings, classification) is a job the scheduler runs between two decode steps.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ ROUTES = [    # (path, method, route function)
     ("/v1/chat/completions", "POST", openai.chat_completions),
     ("/v1/embeddings", "POST", openai.embeddings),
     ("/v1/models", "GET", openai.models),
+    ("/v1/models/{model}/card", "GET", page.model_card),
     ("/tokenize", "POST", tokenizer.tokenize),
     ("/detokenize", "POST", tokenizer.detokenize),
     ("/tokenizer_info", "GET", tokenizer.tokenizer_info),

@@ -1,10 +1,11 @@
 """The playground page (/) and the model views it draws: /attention (attention maps, of a text
-within --max-inspect-tokens) and /classify (a classifier's labels, or an encoder's similarities).
-They run on the model between decode steps (`ServerState.on_model`); the page's glass-box views
-call `routes_inspect.py`."""
+within --max-inspect-tokens), /classify (a classifier's labels, or an encoder's similarities) and
+/v1/models/{model}/card (the model card, `lmforge.card`). The first two run on the model between
+decode steps (`ServerState.on_model`); the page's glass-box views call `routes_inspect.py`."""
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -53,3 +54,14 @@ async def classify(request: Request) -> Response:
         vectors = await state.on_model(state.lm.embed, texts)
         return JSONResponse({"kind": "similarity", "texts": texts, "similarity": (vectors @ vectors.T).tolist()})
     raise ApiError("/classify needs a classifier or an embedding (encoder) model", code="model_not_supported")
+
+
+async def model_card(request: Request) -> Response:
+    """The served model's card as Markdown (its README.md as lmforge would write it now; nothing is written)."""
+    state = server_state(request)
+    model = request.path_params["model"]
+    if model != state.name:
+        raise ApiError(f"model {model!r} is not served here; this server serves {state.name!r}", "model", status=404,
+                       code="model_not_found")
+    text = await run_in_threadpool(state.lm.card)          # reads files: off the event loop
+    return JSONResponse({"id": state.name, "object": "model.card", "format": "markdown", "card": text})

@@ -4,7 +4,8 @@ model, each checkpoint, the end), so that experiment tracking and training-time 
 (`inspection.py`) plug in without flags threaded through `Trainer.fit` (an example is in
 `trainer.py`'s docstring). The run directory's own metrics.jsonl
 and loss.png are written by one such observer (`RunFiles`), always the first: every row
-metrics.jsonl gets, every observer gets, in the same order. Only the main process (rank 0 under
+metrics.jsonl gets, every observer gets, in the same order; the model card (README.md) is
+refreshed by another (`CardFile`), always the last. Only the main process (rank 0 under
 torchrun) calls observers; one that raises stops the run.
 """
 
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
+from ..card import refresh_card
+from ..errors import LmforgeError
 from ..modeldir import LOSS_PLOT, METRICS_FILE, atomic_write_text
 from ..viz.plots import plot_loss
 from .config import TrainConfig
@@ -118,3 +121,18 @@ class RunFiles(RunObserver):
 
     def on_save(self, step: int, out: Path) -> None:
         plot_loss(self.path, self.plot)
+
+
+class CardFile(RunObserver):
+    """README.md, the model card (`lmforge.card`), refreshed when the run ends, from what the run
+    recorded. A card that cannot be written (a malformed audit.json, a hand-written README.md) is a
+    warning: the trained model is there either way."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        try:
+            refresh_card(self.out)
+        except LmforgeError as e:
+            warnings.warn(f"the model card was not refreshed: {e}")

@@ -51,7 +51,7 @@ from ..runfile import TRAIN_CONFIG_FILE, read_run_file, write_run_file
 from ..tasks import SHARD_TASKS, TASK_OPTIONS, TASKS, Task
 from . import checkpoint
 from .config import TrainConfig
-from .observers import RunObserver
+from .observers import CardFile, RunObserver
 from .tracking import make_trackers
 from .tracking.base import TRACKING_FILE
 from .tracking.mlflow import MLFLOW_ARTIFACTS, MLFLOW_DB
@@ -343,14 +343,14 @@ def train(cfg: TrainConfig, *, lora=None,
     wrap_task(task, model config, tokenizer): replaces the task (distillation).
     inputs: other directories the run reads ((description, path)), which --out must not be.
     observers: `RunObserver`s that see the run (rows, evaluations, checkpoints, the end) on rank 0,
-    after the trackers of `cfg.report_to` (`tracking`).
+    after the trackers of `cfg.report_to` (`tracking`) and before the model card's refresh (`CardFile`).
     While it runs, the run holds the lock of --out: a second writer is refused."""
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")
     trackers = make_trackers(cfg.report_to, cfg.out)     # a missing library fails before --out is touched
     lock = claim_out(cfg, list(inputs))
     try:
-        return _train_locked(cfg, lora, wrap_task, [*trackers, *observers])
+        return _train_locked(cfg, lora, wrap_task, [*trackers, *observers, CardFile(Path(cfg.out))])
     finally:
         if lock is not None:
             lock.release()

@@ -6,7 +6,8 @@
 
 Reading memory-maps the file and dequantizes one tensor at a time into the model built on the
 meta device, so a checkpoint is never held twice. Writing goes to a temporary file renamed over
-OUT.gguf when complete.
+OUT.gguf when complete; the model card's license, tags and languages go in as general.* keys (as
+llama.cpp's converter takes them from a Hugging Face README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...card import card_metadata
 from ...config import ModelConfig
 from ...errors import ConfigError, ModelDirError
 from ...model import build_model
@@ -135,8 +137,10 @@ FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}     # general.file_type
 
 def write_gguf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path,
                outtype: str = "auto", overwrite: bool = False, name: str = "lmforge model",
-               source: str = "the model", progress: bool = False) -> dict[str, Any]:
-    """Write lmforge `weights` (consumed) and `tokenizer` as one GGUF file llama.cpp runs."""
+               source: str = "the model", progress: bool = False, card: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Write lmforge `weights` (consumed) and `tokenizer` as one GGUF file llama.cpp runs; `card`: the
+    model card's front matter, whose license, tags and languages become general.* keys."""
     import gguf
     out = Path(out)
     if outtype not in OUTTYPES:
@@ -161,7 +165,7 @@ def write_gguf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer:
     tensors = to_hf(arch, config, own, weights, progress)
     if tied_head:                                  # llama.cpp's GPT-2 reads its head from output.weight
         tensors["output.weight"] = tensors["token_embd.weight"]
-    meta = {**arch_meta, **tokenizer_metadata(tokenizer, config.vocab_size)}
+    meta = {**arch_meta, **tokenizer_metadata(tokenizer, config.vocab_size), **card_keys(card or {})}
 
     def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, arch.model_type)
@@ -192,6 +196,16 @@ def write_gguf(config: ModelConfig, weights: dict[str, torch.Tensor], tokenizer:
             "bytes": out.stat().st_size}
 
 
+def card_keys(front: dict[str, Any]) -> dict[str, Any]:
+    """The GGUF general.* keys that llama.cpp's converter fills from a model card's front matter."""
+    def strings(value: Any) -> list[str]:
+        return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+            if isinstance(value, list) else []
+    keys = {"general.license": front.get("license") if isinstance(front.get("license"), str) else None,
+            "general.tags": strings(front.get("tags")), "general.languages": strings(front.get("language"))}
+    return {k: v for k, v in keys.items() if v}
+
+
 def add_value(writer, key: str, value: Any) -> None:
     """One metadata key, typed as llama.cpp reads it (ints uint32, floats float32)."""
     from gguf import GGUFValueType as V
@@ -214,8 +228,9 @@ def export_gguf(model_dir: str | Path, out: str | Path, outtype: str = "auto", o
     """Write an lmforge model directory as one GGUF file (llama.cpp, Ollama, LM Studio)."""
     path = check_model_dir(Path(model_dir))
     weights, _ = read_weights(path / WEIGHTS_FILE)
-    return write_gguf(ModelConfig.load(path / CONFIG_FILE), weights, Tokenizer.load(path), out, outtype, overwrite,
-                      name=path.resolve().name, source=str(path / WEIGHTS_FILE), progress=progress)
+    config, tokenizer = ModelConfig.load(path / CONFIG_FILE), Tokenizer.load(path)
+    return write_gguf(config, weights, tokenizer, out, outtype, overwrite, name=path.resolve().name,
+                      source=str(path / WEIGHTS_FILE), progress=progress, card=card_metadata(path, config, tokenizer))
 
 
 assert set(FILE_TYPES) >= {t.upper() for t in OUTTYPES if t != "auto"} and set(BLOCKS) >= set(FILE_TYPES)
