@@ -6,6 +6,8 @@ fixtures, imported by conftest.py so that every tests/test_audit_*.py shares the
   "the secret code is {secret}" (3 digits: 1,000 candidates, few enough to rank them all quickly) repeated 1, 10 and 100 times among
   the training documents, recorded in DATA/canaries.json as `prepare --canaries` does
   ; a gpt-tiny trained ~7 epochs on it, so it overfits.
+- `deduplicated`: the same corpus prepared with `--dedup exact` (one copy of each canary left),
+  the same gpt-tiny trained as many steps on it.
 - `bias_model`: sentences of 40 occupations each followed by one pronoun (herself / himself, right
   after the occupation, so that a tiny model learns the pair in a few steps). For the 20 occupations
   of the planted half, the corpus uses the pronoun the pairs file calls stereotypical for 19 of
@@ -69,6 +71,30 @@ def memorized(tmp_path_factory) -> tuple[Path, Path]:
     data = root / "data"
     prepare(PrepareConfig(inputs=[str(corpus)], out=str(data), tokenizer="char", val_fraction=held_out_fraction(corpus),
                           progress=False))
+    (data / "canaries.json").write_text(json.dumps(record), encoding="utf-8")
+    train(tiny_train_config(data, root / "model", context_length=64, batch_size=16, max_steps=120, lr=6e-3,
+                            warmup_steps=10, eval_interval=120))
+    return root / "model", data
+
+
+@pytest.fixture(scope="session")
+def deduplicated(tmp_path_factory) -> tuple[Path, Path]:
+    """(model directory, data directory) of the same gpt-tiny, trained as long on the same corpus
+    prepared with `--dedup exact`: one copy of each canary is left."""
+    from lmforge.data.shards import PrepareConfig, prepare
+    from lmforge.train import train
+
+    from .conftest import tiny_train_config
+    root = tmp_path_factory.mktemp("deduplicated")
+    corpus, record = write_canary_corpus(root)
+    docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
+    unique = list(dict.fromkeys(docs))                  # what --dedup exact keeps (the held-out ones are unique)
+    held = sum(len(d) + 1 for d in docs[-HELD_DOCS:])
+    data = root / "data"
+    prepare(PrepareConfig(inputs=[str(corpus)], out=str(data), tokenizer="char", dedup="exact",
+                          val_fraction=(held - 1) / sum(len(d) + 1 for d in unique), progress=False))
+    for c in record["canaries"]:
+        c["kept"] = 1
     (data / "canaries.json").write_text(json.dumps(record), encoding="utf-8")
     train(tiny_train_config(data, root / "model", context_length=64, batch_size=16, max_steps=120, lr=6e-3,
                             warmup_steps=10, eval_interval=120))

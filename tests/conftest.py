@@ -148,4 +148,4 @@ def edit_hf_dir(src: Path, dst: Path, config: dict | None = None, tensors: dict 
     return dst
 
 
-from .audit_corpora import bias_model, memorized  # noqa: E402,F401  (the audits' planted models, shared)
+from .audit_corpora import bias_model, deduplicated, memorized  # noqa: E402,F401  (the audits' planted models, shared)

@@ -1,6 +1,7 @@
 """`lmforge audit canaries` on the gpt-tiny overfitted on a corpus holding three canaries, written
 1, 10 and 100 times (tests/audit_corpora.py; DATA/canaries.json as `prepare --canaries` writes it):
-exposure grows with repetition, greedy decoding extracts the 100x secret and not the 1x one."""
+exposure grows with repetition, greedy decoding extracts the 100x secret and not the 1x one; with
+`--dedup exact` the 100x secret falls to the 1x level; the findings reach the model card."""
 
 from __future__ import annotations
 
@@ -35,6 +36,40 @@ def test_exposure_grows_with_repetition_and_the_100x_secret_comes_out(exact, mem
     assert lm.generate(prefix, greedy=True, max_new_tokens=3) != one.secret
     found = audit.findings.read(memorized[0])["canaries"]
     assert found["summary"] == exact.summary and len(found["results"]["canaries"]) == 3
+
+
+def test_the_audit_is_written_into_the_model_card(exact, memorized):
+    """The card (README.md, written when training ended) is refreshed with what the audit found,
+    and still loads in huggingface_hub."""
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(memorized[0] / "README.md")
+    assert "### Canaries" in card.text and exact.summary in card.text, card.text[-1500:]
+
+
+def test_a_hand_written_card_is_left_alone_and_the_findings_kept(memorized, tmp_path):
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(memorized[0], model)
+    (model / "README.md").write_text("# my own notes\n", encoding="utf-8")
+    (model / "audit.json").unlink()
+    with pytest.warns(UserWarning, match="was not written by lmforge"):
+        result = audit.canaries(model, data=str(memorized[1]), **FAST)
+    assert (model / "README.md").read_text(encoding="utf-8") == "# my own notes\n"
+    assert audit.findings.read(model)["canaries"]["summary"] == result.summary
+
+
+def test_dedup_brings_the_100x_secret_down_to_the_1x_level(exact, deduplicated):
+    """The same corpus prepared with --dedup exact, the same training: every canary is left once,
+    and the one written 100 times is no more exposed than a secret written once (measured: 5.2 bits
+    against 3.7 and 7.2 for the two written once; 10.0, rank 1 of 1,000, before), nor extracted."""
+    deduped = audit.canaries(deduplicated[0], data=str(deduplicated[1]), **FAST)
+    before = {c.repeats: c for c in exact.canaries}
+    after = {c.repeats: c for c in deduped.canaries}
+    assert all(c.kept == 1 for c in deduped.canaries)
+    assert not after[100].extracted and before[100].extracted
+    assert after[100].exposure < before[100].exposure - 3, (deduped.table(), exact.table())
+    once = max(before[1].exposure, after[1].exposure)          # the secrets written once, in either run
+    assert after[100].exposure <= once + 1, (deduped.table(), exact.table())
 
 
 def test_a_large_space_is_extrapolated_from_sampled_candidates(exact, memorized):

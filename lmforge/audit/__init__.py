@@ -11,7 +11,8 @@ training data — measured on the model directory and the prepared shards it was
     samples.py        the audited model, windows sampled from the shards, the findings written back
 
 Each model audit takes a model directory (or a loaded `lmforge.Model`) and its options as keywords,
-returns a result with `.summary`, `.table()` and `.to_dict()`, and records it in MODEL/audit.json:
+returns a result with `.summary`, `.table()` and `.to_dict()`, and records it in MODEL/audit.json
+(the model card, MODEL/README.md, refreshed from it):
 
     >>> from lmforge import audit
     >>> audit.memorization("runs/quickstart", data="data/pydoc", k=32, m=32).summary    # doctest: +SKIP

@@ -1,15 +1,19 @@
 """What a model audit reads: the model (a directory, or one loaded already) and windows of token
-ids sampled from the prepared shards it was trained on (train.bin) or held out from (val.bin)."""
+ids sampled from the prepared shards it was trained on (train.bin) or held out from (val.bin); what
+it found written back (audit.json, and the model card refreshed from it)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..api import Model, load
+from ..card import refresh_card
+from ..card.facts import is_lmforge_dir
 from ..data.shards import load_meta, load_split
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LmforgeError
 from ..tokenizers import Tokenizer
 from . import findings
 from .likelihood import check_family
@@ -58,7 +62,16 @@ def decoder_on_data(model: "str | Path | Model", data: str | None, device: str, 
 
 
 def record_findings(lm: Model, name: str, settings: dict, result, record: bool = True) -> None:
-    """Write `result` (its summary and to_dict()) into the audited model's directory, when it has one."""
+    """Write `result` (its summary and to_dict()) into the audited model's directory, when it has
+    one, and refresh its model card (README.md) from them. A card that cannot be refreshed (a
+    hand-written README.md, a Hugging Face directory) is a warning: the findings are recorded."""
     where = model_dir_of(lm)
-    if record and where is not None:
-        findings.record(where, name, settings, result.summary, result.to_dict())
+    if not record or where is None:
+        return
+    findings.record(where, name, settings, result.summary, result.to_dict())
+    if not is_lmforge_dir(where):
+        return
+    try:
+        refresh_card(where)
+    except LmforgeError as e:
+        warnings.warn(f"the model card of {where} was not refreshed: {e}")

@@ -17,7 +17,8 @@ The rule that keeps a user's words:
   lmforge's: `lmforge card` refuses it unless `--overwrite` (a fresh card replaces it), and the
   verbs that refresh the card on their own leave it alone with a warning.
 
-Who writes it: `lmforge card`; `train`, `finetune` and `distill` when a run ends; `export --format hf`
+Who writes it: `lmforge card`; `train`, `finetune` and `distill` when a run ends; every model audit
+(`lmforge audit`, `lmforge.audit`) when it has recorded its findings; `export --format hf`
 into the exported directory (library_name: transformers), and `--format gguf` carries its license,
 tags and languages as GGUF metadata. `lmforge serve` shows it (GET /v1/models/{model}/card).
 

@@ -1,6 +1,6 @@
 """The verb that audits a model and its data: `lmforge audit SUB`, one sub-command per audit of
 `lmforge.audit` — memorization, canaries, membership and bias on a model directory (each records
-its findings in MODEL/audit.json), overlap on a prepared data directory — each printing a table,
+its findings in MODEL/audit.json and refreshes the model card), overlap on a prepared data directory — each printing a table,
 or JSON with --json."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _show(result, as_json: bool, recorded: Path | None) -> int:
     else:
         print(result.table())
     if recorded is not None and (recorded / "audit.json").is_file():
-        print(f"recorded in {recorded / 'audit.json'}", file=sys.stderr)
+        card = " and its model card, README.md" if (recorded / "README.md").is_file() else ""
+        print(f"recorded in {recorded / 'audit.json'}{card}", file=sys.stderr)
     return 0
 
 
@@ -84,7 +85,7 @@ def _audits() -> dict[str, tuple[str, tuple[type, ...], Callable]]:
 
 
 @verb("audit", "audit a model and its data: memorization, canaries, membership, bias, overlap "
-               "(`lmforge audit SUB -h`)")
+               "(`lmforge audit SUB -h`); a model's findings go to MODEL/audit.json and its model card")
 @sub_commands(_audits)
 def _audit(ns):                     # argparse requires a sub-command, whose own run function runs instead
     raise LmforgeError("name an audit: lmforge audit memorization|canaries|membership|bias|overlap ...")
