@@ -61,11 +61,13 @@ def main() -> int:
     corpus = work / "pydoc_topics.txt"
     corpus.write_text(pydoc_corpus(), encoding="utf-8")
     rows = {dedup: one_run(work, corpus, dedup, args) for dedup in ("none", "exact")}
-    print(f"\n{'--dedup':8} {'repeats':>7} {'kept':>5} {'exposure':>9} {'extracted':>9}")
+    print(f"\n{'--dedup':8} {'repeats':>7} {'kept':>5} {'log-lik':>8} {'exposure':>9} {'extracted':>9}")
     for dedup, found in rows.items():
         for c in sorted(found["canaries"], key=lambda c: c["repeats"]):
-            print(f"{dedup:8} {c['repeats']:>7} {c['kept']:>5} {c['exposure']:>9.1f} {'yes' if c['extracted'] else 'no':>9}")
-    print(f"(exposure in bits, at most {rows['none']['max_exposure']:.1f}; "
+            print(f"{dedup:8} {c['repeats']:>7} {c['kept']:>5} {c['log_likelihood']:>8.1f} {c['exposure']:>9.1f} "
+                  f"{'yes' if c['extracted'] else 'no':>9}")
+    print(f"(log-likelihood of the secret's document in nats; exposure in bits, at most "
+          f"{rows['none']['max_exposure']:.1f}; "
           f"{args.preset}, {args.max_steps} steps; data and models in {work})")
     return 0
 
