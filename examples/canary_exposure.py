@@ -2,6 +2,7 @@
 on real English text every Python has (`pydoc_data.topics`, the quickstart's corpus):
 
     python examples/canary_exposure.py                 # two runs of ~5 min each on 2 cores, then the table
+    python examples/canary_exposure.py --corpus my_corpus.txt --work runs/canaries
 
 Twice, with `--dedup none` and with `--dedup exact`:
 
@@ -49,17 +50,23 @@ def one_run(work: Path, corpus: Path, dedup: str, args) -> dict:
     return json.loads(run(["audit", "canaries", str(out), "--data", str(data), "--json", "--no-progress"]))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", help="where the data and models go (default: a new temporary directory)")
     p.add_argument("--preset", default="gpt-mini")
     p.add_argument("--max-steps", type=int, default=1500)
-    args = p.parse_args()
+    p.add_argument("--corpus", help="a text file to plant the secrets in (default: Python's pydoc topics)")
+    args = p.parse_args(argv)
     from lmforge.quickstart import pydoc_corpus
     work = Path(args.work or tempfile.mkdtemp(prefix="canaries-"))
     work.mkdir(parents=True, exist_ok=True)
-    corpus = work / "pydoc_topics.txt"
-    corpus.write_text(pydoc_corpus(), encoding="utf-8")
+    if args.corpus:
+        corpus = Path(args.corpus)
+        if not corpus.is_file():
+            sys.exit(f"--corpus {corpus}: no such file; give a text file")
+    else:
+        corpus = work / "pydoc_topics.txt"
+        corpus.write_text(pydoc_corpus(), encoding="utf-8")
     rows = {dedup: one_run(work, corpus, dedup, args) for dedup in ("none", "exact")}
     print(f"\n{'--dedup':8} {'repeats':>7} {'kept':>5} {'log-lik':>8} {'exposure':>9} {'extracted':>9}")
     for dedup, found in rows.items():

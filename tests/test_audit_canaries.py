@@ -99,3 +99,23 @@ def test_cli_table_and_errors(memorized, tmp_path, capsys):
     assert main(["audit", "canaries", str(model), "--data", str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "is not a canaries file" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_readme_demonstration_runs(tmp_path, capsys):
+    """examples/canary_exposure.py (the README's table) end to end on a short corpus and 3 steps."""
+    import importlib.util
+    from pathlib import Path
+
+    from .conftest import corpus_text
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text()[:20_000], encoding="utf-8")
+    path = Path(__file__).resolve().parents[1] / "examples" / "canary_exposure.py"
+    spec = importlib.util.spec_from_file_location("canary_exposure", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--work", str(tmp_path / "work"), "--preset", "gpt-tiny", "--max-steps", "3", "--corpus", str(corpus)]
+    assert example.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("none ", "exact "))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("none", "1", "1"), ("none", "10", "10"), ("none", "100", "100"),
+                                                  ("exact", "1", "1"), ("exact", "10", "1"), ("exact", "100", "1")]
