@@ -22,8 +22,8 @@ BASELINE_NAMES = {"word": "word 1-2-grams", "char": "character 2-5-grams"}
 MISSING_HINT = ("scikit-learn is not installed, so no TF-IDF baseline is reported beside this classifier; "
                 "pip install \"lmforge[baseline]\" (or pass --no-baseline)")
 # what usually closes the gap, most effective first (docs/finetuning.md, "Pretrain, then fine-tune")
-FIXES = ("start from a pretrained encoder (`lmforge train --task rtd` or `--task mlm` on unlabelled text, then "
-         "`lmforge finetune ENCODER --task classify`, or an imported model such as all-MiniLM-L6-v2), train longer "
+FIXES = ("start from a pretrained encoder (an imported one such as all-MiniLM-L6-v2, or your own: `lmforge train "
+         "--task mlm` on unlabelled text, then `lmforge finetune ENCODER --task classify`), train longer "
          "(--max-steps), or use the baseline itself")
 
 
