@@ -86,8 +86,9 @@ def test_cli_table_and_errors(memorized, tmp_path, capsys):
     model, data = memorized
     assert main(["audit", "canaries", str(model), "--data", str(data), "--enumerate-limit", "10", "--samples", "200",
                  "--no-progress", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "exposure at most 9.97 bits; rank by skew-normal fit to 200 sampled candidates" in out and "c2" in out
+    assert f"recorded in {model / 'audit.json'} and the model card, README.md" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("meta.json", "tokenizer.json", "tokenizer_config.json", "train.bin", "val.bin"):

@@ -1,7 +1,7 @@
 """The verb that audits a model and its data: `lmforge audit SUB`, one sub-command per audit of
 `lmforge.audit` — memorization, canaries, membership and bias on a model directory (each records
-its findings in MODEL/audit.json and refreshes the model card), overlap on a prepared data directory — each printing a table,
-or JSON with --json."""
+its findings in MODEL/audit.json and refreshes the model card), overlap on a prepared data
+directory — each printing a table, or JSON with --json."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def _show(result, as_json: bool, recorded: Path | None) -> int:
     else:
         print(result.table())
     if recorded is not None and (recorded / "audit.json").is_file():
-        card = " and its model card, README.md" if (recorded / "README.md").is_file() else ""
+        from ..card import CARD_FILE, has_markers
+        readme = recorded / CARD_FILE
+        card = f" and the model card, {CARD_FILE}" if readme.is_file() and has_markers(
+            readme.read_text(encoding="utf-8", errors="replace")) else ""
         print(f"recorded in {recorded / 'audit.json'}{card}", file=sys.stderr)
     return 0
 
