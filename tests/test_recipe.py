@@ -1,10 +1,13 @@
 """The pretrain -> fine-tune recipe (examples/pretrain_finetune_topics.py) end to end on a tiny
 table: the unlabelled text leaves the held-out rows out, the encoder is pretrained with the
-masked-LM objective and fine-tuned into a classifier, and a bad input is one line, exit 2."""
+masked-LM objective and fine-tuned into a classifier, and a bad input is one line, exit 2; the
+second benchmark table (examples/debian_sections_table.py) is built from apt's Packages files."""
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 from lmforge.tasks.classify import ClassifyConfig, split_rows, training_texts
 from lmforge.data.tables import read_table
@@ -48,3 +51,27 @@ def test_pretrain_then_finetune_recipe_runs_and_reports(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert recipe().main(["--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_debian_sections_table_is_built_from_packages_files(tmp_path):
+    """examples/debian_sections_table.py on a small Packages file: synopsis -> section, the
+    section's archive prefix dropped, a synopsis seen twice kept once, the top sections only."""
+    import csv
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    stanzas = [("a", "Python bindings for foo", "python"), ("b", "Python bindings for bar", "python"),
+               ("c", "network daemon", "contrib/net"), ("d", "network daemon", "net"), ("e", "a game", "games"),
+               ("f", "another tool", "net")]
+    (lists / "x_main_binary-amd64_Packages").write_text(
+        "\n\n".join(f"Package: {p}\nVersion: 1\nDescription: {d}\nSection: {s}" for p, d, s in stanzas) + "\n")
+    spec = importlib.util.spec_from_file_location(
+        "debian_sections", Path(__file__).resolve().parents[1] / "examples" / "debian_sections_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "t.tsv"
+    assert module.main(["--lists", str(lists), "--out", str(out), "--sections", "2"]) == 0
+    rows = sorted((r["text"], r["label"]) for r in csv.DictReader(out.open(), delimiter="\t"))
+    assert rows == [("Python bindings for bar", "python"), ("Python bindings for foo", "python"),
+                    ("another tool", "net"), ("network daemon", "net")]
+    with pytest.raises(SystemExit):
+        module.main(["--lists", str(tmp_path / "none"), "--out", str(out)])
