@@ -20,6 +20,7 @@ from .errors import ModelDirError
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"   # a LoRA run's directory
 METRICS_FILE, LOSS_PLOT = "metrics.jsonl", "loss.png"     # what a training run logs, and its plot of that
+AUDIT_FILE = "audit.json"            # what the audits found (lmforge.audit.findings), read by the model card
 
 
 def is_adapter_dir(path: str | Path) -> bool:

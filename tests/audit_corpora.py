@@ -51,54 +51,48 @@ def write_canary_corpus(directory: Path, seed: int = 1) -> tuple[Path, dict]:
     return path, record
 
 
-def held_out_fraction(corpus: Path) -> float:
+def held_out_fraction(corpus: Path, dedup: bool = False) -> float:
     """The val_fraction whose validation split is the held-out documents (char tokens: one per
-    character, plus <eos> per document), a token less so that no training text is in it."""
+    character, plus <eos> per document), a token less so that no training text is in it; with
+    `dedup`, of what `--dedup exact` keeps (the held-out documents are unique)."""
     docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
     held = sum(len(d) + 1 for d in docs[-HELD_DOCS:])
-    return (held - 1) / sum(len(d) + 1 for d in docs)
+    kept = list(dict.fromkeys(docs)) if dedup else docs
+    return (held - 1) / sum(len(d) + 1 for d in kept)
+
+
+def overfitted(root: Path, dedup: str = "none") -> tuple[Path, Path]:
+    """(model directory, data directory): the canary corpus prepared with `dedup` (its canaries.json
+    as `prepare --canaries` writes it: `kept` 1 each after --dedup exact) and a gpt-tiny trained
+    ~7 epochs on it."""
+    from lmforge.data.shards import PrepareConfig, prepare
+    from lmforge.train import train
+
+    from .conftest import tiny_train_config            # (here: conftest imports this module's fixtures)
+    corpus, record = write_canary_corpus(root)
+    data = root / "data"
+    prepare(PrepareConfig(inputs=[str(corpus)], out=str(data), tokenizer="char", dedup=dedup, progress=False,
+                          val_fraction=held_out_fraction(corpus, dedup=dedup == "exact")))
+    if dedup == "exact":
+        for c in record["canaries"]:
+            c["kept"] = 1
+    (data / "canaries.json").write_text(json.dumps(record), encoding="utf-8")
+    train(tiny_train_config(data, root / "model", context_length=64, batch_size=16, max_steps=120, lr=6e-3,
+                            warmup_steps=10, eval_interval=120))
+    return root / "model", data
 
 
 @pytest.fixture(scope="session")
 def memorized(tmp_path_factory) -> tuple[Path, Path]:
     """(model directory, data directory) of a gpt-tiny overfitted on the canary corpus."""
-    from lmforge.data.shards import PrepareConfig, prepare
-    from lmforge.train import train
-
-    from .conftest import tiny_train_config            # (here: conftest imports this module's fixtures)
-    root = tmp_path_factory.mktemp("memorized")
-    corpus, record = write_canary_corpus(root)
-    data = root / "data"
-    prepare(PrepareConfig(inputs=[str(corpus)], out=str(data), tokenizer="char", val_fraction=held_out_fraction(corpus),
-                          progress=False))
-    (data / "canaries.json").write_text(json.dumps(record), encoding="utf-8")
-    train(tiny_train_config(data, root / "model", context_length=64, batch_size=16, max_steps=120, lr=6e-3,
-                            warmup_steps=10, eval_interval=120))
-    return root / "model", data
+    return overfitted(tmp_path_factory.mktemp("memorized"))
 
 
 @pytest.fixture(scope="session")
 def deduplicated(tmp_path_factory) -> tuple[Path, Path]:
     """(model directory, data directory) of the same gpt-tiny, trained as long on the same corpus
     prepared with `--dedup exact`: one copy of each canary is left."""
-    from lmforge.data.shards import PrepareConfig, prepare
-    from lmforge.train import train
-
-    from .conftest import tiny_train_config
-    root = tmp_path_factory.mktemp("deduplicated")
-    corpus, record = write_canary_corpus(root)
-    docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
-    unique = list(dict.fromkeys(docs))                  # what --dedup exact keeps (the held-out ones are unique)
-    held = sum(len(d) + 1 for d in docs[-HELD_DOCS:])
-    data = root / "data"
-    prepare(PrepareConfig(inputs=[str(corpus)], out=str(data), tokenizer="char", dedup="exact",
-                          val_fraction=(held - 1) / sum(len(d) + 1 for d in unique), progress=False))
-    for c in record["canaries"]:
-        c["kept"] = 1
-    (data / "canaries.json").write_text(json.dumps(record), encoding="utf-8")
-    train(tiny_train_config(data, root / "model", context_length=64, batch_size=16, max_steps=120, lr=6e-3,
-                            warmup_steps=10, eval_interval=120))
-    return root / "model", data
+    return overfitted(tmp_path_factory.mktemp("deduplicated"), dedup="exact")
 
 
 # ---- bias ----------------------------------------------------------------------------------------------

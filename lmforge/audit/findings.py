@@ -1,6 +1,6 @@
 """What the audits found, kept in the model directory: `MODEL/audit.json`, one key per audit
 (memorization, canaries, membership, bias), a rerun replacing its own key. The model card reads
-this file as plain JSON (it does not import lmforge.audit), one section per key.
+this file (`lmforge.card.facts.read_audit`, which `read` is), one section per key.
 
     {"memorization": {"when": "2026-12-03T18:40:00Z",            # UTC, ISO 8601
                       "settings": {"data": "data/pydoc", "k": 32, "m": 32, "windows": 200, ...},
@@ -18,23 +18,16 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from ..card.facts import read_audit
 from ..errors import ModelDirError
-from ..fileio import read_json
-from ..modeldir import write_json
+from ..modeldir import AUDIT_FILE, write_json
 
-AUDIT_FILE = "audit.json"
 KEYS = ("when", "settings", "summary", "results")
 
 
 def read(model_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The findings recorded in `model_dir` ({} when no audit has run there)."""
-    path = Path(model_dir) / AUDIT_FILE
-    if not path.is_file():
-        return {}
-    found = read_json(path, "delete it and run the audits again", error=ModelDirError)
-    if not isinstance(found, dict):
-        raise ModelDirError(f"{path} holds no JSON object; delete it and run the audits again")
-    return found
+    return read_audit(Path(model_dir))
 
 
 def record(model_dir: str | Path, name: str, settings: dict, summary: str, results: dict) -> None:

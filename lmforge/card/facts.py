@@ -16,11 +16,10 @@ from ..config import ModelConfig
 from ..errors import DataError, ModelDirError
 from ..fileio import read_json
 from ..model import num_params
-from ..modeldir import ADAPTER_CONFIG, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_weights_metadata
+from ..modeldir import ADAPTER_CONFIG, AUDIT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_weights_metadata
 from ..runfile import TRAIN_CONFIG_FILE, read_run_file
 from ..tokenizers import Tokenizer
 
-AUDIT_FILE = "audit.json"                  # the audits' findings, one key per audit
 META_FILE = "meta.json"                    # what `lmforge prepare` recorded about the data
 REPORTS = ("classification_report.json", "translation_report.json")    # a task's final report on its test split
 
@@ -102,7 +101,8 @@ def optional_json(path: Path) -> Any:
 
 
 def read_audit(path: Path) -> dict[str, Any]:
-    """audit.json of the model directory `path` ({} when there is none), checked to be an object."""
+    """audit.json of the model directory `path` ({} when there is none), checked to be an object
+    (`lmforge.audit.findings.read`, too)."""
     audit = optional_json(Path(path) / AUDIT_FILE)
     if audit is None:
         return {}

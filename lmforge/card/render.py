@@ -50,11 +50,11 @@ def results(facts: Facts) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def model_index(facts: Facts) -> list[dict[str, Any]] | None:
-    """The evaluation results as the Hub's `model-index` (None when there are none, or the data
-    they were measured on is not known)."""
+def model_index(facts: Facts, found: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The evaluation results `found` (`results(facts)`) as the Hub's `model-index` (None when
+    there are none, or the data they were measured on is not known)."""
     entries = []
-    for r in results(facts):
+    for r in found:
         metrics = [{"type": METRICS[k][0], "value": round(float(v), 4), "name": f"{r['split']} {METRICS[k][1]}"}
                    for k, v in r["scores"].items() if k in METRICS]
         if not metrics or not isinstance(r["data"], str):
@@ -70,12 +70,13 @@ def metadata(facts: Facts, library_name: str = "lmforge") -> dict[str, Any]:
     """The front matter lmforge knows (license and language are the user's: `files.merge_metadata`)."""
     tags = ["lmforge", facts.config.family] + [t for t in (facts.task, "lora" if facts.lora else None) if t]
     meta: dict[str, Any] = {"library_name": library_name, "pipeline_tag": pipeline_tag(facts), "tags": tags}
-    if hub_dataset(facts):
-        meta["datasets"] = [hub_dataset(facts)]
-    metric_ids = sorted({METRICS[k][0] for r in results(facts) for k in r["scores"] if k in METRICS})
+    dataset, found = hub_dataset(facts), results(facts)
+    if dataset:
+        meta["datasets"] = [dataset]
+    metric_ids = sorted({METRICS[k][0] for r in found for k in r["scores"] if k in METRICS})
     if metric_ids:
         meta["metrics"] = metric_ids
-    index = model_index(facts)
+    index = model_index(facts, found)
     if index:
         meta["model-index"] = index
     return meta

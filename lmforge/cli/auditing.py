@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LmforgeError
+from ..modeldir import AUDIT_FILE
 from ..options import device_name, from_args, option, validate
 from .core import sub_commands, verb
 
@@ -37,12 +38,12 @@ def _show(result, as_json: bool, recorded: Path | None) -> int:
         print(json.dumps({"summary": result.summary, **result.to_dict()}, ensure_ascii=False))
     else:
         print(result.table())
-    if recorded is not None and (recorded / "audit.json").is_file():
+    if recorded is not None and (recorded / AUDIT_FILE).is_file():
         from ..card import CARD_FILE, has_markers
         readme = recorded / CARD_FILE
         card = f" and the model card, {CARD_FILE}" if readme.is_file() and has_markers(
             readme.read_text(encoding="utf-8", errors="replace")) else ""
-        print(f"recorded in {recorded / 'audit.json'}{card}", file=sys.stderr)
+        print(f"recorded in {recorded / AUDIT_FILE}{card}", file=sys.stderr)
     return 0
 
 
