@@ -4,16 +4,14 @@ it found written back (audit.json, and the model card refreshed from it)."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..api import Model, load
-from ..card import refresh_card
-from ..card.facts import is_lmforge_dir
+from ..card import refresh_card_after
 from ..data.shards import load_meta, load_split
-from ..errors import ConfigError, DataError, LmforgeError
+from ..errors import ConfigError, DataError
 from ..tokenizers import Tokenizer
 from . import findings
 from .likelihood import check_family
@@ -69,9 +67,4 @@ def record_findings(lm: Model, name: str, settings: dict, result, record: bool =
     if not record or where is None:
         return
     findings.record(where, name, settings, result.summary, result.to_dict())
-    if not is_lmforge_dir(where):
-        return
-    try:
-        refresh_card(where)
-    except LmforgeError as e:
-        warnings.warn(f"the model card of {where} was not refreshed: {e}")
+    refresh_card_after(where)

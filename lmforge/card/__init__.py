@@ -28,7 +28,8 @@ tags and languages as GGUF metadata. `lmforge serve` shows it (GET /v1/models/{m
 """
 
 from .facts import AUDIT_FILE, Facts, read_facts
-from .files import BEGIN, CARD_FILE, END, CardConfig, card, card_metadata, card_text, current_card, has_markers, refresh_card
+from .files import (BEGIN, CARD_FILE, END, CardConfig, card, card_metadata, card_text, current_card, has_markers,
+                    refresh_card, refresh_card_after)
 
 __all__ = ["AUDIT_FILE", "BEGIN", "CARD_FILE", "END", "CardConfig", "Facts", "card", "card_metadata", "card_text", "current_card",
-           "has_markers", "read_facts", "refresh_card"]
+           "has_markers", "read_facts", "refresh_card", "refresh_card_after"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import ModelConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LmforgeError
 from ..fileio import read_text
 from ..modeldir import atomic_write_text
 from ..options import option, validate
@@ -148,6 +148,20 @@ def refresh_card(model_dir: str | Path) -> Path | None:
         return None
     atomic_write_text(path / CARD_FILE, card_text(path, existing=existing))
     return path / CARD_FILE
+
+
+def refresh_card_after(model_dir: str | Path) -> Path | None:
+    """`refresh_card` for the verbs that refresh the card on their own (a run's end, an audit):
+    a directory that is not lmforge's (a Hugging Face one) is skipped, and a card that cannot be
+    written (a malformed audit.json) is a warning — what the verb made is there either way."""
+    path = Path(model_dir)
+    if not is_lmforge_dir(path):
+        return None
+    try:
+        return refresh_card(path)
+    except LmforgeError as e:
+        warnings.warn(f"the model card of {path} was not refreshed: {e}")
+        return None
 
 
 def current_card(path: str | Path | None, config: ModelConfig | None = None, tokenizer: Tokenizer | None = None,

@@ -18,8 +18,7 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from ..card import refresh_card
-from ..errors import LmforgeError
+from ..card import refresh_card_after
 from ..modeldir import LOSS_PLOT, METRICS_FILE, atomic_write_text
 from ..viz.plots import plot_loss
 from .config import TrainConfig
@@ -132,7 +131,4 @@ class CardFile(RunObserver):
         self.out = Path(out)
 
     def on_end(self, summary: dict[str, Any]) -> None:
-        try:
-            refresh_card(self.out)
-        except LmforgeError as e:
-            warnings.warn(f"the model card was not refreshed: {e}")
+        refresh_card_after(self.out)
