@@ -186,6 +186,9 @@ class ModelOverridesConfig:
     d_model: int | None = option(None, "override the preset's width", fixed=True, check=bounds(1))
     dropout: float | None = option(None, "override the preset's dropout", fixed=True,
                                    check=between(0, 1, high_open=True))
+    pooling: str | None = option(None, "how a classifier pools a sequence into one vector: cls (first token, "
+                                       "through the pooler if any), mean (over real tokens), last; auto: cls for "
+                                       "an encoder, last for a decoder", choices=POOLINGS, fixed=True)
 
     def __post_init__(self) -> None:
         validate(self)          # before any work: a run's flags, its run file and the API alike

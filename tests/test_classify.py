@@ -126,6 +126,30 @@ def test_classifier_from_an_encoder(encoder_classifier, tiny_encoder_dir):
     base = load(tiny_encoder_dir, device="cpu").module.state_dict()
     tuned = lm.module.state_dict()
     assert torch.equal(base["mlm_head.dense.weight"], tuned["mlm_head.dense.weight"])  # frozen: unused by the task
+    assert lm.config.pool_method == "mean" and torch.equal(base["pooler.dense.weight"], tuned["pooler.dense.weight"])
+    x = torch.tensor([[5, 6, 7, 8, 0, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():                                    # the head sees the mean over the real tokens
+        h = lm.module(x, key_valid=valid, head="hidden")
+        mean = h[:, :4].mean(1)
+        torch.testing.assert_close(lm.module(x, key_valid=valid, head="classify"), lm.module.classifier(mean))
+
+
+def test_fine_tune_chooses_the_pooling(tmp_path, tiny_encoder_dir, topics_csv):
+    """An encoder lmforge pretrains pools by mean (its [CLS] pooler is never trained); --pooling cls
+    at fine-tune time classifies the pooler's output for the first token instead, and that is
+    exactly the vector the head sees."""
+    assert load(tiny_encoder_dir, device="cpu").config.pool_method == "mean"
+    out = tmp_path / "cls"
+    cfg = tiny_train_config(topics_csv, out, max_steps=30, eval_interval=30, lr=2e-3, batch_size=16, pooling="cls")
+    finetune(FinetuneConfig(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyConfig(baseline=False))
+    m = load(out, device="cpu").module
+    assert m.config.pool_method == "cls"
+    x = torch.tensor([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
+    valid = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    with torch.no_grad():
+        h = m(x, key_valid=valid, head="hidden")
+        torch.testing.assert_close(m(x, key_valid=valid, head="classify"), m.classifier(m.pooler(h[:, 0])))
 
 
 def test_classifier_from_a_decoder(tmp_path, tiny_model_dir, topics_csv):

@@ -32,7 +32,7 @@ def pipeline_tag(facts: Facts) -> str:
         return "text-generation"
     if config.family == "seq2seq":
         return "translation"
-    return "sentence-similarity" if config.pooling != "auto" else "fill-mask"
+    return "fill-mask" if config.mlm_head else "sentence-similarity"
 
 
 def results(facts: Facts) -> list[dict[str, Any]]:

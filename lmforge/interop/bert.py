@@ -109,7 +109,8 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     if c.labels:
         if not c.pooler or c.pool_method != "cls":
             raise refuse("pooling", c.pool_method if c.pooler else "no pooler",
-                         "BertForSequenceClassification classifies the pooler's output for [CLS]")
+                         "BertForSequenceClassification classifies the pooler's output for [CLS]; fine-tune "
+                         "with --pooling cls to export the classifier")
         return {**fields, "architectures": ["BertForSequenceClassification"],
                 "id2label": {str(i): name for i, name in enumerate(c.labels)},
                 "label2id": {name: i for i, name in enumerate(c.labels)},

@@ -282,15 +282,14 @@ def _resume_start(cfg: TrainConfig, tokenizer: Tokenizer) -> _Start:
 
 
 def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
-    """The --init-from model's config, weights and tokenizer (only --dropout may change)."""
+    """The --init-from model's config, weights and tokenizer (only --dropout and --pooling may change)."""
     base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
     if base_config.quantization:
         raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
                           f"the original model and quantize the result")
     config = base_config
     overrides = cfg.model.given()
-    if "dropout" in overrides:
-        config = dataclasses.replace(config, dropout=overrides.pop("dropout"))
+    config = dataclasses.replace(config, **{k: overrides.pop(k) for k in ("dropout", "pooling") if k in overrides})
     if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
         raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
                           f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
@@ -302,12 +301,18 @@ def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
 
 
 def _fresh_start(cfg: TrainConfig, lora, tokenizer: Tokenizer | None) -> _Start:
-    """The preset, with the model flags and the data's vocabulary."""
+    """The preset, with the model flags and the data's vocabulary (an encoder pools by mean unless
+    --pooling says otherwise)."""
     if lora is not None:
         raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
                           "MODEL_DIR --lora-rank R` or --init-from)")
     vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
-    return _Start(get_preset(cfg.preset, **vocab, **cfg.model.given()), tokenizer)
+    config = get_preset(cfg.preset, **vocab, **cfg.model.given())
+    if config.family == "encoder" and config.pooling == "auto":
+        # lmforge never trains BERT's [CLS] pooler (no next-sentence task): an encoder it builds pools
+        # by mean, measured better for classifiers (docs/finetuning.md, "Pooling")
+        config = dataclasses.replace(config, pooling="mean")
+    return _Start(config, tokenizer)
 
 
 def _build_from_weights(cfg: TrainConfig, start: _Start, config: ModelConfig, lora) -> torch.nn.Module:
