@@ -58,6 +58,11 @@ def run_config(args, **kw):
     return build_flat(lmforge.TrainConfig, base)
 
 
+def classifier_flags(args) -> dict:
+    """The model flags a classifier run gets (--pooling, --dropout), where given."""
+    return {k: v for k, v in (("pooling", args.pooling), ("dropout", args.dropout)) if v is not None}
+
+
 def steps_for(args, seconds: float, calibrate) -> int:
     """Steps that fit `seconds` of CPU: `calibrate(clock)` runs a few steps observed by `clock`."""
     clock = CPUClock()
@@ -92,7 +97,8 @@ def arm_scratch(args, out: Path) -> dict:
     import lmforge
     o = options(args)
     cfg = lambda steps, **kw: run_config(args, task="classify", data=args.data, out=str(out / "scratch"),  # noqa: E731
-                                         max_steps=steps, task_options=o, **kw)
+                                         max_steps=steps, task_options=o,
+                                         **classifier_flags(args), **kw)
     t0 = time.process_time()
     steps = steps_for(args, args.cpu_minutes * 60 - (time.process_time() - t0),
                       lambda c: lmforge.train(cfg(12, eval_interval=12), observers=[c.observer]))
@@ -121,7 +127,8 @@ def finetune_for(args, arm_dir: Path, seconds: float) -> tuple[dict, int]:
     import lmforge
     from lmforge.train.finetune import FINETUNE_DEFAULTS
     ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
-                                                 "out": str(arm_dir / "classifier"), "max_steps": steps, **kw})
+                                                 "out": str(arm_dir / "classifier"), "max_steps": steps,
+                                                 **classifier_flags(args), **kw})
     encoder = lmforge.FinetuneConfig(str(arm_dir / "encoder"), task="classify")
     steps = steps_for(args, seconds, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
                                                                observers=[c.observer]))
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="bert-tiny")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pooling", choices=("cls", "mean"), help="classifier pooling (default: the model's, cls)")
+    p.add_argument("--dropout", type=float, help="classifier dropout (default: the model's, 0 for bert-tiny)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
     args = p.parse_args(argv)
     import torch
