@@ -276,6 +276,14 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def fresh_pooling(config: ModelConfig) -> ModelConfig:
+    """A model built from scratch: an encoder whose pooling is auto pools by mean. lmforge never trains
+    BERT's [CLS] pooler (no next-sentence task), and mean pooling measured better for its classifiers
+    (docs/finetuning.md, "Pooling"); --pooling chooses otherwise."""
+    return dataclasses.replace(config, pooling="mean") if config.family == "encoder" and config.pooling == "auto" \
+        else config
+
+
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """The named preset with `overrides` applied; unknown names list the known ones."""
     if name not in PRESETS:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ModelConfig, get_preset
+from ..config import ModelConfig, fresh_pooling, get_preset
 from ..data.pairs import TARGET_TOKENIZER_DIR
 from ..data.shards import load_meta
 from ..errors import ConfigError, ModelDirError
@@ -301,18 +301,12 @@ def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
 
 
 def _fresh_start(cfg: TrainConfig, lora, tokenizer: Tokenizer | None) -> _Start:
-    """The preset, with the model flags and the data's vocabulary (an encoder pools by mean unless
-    --pooling says otherwise)."""
+    """The preset, with the model flags and the data's vocabulary (`fresh_pooling`: an encoder pools by mean)."""
     if lora is not None:
         raise ConfigError("LoRA adapts an existing model: pass the base model directory (`lmforge finetune "
                           "MODEL_DIR --lora-rank R` or --init-from)")
     vocab = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
-    config = get_preset(cfg.preset, **vocab, **cfg.model.given())
-    if config.family == "encoder" and config.pooling == "auto":
-        # lmforge never trains BERT's [CLS] pooler (no next-sentence task): an encoder it builds pools
-        # by mean, measured better for classifiers (docs/finetuning.md, "Pooling")
-        config = dataclasses.replace(config, pooling="mean")
-    return _Start(config, tokenizer)
+    return _Start(fresh_pooling(get_preset(cfg.preset, **vocab, **cfg.model.given())), tokenizer)
 
 
 def _build_from_weights(cfg: TrainConfig, start: _Start, config: ModelConfig, lora) -> torch.nn.Module:
