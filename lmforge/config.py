@@ -186,9 +186,11 @@ class ModelOverridesConfig:
     d_model: int | None = option(None, "override the preset's width", fixed=True, check=bounds(1))
     dropout: float | None = option(None, "override the preset's dropout", fixed=True,
                                    check=between(0, 1, high_open=True))
-    pooling: str | None = option(None, "how a classifier pools a sequence into one vector: cls (first token, "
-                                       "through the pooler if any), mean (over real tokens), last; auto: cls for "
-                                       "an encoder, last for a decoder", choices=POOLINGS, fixed=True)
+    pooling: str | None = option(None, "how a classifier pools a sequence into one vector: mean (over the real "
+                                       "tokens), cls (first token, through BERT's pooler if any), last (last real "
+                                       "token)", choices=POOLINGS, fixed=True,
+                                 unset="the model's: mean for an encoder lmforge builds, cls for an imported BERT, "
+                                       "last for a decoder")
 
     def __post_init__(self) -> None:
         validate(self)          # before any work: a run's flags, its run file and the API alike
