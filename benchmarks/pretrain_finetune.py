@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="bert-tiny")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--pooling", choices=("cls", "mean"), help="classifier pooling (default: the model's: mean for the encoders built here)")
+    p.add_argument("--pooling", choices=("cls", "mean"),
+                   help="classifier pooling (default: the model's: mean for the encoders built here)")
     p.add_argument("--dropout", type=float, help="classifier dropout (default: the model's, 0 for bert-tiny)")
     p.add_argument("--seed", type=int, default=1337, help="training seed of every run (the split stays the table's)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
