@@ -59,8 +59,8 @@ def run_config(args, **kw):
 
 
 def classifier_flags(args) -> dict:
-    """The model flags a classifier run gets (--pooling, --dropout), where given."""
-    return {k: v for k, v in (("pooling", args.pooling), ("dropout", args.dropout)) if v is not None}
+    """The model flags a classifier run gets (--pooling), where given."""
+    return {"pooling": args.pooling} if args.pooling else {}
 
 
 def steps_for(args, seconds: float, calibrate) -> int:
@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pooling", choices=("cls", "mean"),
                    help="classifier pooling (default: the model's: mean for the encoders built here)")
-    p.add_argument("--dropout", type=float, help="classifier dropout (default: the model's, 0 for bert-tiny)")
     p.add_argument("--seed", type=int, default=1337, help="training seed of every run (the split stays the table's)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
     args = p.parse_args(argv)

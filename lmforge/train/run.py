@@ -287,9 +287,8 @@ def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
     if base_config.quantization:
         raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
                           f"the original model and quantize the result")
-    config = base_config
     overrides = cfg.model.given()
-    config = dataclasses.replace(config, **{k: overrides.pop(k) for k in ("dropout", "pooling") if k in overrides})
+    config = dataclasses.replace(base_config, **{k: overrides.pop(k) for k in ("dropout", "pooling") if k in overrides})
     if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
         raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
                           f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
