@@ -44,7 +44,9 @@ class ModelConfig:
     position: str = "learned"        # learned (GPT-2, BERT) | sinusoidal (original Transformer) | rope (Llama) | none
     rope_theta: float = 10000.0      # RoPE base frequency
     bias: bool = True                # biases in the Linear layers and norms (GPT-2: yes, Llama: no)
-    dropout: float = 0.0             # dropout on embeddings, attention weights and residual branches (training only)
+    dropout: float = 0.0             # dropout on embeddings, residual branches and the classifier head (training only)
+    attention_dropout: float | None = None  # dropout on the attention weights; None: the same as dropout. 0 keeps
+                                     # CPU attention on its fused kernel (any other rate takes the slower math path)
     tie_embeddings: bool = True      # the output head shares the token-embedding matrix
     init_std: float = 0.02           # normal init std; residual output projections get std / sqrt(2 * n_layer)
     quantization: dict | None = None # weight-only quantization written by `lmforge quantize`: {"bits": 8 | 4,
@@ -102,6 +104,11 @@ class ModelConfig:
         return m * math.ceil(n / m)
 
     @property
+    def attn_dropout(self) -> float:
+        """The attention weights' dropout rate (`attention_dropout`, or `dropout` when unset)."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+    @property
     def encoder_layers(self) -> int:
         return self.n_encoder_layer or self.n_layer
 
@@ -130,6 +137,7 @@ class ModelConfig:
         need(self.position != "rope" or self.head_dim % 2 == 0,
              f"rotary positions need an even head size, got d_model/n_head={self.head_dim}")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(0.0 <= self.attn_dropout < 1.0, f"attention_dropout={self.attention_dropout} must be in [0, 1)")
         need(self.quantization is None or self.quantization.get("bits") in (4, 8),
              f"quantization={self.quantization} needs bits 4 or 8; re-run `lmforge quantize` on the original model")
         need(self.pooling in POOLINGS, f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
@@ -186,6 +194,10 @@ class ModelOverridesConfig:
     d_model: int | None = option(None, "override the preset's width", fixed=True, check=bounds(1))
     dropout: float | None = option(None, "override the preset's dropout", fixed=True,
                                    check=between(0, 1, high_open=True))
+    attention_dropout: float | None = option(None, "dropout on the attention weights (0 keeps CPU attention on "
+                                                   "its fast fused kernel)", fixed=True,
+                                             check=between(0, 1, high_open=True),
+                                             unset="the same as --dropout")
     pooling: str | None = option(None, "how a classifier pools a sequence into one vector: mean (over the real "
                                        "tokens), cls (first token, through BERT's pooler if any), last (last real "
                                        "token)", choices=POOLINGS, fixed=True,

@@ -24,7 +24,7 @@ def test_train_flags_come_from_the_dataclass():
     dests = {a.dest for a in sub._actions}
     from lmforge.options import cli_fields
     assert set(cli_fields(TrainConfig)) <= dests                       # nested model overrides flattened
-    assert {"context_length", "n_layer", "dropout"} <= dests and "model" not in dests
+    assert {"context_length", "n_layer", "dropout", "attention_dropout"} <= dests and "model" not in dests
 
 
 def test_user_errors_print_one_line_and_exit_2(capsys, tmp_path):

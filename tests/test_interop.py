@@ -233,6 +233,17 @@ def test_config_fields_lmforge_cannot_represent_are_named():
         GPT2.config_from_hf({"scale_attn_by_inverse_layer_idx": True})
 
 
+def test_attention_dropout_round_trips_through_hf_configs():
+    # GPT-2 and BERT keep a rate for the attention weights beside the residual one; Llama has only that one
+    gpt2 = GPT2.config_from_hf(GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.0).to_dict())
+    assert (gpt2.dropout, gpt2.attn_dropout) == (0.1, 0.0)
+    assert {k: GPT2.config_to_hf(gpt2)[k] for k in ("resid_pdrop", "attn_pdrop")} == {"resid_pdrop": 0.1,
+                                                                                       "attn_pdrop": 0.0}
+    assert GPT2.config_from_hf(GPT2Config().to_dict()).attention_dropout is None   # equal rates: follows dropout
+    llama = LLAMA.config_from_hf(LlamaConfig(attention_dropout=0.1).to_dict())
+    assert (llama.dropout, llama.attn_dropout, LLAMA.config_to_hf(llama)["attention_dropout"]) == (0.0, 0.1, 0.1)
+
+
 def test_export_refuses_a_model_no_hf_architecture_holds(tok, tmp_path):
     config = get_preset("gpt-tiny", vocab_size=tok.vocab_size, position="rope")
     Model(build_model(config), config, tok).save(tmp_path / "ours")

@@ -219,6 +219,14 @@ def test_export_refuses_an_encoder_bert_cannot_hold(tmp_path):
             export_hf(tmp_path / "ours", tmp_path / "hf")
 
 
+def test_bert_attention_dropout_keeps_its_own_rate():
+    config = BERT.config_from_hf(transformers.BertConfig(hidden_dropout_prob=0.1,
+                                                         attention_probs_dropout_prob=0.0).to_dict())
+    assert (config.dropout, config.attn_dropout) == (0.1, 0.0)
+    hf = BERT.config_to_hf(config)
+    assert (hf["hidden_dropout_prob"], hf["attention_probs_dropout_prob"]) == (0.1, 0.0)
+
+
 # ---------------------------------------------------------------------------- all-MiniLM-L6-v2
 SENTENCES = ["A man is eating food.", "Someone is having a meal at a restaurant.", "The new movie is awesome!",
              "Le chat dort sur le canapé.", "我喜欢吃苹果。", "今天天气很好，我们去公园散步吧。", "机器学习很有趣"]

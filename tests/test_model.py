@@ -123,3 +123,16 @@ def test_dropout_only_in_training():
     model.train()
     with torch.no_grad():
         assert not torch.allclose(model(x), model(x))
+
+
+def test_attention_dropout_has_its_own_rate():
+    gpt = VARIANTS["gpt"]
+    assert derive(gpt, dropout=0.3).attn_dropout == 0.3                   # unset: the same as dropout
+    assert derive(gpt, dropout=0.3, attention_dropout=0.0).attn_dropout == 0.0
+    x = torch.randint(0, 97, (2, 8))
+    for rate, random in ((0.5, True), (0.0, False)):                     # only the attention weights dropped
+        model = build_model(derive(gpt, dropout=0.0, attention_dropout=rate)).train()
+        with torch.no_grad():
+            assert torch.allclose(model(x), model(x)) is not random
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        derive(gpt, attention_dropout=1.0)

@@ -150,6 +150,10 @@ def test_fine_tune_from_a_model_directory(tmp_path, char_data, tiny_model_dir):
     start = _losses(tiny_model_dir)[30]
     assert abs(_losses(tmp_path / "ft")[1] - start) < 0.5           # starts where the base model ended
     assert summary["step"] == 4
+    train(tiny_train_config(char_data, tmp_path / "ft-drop", init_from=str(tiny_model_dir), max_steps=2,
+                            dropout=0.2, attention_dropout=0.0))              # the dropout rates may change
+    config = json.loads((tmp_path / "ft-drop" / "config.json").read_text())
+    assert (config["dropout"], config["attention_dropout"]) == (0.2, 0.0)
     with pytest.raises(ConfigError, match="fixes the architecture"):
         train(tiny_train_config(char_data, tmp_path / "ft2", init_from=str(tiny_model_dir), context_length=64))
 

@@ -73,8 +73,8 @@ def write_adapter_config(out: Path, cfg: LoRAConfig, base_dir: str | Path) -> No
 
 
 def config_sha256(config: ModelConfig) -> str:
-    """Hash of the architecture (dropout excluded: it does not change the weights' meaning)."""
-    d = {k: v for k, v in config.to_dict().items() if k != "dropout"}
+    """Hash of the architecture (the dropout rates excluded: they do not change the weights' meaning)."""
+    d = {k: v for k, v in config.to_dict().items() if k not in ("dropout", "attention_dropout")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, qkv_rows, refuse,
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, attention_rate, hf_value, qkv_rows, refuse,
                    require_config, require_full_heads, require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "bert.encoder.layer.{i}."     # one block: lmforge's name, HF's name
@@ -63,7 +63,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         d_ff=hf_value(hf, "intermediate_size", 3072), mlp=mlp, norm="layernorm",
         norm_eps=hf_value(hf, "layer_norm_eps", 1e-12), norm_position="post", position="learned",
         type_vocab_size=hf_value(hf, "type_vocab_size", 2), embed_norm=True, pooler=True, mlm_head=True, bias=True,
-        dropout=hf_value(hf, "hidden_dropout_prob", 0.1),   # one rate for BERT's hidden and attention dropout
+        dropout=(hidden := hf_value(hf, "hidden_dropout_prob", 0.1)),
+        attention_dropout=attention_rate(hf, "attention_probs_dropout_prob", 0.1, hidden),
         tie_embeddings=hf_value(hf, "tie_word_embeddings", True), init_std=hf_value(hf, "initializer_range", 0.02))
 
 
@@ -102,7 +103,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
         raise refuse("type_vocab_size", c.type_vocab_size, "BERT always adds segment embeddings")
     fields = {"vocab_size": c.vocab_size, "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "intermediate_size": c.ff_dim, "hidden_act": activation,
-              "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
+              "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
               "max_position_embeddings": c.context_length, "type_vocab_size": c.type_vocab_size,
               "layer_norm_eps": c.norm_eps, "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
               "position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, hf_value, require_config,
+from .keys import (Architecture, Rule, activation_from_hf, activation_to_hf, attention_rate, hf_value, require_config,
                    require_full_heads, require_hf, weight_and_bias)
 
 B, H = "transformer.blocks.{i}.", "transformer.h.{i}."     # one block: lmforge's name, HF's name
@@ -40,7 +40,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         n_head=hf_value(hf, "n_head", 12), d_model=hf_value(hf, "n_embd", 768), d_ff=hf.get("n_inner"),
         mlp=mlp, norm="layernorm", norm_eps=hf_value(hf, "layer_norm_epsilon", 1e-5),
         norm_position="pre", position="learned", bias=True,
-        dropout=hf_value(hf, "resid_pdrop", 0.1),          # lmforge has one dropout rate for all three of GPT-2's
+        dropout=(resid := hf_value(hf, "resid_pdrop", 0.1)),   # lmforge's one rate for residuals and embeddings
+        attention_dropout=attention_rate(hf, "attn_pdrop", 0.1, resid),
         tie_embeddings=hf_value(hf, "tie_word_embeddings", True), init_std=hf_value(hf, "initializer_range", 0.02))
 
 
@@ -55,7 +56,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     require_full_heads(c, "GPT-2")
     return {"vocab_size": c.vocab_size, "n_positions": c.context_length, "n_embd": c.d_model, "n_layer": c.n_layer,
             "n_head": c.n_head, "n_inner": c.ff_dim, "activation_function": activation,
-            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.attn_dropout,
             "layer_norm_epsilon": c.norm_eps, "initializer_range": c.init_std, "tie_word_embeddings": c.tie_embeddings,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
             "add_cross_attention": False}

@@ -114,6 +114,12 @@ def hf_value(hf: dict[str, Any], field: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def attention_rate(hf: dict[str, Any], field: str, default: float, dropout: float) -> float | None:
+    """An HF attention-dropout field as lmforge's `attention_dropout`: None (follow `dropout`) when equal to it."""
+    rate = hf_value(hf, field, default)
+    return None if rate == dropout else rate
+
+
 def qkv_rows(c: ModelConfig) -> tuple[int, int, int]:
     """Rows of q, k and v in lmforge's fused `qkv` (k and v are n_kv_head heads wide)."""
     return c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim

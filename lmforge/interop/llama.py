@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .keys import Architecture, Rule, gate_up_rows, hf_value, qkv_rows, refuse, require_config
+from .keys import Architecture, Rule, attention_rate, gate_up_rows, hf_value, qkv_rows, refuse, require_config
 
 B, H = "transformer.blocks.{i}.", "model.layers.{i}."     # one block: lmforge's name, HF's name
 
@@ -65,7 +65,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         n_head=n_head, n_kv_head=hf_value(hf, "num_key_value_heads", n_head), d_model=d_model,
         d_ff=hf_value(hf, "intermediate_size", 11008), mlp="swiglu", norm="rmsnorm",
         norm_eps=hf_value(hf, "rms_norm_eps", 1e-6), norm_position="pre", position="rope", rope_theta=rope_theta(hf),
-        bias=bias, dropout=hf_value(hf, "attention_dropout", 0.0),
+        bias=bias, dropout=0.0, attention_dropout=attention_rate(hf, "attention_dropout", 0.0, 0.0),  # Llama's only one
         tie_embeddings=hf_value(hf, "tie_word_embeddings", False), init_std=hf_value(hf, "initializer_range", 0.02))
 
 
@@ -82,7 +82,7 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
             "head_dim": c.head_dim, "hidden_act": "silu", "max_position_embeddings": c.context_length,
             "rms_norm_eps": c.norm_eps, "rope_parameters": rope,          # transformers >= 5
             "rope_theta": c.rope_theta, "rope_scaling": None,              # transformers 4.x
-            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.dropout,
+            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.attn_dropout,
             "tie_word_embeddings": c.tie_embeddings, "initializer_range": c.init_std, "pretraining_tp": 1}
 
 

@@ -38,7 +38,7 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(d, q_dim + 2 * kv_dim, bias=config.bias)
         self.out = nn.Linear(q_dim, d, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout = config.attn_dropout
         self.kv_cache: KVCache | None = None
         self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding
         self.hook = None   # lmforge.inspect's hook (name, tensor) -> tensor while tracing or patching; else None

@@ -281,14 +281,18 @@ def _resume_start(cfg: TrainConfig, tokenizer: Tokenizer) -> _Start:
     return _Start(config, tokenizer, weights, config, str(out), resume_state)
 
 
+# the model fields a run from --init-from may change: they leave the weights' meaning as it was
+CHANGEABLE_AT_INIT = ("dropout", "attention_dropout", "pooling")
+
+
 def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
-    """The --init-from model's config, weights and tokenizer (only --dropout and --pooling may change)."""
+    """The --init-from model's config, weights and tokenizer (only the dropout rates and --pooling may change)."""
     base_config, weights, base_tok, source = read_model_dir(cfg.init_from)
     if base_config.quantization:
         raise ConfigError(f"{cfg.init_from} is quantized (int{base_config.quantization['bits']}); fine-tune "
                           f"the original model and quantize the result")
     overrides = cfg.model.given()
-    config = dataclasses.replace(base_config, **{k: overrides.pop(k) for k in ("dropout", "pooling") if k in overrides})
+    config = dataclasses.replace(base_config, **{k: overrides.pop(k) for k in CHANGEABLE_AT_INIT if k in overrides})
     if tokenizer is not None and not same_tokenizer(base_tok, tokenizer):
         raise ConfigError(f"the tokenizer of {cfg.data} differs from the one of {cfg.init_from}; prepare the "
                           f"data with `lmforge prepare ... --tokenizer {cfg.init_from}`")
