@@ -281,8 +281,7 @@ def _resume_start(cfg: TrainConfig, tokenizer: Tokenizer) -> _Start:
     return _Start(config, tokenizer, weights, config, str(out), resume_state)
 
 
-# the model fields a run from --init-from may change: they leave the weights' meaning as it was
-CHANGEABLE_AT_INIT = ("dropout", "attention_dropout", "pooling")
+CHANGEABLE_AT_INIT = ("dropout", "attention_dropout", "pooling")  # --init-from may change: weights mean the same
 
 
 def _init_from_start(cfg: TrainConfig, tokenizer: Tokenizer | None) -> _Start:
