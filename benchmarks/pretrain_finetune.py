@@ -11,8 +11,8 @@ Every lmforge arm gets the same budget of CPU time (this process's, `time.proces
 figure a loaded machine does not distort, unlike wall time): the step counts are the budget
 divided by each arm's own CPU time per step, measured on a few calibration steps first. A
 pretrained arm spends `--pretrain-share` of its budget (after preparing its data, which counts)
-pretraining on the table's training texts (never its validation or test rows) plus the Python
-reference text that ships with Python, and the rest fine-tuning; every fine-tune keeps its best
+pretraining on the table's training texts (never its validation or test rows) plus, unless
+`--no-reference`, the Python reference text that ships with Python, and the rest fine-tuning; every fine-tune keeps its best
 evaluation (`--keep-best`, the classify default). Each arm can run in a process of its own
 (`--arms rtd`) and writes OUT/ARM.json; the table is printed from whatever OUT holds.
 """
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TABLE = "/work/shared/data/fortunes_topics.tsv"
+DEFAULT_TABLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fortunes_topics.tsv")  # ../shared
 ARMS = ("tfidf", "scratch", "mlm", "rtd", "minilm")
 
 
@@ -113,9 +113,12 @@ def prepare_texts(args, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         own = Path(tmp) / "task_texts.txt"
         own.write_text("\n\n".join(training_texts(args.data, options(args))) + "\n", encoding="utf-8")
-        ref = Path(tmp) / "pydoc.txt"
-        ref.write_text(pydoc_corpus(), encoding="utf-8")
-        lmforge.prepare(lmforge.PrepareConfig(inputs=[str(own), str(ref), *args.corpus], out=str(out / "data"),
+        inputs = [str(own)]
+        if args.reference:
+            inputs.append(str(Path(tmp) / "pydoc.txt"))
+            Path(inputs[-1]).write_text(pydoc_corpus(), encoding="utf-8")
+        inputs += args.corpus
+        lmforge.prepare(lmforge.PrepareConfig(inputs=inputs, out=str(out / "data"),
                                               tokenizer="wordpiece", vocab_size=args.vocab_size, overwrite=True,
                                               progress=False))
     return out / "data"
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--corpus", nargs="*", default=[], help="more unlabelled text files for pretraining")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="pretrain on the Python reference text too")
     p.add_argument("--out", default="runs/pretrain_finetune", help="directory for the runs and ARM.json results")
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS, help="what to run (each: OUT/ARM.json)")
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU time of every lmforge arm")
