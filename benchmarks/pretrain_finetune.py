@@ -12,9 +12,10 @@ figure a loaded machine does not distort, unlike wall time): the step counts are
 divided by each arm's own CPU time per step, measured on a few calibration steps first. A
 pretrained arm spends `--pretrain-share` of its budget (after preparing its data, which counts)
 pretraining on the table's training texts (never its validation or test rows) plus, unless
-`--no-reference`, the Python reference text that ships with Python, and the rest fine-tuning; every fine-tune keeps its best
-evaluation (`--keep-best`, the classify default). Each arm can run in a process of its own
-(`--arms rtd`) and writes OUT/ARM.json; the table is printed from whatever OUT holds.
+`--no-reference`, the Python reference text that ships with Python, and the rest fine-tuning;
+every fine-tune keeps its best evaluation (`--keep-best`, the classify default). Each arm can run
+in a process of its own (`--arms rtd`) and writes OUT/ARM.json; the table is printed from
+whatever OUT holds.
 """
 
 from __future__ import annotations
@@ -113,11 +114,10 @@ def prepare_texts(args, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         own = Path(tmp) / "task_texts.txt"
         own.write_text("\n\n".join(training_texts(args.data, options(args))) + "\n", encoding="utf-8")
-        inputs = [str(own)]
+        ref = Path(tmp) / "pydoc.txt"
         if args.reference:
-            inputs.append(str(Path(tmp) / "pydoc.txt"))
-            Path(inputs[-1]).write_text(pydoc_corpus(), encoding="utf-8")
-        inputs += args.corpus
+            ref.write_text(pydoc_corpus(), encoding="utf-8")
+        inputs = [str(own), *([str(ref)] if args.reference else []), *args.corpus]
         lmforge.prepare(lmforge.PrepareConfig(inputs=inputs, out=str(out / "data"),
                                               tokenizer="wordpiece", vocab_size=args.vocab_size, overwrite=True,
                                               progress=False))

@@ -285,8 +285,8 @@ def slow_reader(model: Path, work: Path, clients: int, tokens: int, big: tuple[i
     solo_rate, base_rate, slow_rate = rate(solo), rate(base), rate(beside_slow)
     complete = all(len(a.text()) == tokens and a.events[-1:] == ["[DONE]"] for a in beside_slow + base + solo)
     cut = all(cuts)
-    # against the lower of the two baselines (single short runs of either vary 2x on a shared machine)
-    kept = 0.8 if repeat >= 3 else 0.5             # (a short run on a shared machine is too noisy for 0.8)
+    # judged against the lower baseline: short runs of either vary 2x on a shared machine, too much for 0.8
+    kept = 0.8 if repeat >= 3 else 0.5
     report(complete and slow_rate > kept * min(solo_rate, base_rate) and cut,
            f"slow reader: {clients} streams of {tokens} tokens beside a request of {big[0]} x {big[1]} tokens read "
            f"at 1 KB/s, --max-stream-backlog {backlog}, {repeat} runs",
