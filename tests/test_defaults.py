@@ -70,10 +70,10 @@ def test_loss_watch_names_collapse_and_a_stuck_loss():
     msgs = [stuck.update(step, 5.0 + 0.001 * (step % 20)) for step in range(10, 110, 10)]
     assert any(m and "has not gone down since step 10" in m for m in msgs)
     recovered = LossWatch(constant_loss=ln2, check_from=0)
-    for step in range(10, 60, 10):
-        recovered.update(step, 0.694)
-    for step in range(60, 120, 10):
-        recovered.update(step, 0.2)
+    said = [recovered.update(step, 0.694) for step in range(10, 60, 10)]
+    said += [recovered.update(step, 0.2) for step in range(60, 160, 10)]
+    assert [s.split(":")[0] for s in said if s] == ["warning at step 50", "note at step 60"]   # told once each
+    assert "since the warning at step 50" in said[5] and "learning after all" in said[5]
     assert recovered.verdict() is None                        # warned on the way, but not at the end
 
 
