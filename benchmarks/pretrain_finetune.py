@@ -78,19 +78,13 @@ def options(args):
 
 
 def arm_tfidf(args, out: Path) -> dict:
-    from lmforge.data.tables import read_table
-    from lmforge.evaluate.baseline import fit_baselines, score_baselines
-    from lmforge.evaluate.classification import label_metrics
-    from lmforge.tasks.classify import split_rows
-    o = options(args)
-    rows = read_table(args.data, [o.text_column, o.label_column])
-    split = split_rows(rows, o)
-    text = {s: [rows[i][o.text_column] for i in idx] for s, idx in split.items()}
-    gold = {s: [rows[i][o.label_column] for i in idx] for s, idx in split.items()}
-    labels = sorted(set(gold["train"]))
-    fitted = fit_baselines(text["train"], gold["train"])
-    scores = score_baselines(fitted, text["test"], lambda pred: label_metrics(labels, gold["test"], pred))
-    return {f"TF-IDF {k} + logistic regression": {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"]}
+    from lmforge.evaluate.baseline import BASELINE_NAMES
+    from lmforge.tasks.classify import table_baselines
+    scores = table_baselines(args.data, options(args))
+    if scores is None:
+        raise SystemExit("the tfidf arm needs scikit-learn: pip install scikit-learn")
+    return {f"TF-IDF {BASELINE_NAMES[k]} + logistic regression": {"test_macro_f1": m["macro_f1"],
+                                                                  "test_accuracy": m["accuracy"]}
             for k, m in scores.items()}
 
 

@@ -13,7 +13,7 @@ import torch
 from lmforge.data.tables import read_table
 from lmforge.evaluate.baseline import MISSING_HINT, fit_baselines
 from lmforge.model import build_model
-from lmforge.tasks.classify import ClassificationTask, ClassifyConfig, split_rows
+from lmforge.tasks.classify import ClassificationTask, ClassifyConfig, split_rows, table_baselines
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def test_baseline_equals_scikit_learn_on_the_same_split(task, noisy_tsv):
     from sklearn.metrics import accuracy_score, f1_score
     obj, _ = task
     figures, line = obj.baseline()
+    on_table = table_baselines(noisy_tsv, ClassifyConfig(), "val")       # what the example and the benchmark use
     rows = read_table(noisy_tsv, ["text", "label"])
     split = split_rows(rows, ClassifyConfig())
     text = {s: [rows[i]["text"] for i in idx] for s, idx in split.items()}
@@ -58,6 +59,8 @@ def test_baseline_equals_scikit_learn_on_the_same_split(task, noisy_tsv):
         pred = clf.predict(vec.transform(text["val"]))
         assert figures[f"baseline_{kind}_val_macro_f1"] == round(f1_score(gold["val"], pred, average="macro"), 4)
         assert figures[f"baseline_{kind}_val_accuracy"] == round(accuracy_score(gold["val"], pred), 4)
+        assert on_table[kind]["macro_f1"] == pytest.approx(f1_score(gold["val"], pred, average="macro"), abs=5e-5)
+        assert on_table[kind]["accuracy"] == pytest.approx(accuracy_score(gold["val"], pred), abs=5e-5)
     best = max(("word", "char"), key=lambda k: figures[f"baseline_{k}_val_macro_f1"])
     assert figures["baseline_val_macro_f1"] == figures[f"baseline_{best}_val_macro_f1"]
     assert 0.4 < figures["baseline_val_macro_f1"] < 1.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.tasks.classify import ClassifyConfig, split_rows, training_texts
+from lmforge.tasks.classify import ClassifyConfig, split_rows, table_baselines, training_texts
 from lmforge.data.tables import read_table
 
 from .conftest import write_topics_csv
@@ -47,10 +47,27 @@ def test_pretrain_then_finetune_recipe_runs_and_reports(tmp_path, capsys):
     report = json.loads((out / "recipe_report.json").read_text())["results"]
     assert 0.0 <= report["pretrain -> fine-tune (lmforge)"]["test_macro_f1"] <= 1.0
     assert "from scratch, same shape and steps (lmforge)" in report
+    baselines = table_baselines(table, ClassifyConfig())                 # scikit-learn is a test extra
+    assert report["TF-IDF character 2-5-grams + logistic regression"]["test_macro_f1"] == baselines["char"]["macro_f1"]
     assert recipe().main(argv) == 2                       # --out holds the run: refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert recipe().main(["--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_benchmark_tfidf_arm_reports_the_table_baselines(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_pf", Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = write_topics_csv(tmp_path / "t.csv")
+    assert module.main(["--data", str(table), "--arms", "tfidf", "--out", str(tmp_path / "bench")]) == 0
+    arm = json.loads((tmp_path / "bench" / "tfidf.json").read_text())
+    want = table_baselines(table, ClassifyConfig())
+    assert {name: r["test_macro_f1"] for name, r in arm.items()} == {
+        "TF-IDF word 1-2-grams + logistic regression": want["word"]["macro_f1"],
+        "TF-IDF character 2-5-grams + logistic regression": want["char"]["macro_f1"]}
+    assert "TF-IDF character 2-5-grams + logistic regression" in capsys.readouterr().out
 
 
 def test_the_debian_sections_table_is_built_from_packages_files(tmp_path):

@@ -243,6 +243,33 @@ def build(cfg, config: ModelConfig, tokenizer) -> ClassificationTask:
     return ClassificationTask(cfg.data, config, tokenizer, cfg.options_for(ClassifyConfig))
 
 
+def _fit_on_table(data: str | Path, o: ClassifyConfig) -> tuple[dict[str, Any] | None, list[dict[str, str]],
+                                                                    dict[str, list[int]]]:
+    """The TF-IDF baselines fitted on the training split of table `data` as options `o` split it (the
+    split a classifier trained with `o` gets): (fitted or None without scikit-learn, rows, split)."""
+    from ..evaluate.baseline import fit_baselines
+    rows = read_table(data, [o.text_column, o.label_column], (o.text_pair_column,))
+    split = split_rows(rows, o)
+    train = split["train"]
+    return (fit_baselines([baseline_text(rows[i], o) for i in train], [rows[i][o.label_column] for i in train]),
+            rows, split)
+
+
+def table_baselines(data: str | Path, o: ClassifyConfig, split: str = "test") -> dict[str, dict[str, Any]] | None:
+    """What TF-IDF + logistic regression (word, char) trained on the training split of table `data`
+    scores on its `split`, as `label_metrics` scores a classifier: {kind: metrics}; None without
+    scikit-learn (it warned)."""
+    from ..evaluate.baseline import score_baselines
+    from ..evaluate.classification import label_metrics
+    fitted, rows, idx = _fit_on_table(data, o)
+    if fitted is None:
+        return None
+    labels = sorted({rows[i][o.label_column] for i in idx["train"]})
+    gold = [rows[i][o.label_column] for i in idx[split]]
+    return score_baselines(fitted, [baseline_text(rows[i], o) for i in idx[split]],
+                           lambda pred: label_metrics(labels, gold, pred))
+
+
 def baseline_for_file(model_dir: str | Path, labels: list[str], texts: list[str],
                       truth: list[str | None]) -> tuple[dict[str, dict[str, Any]], str] | str | None:
     """The TF-IDF baselines fitted on the training rows of the table the classifier in `model_dir`
@@ -250,7 +277,7 @@ def baseline_for_file(model_dir: str | Path, labels: list[str], texts: list[str]
     as `label_metrics` scores the model: ({kind: metrics}, what was scored). A string says why there
     is none; None: scikit-learn is missing (it warned)."""
     import dataclasses
-    from ..evaluate.baseline import fit_baselines, score_baselines
+    from ..evaluate.baseline import score_baselines
     from ..evaluate.classification import label_metrics
     from ..runfile import TRAIN_CONFIG_FILE, read_run_file
     run_file = Path(model_dir) / TRAIN_CONFIG_FILE
@@ -261,9 +288,7 @@ def baseline_for_file(model_dir: str | Path, labels: list[str], texts: list[str]
     if not Path(data).exists():
         return f"no TF-IDF baseline: {data}, the table {model_dir} was trained on, is not found from here"
     o = ClassifyConfig(**{f.name: saved[f.name] for f in dataclasses.fields(ClassifyConfig) if f.name in saved})
-    rows = read_table(data, [o.text_column, o.label_column], (o.text_pair_column,))
-    train = split_rows(rows, o)["train"]
-    fitted = fit_baselines([baseline_text(rows[i], o) for i in train], [rows[i][o.label_column] for i in train])
+    fitted = _fit_on_table(data, o)[0]
     if fitted is None:
         return None
 
