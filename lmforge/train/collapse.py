@@ -54,7 +54,7 @@ class LossWatch:
         if self.state and self.warned_at is None:
             self.warned_at = step
             return f"warning at step {step}: {self.state}"
-        if self.warned_at is not None and not self.state and not self.recovered and len(self.recent) == WINDOW:
+        if self.warned_at is not None and not self.state and not self.recovered:
             self.recovered = True
             return (f"note at step {step}: the training loss ({sum(self.recent) / WINDOW:.4f}) has moved since the "
                     f"warning at step {self.warned_at}: the run is learning after all")
