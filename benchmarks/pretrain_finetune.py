@@ -78,14 +78,12 @@ def options(args):
 
 
 def arm_tfidf(args, out: Path) -> dict:
-    from lmforge.evaluate.baseline import BASELINE_NAMES
+    from lmforge.evaluate.baseline import named_rows
     from lmforge.tasks.classify import table_baselines
     scores = table_baselines(args.data, options(args))
     if scores is None:
         raise SystemExit("the tfidf arm needs scikit-learn: pip install scikit-learn")
-    return {f"TF-IDF {BASELINE_NAMES[k]} + logistic regression": {"test_macro_f1": m["macro_f1"],
-                                                                  "test_accuracy": m["accuracy"]}
-            for k, m in scores.items()}
+    return named_rows(scores, "test")
 
 
 def arm_scratch(args, out: Path) -> dict:
@@ -108,11 +106,12 @@ def prepare_texts(args, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         own = Path(tmp) / "task_texts.txt"
         own.write_text("\n\n".join(training_texts(args.data, options(args))) + "\n", encoding="utf-8")
-        ref = Path(tmp) / "pydoc.txt"
+        inputs = [str(own)]
         if args.reference:
+            ref = Path(tmp) / "pydoc.txt"
             ref.write_text(pydoc_corpus(), encoding="utf-8")
-        inputs = [str(own), *([str(ref)] if args.reference else []), *args.corpus]
-        lmforge.prepare(lmforge.PrepareConfig(inputs=inputs, out=str(out / "data"),
+            inputs.append(str(ref))
+        lmforge.prepare(lmforge.PrepareConfig(inputs=[*inputs, *args.corpus], out=str(out / "data"),
                                               tokenizer="wordpiece", vocab_size=args.vocab_size, overwrite=True,
                                               progress=False))
     return out / "data"

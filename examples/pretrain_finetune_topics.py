@@ -32,15 +32,6 @@ from pathlib import Path
 DEFAULT_TABLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fortunes_topics.tsv")  # ../shared
 
 
-def tfidf_baselines(table: Path, options) -> dict[str, dict[str, float]]:
-    """TF-IDF + logistic regression (word 1-2-grams, char 2-5-grams) on the same test split; none without scikit-learn."""
-    from lmforge.evaluate.baseline import BASELINE_NAMES
-    from lmforge.tasks.classify import table_baselines
-    return {f"TF-IDF {BASELINE_NAMES[k]} + logistic regression": {"test_macro_f1": m["macro_f1"],
-                                                                  "test_accuracy": m["accuracy"]}
-            for k, m in (table_baselines(table, options) or {}).items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=DEFAULT_TABLE, help="labelled CSV / TSV / JSONL table")
@@ -60,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import lmforge
     from lmforge.errors import LmforgeError
+    from lmforge.evaluate.baseline import named_rows
     from lmforge.quickstart import pydoc_corpus
-    from lmforge.tasks.classify import ClassifyConfig, training_texts
+    from lmforge.tasks.classify import ClassifyConfig, table_baselines, training_texts
 
     table, out = Path(args.data), Path(args.out)
     options = ClassifyConfig(text_column=args.text_column, label_column=args.label_column,
@@ -104,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results.update(tfidf_baselines(table, options))
+    results.update(named_rows(table_baselines(table, options) or {}, "test"))   # none without scikit-learn
     print(f"\nmasked-LM validation perplexity {pre.get('val_ppl', float('nan')):.1f}; pretraining "
           f"{times['pretrain'] / 60:.1f} min, pretrain + fine-tune {times['total'] / 60:.1f} min")
     print(f"{'test split of ' + table.name:<48} {'macro-F1':>9} {'accuracy':>9}")

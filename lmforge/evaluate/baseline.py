@@ -89,6 +89,13 @@ def flat_scores(scores: dict[str, dict[str, Any]], split: str) -> dict[str, floa
     return out
 
 
+def named_rows(scores: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+    """Rows of a results table: {"TF-IDF <kind> + logistic regression": {SPLIT_macro_f1, SPLIT_accuracy}}."""
+    return {f"TF-IDF {BASELINE_NAMES[k]} + logistic regression": {f"{split}_macro_f1": m["macro_f1"],
+                                                                  f"{split}_accuracy": m["accuracy"]}
+            for k, m in scores.items()}
+
+
 def describe(scores: dict[str, dict[str, Any]], where: str) -> str:
     """One line: both baselines' macro-F1 and accuracy on `where`, the better one named."""
     parts = [f"{BASELINE_NAMES[k]} macro-F1 {m['macro_f1']:.4f} (accuracy {m['accuracy']:.4f})"
