@@ -650,16 +650,16 @@ def nanogpt_figures(s: dict, config, done: subprocess.CompletedProcess, seconds:
 
 
 # ---- decode and the greedy check: the same llama-1b-shaped weights in lmforge and transformers ---------
-def llama_pair(s: dict):
-    """(lmforge module, transformers LlamaForCausalLM, config): random bf16 weights built on the device
-    in lmforge, exported with `Model.save(format="hf")` and loaded by transformers (SDPA attention)."""
+def llama_pair(s: dict, dtype: str = "bfloat16"):
+    """(lmforge module, transformers LlamaForCausalLM, config): random weights in `dtype` built on the
+    device in lmforge, exported with `Model.save(format="hf")` and loaded by transformers (SDPA)."""
     import torch
     from transformers import LlamaForCausalLM
 
     from lmforge.api import Model
     from lmforge.config import get_preset
     from lmforge.model import build_model, inference_layout
-    device, dtype = torch.device(s["device"]), torch.bfloat16
+    device, dtype = torch.device(s["device"]), getattr(torch, dtype)
     config = get_preset(s["llama"]["preset"], **s["llama"]["overrides"])
     torch.manual_seed(0)
     with torch.device(device):
@@ -748,8 +748,9 @@ def correctness_worker(s: dict) -> None:
     if time_left(s) < 20:
         emit(["correctness", "greedy_vs_transformers"], {"skipped": f"budget: {time_left(s):.0f} s left"})
         return
-    say(s, f"greedy decoding, {s['greedy_tokens']} tokens, lmforge and transformers")
-    emit(["correctness", "greedy_vs_transformers"], greedy_check(s))
+    for dtype, key in (("bfloat16", "greedy_vs_transformers"), ("float32", "greedy_vs_transformers_fp32")):
+        say(s, f"greedy decoding, {s['greedy_tokens']} tokens, lmforge and transformers, {dtype}")
+        emit(["correctness", key], greedy_check(s, dtype))
 
 
 def loss_agreement(runs: dict[str, dict], tolerance: float = 0.02) -> dict:
@@ -767,14 +768,14 @@ def loss_agreement(runs: dict[str, dict], tolerance: float = 0.02) -> dict:
             "fp32_losses": a, "bf16_losses": b}
 
 
-def greedy_check(s: dict) -> dict:
-    """lmforge's greedy tokens against transformers' on the same bf16 weights (uncompiled both). Where
-    they part, transformers' own gap between its top two logits says whether it was a near tie (bf16
-    rounding decides those) or a real difference; the prefill logits are compared too."""
+def greedy_check(s: dict, dtype: str = "bfloat16") -> dict:
+    """lmforge's greedy tokens against transformers' on the same weights in `dtype` (uncompiled both).
+    Where they part, transformers' own gap between its top two logits says whether it was a near tie
+    (bf16 rounding decides those) or a real difference; the prefill logits are compared too."""
     import torch
 
     from lmforge.generate import GenerationConfig, generate_ids
-    module, hf, config = llama_pair(s)
+    module, hf, config = llama_pair(s, dtype)
     device, N = torch.device(s["device"]), s["greedy_tokens"]
     prompt = torch.randint(5, config.vocab_size, (1, s["prompt"]), generator=torch.Generator().manual_seed(1))
     ours = generate_ids(module, prompt.tolist(), GenerationConfig(max_new_tokens=N, greedy=True), eos_id=None)[0][0]
@@ -897,7 +898,8 @@ def summarise(r: dict) -> dict:
                                     "lmforge_pct_of_limit": row.get("lmforge_pct_of_limit")}
     correct = r.get("correctness", {})
     out["bf16_loss_pass"] = correct.get("bf16_vs_fp32_loss", {}).get("pass")
-    out["greedy_equal"] = correct.get("greedy_vs_transformers", {}).get("equal")
+    out["greedy_equal"] = {dtype: correct.get(key, {}).get("equal") for dtype, key in
+                           (("bfloat16", "greedy_vs_transformers"), ("float32", "greedy_vs_transformers_fp32"))}
     for server, rows in r.get("serve", {}).items():
         if isinstance(rows, dict) and not server.endswith("_job"):
             out[f"serve_{server}_tokens_per_s"] = {k: v.get("tokens_per_s") for k, v in rows.items()

@@ -121,7 +121,7 @@ def test_gpu_suite_dry_run_reports_every_part(tmp_path):
     r = json.loads(out.read_text())
     figures = {"env": ["versions", "missing"], "train": ["lmforge", "nanogpt"],
                "decode": ["model", "batch_1", "batch_2"],
-               "correctness": ["bf16_vs_fp32_loss", "greedy_vs_transformers"],
+               "correctness": ["bf16_vs_fp32_loss", "greedy_vs_transformers", "greedy_vs_transformers_fp32"],
                "memory": ["plain", "activation_checkpointing", "fsdp"], "serve": ["lmforge"]}
     for part, keys in figures.items():
         jobs = [v for k, v in r[part].items() if k.endswith("_job")]
@@ -141,6 +141,8 @@ def test_gpu_suite_dry_run_reports_every_part(tmp_path):
     assert loss["steps"] == 6 and loss["pass"] is True
     greedy = r["correctness"]["greedy_vs_transformers"]
     assert len(greedy["lmforge"]) == len(greedy["transformers"]) == 8 and greedy["prefill_logits_rel_error"] < 0.05
+    fp32 = r["correctness"]["greedy_vs_transformers_fp32"]
+    assert fp32["equal"] is True and fp32["prefill_logits_rel_error"] < 1e-4 and r["summary"]["greedy_equal"]["float32"]
     for clients, row in r["serve"]["lmforge"].items():
         assert row["tokens"] == 8 * row["requests"] and row["tokens_per_s"] > 0, (clients, row)
     assert set(r["summary"]) >= {"train_lmforge_over_nanogpt", "fsdp_over_plain_tokens_per_s", "greedy_equal"}
