@@ -1,6 +1,7 @@
 """Text classification: metrics against hand-computed values, table reading and its errors,
 fine-tuning from an encoder and from a decoder, `lmforge classify`."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from lmforge.api import load
 from lmforge.cli import main
 from lmforge.config import get_preset
 from lmforge.data.classify import encode_for_classification
-from lmforge.tasks.classify import ClassificationTask, ClassifyConfig
+from lmforge.tasks.classify import ClassificationTask, ClassifyConfig, class_logits
 from lmforge.data.tables import read_table, split_indices
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.classification import classification_metrics
@@ -97,6 +98,43 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
     obj = ClassificationTask(skewed, config, tok, ClassifyConfig(class_weights=True, test_fraction=0.0))
     counts = torch.bincount(obj.splits["train"][2])
     torch.testing.assert_close(obj.weights, counts.sum() / (2 * counts.float()))      # inverse frequency
+
+
+def test_label_smoothing_softens_the_target(tmp_path, tiny_encoder_dir, topics_csv):
+    from lmforge.api import load_model
+    from lmforge.errors import OptionError
+    from lmforge.model import build_model
+    _, config, tok = load_model(tiny_encoder_dir)
+    task = ClassificationTask(topics_csv, config, tok, ClassifyConfig(label_smoothing=0.2))
+    batch = task.collate("train", torch.arange(8))
+    torch.manual_seed(0)
+    clf = build_model(dataclasses.replace(config, labels=task.labels)).eval()
+    logp = class_logits(clf, batch).float().log_softmax(-1)
+    by_hand = 0.8 * -logp.gather(1, batch["y"][:, None]).mean() + 0.2 * -logp.mean()     # (1-e) CE + e uniform
+    torch.testing.assert_close(task.loss(clf, batch), by_hand)
+    with pytest.raises(OptionError, match="label_smoothing"):
+        ClassifyConfig(label_smoothing=1.0)
+
+
+def test_training_batches_grouped_by_length(tmp_path, tiny_encoder_dir):
+    from lmforge.api import load_model
+    _, config, tok = load_model(tiny_encoder_dir)
+    table = tmp_path / "lengths.csv"
+    table.write_text("text,label\n" + "".join(f"{'word ' * (10 if i % 10 == 0 else 1 + i % 3)},{'ab'[i % 2]}\n" for i in range(200)))
+    grouped = ClassificationTask(table, config, tok, ClassifyConfig(test_fraction=0.0, group_by_length=True))
+    plain = ClassificationTask(table, config, tok, ClassifyConfig(test_fraction=0.0))
+
+    def padded_tokens(task, split="train"):
+        gen = torch.Generator().manual_seed(0)
+        return sum(task.collate(split, task.sample(split, 8, gen))["x"].numel() for _ in range(50))
+    assert padded_tokens(grouped) < 0.5 * padded_tokens(plain)      # most texts short, a few long
+    assert padded_tokens(grouped, "val") == padded_tokens(plain, "val")      # evaluation draws as before
+    n = len(grouped.splits["train"][0])
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.bincount(torch.cat([grouped.sample("train", 8, gen) for _ in range(5000)]), minlength=n).float()
+    assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()     # every row as likely
+    short = grouped.lengths <= grouped.lengths.median()
+    assert float(counts[short].mean()) == pytest.approx(float(counts[~short].mean()), rel=0.05)      # short and long alike
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..data.batching import length_grouped
 from ..data.classify import collate_examples, encode_for_classification, sort_labels
 from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
-from ..options import option
+from ..options import between, option
 from .base import Task, frequency_entropy
 
 
@@ -30,6 +31,13 @@ class ClassifyConfig(TableConfig):
     text_pair_column: str | None = option(None, "optional column with a second text (sentence-pair tasks); an "
                                                 "encoder sees it as segment 1")
     class_weights: bool = option(False, "weight the loss by inverse class frequency (imbalanced labels)")
+    label_smoothing: float = option(0.0, "spread this share of each training target over all the labels (as "
+                                         "transformers' label_smoothing_factor): a softer target that overfits "
+                                         "a small table less", check=between(0, 1, high_open=True))
+    group_by_length: bool = option(False, "draw each training batch from texts of similar length, as "
+                                          "transformers' group_by_length does: a batch pads to its own longest "
+                                          "text, so a step costs less where texts differ in length (batches "
+                                          "are less mixed; off by default: see the docs' measurements)")
     baseline: bool = option(True, "also fit TF-IDF + logistic regression (word and character n-grams, scikit-learn: "
                                   "pip install \"lmforge[baseline]\") on the same split and report it beside the "
                                   "model", saved=False)
@@ -149,6 +157,7 @@ class ClassificationTask(Task):
         self.splits = {s: ([ids[i] for i in idx], [types[i] for i in idx], torch.tensor([y[i] for i in idx]))
                        for s, idx in splits.items()}
         self.texts = {s: [baseline_text(rows[i], o) for i in idx] for s, idx in splits.items()}
+        self.lengths = torch.tensor([len(x) for x in self.splits["train"][0]])
         self.baselines: dict[str, Any] | None = None                    # fitted by `baseline()`
         counts = torch.bincount(self.splits["train"][2], minlength=len(self.labels)).float()
         self.weights = None
@@ -168,6 +177,8 @@ class ClassificationTask(Task):
         return unused + (("pooler.",) if config.pool_method != "cls" else ())
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
+        if split == "train" and self.options.group_by_length:
+            return length_grouped(self.lengths, n, generator)
         return torch.randint(len(self.splits[split][0]), (n,), generator=generator)
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -180,7 +191,7 @@ class ClassificationTask(Task):
     def loss(self, model, batch):
         logits = class_logits(model, batch)
         weight = self.weights.to(logits.device) if self.weights is not None else None
-        return F.cross_entropy(logits.float(), batch["y"], weight=weight)
+        return F.cross_entropy(logits.float(), batch["y"], weight=weight, label_smoothing=self.options.label_smoothing)
 
     def tokens_in(self, batch):
         return int(batch["valid"].sum())
