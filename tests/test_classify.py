@@ -100,7 +100,7 @@ def test_encoding_layouts_and_class_weights(tmp_path, tiny_encoder_dir):
     torch.testing.assert_close(obj.weights, counts.sum() / (2 * counts.float()))      # inverse frequency
 
 
-def test_label_smoothing_softens_the_target(tmp_path, tiny_encoder_dir, topics_csv):
+def test_label_smoothing_softens_the_target(tiny_encoder_dir, topics_csv):
     from lmforge.api import load_model
     from lmforge.errors import OptionError
     from lmforge.model import build_model
@@ -120,21 +120,22 @@ def test_training_batches_grouped_by_length(tmp_path, tiny_encoder_dir):
     from lmforge.api import load_model
     _, config, tok = load_model(tiny_encoder_dir)
     table = tmp_path / "lengths.csv"
-    table.write_text("text,label\n" + "".join(f"{'word ' * (10 if i % 10 == 0 else 1 + i % 3)},{'ab'[i % 2]}\n" for i in range(200)))
+    words = [10 if i % 10 == 0 else 1 + i % 3 for i in range(200)]              # most texts short, a few long
+    table.write_text("text,label\n" + "".join(f"{'word ' * w},{'ab'[i % 2]}\n" for i, w in enumerate(words)))
     grouped = ClassificationTask(table, config, tok, ClassifyConfig(test_fraction=0.0, group_by_length=True))
     plain = ClassificationTask(table, config, tok, ClassifyConfig(test_fraction=0.0))
 
     def padded_tokens(task, split="train"):
         gen = torch.Generator().manual_seed(0)
         return sum(task.collate(split, task.sample(split, 8, gen))["x"].numel() for _ in range(50))
-    assert padded_tokens(grouped) < 0.5 * padded_tokens(plain)      # most texts short, a few long
+    assert padded_tokens(grouped) < 0.5 * padded_tokens(plain)
     assert padded_tokens(grouped, "val") == padded_tokens(plain, "val")      # evaluation draws as before
     n = len(grouped.splits["train"][0])
     gen = torch.Generator().manual_seed(1)
     counts = torch.bincount(torch.cat([grouped.sample("train", 8, gen) for _ in range(5000)]), minlength=n).float()
     assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()     # every row as likely
     short = grouped.lengths <= grouped.lengths.median()
-    assert float(counts[short].mean()) == pytest.approx(float(counts[~short].mean()), rel=0.05)      # short and long alike
+    assert float(counts[short].mean()) == pytest.approx(float(counts[~short].mean()), rel=0.05)   # short, long alike
 
 
 @pytest.fixture(scope="module")
