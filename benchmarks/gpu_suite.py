@@ -736,6 +736,9 @@ def decode_batch(s: dict, module, hf, config, batch: int, bandwidth: float | Non
 
 
 # ---- correctness -----------------------------------------------------------------------------------------
+GREEDY_CHECKS = {"bfloat16": "greedy_vs_transformers", "float32": "greedy_vs_transformers_fp32"}   # dtype: key
+
+
 def correctness_worker(s: dict) -> None:
     g = {**s["gpt"], "part": "correctness", "work": s["work"], "device": s["device"]}
     data = synthetic_data(g)
@@ -745,10 +748,10 @@ def correctness_worker(s: dict) -> None:
         runs[dtype] = train_run(g, {"name": dtype, "steps": g["steps"], "log_interval": 1, "timed_after": 0,
                                     "dtype": dtype}, data)
     emit(["correctness", "bf16_vs_fp32_loss"], loss_agreement(runs))
-    if time_left(s) < 20:
-        emit(["correctness", "greedy_vs_transformers"], {"skipped": f"budget: {time_left(s):.0f} s left"})
-        return
-    for dtype, key in (("bfloat16", "greedy_vs_transformers"), ("float32", "greedy_vs_transformers_fp32")):
+    for dtype, key in GREEDY_CHECKS.items():
+        if time_left(s) < 20:
+            emit(["correctness", key], {"skipped": f"budget: {time_left(s):.0f} s left"})
+            continue
         say(s, f"greedy decoding, {s['greedy_tokens']} tokens, lmforge and transformers, {dtype}")
         emit(["correctness", key], greedy_check(s, dtype))
 
@@ -898,8 +901,7 @@ def summarise(r: dict) -> dict:
                                     "lmforge_pct_of_limit": row.get("lmforge_pct_of_limit")}
     correct = r.get("correctness", {})
     out["bf16_loss_pass"] = correct.get("bf16_vs_fp32_loss", {}).get("pass")
-    out["greedy_equal"] = {dtype: correct.get(key, {}).get("equal") for dtype, key in
-                           (("bfloat16", "greedy_vs_transformers"), ("float32", "greedy_vs_transformers_fp32"))}
+    out["greedy_equal"] = {dtype: correct.get(key, {}).get("equal") for dtype, key in GREEDY_CHECKS.items()}
     for server, rows in r.get("serve", {}).items():
         if isinstance(rows, dict) and not server.endswith("_job"):
             out[f"serve_{server}_tokens_per_s"] = {k: v.get("tokens_per_s") for k, v in rows.items()
