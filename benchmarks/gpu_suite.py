@@ -16,8 +16,8 @@ Parts, in the order they run (a part that no longer fits the time left is skippe
                  (CUDA graphs) against transformers' static cache (which it compiles), and against
                  the memory-bandwidth limit (bytes read per step / the measured copy bandwidth)
     correctness  GPT-2 124M trained 50 steps in bf16 and in fp32 from the same start (losses within
-                 tolerance); greedy decoding of llama-1b-shaped bf16 weights for 32 tokens, lmforge
-                 against transformers on the same weights (exported with `Model.save(format="hf")`)
+                 tolerance); greedy decoding of llama-1b-shaped weights (bf16, then fp32) for 32
+                 tokens, lmforge against transformers on the same weights (`Model.save(format="hf")`)
     memory       one torchrun process: the eager loop plain, with activation checkpointing, and under
                  --strategy fsdp (one GPU: FSDP's overhead), tokens/s and peak CUDA memory each
     serve        `lmforge serve` at 1 / 16 / 64 streaming clients (benchmarks/serve_throughput.py's
