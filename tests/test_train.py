@@ -12,7 +12,7 @@ from lmforge.model import build_model
 from lmforge.train import RunObserver, train
 from lmforge.train.checkpoint import checkpoint_step
 from lmforge.train.optim import make_adamw, param_groups
-from lmforge.train.trainer import check_memory_fits
+from lmforge.train.memory import check_memory_fits
 
 from .conftest import tiny_train_config
 

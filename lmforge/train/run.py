@@ -57,7 +57,8 @@ from .tracking.base import TRACKING_FILE
 from .tracking.mlflow import MLFLOW_ARTIFACTS, MLFLOW_DB
 from .tracking.tensorboard import TENSORBOARD_DIR
 from .tracking.wandb import WANDB_DIR
-from .trainer import Trainer, check_memory_fits
+from .memory import check_memory_fits
+from .trainer import Trainer
 
 
 def run_settings(cfg: TrainConfig, lora=None) -> dict[str, Any]:
@@ -364,9 +365,7 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; the data was prepared with another tokenizer")
     freeze(model, task.frozen(config))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device),
-                      trainable_fraction=n_trainable / max(1, sum(p.numel() for p in model.parameters())))
+    n_trainable = check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device), model)
     task.attach(model)                               # what the task trains beside the model (rtd: its generator)
     if wrap_task is not None:
         task = wrap_task(task, config, tokenizer)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,7 +40,6 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..loading import resolve_device
-from ..model import num_params
 from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
 from ..tasks import Task
 from .checkpoint import Checkpointer, batch_shape
@@ -66,27 +64,6 @@ def autocast_for(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device, trainable_fraction: float = 1.0):
-    """Refuse a configuration that cannot fit: weights + AdamW state + activations of one
-    micro-batch (a rough, deliberately generous estimate) against the free memory."""
-    n = num_params(config)
-    T, d, L, V = config.context_length, config.d_model, config.n_layer, config.padded_vocab_size
-    act_bytes = 4 if device.type == "cpu" else 2
-    attn = config.n_head * T * T * 4 * batch_size * L if device.type == "cpu" else 0  # math attention keeps scores
-    need = n * 4 + n * trainable_fraction * 12 + batch_size * T * (16 * d * L * act_bytes + 3 * V * 4) + attn
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return
-    if need > free:
-        raise ConfigError(f"batch_size={batch_size} x context {T} with {n / 1e6:.1f}M parameters needs about "
-                          f"{need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device}; lower "
-                          f"--batch-size (raise --grad-accum to keep tokens per step) or --context-length")
 
 
 class Trainer:
