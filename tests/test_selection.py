@@ -4,6 +4,7 @@ remembers the peak, and patience ends the run."""
 
 import json
 
+import pytest
 import torch
 
 from lmforge.modeldir import read_weights
@@ -45,10 +46,12 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_run_that_peaks_early_keeps_the_peak(tmp_path, topics_csv, tiny_encoder_dir):
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_a_run_that_peaks_early_keeps_the_peak(tmp_path, topics_csv, tiny_encoder_dir, ema_decay):
+    """With --ema-decay, what is evaluated, kept and scored is the weight average."""
     out, seen = tmp_path / "peak", Snapshots()
-    summary = train(_config(topics_csv, out, tiny_encoder_dir), wrap_task=scripted([0.5, 0.9, 0.6, 0.4]),
-                    observers=[seen])
+    summary = train(_config(topics_csv, out, tiny_encoder_dir, ema_decay=ema_decay),
+                    wrap_task=scripted([0.5, 0.9, 0.6, 0.4]), observers=[seen])
     assert summary["step"] == 8 and summary["best_step"] == 4 and summary["val_macro_f1"] == 0.9
     assert checkpoint_step(out) == 4                                   # the directory is at the peak
     weights, _ = read_weights(out / "model.safetensors")

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, ModelDirError
 from ..modeldir import WEIGHTS_FILE, atomic_write, atomic_write_text, read_weights, read_weights_metadata, save_tensors
+from .averaging import NoAverage
 
 STATE_DIR = "train_state"
 
@@ -201,11 +202,14 @@ def _sharded_train_state(model, optimizer, data_gen: torch.Generator, step: int,
 
 def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.Generator, step: int, tokens: int,
                      shape: torch.Tensor, weights: Any, extra_metadata: dict[str, str] | None,
-                     weights_file: str, keep_step: int | None = None) -> None:
+                     weights_file: str, keep_step: int | None = None,
+                     extra_state: dict[str, Any] | None = None) -> None:
     """Every rank: checkpoint the run at `step`, as a DCP directory under a sharding `strategy`, else
-    as a .pt file from rank 0. `weights()` gives the tensors of `weights_file` (on rank 0; it gathers)."""
+    as a .pt file from rank 0. `weights()` gives the tensors of `weights_file` (on rank 0; it gathers);
+    `extra_state` joins the .pt train state (the raw weights under --ema-decay, which fsdp refuses)."""
     info = strategy.info
     if strategy.sharded:
+        assert not extra_state, "a sharded train state keeps no extra state"
         state = _sharded_train_state(model, optimizer, data_gen, step, tokens, shape, f"rng_rank{info.rank}")
         save_sharded_checkpoint(out_dir, step, state, weights, extra_metadata, weights_file, info, keep_step)
         return
@@ -215,7 +219,7 @@ def save_train_state(out_dir: Path, strategy, model, optimizer, data_gen: torch.
         state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
                  "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                 "batch_shape": shape}
+                 "batch_shape": shape, **(extra_state or {})}
         save_checkpoint(out_dir, tensors, step, state, extra_metadata, weights_file, keep_step)
     barrier(info)
 
@@ -279,12 +283,15 @@ class Checkpointer:
     and tells the observers (`on_save`). `names_to_save(model)` picks the state-dict entries that
     `weights_file` stores (None: all; a LoRA run keeps its adapters). `saved_at`: the last step
     saved (or resumed from). `keep_best(step, record)` keeps the checkpoint of `step` (saved) beside
-    the later ones, `restore_best()` makes it the run's checkpoint again (`selection.py`)."""
+    the later ones, `restore_best()` makes it the run's checkpoint again (`selection.py`).
+    `average` (`averaging.py`): what a save commits (the weight average under --ema-decay) and
+    keeps in the train state, and what a resume restores."""
 
     def __init__(self, out: Path, strategy, model: nn.Module, optimizer, data_gen: torch.Generator,
                  shape: torch.Tensor, *, names_to_save: Callable[[nn.Module], set[str]] | None,
-                 extra_metadata: dict[str, str], weights_file: str, observers):
+                 extra_metadata: dict[str, str], weights_file: str, observers, average: Any = None):
         self.out, self.strategy, self.model, self.optimizer = Path(out), strategy, model, optimizer
+        self.average = average if average is not None else NoAverage()
         self.data_gen, self.shape, self.names_to_save = data_gen, shape, names_to_save
         self.extra_metadata, self.weights_file, self.observers = extra_metadata, weights_file, observers
         self.saved_at = 0
@@ -294,12 +301,14 @@ class Checkpointer:
         """Load `state` (from `load_checkpoint`); returns (step, tokens)."""
         step, tokens = resume_train_state(state, self.strategy, self.model, self.optimizer, self.data_gen, self.shape,
                                           self.out)
+        self.average.load(state, str(state_path(self.out, step)))
         self.saved_at = step
         return step, tokens
 
     def save(self, step: int, tokens: int) -> None:
+        extra_state = self.average.state()                  # the model shows the average from here
         save_train_state(self.out, self.strategy, self.model, self.optimizer, self.data_gen, step, tokens, self.shape,
-                         self._weights, self.extra_metadata, self.weights_file, self.best_step)
+                         self._weights, self.extra_metadata, self.weights_file, self.best_step, extra_state)
         self.saved_at = step
         self.observers.on_save(step, self.out)
 

@@ -75,6 +75,10 @@ class TrainConfig:
                                           "the last", unset="on for classify and with --patience, else off")
     patience: int | None = option(None, "early stopping: end the run when the validation metric has not improved "
                                         "for this many evaluations (every --eval-interval steps)", check=at_least(1))
+    ema_decay: float | None = option(None, "keep an exponential moving average of the trainable weights with this decay "
+                                           "per step (0.998: about the last 500 steps), and evaluate, keep and save it "
+                                           "instead of the raw weights, which the optimizer steps",
+                                     fixed=True, check=between(0, 1, high_open=True), unset="off")
     seed: int = option(1337, "random seed (data order, init, dropout)", fixed=True, check=SEED)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name)
     dtype: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), float32 or bfloat16",

@@ -92,6 +92,7 @@ def inspect_at(trainer, step: int) -> bool:
     if not every or step % every:
         return False
     model = trainer._raw(trainer.train_model)
+    trainer.average.show()                       # --ema-decay: the model as it is evaluated and saved
     was_training = model.training
     model.eval()
     with trainer.full_params():

@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..loading import resolve_device
 from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
 from ..tasks import Task
+from .averaging import make_average
 from .checkpoint import Checkpointer, batch_shape
 from .config import TrainConfig
 from .distributed import DistInfo, Strategy, activation_checkpointing, all_reduce_mean, init_distributed, make_strategy
@@ -85,6 +86,9 @@ class Trainer:
         if cfg.strategy == "fsdp" and cfg.optimizer == "muon":
             raise ConfigError("--optimizer muon orthogonalises whole matrices, which --strategy fsdp splits over the "
                               "processes; use --optimizer adamw with fsdp, or --strategy ddp with muon")
+        if cfg.strategy == "fsdp" and cfg.ema_decay is not None:
+            raise ConfigError("--ema-decay averages whole weights, which --strategy fsdp splits over the processes; "
+                              "drop --ema-decay, or use --strategy ddp")
         if cfg.strategy == "fsdp" and cfg.compile:
             raise ConfigError("--compile is not supported with --strategy fsdp yet; drop --compile, or use "
                               "--strategy ddp")
@@ -168,6 +172,7 @@ class Trainer:
         cfg, task, dist = self.cfg, self.task, self.dist
         B, A, W = cfg.batch_size, cfg.grad_accum, dist.world_size
         indices = task.sample("train", W * A * B, self.data_gen).view(W, A, B)[dist.rank]
+        self.average.hide()                              # the raw weights train (--ema-decay)
         loss_sum = torch.zeros((), device=self.device)
         step_tokens = 0
         for a in range(A):
@@ -182,6 +187,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.average.update()
         return loss_sum, step_tokens
 
     # ---- before and after the loop ----------------------------------------------------------------
@@ -215,10 +221,11 @@ class Trainer:
             group.setdefault("peak_lr", group["lr"])
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         model.train()
+        self.average = make_average(model, cfg.ema_decay)      # --ema-decay: `averaging.py`
         shape = batch_shape(self.dist.world_size, cfg.grad_accum, cfg.batch_size)
         return Checkpointer(self.out, self.strategy, model, self.optimizer, self.data_gen, shape,
                             names_to_save=self.names_to_save, extra_metadata=self.extra_metadata,
-                            weights_file=self.weights_file, observers=self.observers)
+                            weights_file=self.weights_file, observers=self.observers, average=self.average)
 
     def _interrupted(self, step: int, tokens: int, saver: Checkpointer, log: TrainLog,
                      summary: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +251,7 @@ class Trainer:
             if self.dist.is_main:
                 print(f"stopped at step {step} of {cfg.max_steps}; continue with the same command plus --resume")
         else:
+            self.average.show()                          # the model ends as it was evaluated and saved
             self._keep_best(saver, summary, early_stop)
             with self.full_params():                     # every rank: FSDP gathers the whole model
                 if self.dist.is_main:
@@ -314,6 +322,7 @@ class Trainer:
             log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         sample_every = cfg.eval_interval if cfg.sample_interval is None else cfg.sample_interval
         if self.sample_fn is not None and sample_every and (step % sample_every == 0 or step == cfg.max_steps):
+            self.average.show()
             with self.full_params():
                 if self.dist.is_main:
                     text = self.sample_fn(self.model)
@@ -332,6 +341,7 @@ class Trainer:
         the model, whole and in eval mode (`on_eval`)."""
         was_training = model.training
         model.eval()
+        self.average.show()                              # --ema-decay: the average is what is evaluated
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)       # the same val batches every time
         B, iters, W = self.cfg.batch_size, self.cfg.eval_iters, self.dist.world_size
         indices = self.task.sample("val", iters * B, gen).view(iters, B)
