@@ -60,8 +60,8 @@ def run_config(args, **kw):
 
 
 def classifier_flags(args) -> dict:
-    """The model flags a classifier run gets (--pooling), where given."""
-    return {"pooling": args.pooling} if args.pooling else {}
+    """The flags a classifier run gets (--pooling, --ema-decay), where given."""
+    return {k: v for k, v in (("pooling", args.pooling), ("ema_decay", args.ema_decay)) if v is not None}
 
 
 def steps_for(args, seconds: float, calibrate) -> int:
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pooling", choices=("cls", "mean"),
                    help="classifier pooling (default: the model's: mean for the encoders built here)")
+    p.add_argument("--ema-decay", type=float, help="every classifier run (from scratch, fine-tunes) keeps this weight "
+                                                   "average (`--ema-decay`; default: the runs' own default)")
     p.add_argument("--seed", type=int, default=1337, help="training seed of every run (the split stays the table's)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
     args = p.parse_args(argv)
