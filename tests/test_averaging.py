@@ -19,13 +19,12 @@ from .conftest import tiny_train_config
 
 def test_the_saved_weights_are_torch_averaged_model_of_the_raw_ones(tmp_path, char_data):
     """The oracle: torch.optim.swa_utils.AveragedModel fed the raw weights before every step and
-    the last raw weights (from the train state), with the documented warm-up of the decay."""
+    the last raw weights (from the train state)."""
     decay = 0.9
     oracle: dict[str, AveragedModel] = {}
 
     def avg_fn(average, weight, n):            # n = weights averaged before: the initial ones are the first
-        d = min(decay, (1 + (n - 1)) / (10 + (n - 1)))
-        return d * average + (1 - d) * weight
+        return decay * average + (1 - decay) * weight
 
     def recording(task, config, tokenizer):
         loss = task.loss

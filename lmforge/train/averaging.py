@@ -1,13 +1,13 @@
 """`--ema-decay D`: an exponential moving average of the weights (Polyak averaging, as timm's
-`ModelEmaV2` and TensorFlow's `ExponentialMovingAverage` keep it) that is evaluated, kept and
-saved in place of the raw weights, while the optimizer goes on stepping the raw ones.
+`ModelEmaV2` keeps it) that is evaluated, kept and saved in place of the raw weights, while
+the optimizer goes on stepping the raw ones. It starts as the weights the run starts from, and
+after each optimizer step every trainable weight's average moves towards it:
 
-After each optimizer step every trainable weight's average moves towards it,
+    average = D * average + (1 - D) * weight
 
-    average = d * average + (1 - d) * weight,    d = min(D, (1 + n) / (10 + n))
-
-(n: the steps averaged so far), so the first weights do not hold a short run back. The average
-and the raw weights trade places in the model (`show`, in place, on every rank: under DDP every
+so it weighs the last ~1 / (1 - D) steps most (0.995: ~200), and the start has a weight of
+D ** steps (a run should be several of those horizons long). The average and the raw weights
+trade places in the model (`show`, in place, on every rank: under DDP every
 rank averages the same weights) for whatever looks at the model: each evaluation, sample,
 inspection and checkpoint, and the end of the run; the next step puts the raw weights back
 (`hide`). A checkpoint therefore commits the average as model.safetensors, the file a user
@@ -20,9 +20,9 @@ loads, and keeps the raw weights in its train state, so `--resume` continues exa
     >>> average = make_average(layer, 0.9)
     >>> with torch.no_grad():
     ...     _ = layer.weight.fill_(2.0)             # an optimizer step
-    >>> average.update()                            # n = 0: d = min(0.9, 1 / 10)
+    >>> average.update()                            # 0.9 * 1.0 + 0.1 * 2.0
     >>> average.show(); round(layer.weight.item(), 4)
-    1.9
+    1.1
     >>> average.hide(); layer.weight.item()
     2.0
 """
@@ -53,7 +53,7 @@ class WeightAverage(NoAverage):
     """The moving average of `model`'s trainable parameters, kept beside them (same device and dtype)."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.count, self.shown = decay, 0, False
+        self.decay, self.count, self.shown = decay, 0, False      # count: the steps averaged
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.kept = {n: p.detach().clone() for n, p in self.params.items()}   # the average; the raw weights while shown
 
@@ -61,9 +61,8 @@ class WeightAverage(NoAverage):
     def update(self) -> None:
         """After an optimizer step (the raw weights in the model): move the average towards them."""
         assert not self.shown
-        d = min(self.decay, (1 + self.count) / (10 + self.count))
         names = list(self.params)
-        torch._foreach_lerp_([self.kept[n] for n in names], [self.params[n].detach() for n in names], 1 - d)
+        torch._foreach_lerp_([self.kept[n] for n in names], [self.params[n].detach() for n in names], 1 - self.decay)
         self.count += 1
 
     @torch.no_grad()
