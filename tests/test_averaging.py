@@ -9,7 +9,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from lmforge.api import load_model
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError, ModelDirError
 from lmforge.train import RunObserver, train
 from lmforge.train.averaging import STATE_KEY
 from lmforge.train.checkpoint import state_path
@@ -38,7 +38,8 @@ def test_the_saved_weights_are_torch_averaged_model_of_the_raw_ones(tmp_path, ch
         return task
 
     class Evaluated(RunObserver):
-        steps: list[int] = []
+        def __init__(self):
+            self.steps, self.weights = [], {}
 
         def on_eval(self, step, model, metrics):
             self.steps.append(step)
@@ -81,6 +82,10 @@ def test_a_run_with_an_average_resumes_exactly(tmp_path, char_data):
     with pytest.raises(LmforgeError, match="ema_decay|ema-decay"):      # the average is part of how it trained
         train(tiny_train_config(char_data, tmp_path / "stopped", resume=True, **{**kw, "max_steps": 20,
                                                                                  "ema_decay": 0.5}))
+    plain = {**kw, "ema_decay": None}
+    train(tiny_train_config(char_data, tmp_path / "plain", stop_after=5, **plain))
+    with pytest.raises(ModelDirError, match="holds no weight average"):     # --force, but no average to resume
+        train(tiny_train_config(char_data, tmp_path / "plain", resume=True, force=True, **kw))
 
 
 def test_refusals(tmp_path, char_data):
