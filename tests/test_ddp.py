@@ -14,10 +14,13 @@ def _losses(run):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path, char_data):
+@pytest.mark.parametrize("extra", [[], ["--ema-decay", "0.5"]], ids=["plain", "weight-average"])
+def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path, char_data, extra):
+    """With --ema-decay the evaluations see the average, which every rank keeps alike."""
     common = ["--data", str(char_data), "--preset", "gpt-tiny", "--context-length", "32", "--batch-size", "4",
               "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
-              "--sample-interval", "0", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2"]
+              "--sample-interval", "0", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2",
+              *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "lmforge", "train", "--out", str(tmp_path / "ddp"), "--grad-accum", "1", *common],
