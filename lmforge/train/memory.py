@@ -18,8 +18,11 @@ def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device
     parameters of `model`; None: all) + activations of one micro-batch (a rough, deliberately
     generous estimate) against the free memory. Returns the number of trainable parameters."""
     n = num_params(config)
-    n_trainable = n if model is None else sum(p.numel() for p in model.parameters() if p.requires_grad)
-    trainable_fraction = n_trainable / max(1, n if model is None else sum(p.numel() for p in model.parameters()))
+    if model is None:
+        n_trainable, trainable_fraction = n, 1.0
+    else:
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable_fraction = n_trainable / max(1, sum(p.numel() for p in model.parameters()))
     T, d, L, V = config.context_length, config.d_model, config.n_layer, config.padded_vocab_size
     act_bytes = 4 if device.type == "cpu" else 2
     attn = config.n_head * T * T * 4 * batch_size * L if device.type == "cpu" else 0  # math attention keeps scores
