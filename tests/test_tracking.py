@@ -212,7 +212,7 @@ def test_only_the_main_process_reports_under_torchrun(tmp_path, char_data):
 
 def test_a_run_that_never_checkpointed_is_replaced_with_its_trackers_files(tmp_path):
     """What the trackers write at the start is part of a started run: a new run may replace it."""
-    from lmforge.train.run import claim_out
+    from lmforge.train.outdir import claim_out
     out = tmp_path / "run"
     for name in ("tensorboard", "mlartifacts", "wandb"):
         (out / name).mkdir(parents=True)
