@@ -99,6 +99,13 @@ class Task:
         return {}
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself inside the DDP and torch.compile wrappers the trainer may put around it
+    (a loss reads its config and modules there)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy; logits (B, T, V), targets (B, T)."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)

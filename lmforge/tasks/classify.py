@@ -21,7 +21,7 @@ from ..data.classify import collate_examples, encode_for_classification, sort_la
 from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
 from ..options import between, option
-from .base import Task, frequency_entropy
+from .base import Task, frequency_entropy, unwrap
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ClassifyConfig(TableConfig):
 
 def segments(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The segment ids of a batch as keyword arguments, for a model that has segment embeddings."""
-    return {"type_ids": batch["types"]} if model.config.family == "encoder" and model.config.type_vocab_size else {}
+    config = unwrap(model).config                     # under DDP, `model` wraps it
+    return {"type_ids": batch["types"]} if config.family == "encoder" and config.type_vocab_size else {}
 
 
 def class_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

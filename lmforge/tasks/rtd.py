@@ -37,6 +37,7 @@ from ..model.blocks import Block, init_weights, make_norm
 from ..model.heads import ACTIVATIONS
 from ..model.positions import Rotary
 from ..options import between, option
+from .base import unwrap
 from .mlm import MaskedLMTask, MLMConfig
 
 DISC_WEIGHT = 50.0                    # the paper's lambda: the discriminator's loss is ~50x smaller per token
@@ -154,7 +155,7 @@ class ReplacedTokenTask(MaskedLMTask):
 
     def save_extras(self, model, out_dir: Path) -> None:
         from ..modeldir import save_tensors
-        tensors = {f"rtd.{k}": v.detach().to("cpu").contiguous() for k, v in _unwrap(model).rtd.state_dict().items()}
+        tensors = {f"rtd.{k}": v.detach().to("cpu").contiguous() for k, v in unwrap(model).rtd.state_dict().items()}
         save_tensors(tensors, Path(out_dir) / HEADS_FILE, {})
 
     def mask(self, rows: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +166,7 @@ class ReplacedTokenTask(MaskedLMTask):
         x, labels = batch["x"], batch["labels"]
         selected = labels != -100
         ids = torch.where(selected, labels, x)                                 # the original text
-        disc, heads = _unwrap(model), model.rtd
+        disc, heads = unwrap(model), model.rtd
         emb, _ = disc.transformer.embed(x, torch.arange(x.shape[1], device=x.device))
         gen_logits = heads.generator(emb, selected, disc.transformer.tok_emb.weight)[:, : self.vocab_size]
         with torch.no_grad():                                                  # sampling is not differentiated
@@ -184,11 +185,6 @@ class ReplacedTokenTask(MaskedLMTask):
         # a generator at the token frequencies; a discriminator that says "original" with the replaced share's odds
         p = self.options.mask_prob * 0.85
         return super().constant_loss() + DISC_WEIGHT * -(p * math.log(p) + (1 - p) * math.log(1 - p))
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 def build(cfg, config: ModelConfig, tokenizer) -> ReplacedTokenTask:
