@@ -21,16 +21,34 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path, char_da
               "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
               "--sample-interval", "0", "--device", "cpu", "--no-progress", "--lr", "3e-3", "--warmup-steps", "2",
               *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "lmforge", "train", "--out", str(tmp_path / "ddp"), "--grad-accum", "1", *common],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "lmforge", "train", "--out", str(tmp_path / "one"),
-                             "--grad-accum", "2", *common], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp_train, ddp_val = _losses(tmp_path / "ddp")
-    one_train, one_val = _losses(tmp_path / "one")
+    ddp_train, ddp_val, one_train, one_val = _ddp_and_one(tmp_path, ["train", *common])
     assert len(ddp_train) == len(one_train) == 6
     assert ddp_train == pytest.approx(one_train, abs=2e-5)
     assert ddp_val == pytest.approx(one_val, abs=2e-5)
+
+
+@pytest.mark.slow
+def test_epochs_under_ddp_match_one_process(tmp_path, topics_csv, tiny_encoder_dir):
+    """--epochs: both count 2 x 1 x 4 = 1 x 2 x 4 examples a step, and the ranks split each step's
+    share of the shuffled pass as one process splits it into micro-batches."""
+    args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--data", str(topics_csv), "--no-baseline",
+            "--batch-size", "4", "--epochs", "0.25", "--eval-interval", "3", "--eval-iters", "2", "--log-interval",
+            "1", "--device", "cpu", "--no-progress", "--warmup-steps", "2"]
+    ddp_train, ddp_val, one_train, one_val = _ddp_and_one(tmp_path, args)
+    assert len(ddp_train) == len(one_train) == 6                 # 0.25 x 192 training rows / 8 a step
+    assert ddp_train == pytest.approx(one_train, abs=2e-5)
+    assert ddp_val == pytest.approx(one_val, abs=2e-5)
+
+
+def _ddp_and_one(tmp_path, args):
+    """(train losses, val losses) of `lmforge ARGS` under torchrun with 2 processes x --grad-accum 1,
+    then of one process with --grad-accum 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "lmforge", *args, "--out", str(tmp_path / "ddp"), "--grad-accum", "1"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "lmforge", *args, "--out", str(tmp_path / "one"),
+                             "--grad-accum", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return (*_losses(tmp_path / "ddp"), *_losses(tmp_path / "one"))

@@ -16,10 +16,10 @@ feeds TEXT on stdin; `$(python -c 'CODE')` is expanded as the shell would; `lmfo
 background, on a free port that replaces P everywhere after it (the `curl` commands and the
 python blocks). ```python blocks are executed. Tiny settings are
 appended per verb (argparse keeps the last value); `--max-steps N` and `--stop-after N` become
-N // 1000 so "train 3000 steps, stop after 2000, then resume" stays a valid sequence; in
-```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N` 8. The first ```jsonl block is
-the chat file `my_chats.jsonl`; `my_corpus.txt`, `my_labels.csv` and `my_pairs.tsv` are made
-here. Fences of other languages (```text, ```sh, plain ```) are shown, not run.
+N // 1000 so "train 3000 steps, stop after 2000, then resume" stays a valid sequence, and
+`--epochs E` becomes E / 100; in ```python blocks `max_steps=N` becomes 2 and `max_new_tokens=N`
+8. The first ```jsonl block is the chat file `my_chats.jsonl`; `my_corpus.txt`, `my_labels.csv`
+and `my_pairs.tsv` are made here. Fences of other languages (```text, ```sh, plain ```) are shown, not run.
 """
 
 from __future__ import annotations
@@ -198,6 +198,9 @@ def shrink(argv: list[str]) -> list[str]:
         if flag in argv:
             i = argv.index(flag) + 1
             argv[i] = str(max(1, int(argv[i]) // 1000))
+    if "--epochs" in argv:
+        i = argv.index("--epochs") + 1
+        argv[i] = str(float(argv[i]) / 100)
     verb = argv[argv.index("lmforge") + 1] if argv[0] == "torchrun" else argv[1]
     return argv + TINY.get(verb, [])
 

@@ -38,3 +38,49 @@ def length_grouped(lengths: torch.Tensor, n: int, generator: torch.Generator, gr
     pool = pool[torch.argsort(lengths[pool], stable=True)]
     g = int(torch.randint(groups, (1,), generator=generator))
     return pool[g * n: (g + 1) * n]
+
+
+class EpochOrder:
+    """The training examples in shuffled passes (epochs), as a pure function of the step: pass e
+    is a permutation of range(n) drawn from (seed, e), and step s takes the `per_step` positions
+    from s x per_step of the passes laid end to end. Every example is seen once per pass; a resumed
+    run continues the same order with nothing saved; every rank computes the same indices. With
+    `lengths`, each pass is grouped by length as `length_grouped` groups a draw: runs of `groups` x
+    `per_step` examples of the pass are sorted by length and cut into steps, in a random order.
+
+    >>> order = EpochOrder(5, seed=0, per_step=2)
+    >>> first_pass = order.take(0).tolist() + order.take(1).tolist() + order.take(2).tolist()[:1]
+    >>> sorted(first_pass)
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, n: int, seed: int, per_step: int, lengths: torch.Tensor | None = None, groups: int = 16):
+        self.n, self.seed, self.per_step, self.lengths, self.groups = n, seed, per_step, lengths, groups
+        self._passes: dict[int, torch.Tensor] = {}
+
+    def take(self, step: int) -> torch.Tensor:
+        """The `per_step` example indices (int64) of optimizer step `step` (0-based)."""
+        start = step * self.per_step
+        parts = []
+        for e in range(start // self.n, (start + self.per_step - 1) // self.n + 1):
+            lo, hi = max(start, e * self.n) - e * self.n, min(start + self.per_step, (e + 1) * self.n) - e * self.n
+            parts.append(self._pass(e)[lo:hi])
+        return torch.cat(parts)
+
+    def _pass(self, e: int) -> torch.Tensor:
+        if e not in self._passes:
+            self._passes = {k: v for k, v in self._passes.items() if k >= e - 1}     # keep the pass a step straddles
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            order = torch.randperm(self.n, generator=gen)
+            if self.lengths is not None:
+                order = self._grouped(order, gen)
+            self._passes[e] = order
+        return self._passes[e]
+
+    def _grouped(self, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        k, runs = self.per_step, []
+        for chunk in order.split(k * self.groups):
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            steps = chunk.split(k)
+            runs += [steps[i] for i in torch.randperm(len(steps), generator=gen).tolist()]
+        return torch.cat(runs)

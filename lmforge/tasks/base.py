@@ -18,12 +18,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..data.batching import EpochOrder
+
 
 class Task:
     name = "base"
     reports_perplexity = False   # val loss is a per-token cross-entropy: also log exp(loss)
     selection = ("val_loss", "min")  # the validation metric --keep-best / --patience judge by, and its direction
     tokenizer = None             # set by tasks that read a table and train their own tokenizer from it
+    in_passes = False            # trains on a list of whole examples: --epochs takes them in shuffled passes
 
     # ---- what the data decides about the model (called by `train()` before the model is built) ----
     def model_changes(self) -> dict[str, Any]:
@@ -48,6 +51,17 @@ class Task:
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         """n example indices (int64) for `split`, drawn with `generator`."""
         raise NotImplementedError
+
+    def train_examples(self) -> int | None:
+        """What one pass over the training split holds (examples; the shard tasks: windows of the
+        context length), by which --epochs sizes a run; None: the task cannot count them."""
+        return None
+
+    def epoch_order(self, seed: int, per_step: int) -> EpochOrder | None:
+        """Under --epochs, the order of the training examples: shuffled passes (`EpochOrder`) for
+        the tasks that train on whole examples (`in_passes`); None: the task keeps drawing with
+        `sample` (the shard tasks' windows at random offsets)."""
+        return EpochOrder(self.train_examples(), seed, per_step) if self.in_passes else None
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch (CPU tensors) for these indices."""

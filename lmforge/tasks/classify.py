@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..data.batching import length_grouped
+from ..data.batching import EpochOrder, length_grouped
 from ..data.classify import collate_examples, encode_for_classification, sort_labels
 from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
 from ..errors import ConfigError, DataError
@@ -120,6 +120,7 @@ def label_entropy(y: torch.Tensor, n_labels: int) -> float:
 
 class ClassificationTask(Task):
     name = "classify"
+    in_passes = True
     selection = ("val_macro_f1", "max")     # what a user reads off a classifier; the loss keeps falling past it
 
     def __init__(self, path: str | Path, config, tokenizer, options: ClassifyConfig | None = None):
@@ -181,6 +182,12 @@ class ClassificationTask(Task):
         if split == "train" and self.options.group_by_length:
             return length_grouped(self.lengths, n, generator)
         return torch.randint(len(self.splits[split][0]), (n,), generator=generator)
+
+    def train_examples(self) -> int:
+        return len(self.splits["train"][0])
+
+    def epoch_order(self, seed: int, per_step: int) -> EpochOrder:
+        return EpochOrder(self.train_examples(), seed, per_step, self.lengths if self.options.group_by_length else None)
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         ids, types, y = self.splits[split]

@@ -24,6 +24,9 @@ class CausalLMTask(NextTokenTask):
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.data[split]) - self.T, (n,), generator=generator)
 
+    def train_examples(self) -> int:
+        return (len(self.data["train"]) - 1) // self.T
+
     def constant_loss(self) -> float:
         return token_entropy(self.data["train"])
 

@@ -39,6 +39,12 @@ class DistillTask(Task):
     def collate(self, split, indices):
         return self.inner.collate(split, indices)
 
+    def train_examples(self):
+        return self.inner.train_examples()
+
+    def epoch_order(self, seed, per_step):
+        return self.inner.epoch_order(seed, per_step)
+
     def tokens_in(self, batch):
         return self.inner.tokens_in(batch)
 

@@ -57,6 +57,9 @@ class MaskedLMTask(Task):
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.data[split]) - self.T + 1, (n,), generator=generator)
 
+    def train_examples(self) -> int:
+        return len(self.data["train"]) // self.T
+
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         data = self.data[split]
         rows = torch.from_numpy(np.stack([data[i: i + self.T] for i in indices.tolist()]).astype(np.int64))

@@ -53,6 +53,7 @@ class Seq2SeqConfig(TableConfig):
 
 class Seq2SeqTask(Task):
     name = "seq2seq"
+    in_passes = True
     reports_perplexity = True
 
     def __init__(self, path: str | Path, config, tokenizer: Tokenizer | None, options: Seq2SeqConfig | None = None,
@@ -103,6 +104,9 @@ class Seq2SeqTask(Task):
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.splits[split][0]), (n,), generator=generator)
+
+    def train_examples(self) -> int:
+        return len(self.splits["train"][0])
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         src, tgt = self.splits[split]

@@ -42,6 +42,7 @@ class SFTTask(NextTokenTask):
     """
 
     name = "sft"                  # perplexity per assistant token
+    in_passes = True
 
     def __init__(self, path: str | Path, context_length: int, tokenizer: Tokenizer, options: SFTConfig | None = None):
         self.options = options or SFTConfig()
@@ -70,6 +71,9 @@ class SFTTask(NextTokenTask):
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(len(self.examples[split]), (n,), generator=generator)
+
+    def train_examples(self) -> int:
+        return len(self.examples["train"])
 
     def collate(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = [self.examples[split][i] for i in indices.tolist()]

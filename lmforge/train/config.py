@@ -15,6 +15,9 @@ from .distributed import STRATEGIES
 from .tracking import check_report_to
 
 
+MAX_STEPS, FINETUNE_MAX_STEPS = 1000, 500     # a run's length when neither --max-steps nor --epochs is given
+
+
 def defaults_text(name: str) -> str:
     """The help's account of a task-dependent default: "the task's: 0.001, seq2seq 0.002"."""
     own = ", ".join(f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items() if name in d)
@@ -38,8 +41,14 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step (a resume on another number of "
                                 "processes changes it to keep processes x grad-accum x batch-size; the checkpoint "
                                 "checks that product)", check=at_least(1))
-    max_steps: int = option(1000, "optimizer steps in the whole run (the schedule's length)", fixed=True,
-                            check=at_least(1))
+    max_steps: int | None = option(None, "optimizer steps in the whole run (the schedule's length; given with "
+                                         "--epochs, it wins, as in transformers)", fixed=True, check=at_least(1),
+                                   unset=f"{MAX_STEPS} ({FINETUNE_MAX_STEPS} for `finetune`), or what --epochs take")
+    epochs: float | None = option(None, "size the run in passes over the training set: the steps they take at "
+                                        "processes x grad-accum x batch-size examples per step. classify, seq2seq and "
+                                        "sft then see every example once per epoch, in a new random order each time; "
+                                        "clm, mlm and rtd count windows of the context length, still drawn at random "
+                                        "offsets", fixed=True, check=above(0), unset="off: --max-steps sizes the run")
     lr: float | None = option(None, "peak learning rate (of every weight under adamw; of the embeddings, head, norms "
                                     "and biases under muon)", fixed=True, check=above(0),
                               unset=defaults_text("lr"))

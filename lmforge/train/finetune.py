@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..options import option
 from ..tasks import TASKS
-from .config import TrainConfig
+from .config import FINETUNE_MAX_STEPS, TrainConfig
 from .observers import RunObserver
 from .run import train
 
@@ -25,7 +25,7 @@ from .run import train
 # its pretraining rate) beat AdamW at every rate tried for fine-tuning pretrained encoders into classifiers
 # (docs/finetuning.md, "Defaults"). LoRA adapters always take AdamW steps (see `muon.make_muon`).
 FINETUNE_DEFAULTS: dict[str, Any] = {"muon_lr": 0.005, "lr": 3e-4, "warmup_steps": 50,
-                                     "max_steps": 500, "eval_interval": 100, "weight_decay": 0.0,
+                                     "eval_interval": 100, "weight_decay": 0.0,
                                      "out": "runs/finetuned"}
 
 
@@ -56,8 +56,9 @@ def finetune(args: FinetuneConfig, cfg: TrainConfig | None = None, options: Any 
         check_output(args.merge_to, inputs=[("the run's --out", base.out), ("the base model", args.model_dir),
                                             ("--data", base.data)], out_name="--merge-to")
     task_options = options if options is not None else base.task_options
-    summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options),
-                    lora=lora, observers=observers)
+    steps = FINETUNE_MAX_STEPS if base.max_steps is None and base.epochs is None else base.max_steps
+    summary = train(dataclasses.replace(base, init_from=args.model_dir, task=args.task, task_options=task_options,
+                                        max_steps=steps), lora=lora, observers=observers)
     if args.merge_to and not summary.get("stopped"):
         from ..adapt.runs import merge_adapter
         summary["merged"] = str(merge_adapter(summary["out"], args.merge_to))

@@ -46,6 +46,7 @@ from ..runfile import TRAIN_CONFIG_FILE, read_run_file, write_run_file
 from ..tasks import SHARD_TASKS, TASK_OPTIONS, TASKS, Task
 from . import checkpoint
 from .config import TrainConfig
+from .epochs import plan_steps
 from .observers import CardFile, RunObserver
 from .outdir import claim_out
 from .tracking import make_trackers
@@ -79,7 +80,8 @@ def check_resume_settings(cfg: TrainConfig, lora, out: Path) -> None:
     if not path.is_file() or cfg.force:
         return
     saved, now = read_run_file(path), run_settings(cfg, lora)
-    changed = sorted(k for k in fixed_settings() if k in saved and k in now and saved[k] != now[k])
+    changed = sorted(k for k in fixed_settings() if k in saved and k in now and saved[k] != now[k]
+                     and not (k == "max_steps" and cfg.max_steps is None))    # `plan_steps` checks it
     if changed:
         k = changed[0]
         raise ConfigError(f"--resume would change {k} from {saved[k]!r} (what {out} was trained with, in {path.name}) "
@@ -296,6 +298,7 @@ def _train_locked(cfg: TrainConfig, lora, wrap_task, observers) -> dict[str, Any
     if config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; the data was prepared with another tokenizer")
+    cfg = plan_steps(cfg, task)                      # max_steps: given, or what --epochs take
     freeze(model, task.frozen(config))
     n_trainable = check_memory_fits(config, cfg.batch_size, resolve_device(cfg.device), model)
     task.attach(model)                               # what the task trains beside the model (rtd: its generator)

@@ -99,6 +99,8 @@ class Trainer:
         mixed = resolve_dtype_name(self.device, cfg.dtype) == "bfloat16" and self.device.type == "cuda"
         self.strategy: Strategy = make_strategy(cfg.strategy, self.dist, self.device, mixed_precision=mixed)
         self.autocast = autocast_for(self.device, cfg.dtype)
+        per_step = self.dist.world_size * cfg.grad_accum * cfg.batch_size
+        self.epoch_order = task.epoch_order(cfg.seed, per_step) if cfg.epochs is not None else None
         self.observers = Observers([RunFiles(self.out), *observers] if self.dist.is_main else [])
 
     def full_params(self):
@@ -130,7 +132,7 @@ class Trainer:
             with StopRequest(announce=self.dist.is_main) as stop:
                 while step < end_step:
                     lr = self.set_lr(step)
-                    loss_sum, step_tokens = self.train_step()
+                    loss_sum, step_tokens = self.train_step(step)
                     step, tokens = step + 1, tokens + step_tokens * W
                     log.step_done(step_tokens * W)
                     if step % cfg.log_interval == 0 or step == end_step:
@@ -165,13 +167,16 @@ class Trainer:
             group["lr"] = group["peak_lr"] * lr / cfg.lr
         return lr
 
-    def train_step(self) -> tuple[torch.Tensor, int]:
-        """One optimizer step: this rank's share of the step's micro-batches (every rank draws the
-        same indices), gradients accumulated, clipped, applied. Returns this rank's step loss (the
+    def train_step(self, step: int) -> tuple[torch.Tensor, int]:
+        """Optimizer step `step` (0-based): this rank's share of the step's micro-batches (every rank
+        draws the same indices: at random, or the step's share of --epochs' passes), gradients
+        accumulated, clipped, applied. Returns this rank's step loss (the
         sum of its micro-batches' losses / grad_accum, left on the device) and the tokens it processed."""
         cfg, task, dist = self.cfg, self.task, self.dist
         B, A, W = cfg.batch_size, cfg.grad_accum, dist.world_size
-        indices = task.sample("train", W * A * B, self.data_gen).view(W, A, B)[dist.rank]
+        drawn = (self.epoch_order.take(step) if self.epoch_order is not None
+                 else task.sample("train", W * A * B, self.data_gen))
+        indices = drawn.view(W, A, B)[dist.rank]
         self.average.hide()                              # the raw weights train (--ema-decay)
         loss_sum = torch.zeros((), device=self.device)
         step_tokens = 0
