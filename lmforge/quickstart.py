@@ -35,7 +35,7 @@ class QuickstartConfig:
     tokenizer: str = option("bpe", "tokenizer kind: bpe or char")
     vocab_size: int = option(1024, "BPE vocabulary size", check=at_least(1))
     train: TrainConfig = nested(TrainConfig, QUICKSTART_TRAINING,
-                                skip=("task", "init_from", "resume", "force", "stop_after", "overwrite"))
+                                skip=("task", "init_from", "resume", "force", "stop_after", "overwrite", "epochs"))
 
     def __post_init__(self) -> None:
         validate(self)
