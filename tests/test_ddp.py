@@ -28,14 +28,22 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path, char_da
 
 
 @pytest.mark.slow
-def test_epochs_under_ddp_match_one_process(tmp_path, topics_csv, tiny_encoder_dir):
+@pytest.mark.parametrize("task", ["classify", "seq2seq"])
+def test_epochs_under_ddp_match_one_process(tmp_path, topics_csv, pairs_tsv, tiny_encoder_dir, task):
     """--epochs: both count 2 x 1 x 4 = 1 x 2 x 4 examples a step, and the ranks split each step's
-    share of the shuffled pass as one process splits it into micro-batches."""
-    args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--data", str(topics_csv), "--no-baseline",
-            "--batch-size", "4", "--epochs", "0.25", "--eval-interval", "3", "--eval-iters", "2", "--log-interval",
-            "1", "--device", "cpu", "--no-progress", "--warmup-steps", "2"]
+    share of the shuffled pass as one process splits it into micro-batches. seq2seq evaluates one
+    batch (rank 1 has none) on a model with buffers, which DDP broadcasts at every forward."""
+    if task == "classify":
+        args = ["finetune", str(tiny_encoder_dir), "--task", "classify", "--data", str(topics_csv), "--no-baseline",
+                "--eval-iters", "2"]
+    else:
+        args = ["train", "--task", "seq2seq", "--preset", "seq2seq-tiny", "--data", str(pairs_tsv), "--source-column",
+                "en", "--target-column", "zh", "--eval-iters", "1", "--eval-translations", "0", "--dropout", "0"]
+    args += ["--batch-size", "4", "--epochs", "0.2", "--eval-interval", "3", "--log-interval", "1", "--device", "cpu",
+             "--no-progress", "--warmup-steps", "2"]
     ddp_train, ddp_val, one_train, one_val = _ddp_and_one(tmp_path, args)
-    assert len(ddp_train) == len(one_train) == 6                 # 0.25 x 192 training rows / 8 a step
+    steps = {"classify": 5, "seq2seq": 6}[task]                     # 0.2 x 192 or 240 training rows / 8 a step
+    assert len(ddp_train) == len(one_train) == steps
     assert ddp_train == pytest.approx(one_train, abs=2e-5)
     assert ddp_val == pytest.approx(one_val, abs=2e-5)
 

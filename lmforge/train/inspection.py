@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..inspect import head_scores, lens_loss, lens_points
+from ..tasks.base import unwrap
 from .observers import RunObserver
 
 LENS_SEQUENCES = 8      # validation sequences the lens loss is measured on (the same ones every time)
@@ -91,7 +92,7 @@ def inspect_at(trainer, step: int) -> bool:
     every = trainer.cfg.inspect_interval
     if not every or step % every:
         return False
-    model = trainer._raw(trainer.train_model)
+    model = unwrap(trainer.train_model)
     trainer.average.show()                       # --ema-decay: the model as it is evaluated and saved
     was_training = model.training
     model.eval()

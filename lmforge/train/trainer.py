@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..loading import resolve_device
 from ..modeldir import CONFIG_FILE, WEIGHTS_FILE
 from ..tasks import Task
+from ..tasks.base import unwrap
 from .averaging import make_average
 from .checkpoint import Checkpointer, batch_shape
 from .config import TrainConfig
@@ -351,9 +352,9 @@ class Trainer:
         B, iters, W = self.cfg.batch_size, self.cfg.eval_iters, self.dist.world_size
         indices = self.task.sample("val", iters * B, gen).view(iters, B)
         total = torch.zeros(2, device=self.device)                     # (sum of batch losses, batches)
-        # ranks share the batches; under FSDP every forward is a collective, so every rank runs as many
-        # (a rank past the last batch repeats one and does not count it)
-        end = math.ceil(iters / W) * W if self.strategy.sharded else iters
+        # ranks share the batches; a forward is a collective (FSDP gathers weights, DDP broadcasts buffers),
+        # so every rank runs as many (a rank past the last batch repeats one and does not count it)
+        end = math.ceil(iters / W) * W
         for i in range(self.dist.rank, end, W):
             batch = self._to_device(self.task.collate("val", indices[i % iters]))
             with self.autocast():
@@ -367,9 +368,9 @@ class Trainer:
         if self.task.reports_perplexity:
             metrics["val_ppl"] = math.exp(min(val_loss, 50.0))
         with self.full_params():
-            metrics.update(self.task.evaluate(self._raw(model), self.device, self.autocast))
+            metrics.update(self.task.evaluate(unwrap(model), self.device, self.autocast))
             if step is not None:
-                self.observers.on_eval(step, self._raw(model), dict(metrics))
+                self.observers.on_eval(step, unwrap(model), dict(metrics))
         model.train(was_training)
         return metrics
 
@@ -378,11 +379,6 @@ class Trainer:
         if self.device.type == "cuda":
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(self.device) for k, v in batch.items()}
-
-    @staticmethod
-    def _raw(model: nn.Module) -> nn.Module:
-        model = getattr(model, "module", model)          # DDP
-        return getattr(model, "_orig_mod", model)        # torch.compile
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether Ctrl-C / SIGTERM asked to stop; under torchrun, whether any rank was asked."""
