@@ -60,8 +60,9 @@ def run_config(args, **kw):
 
 
 def classifier_flags(args) -> dict:
-    """The flags a classifier run gets (--pooling, --ema-decay), where given."""
-    return {k: v for k, v in (("pooling", args.pooling), ("ema_decay", args.ema_decay)) if v is not None}
+    """The flags a classifier run gets (--pooling, --ema-decay, --in-passes), where given."""
+    flags = {k: v for k, v in (("pooling", args.pooling), ("ema_decay", args.ema_decay)) if v is not None}
+    return {**flags, "epochs": 1} if args.in_passes else flags     # the budget's --max-steps wins: only the order
 
 
 def steps_for(args, seconds: float, calibrate) -> int:
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="classifier pooling (default: the model's: mean for the encoders built here)")
     p.add_argument("--ema-decay", type=float, help="every classifier run (from scratch, fine-tunes) keeps this weight "
                                                    "average (`--ema-decay`; default: the runs' own default)")
+    p.add_argument("--in-passes", action="store_true", help="every classifier run takes its training rows in "
+                                                            "shuffled passes (`--epochs`; the budget still sets "
+                                                            "--max-steps) instead of drawing them at random")
     p.add_argument("--seed", type=int, default=1337, help="training seed of every run (the split stays the table's)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
     args = p.parse_args(argv)
