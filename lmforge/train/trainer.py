@@ -171,8 +171,8 @@ class Trainer:
     def train_step(self, step: int) -> tuple[torch.Tensor, int]:
         """Optimizer step `step` (0-based): this rank's share of the step's micro-batches (every rank
         draws the same indices: at random, or the step's share of --epochs' passes), gradients
-        accumulated, clipped, applied. Returns this rank's step loss (the
-        sum of its micro-batches' losses / grad_accum, left on the device) and the tokens it processed."""
+        accumulated, clipped, applied. Returns this rank's step loss (the sum of its micro-batches'
+        losses / grad_accum, left on the device) and the tokens it processed."""
         cfg, task, dist = self.cfg, self.task, self.dist
         B, A, W = cfg.batch_size, cfg.grad_accum, dist.world_size
         drawn = (self.epoch_order.take(step) if self.epoch_order is not None
