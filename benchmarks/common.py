@@ -41,10 +41,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def hf_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int):
+def hf_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int, dropout: float = 0.0):
+    """`dropout` on the embeddings and residual branches; the attention weights' own is always 0."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = GPT2Config(n_layer=n_layer, n_embd=d, n_head=n_head, n_positions=ctx, vocab_size=vocab,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=True,
+                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=0.0, use_cache=True,
                      bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(cfg, attn_implementation="sdpa") if _accepts_attn_impl() else \
         GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
@@ -88,11 +89,12 @@ def _accepts_attn_impl() -> bool:
     return "attn_implementation" in inspect.signature(GPT2LMHeadModel.__init__).parameters
 
 
-def lmforge_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int, **overrides):
+def lmforge_gpt2(n_layer: int, d: int, n_head: int, ctx: int, vocab: int, dropout: float = 0.0, **overrides):
+    """`dropout` as `hf_gpt2`'s: embeddings and residual branches, none on the attention weights."""
     from lmforge.config import get_preset
     from lmforge.model import build_model
     cfg = get_preset("gpt2-124m", n_layer=n_layer, d_model=d, n_head=n_head, context_length=ctx, vocab_size=vocab,
-                     dropout=0.0, **overrides)
+                     dropout=dropout, attention_dropout=0.0, **overrides)
     return build_model(cfg)
 
 

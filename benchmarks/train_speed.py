@@ -6,6 +6,7 @@ pretraining of an encoder against BertForMaskedLM.
     python benchmarks/train_speed.py --gpt2-124m        # GPT-2 124M, batch 12 x 1024 (GPU)
     python benchmarks/train_speed.py --bert-mini        # masked LM: bert-mini 4 x 256, context 128, batch 32
     python benchmarks/train_speed.py --bert-mini --profile   # + where lmforge's step spends its time
+    python benchmarks/train_speed.py --context 128 --batch 32 --vocab 1024 --dropout 0.2   # the quickstart's regime
 
 Masked LM: both models see the same inputs (15% of the tokens selected, BERT's 80/10/10 rule,
 `lmforge.data.mlm.mask_tokens`) and the loss of the selected tokens; lmforge runs its output head on
@@ -52,6 +53,8 @@ def main() -> None:
     p.add_argument("--mlm", action="store_true", help="masked-LM pretraining of an encoder (BERT) instead")
     p.add_argument("--bert-mini", action="store_true", help="--mlm with bert-mini shapes: 4 x 256, context 128, "
                                                             "batch 32, vocab 8192 (lmforge prepare's default)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the embeddings and residual branches of "
+                                                             "both GPT-2 models (none on the attention weights)")
     p.add_argument("--profile", action="store_true", help="print where lmforge's training step spends its time")
     args = p.parse_args()
     if args.gpt2_124m:
@@ -65,7 +68,7 @@ def main() -> None:
     torch.manual_seed(0)
     shapes = dict(task="mlm" if args.mlm else "clm", layers=args.layers, width=args.width, heads=args.heads,
                   context=args.context, vocab=args.vocab, batch=args.batch, dtype=str(dtype).replace("torch.", ""),
-                  device=device.type, compile=args.compile)
+                  device=device.type, compile=args.compile, dropout=args.dropout)
     ours, theirs, losses = (mlm_models if args.mlm else clm_models)(args, device)
     from lmforge.train.optim import make_adamw
     ours_opt = make_adamw(ours, 3e-4, 0.1, (0.9, 0.95), device.type)
@@ -101,8 +104,8 @@ def clm_models(args, device):
     """GPT-2 shapes: next-token loss on random tokens."""
     x = torch.randint(0, args.vocab, (args.batch, args.context), device=device)
     y = torch.randint(0, args.vocab, (args.batch, args.context), device=device)
-    ours = lmforge_gpt2(args.layers, args.width, args.heads, args.context, args.vocab).to(device)
-    theirs = hf_gpt2(args.layers, args.width, args.heads, args.context, args.vocab).to(device)
+    ours = lmforge_gpt2(args.layers, args.width, args.heads, args.context, args.vocab, args.dropout).to(device)
+    theirs = hf_gpt2(args.layers, args.width, args.heads, args.context, args.vocab, args.dropout).to(device)
     ours_fwd, theirs_fwd = (torch.compile(ours), torch.compile(theirs)) if args.compile else (ours, theirs)
 
     def cross_entropy(logits):

@@ -97,3 +97,24 @@ def test_cpu_inference_layout_keeps_logits_state_dict_and_tied_weights(tmp_path)
     from lmforge.generate import GenerationConfig, generate_ids
     cfg = GenerationConfig(max_new_tokens=12, greedy=True)
     assert generate_ids(plain, [[5, 6, 7]], cfg)[0] == generate_ids(fast, [[5, 6, 7]], cfg)[0]
+
+
+def test_cpu_dropout_keeps_nn_dropouts_distribution_and_gradient():
+    """lmforge's CPU dropout draws a uniform mask instead of bernoulli_: each unit is kept with
+    probability 1 - p and scaled by 1 / (1 - p), the gradient passes through the same mask, a
+    seed repeats it, and outside training (or at p = 0) it is the identity, as nn.Dropout."""
+    from lmforge.model.dropout import Dropout
+    p, x = 0.2, torch.randn(64, 128, 128, requires_grad=True)
+    drop = Dropout(p)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    reference = torch.nn.Dropout(p)(x)                       # same rate as ATen's own, to sampling error
+    assert abs((reference != 0).float().mean().item() - kept.float().mean().item()) < 0.005
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)

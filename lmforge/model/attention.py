@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .dropout import dropout
 from .kv_cache import KVCache
 from .positions import apply_rotary
 
@@ -102,7 +103,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
         pattern = hook("hook_pattern", hook("hook_attn_scores", attention_scores(q, k, mask, is_causal)).softmax(-1))
         if self.training and self.dropout:
-            pattern = F.dropout(pattern, self.dropout)
+            pattern = dropout(pattern, self.dropout)
         v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)            # grouped-query heads
         z = hook("hook_z", (pattern @ v.float()).to(v.dtype).transpose(1, 2))   # (B, T, nh, hs)
         B, T, nh, hs = z.shape

@@ -3,6 +3,7 @@
 - `positions.py`: learned table, fixed sinusoidal table, or rotary (`Rotary`, `apply_rotary`).
 - `kv_cache.py`: the preallocated `KVCache` and `attention_mask` (padding, causality, cache slots).
 - `attention.py`: `Attention` — causal, bidirectional or cross, grouped-query heads, KV cache.
+- `dropout.py`: `Dropout` — `nn.Dropout` with a faster mask on the CPU.
 - here: `make_norm` (LayerNorm or RMSNorm), `MLP` (GELU / ReLU or SwiGLU), `Block` (attention
   (+ cross attention) + MLP with pre- or post-norm residuals) and `init_weights`.
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .attention import Attention
+from .dropout import Dropout
 
 __all__ = ["RMSNorm", "make_norm", "norm_parts", "MLP", "Block", "init_weights"]
 
@@ -101,7 +103,7 @@ class Block(nn.Module):
         else:
             self.cross_attn = None
         self.mlp_norm, self.mlp = make_norm(config), MLP(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.hook = None   # lmforge.inspect's (name, tensor) -> tensor while tracing or patching
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, fn, names: tuple[str, str]) -> torch.Tensor:

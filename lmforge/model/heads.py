@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .blocks import make_norm
+from .dropout import Dropout
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
                "swiglu": F.silu}   # a gated MLP's activation, for the single-matrix heads
@@ -62,7 +63,7 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.proj = nn.Linear(config.d_model, len(config.labels))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .blocks import Block, make_norm, norm_parts
+from .dropout import Dropout
 from .kv_cache import KVCache, attention_mask
 from .positions import Rotary, SinusoidalPositions
 
@@ -42,7 +43,7 @@ class Transformer(nn.Module):
         elif config.position == "rope":
             self.rotary = Rotary(config.head_dim, config.context_length, config.rope_theta)
         self.emb_norm = make_norm(config) if config.embed_norm else None
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross=cross) for _ in range(n_layer or config.n_layer))
         # post-norm blocks end in a norm already; pre-norm stacks need a final one
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
