@@ -118,3 +118,26 @@ def test_cpu_dropout_keeps_nn_dropouts_distribution_and_gradient():
     reference = torch.nn.Dropout(p)(x)                       # same rate as ATen's own, to sampling error
     assert abs((reference != 0).float().mean().item() - kept.float().mean().item()) < 0.005
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
+def test_compiled_cpu_decode_step_writes_few_row_products_as_sums():
+    """Compiling a loaded model's decode step lays its column-major weights out row-major, and a
+    compiled Linear on one row is inductor's own loop (no MKL GEMV call: `extern_kernels.mm`) with
+    F.linear's values; a prompt's 16 rows still go to MKL."""
+    import torch.nn.functional as F
+    from torch._inductor.utils import run_and_get_code
+    from lmforge.generate.core import compiled_decode_step
+    from lmforge.model import inference_layout
+    from lmforge.model.linear import Linear
+    torch.manual_seed(0)
+    model = inference_layout(build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval(), "cpu")
+    head = model.lm_head
+    assert isinstance(head, Linear) and not head.weight.is_contiguous()        # column-major for eager
+    compiled_decode_step(model)
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, Linear))
+    for rows, via_mkl in ((1, False), (16, True)):
+        x = torch.randn(1, rows, head.in_features)
+        torch._dynamo.reset()
+        y, code = run_and_get_code(torch.compile(head), x)
+        assert ("extern_kernels.mm(" in "\n".join(code)) == via_mkl
+        torch.testing.assert_close(y, F.linear(x, head.weight), rtol=1e-5, atol=1e-5)

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..model import replace_module, shared_parameters
 from ..model.attention import Attention
 from ..model.blocks import MLP
+from ..model.linear import Linear
 from ..options import option, validate
 
 ALIASES = ("q", "k", "v", "o", "mlp")
@@ -121,9 +122,9 @@ class LoRALinear(nn.Linear):
                  else torch.zeros(rows, self.in_features, device=self.weight.device) for s, rows in self.layout]
         return self.scale * torch.cat(parts, dim=0)
 
-    def merged(self) -> nn.Linear:
+    def merged(self) -> Linear:
         """A plain Linear computing the same function (W + scale · B A, same bias)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear = Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight = nn.Parameter((self.weight.float() + self.delta_weight()).to(self.weight.dtype))
         linear.bias = None if self.bias is None else nn.Parameter(self.bias.detach().clone())
         return linear

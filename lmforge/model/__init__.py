@@ -61,7 +61,8 @@ def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     ~1.3x faster with identical logits. A tied head and embedding share the one transposed
     storage (the embedding lookup reads a strided row). Training keeps row-major weights.
     Packed int4 weights get the same layout: the compiled decode step's fused product
-    (`quantized.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
+    (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
+    The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     """
     if torch.device(device).type != "cpu":
         return model

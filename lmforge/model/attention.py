@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .dropout import dropout
 from .kv_cache import KVCache
+from .linear import Linear
 from .positions import apply_rotary
 
 
@@ -34,11 +35,11 @@ class Attention(nn.Module):
         self.cross = cross
         d, q_dim, kv_dim = config.d_model, config.n_head * config.head_dim, config.kv_heads * config.head_dim
         if cross:
-            self.q = nn.Linear(d, q_dim, bias=config.bias)
-            self.kv = nn.Linear(d, 2 * kv_dim, bias=config.bias)
+            self.q = Linear(d, q_dim, bias=config.bias)
+            self.kv = Linear(d, 2 * kv_dim, bias=config.bias)
         else:
-            self.qkv = nn.Linear(d, q_dim + 2 * kv_dim, bias=config.bias)
-        self.out = nn.Linear(q_dim, d, bias=config.bias)
+            self.qkv = Linear(d, q_dim + 2 * kv_dim, bias=config.bias)
+        self.out = Linear(q_dim, d, bias=config.bias)
         self.dropout = config.attn_dropout
         self.kv_cache: KVCache | None = None
         self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None   # cross: encoder keys/values while decoding

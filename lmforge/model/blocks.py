@@ -4,6 +4,7 @@
 - `kv_cache.py`: the preallocated `KVCache` and `attention_mask` (padding, causality, cache slots).
 - `attention.py`: `Attention` — causal, bidirectional or cross, grouped-query heads, KV cache.
 - `dropout.py`: `Dropout` — `nn.Dropout` with a faster mask on the CPU.
+- `linear.py`: `Linear` — `nn.Linear` whose compiled batch-1 CPU product is a sum over the inputs.
 - here: `make_norm` (LayerNorm or RMSNorm), `MLP` (GELU / ReLU or SwiGLU), `Block` (attention
   (+ cross attention) + MLP with pre- or post-norm residuals) and `init_weights`.
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .attention import Attention
 from .dropout import Dropout
+from .linear import Linear
 
 __all__ = ["RMSNorm", "make_norm", "norm_parts", "MLP", "Block", "init_weights"]
 
@@ -64,8 +66,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.kind, ff = config.mlp, config.ff_dim
-        self.fc = nn.Linear(config.d_model, 2 * ff if self.kind == "swiglu" else ff, bias=config.bias)
-        self.proj = nn.Linear(ff, config.d_model, bias=config.bias)
+        self.fc = Linear(config.d_model, 2 * ff if self.kind == "swiglu" else ff, bias=config.bias)
+        self.proj = Linear(ff, config.d_model, bias=config.bias)
         self.hook = None   # lmforge.inspect's (name, tensor) -> tensor while tracing or patching
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from .family import FamilyModel
 from .heads import ClassificationHead, pool
+from .linear import Linear
 from .transformer import Transformer
 
 
@@ -18,7 +19,7 @@ class DecoderLM(FamilyModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.transformer = Transformer(config, causal=True)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.classifier = ClassificationHead(config) if config.labels else None
         self.finish_init()
 

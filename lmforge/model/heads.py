@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .blocks import make_norm
 from .dropout import Dropout
+from .linear import Linear
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
                "swiglu": F.silu}   # a gated MLP's activation, for the single-matrix heads
@@ -36,7 +37,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dense = Linear(config.d_model, config.d_model, bias=config.bias)
 
     def forward(self, first: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(first))
@@ -49,9 +50,9 @@ class MaskedLMHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.act = ACTIVATIONS[config.mlp]
-        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dense = Linear(config.d_model, config.d_model, bias=config.bias)
         self.norm = make_norm(config)
-        self.decoder = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.decoder = Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.drop = Dropout(config.dropout)
-        self.proj = nn.Linear(config.d_model, len(config.labels))
+        self.proj = Linear(config.d_model, len(config.labels))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(self.drop(pooled))

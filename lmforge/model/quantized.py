@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import fused_gemv
 from .weights import replace_module
 
 
@@ -45,17 +46,6 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     out_f, n_groups = scales.shape
     q = torch.stack((packed & 15, packed >> 4), dim=-1).view(out_f, n_groups, -1)   # (out, n_groups, G)
     return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
-
-
-FUSED_ROWS = 8     # most input rows (batch x tokens) for which the compiled step fuses dequantization
-
-
-def fused_gemv(x: torch.Tensor) -> bool:
-    """Whether to write the product as a sum over the input dimension (a compiled decode step).
-    inductor then fuses the int -> float conversion into one dot-product loop that reads each
-    quantized weight once from memory; `F.linear` would first write the whole float matrix
-    (4x the bytes of int8) and read it back. Eager PyTorch cannot fuse: there `F.linear` wins."""
-    return torch.compiler.is_compiling() and x.numel() <= FUSED_ROWS * x.shape[-1]
 
 
 class Int8Linear(nn.Module):

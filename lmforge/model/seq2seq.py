@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .family import FamilyModel
+from .linear import Linear
 from .transformer import Transformer
 
 
@@ -33,7 +34,7 @@ class Seq2SeqLM(FamilyModel):
         tgt_emb = src_emb if shared else nn.Embedding(config.padded_tgt_vocab_size, config.d_model)
         self.encoder = Transformer(config, causal=False, n_layer=config.encoder_layers, embed=src_emb)
         self.decoder = Transformer(config, causal=True, cross=True, embed=tgt_emb)
-        self.lm_head = nn.Linear(config.d_model, config.padded_tgt_vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.padded_tgt_vocab_size, bias=False)
         self.finish_init()
 
     def tie_weights(self) -> None:
