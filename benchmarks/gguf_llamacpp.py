@@ -4,6 +4,7 @@ against llama.cpp f32 / q8_0 — on the same CPU threads. The CPU decoding ancho
 
     pip install llama-cpp-python        # compiles llama.cpp from source (not a test dependency)
     python benchmarks/gguf_llamacpp.py                     # Llama kind, 6 x 384, GQA 6/2, vocab 8192, 2 threads
+    python benchmarks/gguf_llamacpp.py --compile           # lmforge's compiled decode step
     python benchmarks/gguf_llamacpp.py --arch gpt2         # GPT-2 kind, same sizes
     python benchmarks/gguf_llamacpp.py --model runs/quickstart   # a trained model directory instead
 
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--prompt", default="The for statement in Python iterates over", help="prompt text")
     p.add_argument("--new", type=int, default=128, help="generated tokens")
+    p.add_argument("--compile", action="store_true", help="lmforge decodes with its compiled decode step "
+                                                          "(`lmforge generate --compile`)")
     p.set_defaults(threads=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +84,7 @@ def main() -> None:
 
     lm = lmforge.load(model_dir, device="cpu")
     prompt = encode_prompt(lm.tokenizer, args.prompt)
-    cfg = GenerationConfig(max_new_tokens=args.new, greedy=True)
+    cfg = GenerationConfig(max_new_tokens=args.new, greedy=True, compile=args.compile)
     ours = {"lmforge fp32": lm.module}
     for bits in (8, 4):                           # as a user gets them: `lmforge quantize`, then load
         quantize(QuantizeConfig(str(model_dir), str(work / f"int{bits}"), bits=bits))
@@ -135,7 +138,8 @@ def main() -> None:
     config = lm.config
     shapes = dict(model=f"{args.arch if not args.model else Path(args.model).name} {config.n_layer}x{config.d_model}",
                   params=f"{sum(p.numel() for p in lm.module.parameters()) / 1e6:.1f}M", vocab=config.vocab_size,
-                  batch=1, prompt=len(prompt), new_tokens=args.new, threads=args.threads, device="cpu")
+                  batch=1, prompt=len(prompt), new_tokens=args.new, threads=args.threads, device="cpu",
+                  lmforge_compiled=args.compile)
     row = report("batch-1 greedy decoding, lmforge vs llama.cpp (GGUF export)", shapes, results, "tokens/s", args,
                  {"greedy_tokens_equal": same, "tokenizer_equal": same_ids, "max_logit_diff": max_diff,
                   "file_bytes": {t: f.stat().st_size for t, f in files.items()}})

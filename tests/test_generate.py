@@ -113,8 +113,12 @@ def test_compiled_decode_step_gives_the_same_tokens():
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
     prompts = [[5, 6, 7, 8], [9, 10]]
+    with torch.no_grad():
+        logits = model(torch.tensor(prompts[:1]))
     eager, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=10, greedy=True))
     fast, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=10, greedy=True, compile=True))
     again, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=6, greedy=True, compile=True))
     assert fast == eager and again == [e[:6] for e in eager]
     assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32     # static, full-context cache
+    with torch.no_grad():                           # a plain forward (perplexity, scoring) ignores the kept cache
+        torch.testing.assert_close(model(torch.tensor(prompts[:1])), logits)

@@ -77,9 +77,8 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.kv_cache is not None and not self.cross:
-            assert input_pos is not None, "decoding with a KV cache needs input_pos (the cache slots)"
-            k, v = self.kv_cache.update(input_pos, k, v)
+        if self.kv_cache is not None and not self.cross and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)     # decoding; a plain forward ignores a kept cache
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -100,7 +99,7 @@ class Attention(nn.Module):
             cos, sin = rope
             q = heads_last("hook_rot_q", apply_rotary(q, cos, sin))
             k = heads_last("hook_rot_k", apply_rotary(k, cos, sin))
-        if self.kv_cache is not None and not self.cross:
+        if self.kv_cache is not None and not self.cross and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
         pattern = hook("hook_pattern", hook("hook_attn_scores", attention_scores(q, k, mask, is_causal)).softmax(-1))
         if self.training and self.dropout:
