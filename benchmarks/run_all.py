@@ -25,6 +25,7 @@ HERE = Path(__file__).parent
 CPU = [
     ["train_speed.py"],                                            # 4 x 128, context 64, batch 12, fp32
     ["train_speed.py", "--bert-mini"],                             # masked LM, 4 x 256, context 128, batch 32
+    ["train_speed.py", "--context", "128", "--batch", "32", "--vocab", "1024", "--dropout", "0.2"],  # the quickstart's
     ["decode_speed.py"],                                           # 6 x 384, vocab 8192, batch 1, fp32
     ["decode_speed.py", "--compile"],
     ["decode_speed.py", "--dtype", "bfloat16"],
@@ -44,6 +45,7 @@ STUDIES = [
     ["decode_profile.py", "--bits", "8", "--compile"],
     ["quantized_decode.py"],                                       # fp32 / int8 / int4 (lmforge, torchao), eager and compiled
     ["gguf_llamacpp.py"],                                          # against llama.cpp (when llama-cpp-python is there)
+    ["gguf_llamacpp.py", "--compile"],                             # the same with lmforge's compiled decode step
     ["long_generation.py"],
     ["serve_throughput.py"],
     ["serve_pressure.py"],

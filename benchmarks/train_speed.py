@@ -62,6 +62,8 @@ def main() -> None:
     if args.bert_mini:
         args.layers, args.width, args.heads, args.context, args.vocab, args.batch = 4, 256, 4, 128, 8192, 32
         args.mlm = True
+    if args.mlm and args.dropout:
+        p.error("--dropout is for the GPT-2 models; the masked-LM models train without dropout")
     setup_threads(args)
     device, dtype = device_and_dtype(args)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
