@@ -9,7 +9,7 @@ Twice, with `--dedup none` and with `--dedup exact`:
 1. `lmforge prepare` the corpus with `--canaries 1 --canary-repeats 1,10,100`: three random
    secrets ("the secret code is 123456789", nine digits: 10**9 candidates) written 1, 10 and 100
    times into the training split (the same three both times: same seed);
-2. `lmforge train` the quickstart's gpt-mini on it;
+2. `lmforge train` gpt-mini (the quickstart's model until it moved to llama-mini) on it;
 3. `lmforge audit canaries`: each secret's exposure, and whether greedy decoding from "the
    secret code is " writes it.
 
