@@ -5,8 +5,9 @@ A batch-1 decode step multiplies one vector by every weight matrix. MKL's GEMV d
 thread however many there are (10-27 GB/s from DRAM on this project's 2-core EPYC); written as
 `(x * W).sum(-1)` on row-major weights, inductor turns it into a vectorised dot-product loop
 parallel over the outputs, fused with the ops around it (19-42 GB/s on 2 threads). On the CPU
-anchor's Llama 6 x 384 (`benchmarks/decode_profile.py`) the compiled decode step went from 229
-to 588 tokens/s on 2 threads (198 to 259 on 1), with the same greedy tokens. Eager decoding keeps
+anchor's Llama 6 x 384 (`benchmarks/decode_profile.py`'s model) the compiled decode step went from
+229 to 588 tokens/s on 2 threads in a side-by-side run (450-560 in later runs of the day; 198 to
+259 on 1 thread), with the same greedy tokens. Eager decoding keeps
 `F.linear` on column-major weights (`model.inference_layout`), which suit MKL; the compiled step
 lays the weights out row-major first (`row_major_layout`).
 """
@@ -43,7 +44,7 @@ def row_major_layout(model: nn.Module) -> nn.Module:
     """Give every `Linear` weight row-major storage again (undoing `inference_layout`'s column-major
     CPU layout), for a compiled decode step's sum-form products; values, names and the state dict
     stay the same. Eager products on the model then run on row-major weights (correct; their
-    batch-1 GEMVs ~1.3x slower than column-major)."""
+    batch-1 GEMVs ~1.4x slower than column-major on the CPU anchor's shapes)."""
     for module in model.modules():
         if isinstance(module, Linear) and not module.weight.is_contiguous():
             module.weight.data = module.weight.data.contiguous()
