@@ -28,7 +28,7 @@ SAMPLE_PROMPTS = ["The for statement", "A class definition", "Exceptions are"]
 # against 8.8 on 2 cores: docs/performance.md, "The quickstart in four minutes")
 QUICKSTART_TRAINING = {"out": "runs/quickstart", "data": "data/pydoc", "preset": "llama-mini", "context_length": 128,
                        "dropout": 0.2, "attention_dropout": 0.0, "batch_size": 32, "max_steps": 800, "lr": 2e-3,
-                       "warmup_steps": 100, "optimizer": "muon", "muon_lr": 0.03,
+                       "warmup_steps": 80, "optimizer": "muon", "muon_lr": 0.03,
                        "eval_interval": 250, "eval_iters": 10, "log_interval": 10, "sample_interval": 0}
 
 
