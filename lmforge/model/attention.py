@@ -79,8 +79,8 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None and not self.cross and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)     # decoding; a plain forward ignores a kept cache
-        if T == 1 and mask is not None and not self.training and x.device.type == "cpu" \
-                and torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and T == 1 and mask is not None and not self.training \
+                and x.device.type == "cpu":                 # eager decoding pays the first test only
             y = one_query_attention(q, k, v, mask)   # a compiled CPU decode step: fused by inductor
         else:
             y = F.scaled_dot_product_attention(

@@ -29,13 +29,18 @@ def fused_gemv(x: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() and x.numel() <= FUSED_ROWS * x.shape[-1]
 
 
+def gemv_as_sum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ weight (out, in).T written as a sum over the inputs, for inductor to fuse."""
+    return (x.unsqueeze(-2) * weight).sum(-1)
+
+
 class Linear(nn.Linear):
     """`nn.Linear` (same arguments, parameters and state dict); in a compiled CPU step with a few
     rows and a row-major weight, the product is written as a sum over the inputs (see above)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_gemv(x) and x.device.type == "cpu" and self.weight.is_contiguous():   # eager: one cheap test
-            y = (x.unsqueeze(-2) * self.weight).sum(-1)
+            y = gemv_as_sum(x, self.weight)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 

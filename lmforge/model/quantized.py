@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .linear import fused_gemv
+from .linear import fused_gemv, gemv_as_sum
 from .weights import replace_module
 
 
@@ -68,7 +68,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_gemv(x):
-            y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
+            y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)  # per-output-channel scale
         return y + self.bias.to(x.dtype) if self.bias is not None else y
