@@ -1,7 +1,8 @@
 """Greedy decoding: lmforge (prefill + preallocated KV cache) vs `transformers` generate (SDPA),
 same shapes, same batch, same dtype, side by side in one process.
 
-    python benchmarks/decode_speed.py                           # CPU shape: GPT 6 x 384, vocab 8192
+    python benchmarks/decode_speed.py                           # CPU shape: GPT 6 x 384, vocab 8192, generate's default
+    python benchmarks/decode_speed.py --no-compile              # the eager step throughout
     python benchmarks/decode_speed.py --gpt2-124m --compile     # GPU: GPT-2 124M, compiled step + CUDA graphs
     python benchmarks/decode_speed.py --llama-1b --compile      # GPU: Llama 1.1B shapes (d 2048, 16 layers, GQA 32/8)
 """
@@ -30,9 +31,13 @@ def main() -> None:
     p.add_argument("--gpt2-124m", action="store_true", help="GPT-2 124M shapes")
     p.add_argument("--llama-1b", action="store_true", help="Llama 1.1B shapes: d 2048, 16 layers, 32/8 heads, "
                                                            "ffn 8192, vocab 32000")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="lmforge: compiled decode step (CUDA graphs on GPU); transformers: static cache "
-                        "(which it compiles automatically on GPU)")
+                        "(which it compiles automatically on GPU). --no-compile: lmforge's eager step. "
+                        "Default: what `lmforge generate` does by default (on a CPU: eager, compiled once "
+                        "the model has decoded for AUTO_COMPILE_AFTER_S; the warm-up runs until then)")
+    p.add_argument("--auto-after", type=float, default=None,
+                   help="seconds of eager decoding before the default compiles (default: lmforge's, 5)")
     args = p.parse_args()
     if args.gpt2_124m:
         args.layers, args.width, args.heads, args.context, args.vocab = 12, 768, 12, 1024, 50257
@@ -54,7 +59,7 @@ def main() -> None:
     weights_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
     shapes = dict(model=name, params=f"{sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M", batch=args.batch,
                   prompt=args.prompt, new_tokens=args.new, dtype=str(dtype).replace("torch.", ""),
-                  device=device.type, compile=args.compile)
+                  device=device.type, compile="default" if args.compile is None else args.compile)
     prompt = torch.randint(0, vocab, (args.batch, args.prompt), device=device)
 
     from lmforge.generate import GenerationConfig, generate_ids
@@ -72,6 +77,8 @@ def main() -> None:
 
     for fn in (run_ours, run_theirs, run_ours, run_theirs):        # warmup (and compilation)
         fn()
+    if args.compile is None:
+        warm_up_default(ours, run_ours, device, args.auto_after)
     tokens = args.batch * args.new
     results = alternate({"lmforge": lambda: tokens / timed(run_ours, device),
                          "transformers": lambda: tokens / timed(run_theirs, device)}, args.rounds)
@@ -84,6 +91,25 @@ def main() -> None:
             limit = peak / (weights_gb * 1e9)
             print(f"  bandwidth limit ~{limit:,.0f} tokens/s ({weights_gb:.2f} GB of weights per token); "
                   f"lmforge at {100 * row['best']['lmforge'] / limit:.0f}% of it")
+
+
+def warm_up_default(model, run, device, after: float | None) -> None:
+    """Decode with generate's default until it has chosen its step for good (on a CPU: compiled
+    once the eager budget is spent), and say what it did on the way."""
+    from lmforge.generate import auto_compile
+    if after is not None:
+        auto_compile.AUTO_COMPILE_AFTER_S = after
+    times = lambda: next(iter(model._decode_times.values()))              # noqa: E731 — one shape here
+    calls, eager_s = 2, times().eager_s
+    while not times().compiled and not getattr(model, "_eager_only", False) and device.type == "cpu":
+        calls += 1
+        first = timed(run, device)
+        if times().compiled:
+            print(f"  lmforge's default: eager for {calls - 1} calls ({eager_s:.1f} s of decoding), then "
+                  f"compiled (that call {first:.1f} s, compiling included)")
+        eager_s = times().eager_s
+    if getattr(model, "_eager_only", False):
+        print("  lmforge's default: gave up the compiled step (measured slower, or no compiler): eager")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ CPU = [
     ["train_speed.py"],                                            # 4 x 128, context 64, batch 12, fp32
     ["train_speed.py", "--bert-mini"],                             # masked LM, 4 x 256, context 128, batch 32
     ["train_speed.py", "--context", "128", "--batch", "32", "--vocab", "1024", "--dropout", "0.2"],  # the quickstart's
-    ["decode_speed.py"],                                           # 6 x 384, vocab 8192, batch 1, fp32
-    ["decode_speed.py", "--compile"],
-    ["decode_speed.py", "--dtype", "bfloat16"],
+    ["decode_speed.py"],                                           # 6 x 384, vocab 8192, batch 1, fp32: the default
+    ["decode_speed.py", "--no-compile"],                           # the eager step
+    ["decode_speed.py", "--compile"],                              # the compiled step from the first call
+    ["decode_speed.py", "--dtype", "bfloat16", "--no-compile"],
 ]
 GPU = [
     ["train_speed.py", "--gpt2-124m", "--compile"],
@@ -66,7 +67,7 @@ TINY_TRAIN = ["--layers", "1", "--width", "32", "--heads", "2", "--context", "16
               "--steps", "2", "--warmup", "1", "--rounds", "1"]
 QUICK = {"train_speed.py": TINY_TRAIN,
          "decode_speed.py": ["--layers", "1", "--width", "32", "--heads", "2", "--context", "64", "--vocab", "64",
-                             "--prompt", "4", "--new", "8", "--rounds", "1"]}
+                             "--prompt", "4", "--new", "8", "--rounds", "1", "--auto-after", "0.2"]}
 
 
 SHAPE_FLAGS = {"--bert-mini": "--mlm"}                             # a preset shape flag -> the same task, any shape

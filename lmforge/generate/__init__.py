@@ -2,6 +2,8 @@
 
     dispatch.py     generate (text), generate_ids (token ids): picks one of the three below
     decode.py       plain sampling / greedy      beam.py (beam_search)      speculative.py
+    auto_compile.py whether plain decoding runs the compiled step (`--compile`, or by default on a CPU
+                    once a model has decoded eagerly for 5 s)
     core.py         GenerationConfig (every decoding option: the CLI, the API and the server's one type),
                     Completion, prepare_prompts, prefill, decode_one_token, decoding_run
     sampling.py     logits -> tokens: penalties, filters, sampling

@@ -60,8 +60,11 @@ class GenerationConfig:
     truncate_prompt: bool = option(False, "keep the last tokens of a prompt longer than the context "
                                           "(with a warning) instead of failing")
     ignore_eos: bool = option(False, "keep generating after the end-of-text token")
-    compile: bool = option(False, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
-                                  "compiles, later calls of the same batch size reuse it")
+    compile: bool | None = option(None, "torch.compile the decode step (with CUDA graphs on GPU); the first call "
+                                         "compiles (3-8 s on a CPU), later calls of the same batch size reuse it; "
+                                         "--no-compile never compiles",
+                                  unset="on a CPU, once the model has spent 5 s decoding eagerly at a batch size "
+                                        "in this process; on a GPU, off")
     draft_tokens: int = option(4, "speculative decoding (with a draft model): tokens drafted per verification step",
                                check=bounds(1))
     num_beams: int = option(1, "beam search with this many beams (deterministic: sampling options are ignored); "

@@ -25,13 +25,14 @@ context_length slots and decoding goes on (`window_strategy`):
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
 
 from ..errors import LmforgeError
-from .core import (GenerationConfig, RunClock, compiled_decode_step, decode_one_token, decoding_run, finish,
-                   prefill, prepare_prompts)
+from .auto_compile import decode_step, record_run, use_compiled_step
+from .core import GenerationConfig, RunClock, decoding_run, finish, prefill, prepare_prompts
 from .json_mode import apply_json_masks
 from .sampling import apply_repetition_penalty, sample_next, token_logprobs
 
@@ -78,11 +79,12 @@ def decode_ids(model, prompt_ids: list[list[int]], cfg: GenerationConfig, *, eos
                               pad_id, past_window=True)
     run = DecodeState(model, cfg, prompts, pad_id=pad_id, eos_id=eos_id, json_states=json_states, device=device)
     # a compiled step keeps its cache buffers for the next call
-    with decoding_run(model, batch_size=run.B, cache_len=run.total, keep_cache=cfg.compile):
+    with decoding_run(model, batch_size=run.B, cache_len=run.total, keep_cache=run.compiled):
         clock = RunClock()
         logits = prefill(model, run.idx, run.pos_ids, run.key_valid)
         clock.prefilled()
         run.decode(logits, on_tokens)
+    record_run(model, cfg, run.shape, run.compiled, *run.step_times)
     return run.results(clock)
 
 
@@ -102,7 +104,9 @@ class DecodeState:
         self.strategy, self.sinks = window_plan(config, cfg, T0, max_new, valid)
         if self.strategy == "rolling" and config.position == "rope":
             model.transformer.rotary.extend(T0 + max_new)                   # positions keep counting
-        self.total = W if (cfg.compile or self.strategy) else T0 + max_new  # compiled: one static cache shape
+        self.shape = (B, self.strategy == "rolling")                        # one compiled graph each
+        self.compiled = use_compiled_step(model, cfg, self.shape, torch.device(device))
+        self.total = W if (self.compiled or self.strategy) else T0 + max_new  # compiled: one static cache shape
         self.idx, self.pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
         self.key_valid = torch.zeros((B, self.total), dtype=torch.bool, device=device)
         self.key_valid[:, :T0] = valid
@@ -113,7 +117,7 @@ class DecodeState:
         if cfg.repetition_penalty != 1.0:
             self.seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
             self.seen.scatter_(1, self.idx, valid)
-        self.step_fn = compiled_decode_step(model) if cfg.compile else decode_one_token
+        self.step_fn = decode_step(model, self.compiled, cfg)
         pad = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
         self.seq = torch.cat([self.idx, pad], dim=1)                        # text so far
         self.seq_valid = torch.cat([valid, torch.ones((B, max_new), dtype=torch.bool, device=device)], dim=1)
@@ -125,12 +129,19 @@ class DecodeState:
         self.logprobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def decode(self, logits: torch.Tensor, on_tokens: Callable[[torch.Tensor], bool | None] | None) -> None:
-        """The decode loop, from the prompts' last logits (B, V)."""
+        """The decode loop, from the prompts' last logits (B, V). `step_times`: (seconds of the
+        first step, seconds and count of the steps after it)."""
+        marks = [time.perf_counter()]
         for i in range(self.max_new):
             nxt = self.choose(logits)
             if self.record(i, nxt, on_tokens):
                 break
             logits = self.feed(i, nxt)
+            if i == 0:
+                marks.append(time.perf_counter())
+        marks.append(time.perf_counter())
+        first = marks[1] - marks[0] if len(marks) == 3 else marks[-1] - marks[0]
+        self.step_times = (first, marks[-1] - marks[1] if len(marks) == 3 else 0.0, max(self.n_steps - 2, 0))
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token of every row (B,) — pad where a row has ended — after the minimum length,

@@ -126,7 +126,7 @@ def decode_tokens_per_s(model, n_tokens: int) -> float:
     """Tokens/s of one greedy decode of `n_tokens` (batch 1, after the prompt's prefill)."""
     from ..generate import GenerationConfig, generate_ids
     cfg = GenerationConfig(max_new_tokens=max(2, min(n_tokens, model.config.context_length - 1)), greedy=True,
-                           ignore_eos=True)
+                           ignore_eos=True, compile=False)      # the eager step: one call, no compile time
     return generate_ids(model, [[0]], cfg)[2]["tokens_per_s"]
 
 

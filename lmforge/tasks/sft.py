@@ -112,7 +112,8 @@ class SFTTask(NextTokenTask):
             return {}
         longest = max(len(p) for p, _ in self.replies)
         gen = GenerationConfig(temperature=0.0, max_new_tokens=min(REPLY_TOKENS, self.context_length - longest),
-                               stop=[self.template.user.strip()])       # a new turn ends the reply
+                               stop=[self.template.user.strip()], compile=False)  # a new turn ends the reply;
+        # compile=False: the model is in training (the default could compile it mid-run)
         written = []
         with autocast():
             for start in range(0, len(self.replies), 16):

@@ -94,7 +94,7 @@ def decoder_sampler(tokenizer: Tokenizer, cfg: TrainConfig) -> Callable[[torch.n
 
     def sample(model: torch.nn.Module) -> str:
         gen = GenerationConfig(max_new_tokens=min(cfg.sample_tokens, model.config.context_length - 8),
-                               temperature=0.8, top_k=50, seed=cfg.seed)
+                               temperature=0.8, top_k=50, seed=cfg.seed, compile=False)   # a model in training
         return generate(model, tokenizer, cfg.sample_prompt, gen)[0].text
     return sample
 

@@ -1,0 +1,102 @@
+"""Whether plain decoding runs its compiled step: `--compile` / `--no-compile` decide; left unset
+(the default) a model on a CPU compiles once it has spent `AUTO_COMPILE_AFTER_S` seconds decoding
+eagerly at one batch size in this process.
+
+That is the rent-or-buy rule: compiling costs about as long (3 s with inductor's on-disk cache,
+8 s without, for a 6 x 384 model on the 2-core anchor), so a run of calls spends at most about
+twice what the better choice alone would have, and a process that decodes a lot — a chat, a loop
+over prompts, an evaluation — goes on with the step that is 2.5-3x faster (docs/performance.md).
+A single short `lmforge generate` stays eager. Every later call at that batch size reuses the
+compiled step; if it turns out slower per token than the eager one (a long context makes the
+compiled step's static cache costly), or it cannot be compiled here (no C++ compiler), the model
+decodes eagerly again from then on. On a GPU the default stays eager (CUDA graphs need
+`--compile`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..model import inference_layout
+from .core import GenerationConfig, compiled_decode_step, decode_one_token
+
+# Seconds of eager decoding (one model, one batch size) after which the default compiles the step.
+AUTO_COMPILE_AFTER_S = 5.0
+
+
+@dataclass
+class StepTimes:
+    """One model's decoding at one (batch size, rolling cache) shape: time and steps spent eagerly
+    and compiled, counting only steps after a run's first (which, compiled, includes compiling)."""
+    eager_s: float = 0.0            # every eager step, the first included: what the rule counts
+    eager_steady_s: float = 0.0
+    eager_steps: int = 0
+    compiled_steady_s: float = 0.0
+    compiled_steps: int = 0
+    compiled: bool = False          # a compiled graph exists for this shape
+
+
+def _times(model, shape: tuple[int, bool]) -> StepTimes:
+    table = model.__dict__.setdefault("_decode_times", {})
+    return table.setdefault(shape, StepTimes())
+
+
+def use_compiled_step(model, cfg: GenerationConfig, shape: tuple[int, bool], device: torch.device) -> bool:
+    """Whether this run decodes with the compiled step (see the module doc)."""
+    if cfg.compile is not None:
+        return cfg.compile
+    if device.type != "cpu" or getattr(model, "_eager_only", False):
+        return False
+    times = _times(model, shape)
+    return times.compiled or times.eager_s >= AUTO_COMPILE_AFTER_S
+
+
+def decode_step(model, compiled: bool, cfg: GenerationConfig):
+    """The step function of a run: eager, compiled, or (compiled by the default) compiled with a
+    way back — a step that fails to compile decodes eagerly, with a warning, and so does the
+    model from then on."""
+    if not compiled:
+        return decode_one_token
+    fn = compiled_decode_step(model)
+    if cfg.compile:
+        return fn
+
+    def step(*args):
+        if getattr(model, "_eager_only", False):
+            return decode_one_token(*args)
+        try:
+            return fn(*args)
+        except Exception as e:      # noqa: BLE001 — compiling is an optimisation; eager serves the run
+            give_up(model)
+            warnings.warn(f"the decode step could not be compiled here ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); decoding eagerly (--no-compile "
+                          f"skips the attempt)", stacklevel=2)
+            return decode_one_token(*args)
+    return step
+
+
+def give_up(model) -> None:
+    """The default decodes this model eagerly from now on, on the eager step's weight layout."""
+    model._eager_only = True
+    inference_layout(model, "cpu")
+
+
+def record_run(model, cfg: GenerationConfig, shape: tuple[int, bool], compiled: bool, first_s: float,
+               steady_s: float, steady_steps: int) -> None:
+    """Count a run's steps (its first step took `first_s`, the `steady_steps` after it
+    `steady_s`); the default gives up the compiled step once it is measured slower than eager."""
+    times = _times(model, shape)
+    if not compiled:
+        times.eager_s += first_s + steady_s
+        times.eager_steady_s += steady_s
+        times.eager_steps += steady_steps
+        return
+    times.compiled = True
+    times.compiled_steady_s += steady_s
+    times.compiled_steps += steady_steps
+    if cfg.compile is None and times.eager_steps and times.compiled_steps >= 8 and \
+            times.compiled_steady_s / times.compiled_steps > times.eager_steady_s / times.eager_steps:
+        give_up(model)
