@@ -23,8 +23,10 @@ GREEDY = dict(max_new_tokens=10, greedy=True)
 
 def test_short_runs_stay_eager_and_are_counted():
     model = _model()
-    for _ in range(3):
+    for _ in range(2):
         generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
+    _, _, stats = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
+    assert stats["compiled"] is False                          # which step ran (`generate --json`: "compiled")
     times = model._decode_times[(1, False)]
     assert not hasattr(model, "_compiled_decode_step") and not times.compiled
     assert times.eager_steps == 3 * 8 and 0 < times.eager_s < auto_compile.AUTO_COMPILE_AFTER_S
@@ -39,8 +41,8 @@ def test_the_default_compiles_after_its_eager_budget_with_the_same_tokens(monkey
     assert not auto_compile.use_compiled_step(model, GenerationConfig(), (2, False), torch.device("cpu"))
     assert not auto_compile.use_compiled_step(model, GenerationConfig(compile=False), (1, False),
                                               torch.device("cpu"))
-    compiled, _, _ = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
-    assert hasattr(model, "_compiled_decode_step") and model._decode_times[(1, False)].compiled
+    compiled, _, stats = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
+    assert stats["compiled"] and hasattr(model, "_compiled_decode_step") and model._decode_times[(1, False)].compiled
     assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32       # the static cache kept
     batch, _, _ = generate_ids(model, PROMPTS * 2, GenerationConfig(**GREEDY))    # batch 2: not yet, eager
     again, _, _ = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))

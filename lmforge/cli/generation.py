@@ -57,7 +57,7 @@ def _generate(ns):
     for prompt, c in zip(prompts, completions):
         if args.json:
             extra = {k: round(c.stats[k], 4) if isinstance(c.stats[k], float) else c.stats[k]
-                     for k in ("acceptance_rate", "tokens_per_step", "window", "reencodes") if k in c.stats}
+                     for k in ("acceptance_rate", "tokens_per_step", "window", "reencodes", "compiled") if k in c.stats}
             if c.logprobs is not None:
                 extra["logprobs"] = c.logprobs
             print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,

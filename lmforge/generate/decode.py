@@ -207,7 +207,7 @@ class DecodeState:
         T0, B, cfg = self.T0, self.B, self.cfg
         rows = (finish(self.seq[b, T0: T0 + self.n_steps].tolist(), cfg, self.eos_id) for b in range(B))
         results, reasons = map(list, zip(*rows))
-        stats = clock.stats(T0, self.n_steps, B)
+        stats = clock.stats(T0, self.n_steps, B, compiled=self.compiled)
         if self.strategy is not None:
             stats.update(window=self.strategy, reencodes=self.reencodes, sink_tokens=self.sinks)
         if cfg.logprobs is not None:
