@@ -87,3 +87,15 @@ def test_the_default_stays_eager_off_the_cpu():
     model._decode_times = {(1, False): auto_compile.StepTimes(eager_s=1e9)}
     assert not auto_compile.use_compiled_step(model, GenerationConfig(), (1, False), torch.device("meta"))
     assert auto_compile.use_compiled_step(model, GenerationConfig(), (1, False), torch.device("cpu"))
+
+
+def test_a_context_whose_cache_outweighs_the_weights_is_not_compiled_by_default():
+    small = _model()                               # 32 slots: a cache far lighter than the weights
+    torch.manual_seed(0)
+    long = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32768)).eval()
+    assert auto_compile.static_cache_fits(small, 1) and not auto_compile.static_cache_fits(long, 1)
+    for model in (small, long):
+        model._decode_times = {(1, False): auto_compile.StepTimes(eager_s=1e9)}
+    assert auto_compile.use_compiled_step(small, GenerationConfig(), (1, False), torch.device("cpu"))
+    assert not auto_compile.use_compiled_step(long, GenerationConfig(), (1, False), torch.device("cpu"))
+    assert auto_compile.use_compiled_step(long, GenerationConfig(compile=True), (1, False), torch.device("cpu"))

@@ -9,7 +9,8 @@ over prompts, an evaluation — goes on with the step that is 2.5-3x faster (doc
 A single short `lmforge generate` stays eager. Every later call at that batch size reuses the
 compiled step; if it turns out slower per token than the eager one (a long context makes the
 compiled step's static cache costly), or it cannot be compiled here (no C++ compiler), the model
-decodes eagerly again from then on. On a GPU the default stays eager (CUDA graphs need
+decodes eagerly again from then on; a model whose full-context cache would outweigh its weights
+(a long window) is not compiled by default at all. On a GPU the default stays eager (CUDA graphs need
 `--compile`).
 """
 
@@ -51,7 +52,18 @@ def use_compiled_step(model, cfg: GenerationConfig, shape: tuple[int, bool], dev
     if device.type != "cpu" or getattr(model, "_eager_only", False):
         return False
     times = _times(model, shape)
-    return times.compiled or times.eager_s >= AUTO_COMPILE_AFTER_S
+    return times.compiled or times.eager_s >= AUTO_COMPILE_AFTER_S and static_cache_fits(model, shape[0])
+
+
+def static_cache_fits(model, batch: int) -> bool:
+    """Whether the compiled step's full-context KV cache (batch x context, every layer) holds no
+    more bytes than the weights: each step reads both, so beyond that a long context (an
+    imported model's 128k window) would cost more than compiling saves, and its memory."""
+    c = model.config
+    p = next(model.parameters())
+    cache = 2 * c.n_layer * batch * c.kv_heads * c.context_length * c.head_dim * p.element_size()
+    weights = {t.data_ptr(): t for t in model.state_dict().values()}        # quantized weights are buffers
+    return cache <= sum(t.numel() * t.element_size() for t in weights.values())
 
 
 def decode_step(model, compiled: bool, cfg: GenerationConfig):
