@@ -1,7 +1,9 @@
 """Serving throughput: aggregate generated tokens/s and time-to-first-token of `lmforge serve`
 at 1, 4 and 16 concurrent streaming clients, against the same requests one at a time, and
 against `transformers serve` on the exported Hugging Face model in the same run (when it
-starts offline).
+starts offline). lmforge runs twice: with its eager step throughout (`--no-compile`), and with
+its default, measured after `--warmup` unmeasured runs of the levels (on a CPU the default
+compiles the step of a row count once that has decoded eagerly for 5 s).
 
     python benchmarks/serve_throughput.py                 # gpt-small shape (6 x 384, context 256)
     python benchmarks/serve_throughput.py --quick         # gpt-tiny, few tokens: checks that it runs
@@ -164,6 +166,9 @@ def run_server(name: str, cmd: list[str], url: str, model: str, args, env: dict,
     rows = []
     try:
         asyncio.run(level(url, model, 1, 2, 4, extra))                           # warm-up
+        for _ in range(args.warmup if name == "lmforge serve" else 0):     # the default's eager budget, spent
+            for clients in args.clients:
+                asyncio.run(level(url, model, clients, args.requests, args.tokens, extra))
         runs = {clients: [] for clients in args.clients}
         for _ in range(args.repeat):        # the levels interleaved, so a slow spell of the machine hits all
             for clients in args.clients:
@@ -195,12 +200,15 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     p.add_argument("--repeat", type=int, default=3, help="runs of every level (interleaved); the median is reported")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="unmeasured runs of every level before lmforge's default is measured: on a CPU it compiles "
+                        "the step of a row count once that has decoded eagerly for 5 s")
     p.add_argument("--no-transformers", action="store_true", help="skip `transformers serve`")
     p.add_argument("--quick", action="store_true", help="gpt-tiny, 8 tokens, 8 requests")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
     if args.quick:
-        args.preset, args.context, args.tokens, args.requests, args.repeat = "gpt-tiny", 64, 8, 8, 1
+        args.preset, args.context, args.tokens, args.requests, args.repeat, args.warmup = "gpt-tiny", 64, 8, 8, 1, 0
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -210,9 +218,14 @@ def main() -> None:
               f"tokens per level, {args.threads} threads per server, {os.cpu_count()} cores")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        rows = run_server("lmforge serve", [sys.executable, "-m", "lmforge", "serve", str(work / "model"), "--port",
-                                            str(port), "--device", "cpu", "--max-batch-size", "16"],
+        lmforge = [sys.executable, "-m", "lmforge", "serve", str(work / "model"), "--device", "cpu",
+                   "--max-batch-size", "16"]
+        rows = run_server("lmforge serve --no-compile", [*lmforge, "--no-compile", "--port", str(port)],
                           url, "model", args, env, {"ignore_eos": True})
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        rows += run_server("lmforge serve", [*lmforge, "--port", str(port)], url, "model", args, env,
+                           {"ignore_eos": True})
         if not args.no_transformers and shutil.which("transformers"):
             for batching in ("--no-continuous-batching", "--continuous-batching"):
                 port = free_port()
@@ -230,7 +243,7 @@ def main() -> None:
                   f"{1000 * r['ttft_p95']:.1f}")
         ours = {r["clients"]: r["tokens_per_s"] for r in rows if r["server"] == "lmforge serve"}
         for r in rows:
-            if r["server"] != "lmforge serve" and r["clients"] in ours:
+            if r["server"] != "lmforge serve" and r["clients"] in ours:      # the eager step's row included
                 print(f"ratio lmforge / {r['server']} at {r['clients']} clients: "
                       f"{ours[r['clients']] / r['tokens_per_s']:.2f}x")
         if args.json:

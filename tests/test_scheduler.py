@@ -64,6 +64,29 @@ def test_joining_and_leaving_sequences_decode_as_alone(preset):
         assert seeded[i] == alone[0]
 
 
+@pytest.mark.slow
+def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(monkeypatch):
+    """With the default's eager budget spent at once, the scheduler decodes 1-4 running rows with
+    the compiled step (padded to a bucket of 1, 2 or 4 rows, every slot of the context): each
+    sequence still equals its solo eager decoding."""
+    from lmforge.generate import auto_compile
+    torch.manual_seed(0)
+    model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=48)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(1, 13)), [3], [7, 7, 7, 7]]
+    lengths = [12, 5, 20, 9, 15, 3]
+    alone = [generate_ids(model, [p], GenerationConfig(max_new_tokens=n, greedy=True, compile=False))[0][0]
+             for p, n in zip(prompts, lengths)]
+    monkeypatch.setattr(auto_compile, "AUTO_COMPILE_AFTER_S", 0.0)
+    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16).start()
+    try:
+        got = run(scheduler, prompts, lengths, temperature=0.0)
+    finally:
+        scheduler.shutdown()
+    assert [got[i] for i in range(len(prompts))] == alone
+    times = model._decode_times
+    assert times[(1, "serve")].compiled and times[(4, "serve")].compiled and times[(4, "serve")].compiled_steps > 0
+
+
 def test_encoder_decoder_sequences_joining_and_leaving_decode_as_alone():
     """Sources of different lengths through 4 rows: each row's cross-attention keys, values and
     source mask move with it when the batch is packed, so every target equals its solo decoding."""

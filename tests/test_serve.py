@@ -233,6 +233,31 @@ def test_16_concurrent_streams_equal_their_solo_outputs(client, lm):
     assert errors == [] and got == solo
 
 
+@pytest.mark.slow
+def test_the_compiled_cpu_step_serves_the_same_text(model_dir, lm):
+    """`lmforge serve --compile`: one stream alone, then three together (rows padded to buckets of
+    1, 2 and 4), give the text eager decoding gives, and /metrics counts the compiled steps."""
+    lengths = [9, 14, 20]
+    expect = [text[:n] for text, n in zip(lm.generate(PROMPTS[:3], max_new_tokens=20, greedy=True), lengths)]
+    with running_server(model_dir, "--compile", "--max-batch-size", "4") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        alone = client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=lengths[0], temperature=0)
+        got = [None] * 3
+
+        def one(i: int) -> None:
+            stream = client.completions.create(model="m", prompt=PROMPTS[i], max_tokens=lengths[i], temperature=0,
+                                               stream=True)
+            got[i] = "".join(c.choices[0].text for c in stream if c.choices)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert alone.choices[0].text == expect[0] and got == expect
+        assert metric(url, 'lmforge_decode_steps_total{step="compiled"}') >= 20
+        assert metric(url, 'lmforge_decode_steps_total{step="eager"}') == 0
+
+
 def _post(server, path, content, headers=None):
     return httpx.post(server + path, content=content, timeout=30,
                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",

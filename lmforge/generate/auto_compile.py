@@ -30,17 +30,20 @@ AUTO_COMPILE_AFTER_S = 5.0
 
 @dataclass
 class StepTimes:
-    """One model's decoding at one (batch size, rolling cache) shape: time and steps spent eagerly
-    and compiled, counting only steps after a run's first (which, compiled, includes compiling)."""
+    """One model's decoding at one shape (a batch size, and whether the cache rolls; the server's
+    own shapes are its row counts): time and steps spent eagerly and compiled, counting only
+    steps after a run's first (which, compiled, includes compiling)."""
     eager_s: float = 0.0            # every eager step, the first included: what the rule counts
     eager_steady_s: float = 0.0
     eager_steps: int = 0
     compiled_steady_s: float = 0.0
     compiled_steps: int = 0
     compiled: bool = False          # a compiled graph exists for this shape
+    slower: bool = False            # ... and was measured slower than the eager step: not used again
 
 
-def _times(model, shape: tuple[int, bool]) -> StepTimes:
+def step_times(model, shape: tuple) -> StepTimes:
+    """What the default has measured of `model` at `shape` in this process."""
     table = model.__dict__.setdefault("_decode_times", {})
     return table.setdefault(shape, StepTimes())
 
@@ -49,10 +52,40 @@ def use_compiled_step(model, cfg: GenerationConfig, shape: tuple[int, bool], dev
     """Whether this run decodes with the compiled step (see the module doc)."""
     if cfg.compile is not None:
         return cfg.compile
+    return default_compiles(model, shape, device)
+
+
+def default_compiles(model, shape: tuple, device: torch.device) -> bool:
+    """The default's choice at `shape` (its first element: the batch rows): the compiled step once
+    the eager budget is spent, on a CPU, unless it failed or was slower, or its cache outweighs
+    the weights."""
     if device.type != "cpu" or getattr(model, "_eager_only", False):
         return False
-    times = _times(model, shape)
+    times = step_times(model, shape)
+    if times.slower:
+        return False
     return times.compiled or times.eager_s >= AUTO_COMPILE_AFTER_S and static_cache_fits(model, shape[0])
+
+
+def record_compiled(model, shape: tuple, steady_s: float, steps: int) -> bool:
+    """Count compiled steps (after the first); True once the compiled step is measured slower than
+    the eager one at this shape (over 8 steps or more): the default leaves it from then on."""
+    times = step_times(model, shape)
+    times.compiled = True
+    times.compiled_steady_s += steady_s
+    times.compiled_steps += steps
+    times.slower = times.slower or bool(
+        times.eager_steps and times.compiled_steps >= 8
+        and times.compiled_steady_s / times.compiled_steps > times.eager_steady_s / times.eager_steps)
+    return times.slower
+
+
+def record_eager(model, shape: tuple, spent_s: float, steady_s: float, steps: int) -> None:
+    """Count eager decoding: `spent_s` toward the budget, `steady_s` over `steps` for the comparison."""
+    times = step_times(model, shape)
+    times.eager_s += spent_s
+    times.eager_steady_s += steady_s
+    times.eager_steps += steps
 
 
 def static_cache_fits(model, batch: int) -> bool:
@@ -100,15 +133,7 @@ def record_run(model, cfg: GenerationConfig, shape: tuple[int, bool], compiled: 
                steady_s: float, steady_steps: int) -> None:
     """Count a run's steps (its first step took `first_s`, the `steady_steps` after it
     `steady_s`); the default gives up the compiled step once it is measured slower than eager."""
-    times = _times(model, shape)
     if not compiled:
-        times.eager_s += first_s + steady_s
-        times.eager_steady_s += steady_s
-        times.eager_steps += steady_steps
-        return
-    times.compiled = True
-    times.compiled_steady_s += steady_s
-    times.compiled_steps += steady_steps
-    if cfg.compile is None and times.eager_steps and times.compiled_steps >= 8 and \
-            times.compiled_steady_s / times.compiled_steps > times.eager_steady_s / times.eager_steps:
+        record_eager(model, shape, first_s + steady_s, steady_s, steady_steps)
+    elif record_compiled(model, shape, steady_s, steady_steps) and cfg.compile is None:
         give_up(model)

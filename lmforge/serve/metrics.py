@@ -27,6 +27,9 @@ class Metrics:
         self.time_to_first_token = Histogram("lmforge_time_to_first_token_seconds",
                                              "from a request's arrival to its first generated token",
                                              buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_steps = Counter("lmforge_decode_steps", "decode steps, by step: eager, or compiled (a CPU: "
+                                    "`lmforge serve --compile`, or the default once a row count has decoded "
+                                    "eagerly for 5 s)", ["step"], registry=r)
         self.token_latency = Histogram("lmforge_time_per_output_token_seconds",
                                        "duration of one decode step (one token for every running sequence)",
                                        buckets=LATENCY_BUCKETS, registry=r)

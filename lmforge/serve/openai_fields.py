@@ -58,7 +58,7 @@ FIELDS = (
 NOT_SERVED = {
     "greedy": "temperature 0 is greedy",
     "truncate_prompt": "a prompt longer than the context is refused (context_length_exceeded)",
-    "compile": "the scheduler decodes a changing batch: one eager step serves every shape",
+    "compile": "the server's setting (`lmforge serve --compile` / `--no-compile`), not a request's",
     "draft_tokens": "speculative decoding is `lmforge generate --draft`",
     "num_beams": "beam search is `lmforge generate` / `lmforge translate`",
     "length_penalty": "beam search only",

@@ -5,8 +5,8 @@ running sequence owns a row and keeps its own length; a row's cache slot of a to
 its position, so a row needs no padding mask — causality per row (`input_pos` of shape
 (B, 1), see `KVCache.update` and `attention_mask`) already hides everything past its end,
 including what an earlier occupant of the row left there. Running rows are kept packed at
-the top of the buffer (rows 0..n-1), so every step runs on a view of n rows and of the
-slots in use, never on idle rows.
+the top of the buffer (rows 0..n-1): an eager step runs on a view of n rows and of the slots in
+use, the compiled CPU step on a bucket of rows (`decode_step.py`).
 
 One scheduler step:
 1. drop cancelled sequences (a client that disconnected) and admit waiting ones into free rows;
@@ -47,6 +47,7 @@ from ..generate.json_mode import JsonState
 from .events import Event, Failed, Finish, Token
 from .jobs import Jobs
 from .picker import TokenPicker
+from .decode_step import DecodeStep
 from .rows import RowCache
 
 log = logging.getLogger("lmforge.serve")
@@ -96,7 +97,8 @@ class Scheduler:
     continuous batching; `tokenizer` is the one of the generated text (an encoder-decoder's
     target side). Every other use of the module is a job run `between_steps`."""
 
-    def __init__(self, module, tokenizer, max_batch: int = 16, max_queue: int = 64, metrics=None):
+    def __init__(self, module, tokenizer, max_batch: int = 16, max_queue: int = 64, metrics=None,
+                 compile: bool | None = None):
         self.module, self.tokenizer = module, tokenizer
         self.config = module.config
         self.seq2seq = self.config.family == "seq2seq"
@@ -109,6 +111,7 @@ class Scheduler:
         self._running: list[Sequence] = []          # row i holds _running[i]
         self._stop = self._end_all = False
         self.rows = RowCache(module, self.stack, max_batch, self.seq2seq)      # allocated at the first step
+        self.step = DecodeStep(module, self.rows, compile)                      # eager, or compiled (CPU)
         self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
 
     # ---- the client side (any thread) ----------------------------------------------------
@@ -308,15 +311,18 @@ class Scheduler:
         tokens = torch.tensor([[s.pending] for s in seqs], dtype=torch.long, device=device)   # (n, 1)
         pos = torch.tensor([[s.length] for s in seqs], dtype=torch.long, device=device)       # (n, 1)
         source = max(s.source_length for s in seqs)
-        self.rows.use(0, len(seqs), max(s.length for s in seqs) + 1, source)
         t0 = time.perf_counter()
-        extra = {"memory_valid": self.rows.source_valid[:len(seqs), :source]} if self.seq2seq else {}
-        logits = self._logits(self.stack(tokens, input_pos=pos, pos_ids=pos, **extra)[:, -1])
+        def eager() -> torch.Tensor:                # the step on the rows and slots in use (seq2seq: always)
+            self.rows.use(0, len(seqs), max(s.length for s in seqs) + 1, source)
+            extra = {"memory_valid": self.rows.source_valid[:len(seqs), :source]} if self.seq2seq else {}
+            return self.module.lm_head(self.stack(tokens, input_pos=pos, pos_ids=pos, **extra)[:, -1])
+        logits = self.step(tokens, pos, eager)[..., : self.vocab_size].float()
         for s in seqs:
             s.length += 1
         self._sample(seqs, logits)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(seqs))
+            self.metrics.decode_steps.labels("compiled" if self.step.last_compiled else "eager").inc()
             self.metrics.token_latency.observe(time.perf_counter() - t0)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

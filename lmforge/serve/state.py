@@ -49,7 +49,7 @@ class ServerState:
         state = cls(lm, settings, name, None)
         if lm.config.family in ("decoder", "seq2seq"):
             state.scheduler = Scheduler(lm.module, lm.target_tokenizer, settings.max_batch_size, settings.max_queue,
-                                        state.metrics)
+                                        state.metrics, compile=settings.compile)
         return state
 
     def __post_init__(self) -> None:
