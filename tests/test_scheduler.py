@@ -87,6 +87,27 @@ def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(mo
     assert times[(1, "serve")].compiled and times[(4, "serve")].compiled and times[(4, "serve")].compiled_steps > 0
 
 
+def test_which_rows_the_compiled_step_takes():
+    """Buckets of 1, 2, 4 or 8 rows within max_batch, decoders only; --no-compile / --compile / the
+    default's eager budget decide, and only on a CPU."""
+    from lmforge.generate import auto_compile
+    from lmforge.serve.decode_step import DecodeStep
+    from lmforge.serve.rows import RowCache
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    model = build_model(get_preset("llama-tiny", vocab_size=50)).eval()
+    step = lambda compile, max_batch=16: DecodeStep(model, RowCache(model, model.transformer, max_batch, False),  # noqa: E731
+                                                    compile)
+    assert [step(True).bucket(n, cpu) for n in (1, 2, 3, 5, 8, 9)] == [
+        (1, True), (2, True), (4, True), (8, True), (8, True), (None, False)]
+    assert step(True, max_batch=3).bucket(3, cpu) == (None, False)      # no free row to pad with
+    assert step(True).bucket(1, meta) == (1, False) and step(False).bucket(1, cpu) == (1, False)
+    assert step(None).bucket(1, cpu) == (1, False)                       # the budget not spent yet
+    auto_compile.record_eager(model, (1, "serve"), auto_compile.AUTO_COMPILE_AFTER_S, 1.0, 100)
+    assert step(None).bucket(1, cpu) == (1, True) and step(None).bucket(2, cpu) == (2, False)
+    seq2seq = build_model(get_preset("seq2seq-tiny", vocab_size=50)).eval()
+    assert DecodeStep(seq2seq, RowCache(seq2seq, seq2seq.decoder, 16, True), True).bucket(1, cpu) == (1, False)
+
+
 def test_encoder_decoder_sequences_joining_and_leaving_decode_as_alone():
     """Sources of different lengths through 4 rows: each row's cross-attention keys, values and
     source mask move with it when the batch is packed, so every target equals its solo decoding."""

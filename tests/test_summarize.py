@@ -187,7 +187,7 @@ def test_decoder_sft_summaries(tmp_path, char_data, capsys):
 def test_min_new_tokens_holds_off_the_end(tiny_model_dir, monkeypatch):
     """The end-of-text token cannot be chosen before min_new_tokens, in beam search and in plain
     decoding, even by a model that always wants to stop."""
-    from lmforge.generate import decode
+    from lmforge.generate import auto_compile, decode
     from lmforge.generate.beam import beam_search, best_hypotheses
     V, eos = 5, 4
     wants_to_stop = torch.tensor([[0.0, 1.0, 0.5, 0.2, 9.0]])                # <eos> (4) by far the most likely
@@ -203,7 +203,8 @@ def test_min_new_tokens_holds_off_the_end(tiny_model_dir, monkeypatch):
     stop = torch.zeros(lm.config.vocab_size)
     stop[eos] = 50.0
     monkeypatch.setattr(decode, "prefill", lambda model, idx, *a: stop.expand(idx.shape[0], -1).clone())
-    monkeypatch.setattr(decode, "decode_one_token", lambda model, token, *a: stop.expand(token.shape[0], -1).clone())
+    monkeypatch.setattr(auto_compile, "decode_one_token",           # the eager step plain decoding takes
+                        lambda model, token, *a: stop.expand(token.shape[0], -1).clone())
     plain = generate(lm.module, lm.tokenizer, ["a", "bc"], GenerationConfig(greedy=True, max_new_tokens=9))
     assert [len(c.ids) for c in plain] == [0, 0]
     held = generate(lm.module, lm.tokenizer, ["a", "bc"], GenerationConfig(greedy=True, max_new_tokens=9,

@@ -42,38 +42,35 @@ class DecodeStep:
         self.fn = None
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
 
-    def bucket(self, n: int, device: torch.device) -> int | None:
-        """The bucket the default decodes n rows in, compiled; None: eagerly."""
+    def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
+        """(the bucket of n rows: None for more than 8, beyond max_batch or not a decoder; whether
+        this step runs compiled)."""
         b = next((b for b in BUCKETS if b >= n and b <= self.rows.max_batch), None)
         if b is None or self.module.config.family != "decoder" or self.compile is False:
-            return None
+            return b, False
         if self.compile:
-            return b if device.type == "cpu" and not getattr(self.module, "_eager_only", False) else None
-        return b if default_compiles(self.module, (b, "serve"), device) else None
+            return b, device.type == "cpu" and not getattr(self.module, "_eager_only", False)
+        return b, default_compiles(self.module, (b, "serve"), device)
 
     def __call__(self, tokens: torch.Tensor, pos: torch.Tensor, eager) -> torch.Tensor:
         """Logits (n, V padded) of the running rows' tokens (n, 1) at positions (n, 1); `eager()`
         runs the eager step (on views of the rows and slots in use)."""
         n = tokens.shape[0]
-        b = self.bucket(n, tokens.device)
+        b, compiled = self.bucket(n, tokens.device)
         t0 = time.perf_counter()
         self.last_compiled = False
-        if b is None:
+        if not compiled:
             logits = eager()
-            if n <= BUCKETS[-1]:
-                bucket = next(x for x in BUCKETS if x >= n)
+            if b is not None and self.module.config.family == "decoder":
                 spent = time.perf_counter() - t0
-                record_eager(self.module, (bucket, "serve"), spent, spent, 1)
+                record_eager(self.module, (b, "serve"), spent, spent, 1)
             return logits
         first = not step_times(self.module, (b, "serve")).compiled
         logits = self._compiled(tokens, pos, b)
         if logits is None:
             return eager()
         self.last_compiled = True
-        if not first:
-            record_compiled(self.module, (b, "serve"), time.perf_counter() - t0, 1)
-        else:
-            record_compiled(self.module, (b, "serve"), 0.0, 0)
+        record_compiled(self.module, (b, "serve"), 0.0 if first else time.perf_counter() - t0, 0 if first else 1)
         return logits[:n]
 
     def _compiled(self, tokens: torch.Tensor, pos: torch.Tensor, b: int) -> torch.Tensor | None:
