@@ -4,7 +4,8 @@ against llama.cpp f32 / q8_0 — on the same CPU threads. The CPU decoding ancho
 
     pip install llama-cpp-python        # compiles llama.cpp from source (not a test dependency)
     python benchmarks/gguf_llamacpp.py                     # Llama kind, 6 x 384, GQA 6/2, vocab 8192, 2 threads
-    python benchmarks/gguf_llamacpp.py --compile           # lmforge's compiled decode step
+    python benchmarks/gguf_llamacpp.py --compile           # lmforge's compiled decode step from the first call
+    python benchmarks/gguf_llamacpp.py --no-compile        # lmforge's eager step throughout
     python benchmarks/gguf_llamacpp.py --arch gpt2         # GPT-2 kind, same sizes
     python benchmarks/gguf_llamacpp.py --model runs/quickstart   # a trained model directory instead
 
@@ -62,8 +63,10 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--prompt", default="The for statement in Python iterates over", help="prompt text")
     p.add_argument("--new", type=int, default=128, help="generated tokens")
-    p.add_argument("--compile", action="store_true", help="lmforge decodes with its compiled decode step "
-                                                          "(`lmforge generate --compile`)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="lmforge decodes with its compiled decode step (`lmforge generate --compile`); "
+                        "--no-compile: the eager step; default: generate's default, measured once the warm-up "
+                        "has spent its eager budget (on a CPU it then compiles)")
     p.set_defaults(threads=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,12 +137,20 @@ def main() -> None:
                  for name, m in theirs.items()}
     for fn in measures.values():                  # warmup
         fn()
+    if args.compile is None:                      # generate's default: decode until it has chosen its step
+        from lmforge.generate.auto_compile import step_times
+        for name, m in ours.items():
+            while not step_times(m, (1, False)).compiled and not getattr(m, "_eager_only", False):
+                measures[name]()
+        print("lmforge's default: " + ", ".join(
+            f"{name} {'compiled' if step_times(m, (1, False)).compiled and not getattr(m, '_eager_only', False) else 'eager'}"
+            for name, m in ours.items()))
     results = alternate(measures, args.rounds)
     config = lm.config
     shapes = dict(model=f"{args.arch if not args.model else Path(args.model).name} {config.n_layer}x{config.d_model}",
                   params=f"{sum(p.numel() for p in lm.module.parameters()) / 1e6:.1f}M", vocab=config.vocab_size,
                   batch=1, prompt=len(prompt), new_tokens=args.new, threads=args.threads, device="cpu",
-                  lmforge_compiled=args.compile)
+                  lmforge_compiled="default" if args.compile is None else args.compile)
     row = report("batch-1 greedy decoding, lmforge vs llama.cpp (GGUF export)", shapes, results, "tokens/s", args,
                  {"greedy_tokens_equal": same, "tokenizer_equal": same_ids, "max_logit_diff": max_diff,
                   "file_bytes": {t: f.stat().st_size for t, f in files.items()}})
