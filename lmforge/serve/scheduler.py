@@ -44,10 +44,10 @@ import torch
 
 from ..generate import GenerationConfig
 from ..generate.json_mode import JsonState
+from .decode_step import DecodeStep
 from .events import Event, Failed, Finish, Token
 from .jobs import Jobs
 from .picker import TokenPicker
-from .decode_step import DecodeStep
 from .rows import RowCache
 
 log = logging.getLogger("lmforge.serve")
