@@ -2,6 +2,7 @@
 padded vs exact vocabulary, bf16 autocast vs fp32 (within bf16 noise), torch.compile'd
 training vs eager. (Compiled decoding vs eager greedy tokens: tests/test_generate.py.)"""
 
+import contextlib
 import copy
 import json
 
@@ -14,6 +15,17 @@ from lmforge.model import build_model
 from lmforge.train import train
 
 from .conftest import tiny_train_config
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n (the CPU layout and the split products depend on them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_steps(model, opt, x, steps=5, autocast=None):
@@ -84,7 +96,10 @@ def test_cpu_inference_layout_keeps_logits_state_dict_and_tied_weights(tmp_path)
     from lmforge.modeldir import state_dict_for_save
     torch.manual_seed(0)
     plain = build_model(get_preset("gpt-tiny", vocab_size=100)).eval()
-    fast = inference_layout(copy.deepcopy(plain), "cpu")
+    with torch_threads(2):
+        assert inference_layout(copy.deepcopy(plain), "cpu").transformer.blocks[0].attn.qkv.weight.is_contiguous()
+    with torch_threads(1):                                  # one thread: MKL's GEMV, on column-major weights
+        fast = inference_layout(copy.deepcopy(plain), "cpu")
     w = fast.transformer.blocks[0].attn.qkv.weight
     assert w.shape == (192, 64) and w.stride() == (1, 192)                   # same shape, column-major storage
     assert fast.lm_head.weight is fast.transformer.tok_emb.weight            # still tied
@@ -130,7 +145,8 @@ def test_compiled_cpu_decode_step_writes_few_row_products_as_sums():
     from lmforge.model import inference_layout
     from lmforge.model.linear import Linear
     torch.manual_seed(0)
-    model = inference_layout(build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval(), "cpu")
+    with torch_threads(1):                                  # the column-major layout of one thread
+        model = inference_layout(build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval(), "cpu")
     head = model.lm_head
     assert isinstance(head, Linear) and not head.weight.is_contiguous()        # column-major for eager
     compiled_decode_step(model)
@@ -141,3 +157,37 @@ def test_compiled_cpu_decode_step_writes_few_row_products_as_sums():
         y, code = run_and_get_code(torch.compile(head), x)
         assert ("extern_kernels.mm(" in "\n".join(code)) == via_mkl
         torch.testing.assert_close(y, F.linear(x, head.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_eager_few_row_products_are_split_over_the_threads():
+    """Eagerly on 2 threads a product of at most 8 rows by a row-major weight is one batched
+    product over 2 blocks of the weight's rows (MKL's GEMV would take one thread): F.linear's
+    values, gradients included; more rows, one thread, a column-major or bf16 weight or outputs
+    that do not split evenly take F.linear. A loaded model decodes the same greedy tokens either way."""
+    import torch.nn.functional as F
+    from lmforge.generate import GenerationConfig, generate_ids
+    from lmforge.model import inference_layout
+    from lmforge.model.linear import Linear, split_gemv
+    torch.manual_seed(0)
+    layer = Linear(48, 64)
+    with torch_threads(2):
+        for shape in ((1, 48), (2, 1, 48), (8, 48), (3, 1, 48)):
+            x = torch.randn(*shape, requires_grad=True)
+            assert split_gemv(x, layer.weight) is not None
+            y = layer(x)
+            torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+            y.sum().backward()
+            torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(*shape), rtol=1e-5, atol=1e-5)
+        assert split_gemv(torch.randn(9, 48), layer.weight) is None                     # a prompt: a matrix product
+        assert split_gemv(torch.randn(1, 48), layer.weight.t().contiguous().t()) is None
+        assert split_gemv(torch.randn(1, 48), torch.randn(63, 48)) is None
+        assert split_gemv(torch.randn(1, 48).bfloat16(), layer.weight.bfloat16()) is None    # bf16: F.linear
+    with torch_threads(1):
+        assert split_gemv(torch.randn(1, 48), layer.weight) is None
+    model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
+    cfg = GenerationConfig(max_new_tokens=12, greedy=True, compile=False)
+    tokens = {}
+    for n in (1, 2):
+        with torch_threads(n):
+            tokens[n] = generate_ids(inference_layout(copy.deepcopy(model), "cpu"), [[5, 6, 7], [8]], cfg)[0]
+    assert tokens[1] == tokens[2]

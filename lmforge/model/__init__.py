@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
+from .linear import Linear
 from .quantized import Int4Linear
 from .weights import load_weights_into, replace_module, shared_parameters
 
@@ -55,19 +56,23 @@ def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Lay weights out in memory for fast inference on `device`; values, shapes, names and the
     state dict stay the same.
 
-    On CPU every Linear weight (out, in) gets column-major storage, so `F.linear` multiplies
-    by a contiguous (in, out) matrix: MKL's batch-1 GEMV then streams weights from DRAM about
-    1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix, 2-core EPYC), which makes fp32 decoding
-    ~1.3x faster with identical logits. A tied head and embedding share the one transposed
-    storage (the embedding lookup reads a strided row). Training keeps row-major weights.
-    Packed int4 weights get the same layout: the compiled decode step's fused product
+    On a CPU with one thread every Linear weight (out, in) gets column-major storage, so
+    `F.linear` multiplies by a contiguous (in, out) matrix: MKL's batch-1 GEMV then streams
+    weights from DRAM about 1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix, 2-core EPYC),
+    which makes fp32 decoding ~1.3x faster with identical logits. A tied head and embedding share
+    the one transposed storage (the embedding lookup reads a strided row). With two threads or
+    more float32 weights stay row-major: a few-row product is then split over the threads by
+    blocks of rows (`linear.split_gemv`), faster still. Training keeps row-major weights.
+    Packed int4 weights get column-major storage whatever the threads: the compiled decode step's fused product
     (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
     The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     """
     if torch.device(device).type != "cpu":
         return model
+    split = torch.get_num_threads() >= 2                  # few-row products split over the threads (ours)
     for module in model.modules():
-        if isinstance(module, (nn.Linear, Int4Linear)):
+        if isinstance(module, (nn.Linear, Int4Linear)) and \
+                not (split and isinstance(module, Linear) and module.weight.dtype == torch.float32):
             w = module.weight
             if w.dim() == 2 and w.stride() != (1, w.shape[0]):
                 w.data = w.data.t().contiguous().t()
