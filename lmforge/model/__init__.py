@@ -52,7 +52,7 @@ def new_head_prefixes(base: ModelConfig, config: ModelConfig) -> tuple[str, ...]
     return ("classifier.",) if config.labels and config.labels != base.labels else ()
 
 
-def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
+def inference_layout(model: nn.Module, device: torch.device | str, split: bool | None = None) -> nn.Module:
     """Lay weights out in memory for fast inference on `device`; values, shapes, names and the
     state dict stay the same.
 
@@ -62,14 +62,15 @@ def inference_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     which makes fp32 decoding ~1.3x faster with identical logits. A tied head and embedding share
     the one transposed storage (the embedding lookup reads a strided row). With two threads or
     more float32 weights stay row-major: a few-row product is then split over the threads by
-    blocks of rows (`linear.split_gemv`), faster still. Training keeps row-major weights.
+    blocks of rows (`linear.split_gemv`), faster still (`split`: whether it will be, default
+    whether there are two threads or more). Training keeps row-major weights.
     Packed int4 weights get column-major storage whatever the threads: the compiled decode step's fused product
     (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
     The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     """
     if torch.device(device).type != "cpu":
         return model
-    split = torch.get_num_threads() >= 2                  # few-row products split over the threads (ours)
+    split = torch.get_num_threads() >= 2 if split is None else split     # few-row products split over the threads
     for module in model.modules():
         if isinstance(module, (nn.Linear, Int4Linear)) and \
                 not (split and isinstance(module, Linear) and module.weight.dtype == torch.float32):

@@ -9,7 +9,8 @@ do eagerly, and the padding rows are free ones, whose writes at slot 0 a newcome
 overwrites. Each bucket keeps one set of cache views, so one graph serves it. Larger batches
 stay eager: there the products are matrix products already (the compiled step was 0.96x eager
 at 16 rows). A bucket measured slower than eager, or a step that cannot be compiled here,
-goes back to eager.
+goes back to eager. The eager step keeps MKL's one-thread matrix-vector products on column-major
+weights (`on_scheduler_thread`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 import torch
 
 from ..generate.auto_compile import default_compiles, give_up, record_compiled, record_eager, step_times
-from ..model.linear import row_major_layout
+from ..model import inference_layout
+from ..model.linear import row_major_layout, split_products
 from .rows import RowCache, _RowsView
 
 log = logging.getLogger("lmforge.serve")
@@ -41,6 +43,13 @@ class DecodeStep:
         self.views: dict[int, list[_RowsView]] = {}
         self.fn = None
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
+        inference_layout(module, next(module.parameters()).device, split=False)    # see on_scheduler_thread
+
+    def on_scheduler_thread(self) -> None:
+        """Called first on the thread that decodes: its eager few-row products stay MKL's one-thread
+        GEMV, not split over the threads (`linear.split_products`: beside the server's own threads
+        the split product was slower here)."""
+        split_products(False)
 
     def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
         """(the bucket of n rows: None for more than 8, beyond max_batch or not a decoder; whether

@@ -20,8 +20,7 @@ seed). A sequence hears of its progress through `events.py`'s Token, Finish and 
 sequence whose own choosing raises fails alone (its neighbours in the batch go on), a step that
 raised fails every sequence it held, so no client waits forever. `end_all` ends every sequence
 at the next token boundary (a server that is shutting down).
-Other model work (inspections, attention maps) is a job run between two steps, sharing the
-model's time with the batch (`jobs.py`).
+Other model work (inspections, attention maps) is a job run between two steps (`jobs.py`).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -170,6 +169,7 @@ class Scheduler:
     # ---- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        self.step.on_scheduler_thread()
         while True:
             with self._cond:
                 while not (self._stop or self._end_all or self._waiting or self._running or self._jobs):
