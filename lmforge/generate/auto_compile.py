@@ -5,7 +5,7 @@ eagerly at one batch size in this process.
 That is the rent-or-buy rule: compiling costs about as long (3 s with inductor's on-disk cache,
 8 s without, for a 6 x 384 model on the 2-core anchor), so a run of calls spends at most about
 twice what the better choice alone would have, and a process that decodes a lot — a chat, a loop
-over prompts, an evaluation — goes on with the step that is 2.5-3x faster (docs/performance.md).
+over prompts, an evaluation — goes on with the step that is 1.3-1.8x faster (docs/performance.md).
 A single short `lmforge generate` stays eager. Every later call at that batch size reuses the
 compiled step; if it turns out slower per token than the eager one (a long context makes the
 compiled step's static cache costly), or it cannot be compiled here (no C++ compiler), the model
