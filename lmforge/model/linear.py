@@ -9,11 +9,11 @@ anchor's Llama 6 x 384 (`benchmarks/decode_profile.py`'s model) the compiled dec
 229 to 588 tokens/s on 2 threads in a side-by-side run (450-560 in later runs of the day; 198 to
 259 on 1 thread), with the same greedy tokens.
 
-Eagerly, the same few-row product on T >= 2 threads is a batched product over T blocks of the
-weight's rows (`split_gemv`: `torch.bmm` of (T, out/T, in) views of the row-major weight), which
-PyTorch runs one block per thread: 39-43 GB/s through the CPU anchor's 55 MB of weights against
-15 GB/s for `F.linear` on column-major weights, and eager decoding 185 -> 319 tokens/s (2.27x
-transformers) with the same tokens. So `model.inference_layout` keeps weights row-major on two
+Eagerly (decoding: no gradient), the same few-row product on T >= 2 threads is a batched product
+over T blocks of the weight's rows (`split_gemv`: `torch.bmm` of (T, out/T, in) views of the
+row-major weight), which PyTorch runs one block per thread: 39-43 GB/s through the CPU anchor's
+55 MB of weights against 15 GB/s for `F.linear` on column-major weights, and eager decoding
+185 -> 311 tokens/s (2.12x transformers) with the same tokens. So `model.inference_layout` keeps weights row-major on two
 threads or more, and column-major (which suit MKL's single-thread GEMV) on one; the compiled step
 lays them out row-major first (`row_major_layout`).
 """
@@ -53,11 +53,12 @@ def split_products(enabled: bool) -> None:
 
 
 def split_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """Eagerly on a CPU with T >= 2 threads, x (..., in) @ weight (out, in).T for a few rows as one
-    batched product over T blocks of the row-major weight's rows, one block per thread (MKL's
-    GEMV takes one thread); None where it does not apply (see the module doc)."""
+    """Eagerly on a CPU with T >= 2 threads and no gradient (decoding), x (..., in) @ weight
+    (out, in).T for a few rows as one batched product over T blocks of the row-major weight's
+    rows, one block per thread (MKL's GEMV takes one thread); None where it does not apply (see
+    the module doc). Training keeps `F.linear`, so its numbers do not depend on the threads."""
     threads = torch.get_num_threads()
-    if threads < 2 or getattr(_this_thread, "off", False):
+    if threads < 2 or getattr(_this_thread, "off", False) or torch.is_grad_enabled():   # inference only
         return None
     rows, (out, k) = x.numel() // x.shape[-1], weight.shape
     if rows > FUSED_ROWS or out % threads or x.device.type != "cpu" or not weight.is_contiguous() \
