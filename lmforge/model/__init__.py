@@ -64,8 +64,9 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     more float32 weights stay row-major: a few-row product is then split over the threads by
     blocks of rows (`linear.split_gemv`), faster still (`split`: whether it will be, default
     whether there are two threads or more). Training keeps row-major weights.
-    Packed int4 weights get column-major storage whatever the threads: the compiled decode step's fused product
-    (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along the packed rows.
+    Packed int4 weights get column-major storage whatever the threads: the compiled decode
+    step's fused product (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along
+    the packed rows.
     The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     """
     if torch.device(device).type != "cpu":

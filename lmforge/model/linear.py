@@ -13,9 +13,9 @@ Eagerly (decoding: no gradient), the same few-row product on T >= 2 threads is a
 over T blocks of the weight's rows (`split_gemv`: `torch.bmm` of (T, out/T, in) views of the
 row-major weight), which PyTorch runs one block per thread: 39-43 GB/s through the CPU anchor's
 55 MB of weights against 15 GB/s for `F.linear` on column-major weights, and eager decoding
-185 -> 311 tokens/s (2.12x transformers) with the same tokens. So `model.inference_layout` keeps weights row-major on two
-threads or more, and column-major (which suit MKL's single-thread GEMV) on one; the compiled step
-lays them out row-major first (`row_major_layout`).
+185 -> 311 tokens/s (2.12x transformers) with the same tokens. So `model.inference_layout` keeps
+float32 weights row-major on two threads or more, and column-major (which suit MKL's one-thread
+GEMV) on one; the compiled step lays them out row-major first (`row_major_layout`).
 """
 
 from __future__ import annotations
