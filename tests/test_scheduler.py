@@ -95,8 +95,9 @@ def test_which_rows_the_compiled_step_takes():
     from lmforge.serve.rows import RowCache
     cpu, meta = torch.device("cpu"), torch.device("meta")
     model = build_model(get_preset("llama-tiny", vocab_size=50)).eval()
-    step = lambda compile, max_batch=16: DecodeStep(model, RowCache(model, model.transformer, max_batch, False),  # noqa: E731
-                                                    compile)
+
+    def step(compile, max_batch=16):
+        return DecodeStep(model, RowCache(model, model.transformer, max_batch, False), compile)
     assert [step(True).bucket(n, cpu) for n in (1, 2, 3, 5, 8, 9)] == [
         (1, True), (2, True), (4, True), (8, True), (8, True), (None, False)]
     assert step(True, max_batch=3).bucket(3, cpu) == (None, False)      # no free row to pad with
