@@ -78,7 +78,7 @@ def main() -> None:
     for fn in (run_ours, run_theirs, run_ours, run_theirs):        # warmup (and compilation)
         fn()
     if args.compile is None:
-        warm_up_default(ours, run_ours, device, args.auto_after)
+        warm_up_default(ours, run_ours, device, args.batch, args.auto_after)
     tokens = args.batch * args.new
     results = alternate({"lmforge": lambda: tokens / timed(run_ours, device),
                          "transformers": lambda: tokens / timed(run_theirs, device)}, args.rounds)
@@ -93,13 +93,13 @@ def main() -> None:
                   f"lmforge at {100 * row['best']['lmforge'] / limit:.0f}% of it")
 
 
-def warm_up_default(model, run, device, after: float | None) -> None:
+def warm_up_default(model, run, device, batch: int, after: float | None) -> None:
     """Decode with generate's default until it has chosen its step for good (on a CPU: compiled
     once the eager budget is spent), and say what it did on the way."""
     from lmforge.generate import auto_compile
     if after is not None:
         auto_compile.AUTO_COMPILE_AFTER_S = after
-    times = lambda: next(iter(model._decode_times.values()))              # noqa: E731 — one shape here
+    times = lambda: auto_compile.step_times(model, (batch, False))       # noqa: E731 — the one shape decoded
     calls, eager_s = 2, times().eager_s
     while not times().compiled and not getattr(model, "_eager_only", False) and device.type == "cpu":
         calls += 1

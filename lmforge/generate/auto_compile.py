@@ -40,6 +40,7 @@ class StepTimes:
     compiled_steps: int = 0
     compiled: bool = False          # a compiled graph exists for this shape
     slower: bool = False            # ... and was measured slower than the eager step: not used again
+    fits: bool | None = None        # `static_cache_fits` at this shape, once asked (it reads the state dict)
 
 
 def step_times(model, shape: tuple) -> StepTimes:
@@ -64,7 +65,11 @@ def default_compiles(model, shape: tuple, device: torch.device) -> bool:
     times = step_times(model, shape)
     if times.slower:
         return False
-    return times.compiled or times.eager_s >= AUTO_COMPILE_AFTER_S and static_cache_fits(model, shape[0])
+    if times.compiled or times.eager_s < AUTO_COMPILE_AFTER_S:
+        return times.compiled
+    if times.fits is None:                      # asked once per shape: the server asks at every step
+        times.fits = static_cache_fits(model, shape[0])
+    return times.fits
 
 
 def record_compiled(model, shape: tuple, steady_s: float, steps: int) -> bool:

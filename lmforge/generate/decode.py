@@ -131,17 +131,18 @@ class DecodeState:
     def decode(self, logits: torch.Tensor, on_tokens: Callable[[torch.Tensor], bool | None] | None) -> None:
         """The decode loop, from the prompts' last logits (B, V). `step_times`: (seconds of the
         first step, seconds and count of the steps after it)."""
-        marks = [time.perf_counter()]
+        start = after_first = time.perf_counter()
         for i in range(self.max_new):
             nxt = self.choose(logits)
             if self.record(i, nxt, on_tokens):
                 break
             logits = self.feed(i, nxt)
             if i == 0:
-                marks.append(time.perf_counter())
-        marks.append(time.perf_counter())
-        first = marks[1] - marks[0] if len(marks) == 3 else marks[-1] - marks[0]
-        self.step_times = (first, marks[-1] - marks[1] if len(marks) == 3 else 0.0, max(self.n_steps - 2, 0))
+                after_first = time.perf_counter()
+        end = time.perf_counter()
+        if self.n_steps < 2:                                        # no step after the first one
+            after_first = end
+        self.step_times = (after_first - start, end - after_first, max(self.n_steps - 2, 0))
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token of every row (B,) — pad where a row has ended — after the minimum length,

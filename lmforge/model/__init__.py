@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
-from .linear import Linear
+from .linear import Linear, splits
 from .quantized import Int4Linear
 from .weights import load_weights_into, replace_module, shared_parameters
 
@@ -73,8 +73,8 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
         return model
     split = torch.get_num_threads() >= 2 if split is None else split     # few-row products split over the threads
     for module in model.modules():
-        if isinstance(module, (nn.Linear, Int4Linear)) and \
-                not (split and isinstance(module, Linear) and module.weight.dtype == torch.float32):
+        keep_rows = split and isinstance(module, Linear) and splits(module.weight)
+        if isinstance(module, (nn.Linear, Int4Linear)) and not keep_rows:
             w = module.weight
             if w.dim() == 2 and w.stride() != (1, w.shape[0]):
                 w.data = w.data.t().contiguous().t()

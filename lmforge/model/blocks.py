@@ -4,7 +4,8 @@
 - `kv_cache.py`: the preallocated `KVCache` and `attention_mask` (padding, causality, cache slots).
 - `attention.py`: `Attention` — causal, bidirectional or cross, grouped-query heads, KV cache.
 - `dropout.py`: `Dropout` — `nn.Dropout` with a faster mask on the CPU.
-- `linear.py`: `Linear` — `nn.Linear` whose compiled batch-1 CPU product is a sum over the inputs.
+- `linear.py`: `Linear` — `nn.Linear` whose few-row CPU product is a sum over the inputs when
+  compiled and split over the threads eagerly.
 - here: `make_norm` (LayerNorm or RMSNorm), `MLP` (GELU / ReLU or SwiGLU), `Block` (attention
   (+ cross attention) + MLP with pre- or post-norm residuals) and `init_weights`.
 

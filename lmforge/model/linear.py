@@ -29,12 +29,22 @@ import torch.nn.functional as F
 FUSED_ROWS = 8     # most input rows (batch x tokens) for which a compiled step writes the product as a sum
 
 
+def few_rows(x: torch.Tensor) -> bool:
+    """At most FUSED_ROWS input rows (batch x tokens): a decode step's product, not a prompt's."""
+    return x.numel() <= FUSED_ROWS * x.shape[-1]
+
+
 def fused_gemv(x: torch.Tensor) -> bool:
     """Whether to write the product as a sum over the input dimension (a compiled decode step).
     inductor then fuses it into one dot-product loop per output that reads each weight once from
     memory (for quantized weights, with the int -> float conversion inside); eager PyTorch cannot
     fuse: there `F.linear` wins."""
-    return torch.compiler.is_compiling() and x.numel() <= FUSED_ROWS * x.shape[-1]
+    return torch.compiler.is_compiling() and few_rows(x)
+
+
+def few_rows_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A decode step's product on the CPU by a row-major weight: what both forms below need."""
+    return few_rows(x) and x.device.type == "cpu" and weight.is_contiguous()
 
 
 def gemv_as_sum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -52,20 +62,26 @@ def split_products(enabled: bool) -> None:
     _this_thread.off = not enabled
 
 
+def splits(weight: torch.Tensor) -> bool:
+    """Whether eager few-row products by this weight split over the threads (float32 only: in bf16
+    PyTorch's CPU `bmm` was 0.5x `F.linear`); `model.inference_layout` keeps such weights row-major."""
+    return weight.dtype == torch.float32
+
+
 def split_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """Eagerly on a CPU with T >= 2 threads and no gradient (decoding), x (..., in) @ weight
-    (out, in).T for a few rows as one batched product over T blocks of the row-major weight's
-    rows, one block per thread (MKL's GEMV takes one thread); None where it does not apply (see
-    the module doc). Training keeps `F.linear`, so its numbers do not depend on the threads."""
+    """Eagerly with T >= 2 threads and no gradient (decoding), x (`few_rows`, in) @ weight
+    (out, in).T on the CPU as one batched product over T blocks of the row-major weight's rows,
+    one block per thread (MKL's GEMV takes one thread); None where it does not apply (see the
+    module doc). Training keeps `F.linear`, so its numbers do not depend on the threads."""
+    if not few_rows_on_cpu(x, weight):                 # first: training batches and prompts leave here
+        return None
     threads = torch.get_num_threads()
-    if threads < 2 or getattr(_this_thread, "off", False) or torch.is_grad_enabled():   # inference only
+    out, k = weight.shape
+    if threads < 2 or out % threads or torch.is_grad_enabled() or getattr(_this_thread, "off", False) \
+            or not splits(weight):
         return None
-    rows, (out, k) = x.numel() // x.shape[-1], weight.shape
-    if rows > FUSED_ROWS or out % threads or x.device.type != "cpu" or not weight.is_contiguous() \
-            or weight.dtype != torch.float32:          # bf16: PyTorch's CPU bmm was 0.5x F.linear
-        return None
-    x2 = x.reshape(rows, k)
-    y = torch.bmm(weight.view(threads, out // threads, k), x2.t().expand(threads, k, rows))   # (T, out/T, rows)
+    x2 = x.reshape(-1, k)
+    y = torch.bmm(weight.view(threads, out // threads, k), x2.t().expand(threads, k, x2.shape[0]))  # (T, out/T, rows)
     return y.permute(2, 0, 1).reshape(*x.shape[:-1], out)
 
 
@@ -75,9 +91,11 @@ class Linear(nn.Linear):
     product over blocks of rows eagerly (see above)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_gemv(x) and x.device.type == "cpu" and self.weight.is_contiguous():
-            y = gemv_as_sum(x, self.weight)
-        elif torch.compiler.is_compiling() or (y := split_gemv(x, self.weight)) is None:
+        if torch.compiler.is_compiling():
+            y = gemv_as_sum(x, self.weight) if few_rows_on_cpu(x, self.weight) else None
+        else:
+            y = split_gemv(x, self.weight)
+        if y is None:                                   # training batches, prompts, other devices
             return F.linear(x, self.weight, self.bias)
         return y if self.bias is None else y + self.bias
 
@@ -85,8 +103,8 @@ class Linear(nn.Linear):
 def row_major_layout(model: nn.Module) -> nn.Module:
     """Give every `Linear` weight row-major storage again (undoing `inference_layout`'s column-major
     CPU layout), for a compiled decode step's sum-form products; values, names and the state dict
-    stay the same. Eager products on the model then run on row-major weights (correct; their
-    batch-1 GEMVs ~1.4x slower than column-major on the CPU anchor's shapes)."""
+    stay the same. Eager products on the model then run on row-major weights: split over the
+    threads where there are two or more, else MKL's GEMV ~1.4x slower than on column-major."""
     for module in model.modules():
         if isinstance(module, Linear) and not module.weight.is_contiguous():
             module.weight.data = module.weight.data.contiguous()
