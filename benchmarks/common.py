@@ -133,6 +133,24 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
 
 
+def warm_up_default(model, run: Callable[[], object], batch: int = 1) -> str:
+    """Call `run` (a decode with `generate`'s default) until the default has spent its eager
+    budget, then once more (the call that compiles, where it does); says what it did."""
+    from lmforge.generate import auto_compile
+    times = auto_compile.step_times(model, (batch, False))
+    calls = 0
+    while not times.compiled and times.eager_s < auto_compile.AUTO_COMPILE_AFTER_S:
+        run()
+        calls += 1
+    spent = times.eager_s
+    t0 = time.perf_counter()
+    run()
+    if times.compiled and not getattr(model, "_eager_only", False):
+        return (f"eager for {calls} more calls ({spent:.1f} s of decoding), then compiled (that call "
+                f"{time.perf_counter() - t0:.1f} s, compiling included)")
+    return "eager (no compiling here: not a CPU, no compiler, a long context, or measured slower)"
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     sync(device)
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from common import (add_common_args, alternate, device_and_dtype, hf_gpt2, hf_llama, lmforge_gpt2, lmforge_llama,
-                    report, setup_threads, timed)
+                    report, setup_threads, timed, warm_up_default)
 
 
 def main() -> None:
@@ -78,7 +78,10 @@ def main() -> None:
     for fn in (run_ours, run_theirs, run_ours, run_theirs):        # warmup (and compilation)
         fn()
     if args.compile is None:
-        warm_up_default(ours, run_ours, device, args.batch, args.auto_after)
+        if args.auto_after is not None:
+            from lmforge.generate import auto_compile
+            auto_compile.AUTO_COMPILE_AFTER_S = args.auto_after
+        print(f"  lmforge's default: {warm_up_default(ours, run_ours, args.batch)}")
     tokens = args.batch * args.new
     results = alternate({"lmforge": lambda: tokens / timed(run_ours, device),
                          "transformers": lambda: tokens / timed(run_theirs, device)}, args.rounds)
@@ -91,25 +94,6 @@ def main() -> None:
             limit = peak / (weights_gb * 1e9)
             print(f"  bandwidth limit ~{limit:,.0f} tokens/s ({weights_gb:.2f} GB of weights per token); "
                   f"lmforge at {100 * row['best']['lmforge'] / limit:.0f}% of it")
-
-
-def warm_up_default(model, run, device, batch: int, after: float | None) -> None:
-    """Decode with generate's default until it has chosen its step for good (on a CPU: compiled
-    once the eager budget is spent), and say what it did on the way."""
-    from lmforge.generate import auto_compile
-    if after is not None:
-        auto_compile.AUTO_COMPILE_AFTER_S = after
-    times = lambda: auto_compile.step_times(model, (batch, False))       # noqa: E731 — the one shape decoded
-    calls, eager_s = 2, times().eager_s
-    while not times().compiled and not getattr(model, "_eager_only", False) and device.type == "cpu":
-        calls += 1
-        first = timed(run, device)
-        if times().compiled:
-            print(f"  lmforge's default: eager for {calls - 1} calls ({eager_s:.1f} s of decoding), then "
-                  f"compiled (that call {first:.1f} s, compiling included)")
-        eager_s = times().eager_s
-    if getattr(model, "_eager_only", False):
-        print("  lmforge's default: gave up the compiled step (measured slower, or no compiler): eager")
 
 
 if __name__ == "__main__":

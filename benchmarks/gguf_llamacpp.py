@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_common_args, alternate, report, timed
+from common import add_common_args, alternate, report, timed, warm_up_default
 
 
 def build(args, out: Path) -> Path:
@@ -138,13 +138,8 @@ def main() -> None:
     for fn in measures.values():                  # warmup
         fn()
     if args.compile is None:                      # generate's default: decode until it has chosen its step
-        from lmforge.generate.auto_compile import step_times
         for name, m in ours.items():
-            while not step_times(m, (1, False)).compiled and not getattr(m, "_eager_only", False):
-                measures[name]()
-        print("lmforge's default: " + ", ".join(
-            f"{name} {'compiled' if step_times(m, (1, False)).compiled and not getattr(m, '_eager_only', False) else 'eager'}"
-            for name, m in ours.items()))
+            print(f"lmforge's default, {name}: {warm_up_default(m, measures[name])}")
     results = alternate(measures, args.rounds)
     config = lm.config
     shapes = dict(model=f"{args.arch if not args.model else Path(args.model).name} {config.n_layer}x{config.d_model}",
