@@ -104,8 +104,8 @@ def test_cpu_inference_layout_keeps_logits_state_dict_and_tied_weights(tmp_path)
     assert w.shape == (192, 64) and w.stride() == (1, 192)                   # same shape, column-major storage
     assert fast.lm_head.weight is fast.transformer.tok_emb.weight            # still tied
     x = torch.randint(0, 100, (2, 20))
-    with torch.no_grad():
-        assert torch.equal(plain(x), fast(x))
+    with torch.no_grad():                   # its products run on packed weights: another order of summation
+        torch.testing.assert_close(fast(x), plain(x))
     saved = state_dict_for_save(fast)
     assert all(t.is_contiguous() for t in saved.values())
     assert all(torch.equal(saved[k], v) for k, v in state_dict_for_save(plain).items())
@@ -198,3 +198,56 @@ def test_eager_few_row_products_are_split_over_the_threads():
         with torch_threads(n):
             tokens[n] = generate_ids(inference_layout(copy.deepcopy(model), "cpu"), [[5, 6, 7], [8]], cfg)[0]
     assert tokens[1] == tokens[2]
+
+
+def test_loaded_models_products_of_two_rows_or_more_run_on_a_packed_weight(monkeypatch):
+    """`inference_layout` marks float32 Linears (`packs`); eagerly without gradient their products of
+    two rows or more run on a copy of the weight packed for oneDNN, kept beside it, with F.linear's
+    values; the copy follows the weight when it is replaced or updated in place; one row, training
+    (a gradient), bf16 inputs and unmarked layers take the GEMV / F.linear. The copies are skipped
+    when they would take more than PACK_SHARE of the machine's memory. A batch decodes the same
+    greedy tokens with and without them."""
+    import torch.nn.functional as F
+    import lmforge.model as lm_model
+    from lmforge.generate import GenerationConfig, generate_ids
+    from lmforge.model import inference_layout
+    from lmforge.model import linear
+    torch.manual_seed(0)
+    layer = inference_layout(linear.Linear(48, 64), "cpu")
+    assert layer.packs and layer not in linear._packed
+    with torch.no_grad():
+        for shape in ((2, 48), (3, 5, 48), (40, 48)):
+            x = torch.randn(*shape)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        packed = linear._packed[layer][1]
+        assert packed.is_mkldnn                                         # oneDNN's blocked layout, beside the weight
+        layer.weight.mul_(2)                                            # an in-place update: packed again
+        x = torch.randn(4, 48)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert linear._packed[layer][1] is not packed
+        assert linear.packed_product(layer, x.bfloat16()) is None                   # bf16: F.linear
+        unmarked = linear.Linear(48, 64)
+        unmarked(x)
+        assert unmarked not in linear._packed                                     # a model being trained: F.linear
+    assert "_packed" not in layer.state_dict() and set(layer.state_dict()) == {"weight", "bias"}
+    x = torch.randn(4, 48, requires_grad=True)
+    assert linear.packed_product(layer, x) is None                    # training: F.linear and its gradient
+    layer(x).sum().backward()
+    assert x.grad is not None
+    calls = []
+    monkeypatch.setattr(linear, "packed_product", lambda m, x: calls.append(x.shape) or None)
+    with torch.no_grad():
+        layer(torch.randn(1, 48)), layer(torch.randn(1, 1, 48))          # one row: the GEMV, not the copy
+        layer(torch.randn(2, 48))
+    assert calls == [(2, 48)]
+    monkeypatch.undo()
+    monkeypatch.setattr(lm_model, "_memory_bytes", lambda: 8 * 48 * 64 * 4 - 1)     # the copy would exceed 1/8
+    assert not inference_layout(linear.Linear(48, 64), "cpu").packs
+    monkeypatch.undo()
+    model = build_model(get_preset("gpt-tiny", vocab_size=50, context_length=32)).eval()
+    cfg = GenerationConfig(max_new_tokens=12, greedy=True, compile=False)
+    plain = generate_ids(model, [[5, 6, 7], [8], [9, 10]], cfg)[0]
+    fast = inference_layout(copy.deepcopy(model), "cpu")
+    assert all(m.packs for m in fast.modules() if isinstance(m, linear.Linear))
+    assert generate_ids(fast, [[5, 6, 7], [8], [9, 10]], cfg)[0] == plain
+    assert any(m in linear._packed for m in fast.modules())

@@ -8,6 +8,7 @@ the shared heads in `heads.py`.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
-from .linear import Linear, splits
+from .linear import Linear, packable, splits
 from .quantized import Int4Linear
 from .weights import load_weights_into, replace_module, shared_parameters
 
@@ -56,14 +57,17 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     """Lay weights out in memory for fast inference on `device`; values, shapes, names and the
     state dict stay the same.
 
-    On a CPU with one thread every Linear weight (out, in) gets column-major storage, so
-    `F.linear` multiplies by a contiguous (in, out) matrix: MKL's batch-1 GEMV then streams
-    weights from DRAM about 1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix, 2-core EPYC),
-    which makes fp32 decoding ~1.3x faster with identical logits. A tied head and embedding share
-    the one transposed storage (the embedding lookup reads a strided row). With two threads or
-    more float32 weights stay row-major: a few-row product is then split over the threads by
-    blocks of rows (`linear.split_gemv`), faster still (`split`: whether it will be, default
-    whether there are two threads or more). Training keeps row-major weights.
+    On a CPU every float32 `Linear` is marked to run its eager products without gradient on a copy
+    of its weight packed for oneDNN (`linear.packed_product`: 1.3-2.6x MKL's `F.linear` at 1-16
+    rows through a model's weights, on one thread or two), when the copies fit: their bytes at
+    most `PACK_SHARE` of the machine's memory (they double the memory of those weights). One row on
+    two threads or more is split over the threads instead (`linear.split_gemv`, as fast, no copy),
+    so float32 weights stay row-major there (`split`: whether few-row products will be split,
+    default whether there are two threads or more). Otherwise Linear weights (out, in) get
+    column-major storage, so `F.linear` multiplies by a contiguous (in, out) matrix: MKL's batch-1
+    GEMV then streams weights from DRAM about 1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix,
+    2-core EPYC); a tied head and embedding share the one transposed storage (the embedding lookup
+    reads a strided row). Training keeps row-major weights and `F.linear`.
     Packed int4 weights get column-major storage whatever the threads: the compiled decode
     step's fused product (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along
     the packed rows.
@@ -72,6 +76,10 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     if torch.device(device).type != "cpu":
         return model
     split = torch.get_num_threads() >= 2 if split is None else split     # few-row products split over the threads
+    linears = [m for m in model.modules() if isinstance(m, Linear) and packable(m.weight)]
+    packs = sum(m.weight.nbytes for m in linears) <= PACK_SHARE * _memory_bytes()
+    for module in linears:
+        module.packs = packs
     for module in model.modules():
         keep_rows = split and isinstance(module, Linear) and splits(module.weight)
         if isinstance(module, (nn.Linear, Int4Linear)) and not keep_rows:
@@ -80,6 +88,15 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
                 w.data = w.data.t().contiguous().t()
     return model
 
+
+PACK_SHARE = 0.125      # most share of the machine's memory that packed copies of weights may take
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):     # not a POSIX system: assume 8 GiB
+        return 8 << 30
 
 
 __all__ = ["build_model", "num_params", "flops_per_token", "load_weights_into", "shared_parameters", "inference_layout", "new_head_prefixes", "replace_module", "DecoderLM", "EncoderModel", "Seq2SeqLM", "FAMILIES"]
