@@ -201,12 +201,12 @@ def test_eager_few_row_products_are_split_over_the_threads():
 
 
 def test_loaded_models_products_of_two_rows_or_more_run_on_a_packed_weight(monkeypatch):
-    """`inference_layout` marks float32 Linears (`packs`); eagerly without gradient their products of
-    two rows or more run on a copy of the weight packed for oneDNN, kept beside it, with F.linear's
-    values; the copy follows the weight when it is replaced or updated in place; one row, training
-    (a gradient), bf16 inputs and unmarked layers take the GEMV / F.linear. The copies are skipped
-    when they would take more than PACK_SHARE of the machine's memory. A batch decodes the same
-    greedy tokens with and without them."""
+    """`inference_layout` marks float32 and bf16 Linears (`packs`); eagerly without gradient their
+    products of two rows or more (bf16: from one row) run on a copy of the weight packed for oneDNN,
+    kept beside it, with F.linear's values; the copy follows the weight when it is updated in place;
+    one float32 row, training (a gradient), other dtypes and unmarked layers take the GEMV or
+    F.linear. The copies are skipped when they would take more than PACK_SHARE of the machine's
+    memory. A batch decodes the same greedy tokens with and without them."""
     import torch.nn.functional as F
     import lmforge.model as lm_model
     from lmforge.generate import GenerationConfig, generate_ids
@@ -234,13 +234,13 @@ def test_loaded_models_products_of_two_rows_or_more_run_on_a_packed_weight(monke
     assert linear.packed_product(layer, x) is None                    # training: F.linear and its gradient
     layer(x).sum().backward()
     assert x.grad is not None
-    calls = []
-    monkeypatch.setattr(linear, "packed_product", lambda m, x: calls.append(x.shape) or None)
     with torch.no_grad():
-        layer(torch.randn(1, 48)), layer(torch.randn(1, 1, 48))          # one row: the GEMV, not the copy
-        layer(torch.randn(2, 48))
-    assert calls == [(2, 48)]
-    monkeypatch.undo()
+        assert linear.packed_product(layer, torch.randn(1, 1, 48)) is None        # one float32 row: the GEMV
+        half = inference_layout(linear.Linear(48, 64).bfloat16(), "cpu")
+        assert half.packs
+        for rows in (1, 3):                                                      # bf16: packed from one row
+            x = torch.randn(rows, 48).bfloat16()
+            torch.testing.assert_close(linear.packed_product(half, x), F.linear(x, half.weight, half.bias))
     monkeypatch.setattr(lm_model, "_memory_bytes", lambda: 8 * 48 * 64 * 4 - 1)     # the copy would exceed 1/8
     assert not inference_layout(linear.Linear(48, 64), "cpu").packs
     monkeypatch.undo()

@@ -101,17 +101,20 @@ _packed: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictiona
 
 
 def packable(weight: torch.Tensor) -> bool:
-    """Whether eager products by this weight may run on a packed copy (float32 on a CPU, and a
-    PyTorch with oneDNN); `model.inference_layout` marks such Linears (`packs`)."""
-    return weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    """Whether eager products by this weight may run on a packed copy (float32 or bf16 on a CPU, and
+    a PyTorch with oneDNN); `model.inference_layout` marks such Linears (`packs`)."""
+    return weight.dtype in (torch.float32, torch.bfloat16) and weight.device.type == "cpu" \
+        and torch.backends.mkldnn.is_available()
 
 
 def packed_product(module: "Linear", x: torch.Tensor) -> torch.Tensor | None:
     """x @ W.T + b by oneDNN on a copy of a marked Linear's weight packed once into oneDNN's
     blocked layout and kept beside it (repacked when the weight changes: another tensor, or an
-    in-place update), eagerly without gradient on the CPU in float32; None where it does not apply."""
+    in-place update), eagerly without gradient on the CPU; None where it does not apply, and for
+    one float32 row (the GEMV, split or MKL's, is as fast there)."""
     w = module.weight
-    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
+    if x.dtype != w.dtype or x.device.type != "cpu" or torch.is_grad_enabled() \
+            or (x.dtype == torch.float32 and x.numel() == x.shape[-1]):
         return None
     key = (w.data_ptr(), w._version, w.shape)
     entry = _packed.get(module)
@@ -138,8 +141,8 @@ class Linear(nn.Linear):
             y = gemv_as_sum(x, self.weight) if few_rows_on_cpu(x, self.weight) else None
         else:
             y = split_gemv(x, self.weight, most_rows=1 if self.packs else FUSED_ROWS)
-            if y is None and self.packs and x.numel() > x.shape[-1] and (out := packed_product(self, x)) is not None:
-                return out                      # two rows or more; one row: the GEMV (split or MKL's) is as fast
+            if y is None and self.packs and (out := packed_product(self, x)) is not None:
+                return out
         if y is None:                                   # training batches, prompts, other devices
             return F.linear(x, self.weight, self.bias)
         return y if self.bias is None else y + self.bias
