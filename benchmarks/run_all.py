@@ -29,6 +29,7 @@ CPU = [
     ["decode_speed.py"],                                           # 6 x 384, vocab 8192, batch 1, fp32: the default
     ["decode_speed.py", "--no-compile"],                           # the eager step
     ["decode_speed.py", "--compile"],                              # the compiled step from the first call
+    ["decode_speed.py", "--no-compile", "--batch", "4"],             # a batch: products on packed weights
     ["decode_speed.py", "--dtype", "bfloat16", "--no-compile"],
 ]
 GPU = [

@@ -28,10 +28,11 @@ def test_run_all_quick_runs_every_cpu_benchmark(tmp_path):
     import run_all
     assert done.stdout.count("ratio lmforge / transformers:") == len(run_all.CPU), done.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["title"].split()[0] for r in rows] == ["training", "masked-LM", "training"] + ["greedy"] * 4
+    assert [r["title"].split()[0] for r in rows] == ["training", "masked-LM", "training"] + ["greedy"] * 5
     assert [(r["shapes"].get("compile"), r["shapes"]["dtype"]) for r in rows] == [
         (False, "float32"), (False, "float32"), (False, "float32"), ("default", "float32"), (False, "float32"),
-        (True, "float32"), (False, "bfloat16")]
+        (True, "float32"), (False, "float32"), (False, "bfloat16")]
+    assert [r["shapes"]["batch"] for r in rows[3:]] == [1, 1, 1, 4, 1]          # a batch: products on packed weights
     assert "lmforge's default: eager for" in done.stdout          # the default row ran until it compiled
     assert [r["shapes"]["dropout"] for r in rows[:3]] == [0.0, 0.0, 0.2]        # the third: the quickstart's regime
     for row in rows:
