@@ -14,13 +14,13 @@ One scheduler step:
 3. one decode step for all running rows (the newcomers included), sample, emit text;
 4. finished sequences leave; the last row moves into the hole (one row copy per layer).
 
-So a request joins at the next token boundary and leaves when done: short requests never
-wait for long ones. Sampling is per sequence (its own decoding options: temperature, filters,
-seed). A sequence hears of its progress through `events.py`'s Token, Finish and Failed: a
-sequence whose own choosing raises fails alone (its neighbours in the batch go on), a step that
-raised fails every sequence it held, so no client waits forever. `end_all` ends every sequence
-at the next token boundary (a server that is shutting down).
-Other model work (inspections, attention maps) is a job run between two steps (`jobs.py`).
+So a request joins at the next token boundary and leaves when done: short requests never wait for
+long ones. Sampling is per sequence (its own decoding options: temperature, filters, seed). A
+sequence hears of its progress through `events.py`'s Token, Finish and Failed: a sequence whose own
+choosing raises fails alone (its neighbours in the batch go on), a step that raised fails every
+sequence it held, so no client waits forever. `end_all` ends every sequence at the next token
+boundary (a server that is shutting down). Other model work (inspections, attention maps) is a job
+run between two steps (`jobs.py`).
 
 An encoder-decoder (seq2seq) is batched the same way: a newcomer's prompt is its *source*,
 encoded once and projected into every cross attention's keys and values, which go into the
@@ -43,6 +43,7 @@ import torch
 
 from ..generate import GenerationConfig
 from ..generate.json_mode import JsonState
+from ..runtime import release_omp_threads
 from .decode_step import DecodeStep
 from .events import Event, Failed, Finish, Token
 from .jobs import Jobs
@@ -53,10 +54,9 @@ log = logging.getLogger("lmforge.serve")
 
 
 def _attention_kernels(device: torch.device):
-    """On CUDA, attention without the cuDNN kernel: it builds a plan for every new shape (about
-    50 ms each in bf16 on an H200), and a running batch changes shape at every step (its rows
-    and its longest length), so decoding crawled at 18 tokens/s; the memory-efficient kernel
-    takes any shape and the same boolean masks."""
+    """On CUDA, attention without the cuDNN kernel: it builds a plan for every new shape (about 50 ms
+    each in bf16 on an H200), and a running batch changes shape at every step (its rows and its
+    longest length): decoding crawled at 18 tokens/s. The memory-efficient kernel takes any shape."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -76,8 +76,7 @@ class Sequence:
     emit: Callable[[Event], None]
     index: int = 0                               # choice index within its request
     json_state: JsonState | None = None          # JSON mode: this sequence's grammar state
-    score_prompt: int | None = None              # echo + logprobs, prompt_logprobs: score the prompt's
-                                                 # tokens too, with this many alternatives
+    score_prompt: int | None = None              # echo + logprobs, prompt_logprobs: alternatives per prompt token
     out_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
@@ -115,6 +114,7 @@ class Scheduler:
 
     # ---- the client side (any thread) ----------------------------------------------------
     def start(self) -> "Scheduler":
+        release_omp_threads()           # the loading thread's idle OpenMP pool slowed this one's products
         self._thread.start()
         return self
 
