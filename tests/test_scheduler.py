@@ -66,10 +66,13 @@ def test_joining_and_leaving_sequences_decode_as_alone(preset):
 
 @pytest.mark.slow
 def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(monkeypatch):
-    """With the default's eager budget spent at once, the scheduler decodes 1-4 running rows with
-    the compiled step (padded to a bucket of 1, 2 or 4 rows, every slot of the context): each
-    sequence still equals its solo eager decoding."""
+    """With the default's eager budget spent at once and buckets of 1, 2 and 4 rows (the default
+    compiles one row; the padding serves any), the scheduler decodes 1-4 running rows with the
+    compiled step (padded to a bucket, every slot of the context): each sequence still equals its
+    solo eager decoding."""
     from lmforge.generate import auto_compile
+    from lmforge.serve import decode_step
+    monkeypatch.setattr(decode_step, "BUCKETS", (1, 2, 4, 8))
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=48)).eval()
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(1, 13)), [3], [7, 7, 7, 7]]
@@ -87,10 +90,11 @@ def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(mo
     assert times[(1, "serve")].compiled and times[(4, "serve")].compiled and times[(4, "serve")].compiled_steps > 0
 
 
-def test_which_rows_the_compiled_step_takes():
-    """Buckets of 1, 2, 4 or 8 rows within max_batch, decoders only; --no-compile / --compile / the
-    default's eager budget decide, and only on a CPU."""
+def test_which_rows_the_compiled_step_takes(monkeypatch):
+    """One row by default; buckets (of 1, 2, 4 or 8 rows here) within max_batch, decoders only;
+    --no-compile / --compile / the default's eager budget decide, and only on a CPU."""
     from lmforge.generate import auto_compile
+    from lmforge.serve import decode_step
     from lmforge.serve.decode_step import DecodeStep
     from lmforge.serve.rows import RowCache
     cpu, meta = torch.device("cpu"), torch.device("meta")
@@ -98,6 +102,8 @@ def test_which_rows_the_compiled_step_takes():
 
     def step(compile, max_batch=16):
         return DecodeStep(model, RowCache(model, model.transformer, max_batch, False), compile)
+    assert [step(True).bucket(n, cpu) for n in (1, 2, 5)] == [(1, True), (None, False), (None, False)]
+    monkeypatch.setattr(decode_step, "BUCKETS", (1, 2, 4, 8))
     assert [step(True).bucket(n, cpu) for n in (1, 2, 3, 5, 8, 9)] == [
         (1, True), (2, True), (4, True), (8, True), (8, True), (None, False)]
     assert step(True, max_batch=3).bucket(3, cpu) == (None, False)      # no free row to pad with

@@ -235,8 +235,8 @@ def test_16_concurrent_streams_equal_their_solo_outputs(client, lm):
 
 @pytest.mark.slow
 def test_the_compiled_cpu_step_serves_the_same_text(model_dir, lm):
-    """`lmforge serve --compile`: one stream alone, then three together (rows padded to buckets of
-    1, 2 and 4), give the text eager decoding gives, and /metrics counts the compiled steps."""
+    """`lmforge serve --compile`: one stream alone (the compiled step of one row), then three
+    together (two or three rows: eager), give the text eager decoding gives; /metrics counts both."""
     lengths = [9, 14, 20]
     expect = [text[:n] for text, n in zip(lm.generate(PROMPTS[:3], max_new_tokens=20, greedy=True), lengths)]
     with running_server(model_dir, "--compile", "--max-batch-size", "4") as url:
@@ -254,8 +254,8 @@ def test_the_compiled_cpu_step_serves_the_same_text(model_dir, lm):
         for t in threads:
             t.join()
         assert alone.choices[0].text == expect[0] and got == expect
-        assert metric(url, 'lmforge_decode_steps_total{step="compiled"}') >= 20
-        assert metric(url, 'lmforge_decode_steps_total{step="eager"}') == 0
+        assert metric(url, 'lmforge_decode_steps_total{step="compiled"}') >= lengths[0] - 1
+        assert metric(url, 'lmforge_decode_steps_total{step="eager"}') > 0
 
 
 def _post(server, path, content, headers=None):

@@ -3,14 +3,16 @@ on a CPU, the compiled step by the rule `lmforge generate`'s default follows
 (`lmforge.generate.auto_compile`: once the model has spent 5 s decoding eagerly at a shape).
 
 A compiled step needs static shapes, so it runs on a bucket of rows — the running rows padded to
-1, 2, 4 or 8 (vLLM pads its batch to its captured CUDA-graph sizes alike) — over every slot of
+one of `BUCKETS` (vLLM pads its batch to its captured CUDA-graph sizes alike) — over every slot of
 the context: the rows' own positions (`input_pos`) hide what lies past each row's end, as they
 do eagerly, and the padding rows are free ones, whose writes at slot 0 a newcomer's prefill
-overwrites. Each bucket keeps one set of cache views, so one graph serves it. Larger batches
-stay eager: there the products are matrix products already (the compiled step was 0.96x eager
-at 16 rows). A bucket measured slower than eager, or a step that cannot be compiled here,
-goes back to eager. The eager step keeps MKL's one-thread matrix-vector products on column-major
-weights (`on_scheduler_thread`).
+overwrites. Each bucket keeps one set of cache views, so one graph serves it. Only one row is
+compiled: since the eager products of two rows or more run on packed weights
+(`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577 tokens/s at
+1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 / 752 / 1,869;
+the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). A bucket measured
+slower than eager, or a step that cannot be compiled here, goes back to eager. The eager step of
+one row keeps MKL's one-thread matrix-vector product on column-major weights (`on_scheduler_thread`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .rows import RowCache, _RowsView
 
 log = logging.getLogger("lmforge.serve")
 
-BUCKETS = (1, 2, 4, 8)
+BUCKETS = (1,)      # the row counts that may run compiled (the padding below takes any buckets)
 
 
 def _head_of_step(module, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ class DecodeStep:
         split_products(False)
 
     def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
-        """(the bucket of n rows: None for more than 8, beyond max_batch or not a decoder; whether
+        """(the bucket of n rows: None beyond the largest bucket or max_batch or not a decoder; whether
         this step runs compiled)."""
         b = next((b for b in BUCKETS if b >= n and b <= self.rows.max_batch), None)
         if b is None or self.module.config.family != "decoder" or self.compile is False:
