@@ -167,7 +167,7 @@ def test_eager_few_row_products_are_split_over_the_threads():
     import torch.nn.functional as F
     from lmforge.generate import GenerationConfig, generate_ids
     from lmforge.model import inference_layout
-    from lmforge.model.linear import Linear, split_gemv, split_products
+    from lmforge.model.linear import Linear, split_gemv
     torch.manual_seed(0)
     layer = Linear(48, 64)
     with torch_threads(2), torch.no_grad():
@@ -184,12 +184,6 @@ def test_eager_few_row_products_are_split_over_the_threads():
     with torch_threads(2):
         assert split_gemv(torch.randn(1, 48), layer.weight) is None              # training: F.linear, as ever
     with torch_threads(2), torch.no_grad():
-        split_products(False)                               # as `lmforge serve`'s scheduler thread
-        try:
-            assert split_gemv(torch.randn(1, 48), layer.weight) is None
-        finally:
-            split_products(True)
-        assert split_gemv(torch.randn(1, 48), layer.weight) is not None
         assert not inference_layout(copy.deepcopy(layer), "cpu", split=False).weight.is_contiguous()
     model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
     cfg = GenerationConfig(max_new_tokens=12, greedy=True, compile=False)

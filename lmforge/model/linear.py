@@ -30,7 +30,6 @@ for the split product, 1.6x MKL's at 2-8 rows on one thread; one row gains nothi
 
 from __future__ import annotations
 
-import threading
 import weakref
 
 import torch
@@ -63,16 +62,6 @@ def gemv_as_sum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(-2) * weight).sum(-1)
 
 
-_this_thread = threading.local()
-
-
-def split_products(enabled: bool) -> None:
-    """Whether `split_gemv` applies in the calling thread (on by default). `lmforge serve`'s
-    scheduler turns it off: beside the server's own threads on a 2-core machine the split product
-    waits for its preempted half (the step of 4 rows 11.0 against 8.5-9.3 ms with MKL's GEMV)."""
-    _this_thread.off = not enabled
-
-
 def splits(weight: torch.Tensor) -> bool:
     """Whether eager few-row products by this weight split over the threads (float32 only: in bf16
     PyTorch's CPU `bmm` was 0.5x `F.linear`); `model.inference_layout` keeps such weights row-major."""
@@ -88,8 +77,7 @@ def split_gemv(x: torch.Tensor, weight: torch.Tensor, most_rows: int = FUSED_ROW
         return None
     threads = torch.get_num_threads()
     out, k = weight.shape
-    if threads < 2 or out % threads or torch.is_grad_enabled() or getattr(_this_thread, "off", False) \
-            or not splits(weight):
+    if threads < 2 or out % threads or torch.is_grad_enabled() or not splits(weight):
         return None
     x2 = x.reshape(-1, k)
     y = torch.bmm(weight.view(threads, out // threads, k), x2.t().expand(threads, k, x2.shape[0]))  # (T, out/T, rows)

@@ -12,7 +12,9 @@ compiled: since the eager products of two rows or more run on packed weights
 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 / 752 / 1,869;
 the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). A bucket measured
 slower than eager, or a step that cannot be compiled here, goes back to eager. The eager step of
-one row keeps MKL's one-thread matrix-vector product on column-major weights (`on_scheduler_thread`).
+one row splits its products over the threads as `lmforge generate`'s does (`linear.split_gemv`;
+it kept MKL's one-thread GEMV while the loading thread's idle OpenMP pool slowed the scheduler's
+threads: with that pool freed, `--no-compile` at one client went from 174 to 283 tokens/s).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from ..generate.auto_compile import default_compiles, give_up, record_compiled, record_eager, step_times
 from ..model import inference_layout
-from ..model.linear import row_major_layout, split_products
+from ..model.linear import row_major_layout
 from .rows import RowCache, _RowsView
 
 log = logging.getLogger("lmforge.serve")
@@ -45,13 +47,7 @@ class DecodeStep:
         self.views: dict[int, list[_RowsView]] = {}
         self.fn = None
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
-        inference_layout(module, next(module.parameters()).device, split=False)    # see on_scheduler_thread
-
-    def on_scheduler_thread(self) -> None:
-        """Called first on the thread that decodes: its eager few-row products stay MKL's one-thread
-        GEMV, not split over the threads (`linear.split_products`: beside the server's own threads
-        the split product was slower here)."""
-        split_products(False)
+        inference_layout(module, next(module.parameters()).device)
 
     def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
         """(the bucket of n rows: None beyond the largest bucket or max_batch or not a decoder; whether

@@ -169,7 +169,6 @@ class Scheduler:
     # ---- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        self.step.on_scheduler_thread()
         while True:
             with self._cond:
                 while not (self._stop or self._end_all or self._waiting or self._running or self._jobs):
