@@ -3,6 +3,7 @@ decode exactly as they would alone; a cancelled sequence frees its row at once; 
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -50,7 +51,9 @@ def test_joining_and_leaving_sequences_decode_as_alone(preset):
     model = build_model(get_preset(preset, vocab_size=50)).eval()
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(1, 13)), [3], [7, 7, 7, 7]]
     lengths = [12, 5, 20, 9, 15, 3]                          # 6 sequences through 4 rows: some wait, rows are reused
-    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16).start()
+    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16)
+    scheduler.step.buckets = (1, 2, 4, 8)                       # an int8 model's (a float one compiles 1 row)
+    scheduler.start()
     try:
         got = run(scheduler, prompts, lengths, temperature=0.0)
         seeded = run(scheduler, prompts[:2], [10, 10], temperature=1.0, seed=5)
@@ -66,13 +69,11 @@ def test_joining_and_leaving_sequences_decode_as_alone(preset):
 
 @pytest.mark.slow
 def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(monkeypatch):
-    """With the default's eager budget spent at once and buckets of 1, 2 and 4 rows (the default
-    compiles one row; the padding serves any), the scheduler decodes 1-4 running rows with the
+    """With the default's eager budget spent at once and buckets of 1, 2 and 4 rows (a quantized
+    model's; a float one compiles one row), the scheduler decodes 1-4 running rows with the
     compiled step (padded to a bucket, every slot of the context): each sequence still equals its
     solo eager decoding."""
     from lmforge.generate import auto_compile
-    from lmforge.serve import decode_step
-    monkeypatch.setattr(decode_step, "BUCKETS", (1, 2, 4, 8))
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=48)).eval()
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16], list(range(1, 13)), [3], [7, 7, 7, 7]]
@@ -80,7 +81,9 @@ def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(mo
     alone = [generate_ids(model, [p], GenerationConfig(max_new_tokens=n, greedy=True, compile=False))[0][0]
              for p, n in zip(prompts, lengths)]
     monkeypatch.setattr(auto_compile, "AUTO_COMPILE_AFTER_S", 0.0)
-    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16).start()
+    scheduler = Scheduler(model, LetterTokenizer(), max_batch=4, max_queue=16)
+    scheduler.step.buckets = (1, 2, 4, 8)                       # an int8 model's (a float one compiles 1 row)
+    scheduler.start()
     try:
         got = run(scheduler, prompts, lengths, temperature=0.0)
     finally:
@@ -90,20 +93,22 @@ def test_the_compiled_cpu_step_decodes_joining_and_leaving_sequences_as_alone(mo
     assert times[(1, "serve")].compiled and times[(4, "serve")].compiled and times[(4, "serve")].compiled_steps > 0
 
 
-def test_which_rows_the_compiled_step_takes(monkeypatch):
-    """One row by default; buckets (of 1, 2, 4 or 8 rows here) within max_batch, decoders only;
-    --no-compile / --compile / the default's eager budget decide, and only on a CPU."""
+def test_which_rows_the_compiled_step_takes():
+    """One row for a float model, buckets of 1, 2, 4 or 8 rows for a quantized one, within
+    max_batch, decoders only; --no-compile / --compile / the default's eager budget decide, and
+    only on a CPU."""
     from lmforge.generate import auto_compile
-    from lmforge.serve import decode_step
+    from lmforge.quantize.model import quantize_model
     from lmforge.serve.decode_step import DecodeStep
     from lmforge.serve.rows import RowCache
     cpu, meta = torch.device("cpu"), torch.device("meta")
     model = build_model(get_preset("llama-tiny", vocab_size=50)).eval()
 
-    def step(compile, max_batch=16):
+    def step(compile, max_batch=16):                    # on `model` as it is when called
         return DecodeStep(model, RowCache(model, model.transformer, max_batch, False), compile)
     assert [step(True).bucket(n, cpu) for n in (1, 2, 5)] == [(1, True), (None, False), (None, False)]
-    monkeypatch.setattr(decode_step, "BUCKETS", (1, 2, 4, 8))
+    model = copy.deepcopy(model)
+    quantize_model(model, 8)                                            # int8: every bucket
     assert [step(True).bucket(n, cpu) for n in (1, 2, 3, 5, 8, 9)] == [
         (1, True), (2, True), (4, True), (8, True), (8, True), (None, False)]
     assert step(True, max_batch=3).bucket(3, cpu) == (None, False)      # no free row to pad with

@@ -29,9 +29,9 @@ class ServeConfig:
                                           "take (longer: 400); one runs between two decode steps, so this bounds "
                                           "how long a running batch waits for it", check=at_least(1))
     model_name: str | None = option(None, "the model id clients see (default: the directory's name)")
-    compile: bool | None = option(None, "decode a single running sequence with the compiled step (CPU, "
-                                        "decoders; two or more decode eagerly); --no-compile: never",
-                                  unset="as `lmforge generate`: on a CPU, one row compiles once it has "
+    compile: bool | None = option(None, "decode with the compiled step (CPU, decoders: one running row; an "
+                                        "int8/int4 model up to 8, padded to 1, 2, 4 or 8); --no-compile: never",
+                                  unset="as `lmforge generate`: on a CPU, a row count compiles once it has "
                                         "decoded eagerly for 5 s")
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
     dtype: str = option("auto", "auto, float32, bfloat16")

@@ -6,11 +6,13 @@ A compiled step needs static shapes, so it runs on a bucket of rows — the runn
 one of `BUCKETS` (vLLM pads its batch to its captured CUDA-graph sizes alike) — over every slot of
 the context: the rows' own positions (`input_pos`) hide what lies past each row's end, as they
 do eagerly, and the padding rows are free ones, whose writes at slot 0 a newcomer's prefill
-overwrites. Each bucket keeps one set of cache views, so one graph serves it. Only one row is
-compiled: since the eager products of two rows or more run on packed weights
-(`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577 tokens/s at
-1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 / 752 / 1,869;
-the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). A bucket measured
+overwrites. Each bucket keeps one set of cache views, so one graph serves it. A float model
+compiles one row only (`compiled_buckets`): since its eager products of two rows or more run on
+packed weights (`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577
+tokens/s at 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 /
+752 / 1,869; the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). An int8
+model keeps every bucket: its eager products write each weight out in floats first (in-process,
+2 / 4 / 8 clients: 131 / 250 / 422 tokens/s eager against 887 / 913 / 1,028 compiled). A bucket measured
 slower than eager, or a step that cannot be compiled here, goes back to eager. The eager step of
 one row splits its products over the threads as `lmforge generate`'s does (`linear.split_gemv`;
 it kept MKL's one-thread GEMV while the loading thread's idle OpenMP pool slowed the scheduler's
@@ -23,20 +25,30 @@ import logging
 import time
 
 import torch
+import torch.nn as nn
 
 from ..generate.auto_compile import default_compiles, give_up, record_compiled, record_eager, step_times
 from ..model import inference_layout
 from ..model.linear import row_major_layout
+from ..model.quantized import Int4Linear, Int8Linear
 from .rows import RowCache, _RowsView
 
 log = logging.getLogger("lmforge.serve")
 
-BUCKETS = (1,)      # the row counts that may run compiled (the padding below takes any buckets)
+BUCKETS = (1, 2, 4, 8)      # the row counts that may run compiled: a quantized model's (see above)
 
 
 def _head_of_step(module, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """One decode step of every row of the bucket: tokens (b, 1) at slots pos (b, 1) -> logits (b, V)."""
     return module.lm_head(module.transformer(tokens, input_pos=pos, pos_ids=pos)[:, -1])
+
+
+def compiled_buckets(module) -> tuple[int, ...]:
+    """One row where every product of two rows or more runs eagerly on a packed weight (float
+    weights, `inference_layout` applied); all of BUCKETS where some cannot (int8 / int4 layers,
+    whose eager products first write the whole weight out in floats)."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, Int8Linear, Int4Linear))]
+    return (1,) if all(getattr(m, "packs", False) for m in layers) else BUCKETS
 
 
 class DecodeStep:
@@ -48,11 +60,12 @@ class DecodeStep:
         self.fn = None
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
         inference_layout(module, next(module.parameters()).device)
+        self.buckets = compiled_buckets(module)
 
     def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
         """(the bucket of n rows: None beyond the largest bucket or max_batch or not a decoder; whether
         this step runs compiled)."""
-        b = next((b for b in BUCKETS if b >= n and b <= self.rows.max_batch), None)
+        b = next((b for b in self.buckets if b >= n and b <= self.rows.max_batch), None)
         if b is None or self.module.config.family != "decoder" or self.compile is False:
             return b, False
         if self.compile:
