@@ -57,9 +57,9 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     """Lay weights out in memory for fast inference on `device`; values, shapes, names and the
     state dict stay the same.
 
-    On a CPU every float32 `Linear` is marked to run its eager products without gradient on a copy
-    of its weight packed for oneDNN (`linear.packed_product`: 1.3-2.6x MKL's `F.linear` at 1-16
-    rows through a model's weights, on one thread or two), when the copies fit: their bytes at
+    On a CPU every float32 and bf16 `Linear` is marked to run its eager products without gradient
+    on a copy of its weight packed for oneDNN (`linear.packed_product`: 1.3-2.6x MKL's `F.linear`
+    at 1-16 rows through a model's weights, on one thread or two), when the copies fit: their bytes at
     most `PACK_SHARE` of the machine's memory (they double the memory of those weights). One row on
     two threads or more is split over the threads instead (`linear.split_gemv`, as fast, no copy),
     so float32 weights stay row-major there (`split`: whether few-row products will be split,
