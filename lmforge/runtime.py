@@ -50,10 +50,10 @@ def release_omp_threads() -> bool:
     Linux) or has no `omp_pause_resource_all` (before OpenMP 5), a no-op."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if line.rstrip().endswith((".so", ".so.1", ".so.5"))}
+            paths = sorted({line.split()[-1] for line in maps if "/lib" in line})     # the mapped libraries
     except OSError:
         return False
-    library = next((p for p in sorted(paths) if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp"))), None)
+    library = next((p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp"))), None)
     if library is None:
         return False
     try:

@@ -120,10 +120,7 @@ def decode_step(model, compiled: bool, cfg: GenerationConfig):
         try:
             return fn(*args)
         except Exception as e:      # noqa: BLE001 — compiling is an optimisation; eager serves the run
-            give_up(model)
-            warnings.warn(f"the decode step could not be compiled here ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); decoding eagerly (--no-compile "
-                          f"skips the attempt)", stacklevel=2)
+            warnings.warn(f"{compile_failed(model, e)} (--no-compile skips the attempt)", stacklevel=2)
             return decode_one_token(*args)
     return step
 
@@ -132,6 +129,14 @@ def give_up(model) -> None:
     """The default decodes this model eagerly from now on, on the eager step's weight layout."""
     model._eager_only = True
     inference_layout(model, "cpu")
+
+
+def compile_failed(model, error: Exception) -> str:
+    """`give_up` after the step failed to compile; the one line that says so (`generate` warns it,
+    the server logs it)."""
+    give_up(model)
+    first = str(error).splitlines()[0] if str(error) else ""
+    return f"the decode step could not be compiled here ({type(error).__name__}: {first}); decoding eagerly"
 
 
 def record_run(model, cfg: GenerationConfig, shape: tuple[int, bool], compiled: bool, first_s: float,

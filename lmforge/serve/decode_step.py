@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn as nn
 
-from ..generate.auto_compile import default_compiles, give_up, record_compiled, record_eager, step_times
+from ..generate.auto_compile import compile_failed, default_compiles, record_compiled, record_eager, step_times
 from ..model import inference_layout
 from ..model.linear import row_major_layout
 from ..model.quantized import Int4Linear, Int8Linear
@@ -59,14 +59,15 @@ class DecodeStep:
         self.views: dict[int, list[_RowsView]] = {}
         self.fn = None
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
+        self.decoder = module.config.family == "decoder"          # an encoder-decoder always steps eagerly
         inference_layout(module, next(module.parameters()).device)
         self.buckets = compiled_buckets(module)
 
     def bucket(self, n: int, device: torch.device) -> tuple[int | None, bool]:
-        """(the bucket of n rows: None beyond the largest bucket or max_batch or not a decoder; whether
-        this step runs compiled)."""
+        """(the bucket of n rows: None beyond the largest bucket or max_batch; whether this step runs
+        compiled: never for an encoder-decoder)."""
         b = next((b for b in self.buckets if b >= n and b <= self.rows.max_batch), None)
-        if b is None or self.module.config.family != "decoder" or self.compile is False:
+        if b is None or not self.decoder or self.compile is False:
             return b, False
         if self.compile:
             return b, device.type == "cpu" and not getattr(self.module, "_eager_only", False)
@@ -81,7 +82,7 @@ class DecodeStep:
         self.last_compiled = False
         if not compiled:
             logits = eager()
-            if b is not None and self.module.config.family == "decoder":
+            if b is not None and self.decoder:
                 spent = time.perf_counter() - t0
                 record_eager(self.module, (b, "serve"), spent, spent, 1)
             return logits
@@ -105,9 +106,7 @@ class DecodeStep:
         try:
             return self.fn(self.module, tokens, pos)
         except Exception as e:      # noqa: BLE001 — compiling is an optimisation; the eager step serves
-            log.warning("the decode step could not be compiled here (%s: %s); decoding eagerly",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            give_up(self.module)
+            log.warning("%s", compile_failed(self.module, e))
             return None
 
     def _use_bucket(self, b: int) -> None:
