@@ -54,7 +54,7 @@ def test_a_step_that_cannot_compile_decodes_eagerly_from_then_on(monkeypatch):
     model = _model()
     eager, _, _ = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
 
-    def no_compiler(m):
+    def no_compiler(m, shape):
         def fail(*args):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return fail

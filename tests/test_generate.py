@@ -122,3 +122,48 @@ def test_compiled_decode_step_gives_the_same_tokens():
     assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32     # static, full-context cache
     with torch.no_grad():                           # a plain forward (perplexity, scoring) ignores the kept cache
         torch.testing.assert_close(model(torch.tensor(prompts[:1])), logits)
+
+
+def _tiny(seed: int):
+    torch.manual_seed(seed)
+    return build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
+
+
+def test_compiled_steps_without_guards_are_one_per_model_and_shape():
+    """The CPU's compiled steps run without dynamo's guards (`generate.unguarded`): each model and
+    each shape (rows, rolling cache) must get a graph of its own, or a step would run another's."""
+    greedy = dict(max_new_tokens=10, greedy=True)
+    first, second = _tiny(1), _tiny(0)
+    runs = [(first, [[5, 6, 7, 8]], {}), (second, [[5, 6, 7, 8], [9, 10]], {}),
+            (second, [[9, 10, 11]], {}), (second, [[5, 6, 7, 8]], {"max_new_tokens": 40})]   # 40: past the window
+    for model, prompts, extra in runs:
+        cfg = {**greedy, **extra}
+        eager, _, _ = generate_ids(model, prompts, GenerationConfig(**cfg, compile=False))
+        fast, _, _ = generate_ids(model, prompts, GenerationConfig(**cfg, compile=True))
+        assert fast == eager
+        if extra:       # past the window the rotary tables grew: a new signature, the other copies dropped
+            assert set(second._compiled_decode_step) == {(1, True)}
+        elif model is second:
+            assert (len(prompts), False) in second._compiled_decode_step
+
+
+def test_a_model_changed_after_compiling_is_compiled_again():
+    """A hook added to the model (a forward hook pushing token 7 to the top) or a weight of another
+    dtype changes its signature: the next run compiles anew, as dynamo's guards would have made it."""
+    model, prompts = _tiny(0), [[5, 6, 7, 8]]
+    cfg = GenerationConfig(max_new_tokens=6, greedy=True, compile=True)
+    generate_ids(model, prompts, cfg)
+    before = model._compiled_decode_step[(1, False)]
+
+    def push_seven(module, args, out):
+        out = out.clone()
+        out[..., 7] += 1e4
+        return out
+    handle = model.lm_head.register_forward_hook(push_seven)
+    hooked, _, _ = generate_ids(model, prompts, cfg)
+    assert hooked == [[7] * 6] and model._compiled_decode_step[(1, False)] is not before
+    handle.remove()
+    model.to(torch.bfloat16)
+    eager, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=6, greedy=True, compile=False))
+    fast, _, _ = generate_ids(model, prompts, cfg)
+    assert fast == eager and next(model.parameters()).dtype == torch.bfloat16

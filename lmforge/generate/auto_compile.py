@@ -104,13 +104,13 @@ def static_cache_fits(model, batch: int) -> bool:
     return cache <= sum(t.numel() * t.element_size() for t in weights.values())
 
 
-def decode_step(model, compiled: bool, cfg: GenerationConfig):
-    """The step function of a run: eager, compiled, or (compiled by the default) compiled with a
-    way back — a step that fails to compile decodes eagerly, with a warning, and so does the
-    model from then on."""
+def decode_step(model, compiled: bool, cfg: GenerationConfig, shape: tuple[int, bool]):
+    """The step function of a run at `shape` (batch rows, rolling cache): eager, compiled, or
+    (compiled by the default) compiled with a way back — a step that fails to compile decodes
+    eagerly, with a warning, and so does the model from then on."""
     if not compiled:
         return decode_one_token
-    fn = compiled_decode_step(model)
+    fn = compiled_decode_step(model, shape)
     if cfg.compile:
         return fn
 

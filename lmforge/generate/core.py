@@ -24,6 +24,7 @@ from ..errors import LmforgeError
 from ..model.linear import row_major_layout
 from ..options import SEED, bounds, every, option, validate
 from .sampling import MAX_LOGPROBS
+from .unguarded import compile_unguarded, steps_for
 
 
 # Temperatures below this decode greedily (vLLM's rule): dividing float32 logits by 1e-300 makes
@@ -134,19 +135,23 @@ def decode_one_token(model, token: torch.Tensor, slot: torch.Tensor, pos_ids: to
     return model(token, input_pos=slot, pos_ids=pos_ids, key_valid=key_valid, ring=ring)[:, -1]
 
 
-def compiled_decode_step(model):
-    """`decode_one_token` compiled once per model: static shapes (a full-context cache), so one
-    graph serves every call; on CUDA, mode="reduce-overhead" replays it as a CUDA graph. On a CPU
-    the weights go row-major first: the step's few-row products become sums over the inputs that
-    inductor runs on every thread (`lmforge.model.linear`; 2.6x the tokens/s on 2 threads)."""
-    fn = getattr(model, "_compiled_decode_step", None)
-    if fn is None:
-        cuda = next(model.parameters()).is_cuda
-        if not cuda:
-            row_major_layout(model)
-        fn = torch.compile(decode_one_token, mode="reduce-overhead" if cuda else None, fullgraph=True, dynamic=False)
-        model._compiled_decode_step = fn
-    return fn
+def compiled_decode_step(model, shape: tuple[int, bool] = (1, False)):
+    """`decode_one_token` compiled for static shapes (a full-context cache). On a CPU: one copy per
+    run shape (batch rows, rolling cache), called without dynamo's guards (`unguarded`: the model
+    is checked once per run instead), its weights laid out row-major first: the step's few-row
+    products become sums over the inputs that inductor runs on every thread
+    (`lmforge.model.linear`; 2.6x the tokens/s on 2 threads). On CUDA: one guarded function,
+    mode="reduce-overhead" (replayed as a CUDA graph)."""
+    if next(model.parameters()).is_cuda:
+        steps = model.__dict__.setdefault("_compiled_decode_step", {})
+        if "cuda" not in steps:
+            steps["cuda"] = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        return steps["cuda"]
+    row_major_layout(model)                         # first: the layout is part of the model's signature
+    steps = steps_for(model, "_compiled_decode_step")
+    if shape not in steps:
+        steps[shape] = compile_unguarded(decode_one_token, f"decode_step_{shape[0]}{'_rolling' * shape[1]}")
+    return steps[shape]
 
 
 def prepare_prompts(prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, truncate: bool,

@@ -117,7 +117,7 @@ class DecodeState:
         if cfg.repetition_penalty != 1.0:
             self.seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
             self.seen.scatter_(1, self.idx, valid)
-        self.step_fn = decode_step(model, self.compiled, cfg)
+        self.step_fn = decode_step(model, self.compiled, cfg, self.shape)
         pad = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
         self.seq = torch.cat([self.idx, pad], dim=1)                        # text so far
         self.seq_valid = torch.cat([valid, torch.ones((B, max_new), dtype=torch.bool, device=device)], dim=1)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..generate.auto_compile import compile_failed, default_compiles, record_compiled, record_eager, step_times
+from ..generate.unguarded import compile_unguarded
 from ..model import inference_layout
 from ..model.linear import row_major_layout
 from ..model.quantized import Int4Linear, Int8Linear
@@ -57,7 +58,7 @@ class DecodeStep:
     def __init__(self, module, rows: RowCache, compile: bool | None = None):
         self.module, self.rows, self.compile = module, rows, compile      # None: the default's rule
         self.views: dict[int, list[_RowsView]] = {}
-        self.fn = None
+        self.fns: dict[int, object] = {}     # bucket -> its compiled step (`generate.unguarded`)
         self.last_compiled = False          # which step ran last (the server's /metrics count them)
         self.decoder = module.config.family == "decoder"          # an encoder-decoder always steps eagerly
         inference_layout(module, next(module.parameters()).device)
@@ -99,12 +100,12 @@ class DecodeStep:
         if n < b:                                   # padding rows: free rows, token 0 at slot 0
             tokens = torch.cat([tokens, tokens.new_zeros(b - n, 1)])
             pos = torch.cat([pos, pos.new_zeros(b - n, 1)])
-        if self.fn is None:
-            row_major_layout(self.module)
-            self.fn = torch.compile(_head_of_step, fullgraph=True, dynamic=False)
+        if b not in self.fns:                       # one copy per bucket, without guards: the server's
+            row_major_layout(self.module)           # model does not change under it
+            self.fns[b] = compile_unguarded(_head_of_step, f"serve_step_{b}")
         self._use_bucket(b)
         try:
-            return self.fn(self.module, tokens, pos)
+            return self.fns[b](self.module, tokens, pos)
         except Exception as e:      # noqa: BLE001 — compiling is an optimisation; the eager step serves
             log.warning("%s", compile_failed(self.module, e))
             return None
