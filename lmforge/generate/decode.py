@@ -156,7 +156,8 @@ class DecodeState:
         if self.json_states is not None:
             logits = apply_json_masks(logits, self.json_states)
         nxt = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, self.generator, cfg.min_p)
-        nxt = torch.where(self.done, torch.full_like(nxt, self.pad_id), nxt)
+        if self.ends_at_eos:                                            # only then can a row have ended
+            nxt = torch.where(self.done, torch.full_like(nxt, self.pad_id), nxt)
         if cfg.logprobs is not None:
             self.logprobs.append(token_logprobs(raw, nxt, cfg.logprobs))
         if self.json_states is not None:
