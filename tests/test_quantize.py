@@ -114,3 +114,31 @@ def test_compiled_decode_step_fuses_dequantization_with_the_same_tokens(tmp_path
         compiled, _, stats = generate_ids(module, prompts, GenerationConfig(max_new_tokens=new, greedy=True,
                                                                             compile=True))
         assert compiled == eager and stats["reencodes"] >= 1, bits
+
+
+def test_int8_products_on_a_cpu_quantize_the_input_per_row_and_multiply_in_integers():
+    """Without gradient on a CPU, Int8Linear quantizes each input row to int8 (its largest
+    magnitude at 127) and multiplies in int32: equal to that arithmetic done in int64 here, and
+    close to the float product. With a gradient it dequantizes the weight instead, so the
+    gradient reaches the input (LoRA on a quantized base)."""
+    from lmforge.model.quantized import int8_product
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(2, 3, 64) * torch.tensor([0.1, 1.0, 10.0])[:, None]          # rows of different scales
+    rows = x.reshape(-1, 64)
+    step = rows.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(rows / step).long()
+    assert xq.abs().max() == 127
+    exact = ((xq @ layer.weight.long().T).float() * step).reshape(2, 3, 48)
+    torch.testing.assert_close(int8_product(x, layer.weight), exact, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, exact * layer.scales + layer.bias, rtol=1e-6, atol=1e-6)
+    assert ((y - linear(x)).norm() / linear(x).norm()) < 0.01
+    x.requires_grad_(True)
+    dequantized = layer(x)
+    dequantized.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    torch.testing.assert_close(dequantized, torch.nn.functional.linear(x, layer.weight.float() * layer.scales[:, None],
+                                                                       layer.bias))

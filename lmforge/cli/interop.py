@@ -34,7 +34,7 @@ def _merge_lora(ns):
     return 0
 
 
-@verb("quantize", "weight-only int8 / int4 quantization of a model directory (with an optional size, speed and "
+@verb("quantize", "int8 / int4 weight quantization of a model directory (with an optional size, speed and "
                   "perplexity report)")
 @options_of(QuantizeConfig)
 def _quantize(ns):

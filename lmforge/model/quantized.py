@@ -1,12 +1,15 @@
-"""Weight-only quantized Linear layers (activations stay in floating point; gpt-fast style).
+"""Quantized Linear layers (gpt-fast style: the weights are stored quantized).
 
 Int8Linear  per output channel, symmetric:  w ≈ q · scale,           q in [-127, 127] (int8)
 Int4Linear  per group of `group_size` input columns, asymmetric:
             w ≈ q · scale + offset,  q in [0, 15], two per byte (low nibble = even column)
 
 Both keep the names of the Linear they replace (`weight`, `bias`) plus `scales` (and
-`offsets`), so a quantized model directory is an ordinary state dict. The forward pass
-dequantizes on the fly; the error of every weight is at most half its scale.
+`offsets`), so a quantized model directory is an ordinary state dict; the error of every weight
+is at most half its scale. Int4Linear dequantizes on the fly. Int8Linear does too where a
+gradient is wanted or off the CPU; on a CPU without gradient it also quantizes its input, per
+row (per token), symmetric, and multiplies in integers (`int8_product`: `torch._int_mm`, oneDNN's
+VNNI kernel), as llama.cpp's q8_0 (blocks of 32) and torchao's dynamic int8 activations do.
 
     >>> w = torch.tensor([[0.5, -1.0, 0.25, 1.0]])
     >>> q, scales = quantize_int8(w)
@@ -48,6 +51,17 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
 
 
+def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x (..., in) float @ q (out, in) int8 .T, with x quantized per row to int8 (symmetric, its
+    largest magnitude at 127) and the product taken in int32: (..., out) in x's dtype, before the
+    weight's scales. The rounding of x adds at most half a step of each row's scale."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    step = rows.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127
+    xq = torch.round(rows / step).clamp(-127, 127).to(torch.int8)
+    y = torch._int_mm(xq, q.t()) * step                       # q.t(): column-major, oneDNN's fast layout
+    return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
+
+
 class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype = torch.float32):
@@ -67,7 +81,9 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_gemv(x):
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+            y = int8_product(x, self.weight) * self.scales.to(x.dtype)
+        elif fused_gemv(x):
             y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)  # per-output-channel scale

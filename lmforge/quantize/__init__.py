@@ -1,4 +1,4 @@
-"""Weight-only quantization (int8 per channel, int4 grouped) by swapping Linear modules: the
+"""Weight quantization (int8 per channel, int4 grouped) by swapping Linear modules: the
 `quantize` verb and its report (`model.py`); the int8 / int4 layers themselves are
 `lmforge.model.quantized`'s, re-exported here as the quantization API."""
 
