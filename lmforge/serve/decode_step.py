@@ -10,9 +10,10 @@ overwrites. Each bucket keeps one set of cache views, so one graph serves it. A 
 compiles one row only (`compiled_buckets`): since its eager products of two rows or more run on
 packed weights (`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577
 tokens/s at 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 /
-752 / 1,869; the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). An int8
-model keeps every bucket: its eager products write each weight out in floats first (in-process,
-2 / 4 / 8 clients: 131 / 250 / 422 tokens/s eager against 887 / 913 / 1,028 compiled). A bucket measured
+752 / 1,869; the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). An int8 or
+int4 model keeps every bucket: int4's eager products write each weight out in floats first, and
+int8's (`torch._int_mm` on inputs quantized per row) still lose to the compiled ones (in-process,
+2 / 4 / 8 clients: 451 / 763 / 1,373 tokens/s eager against 1,066 / 1,519 / 1,975 compiled). A bucket measured
 slower than eager, or a step that cannot be compiled here, goes back to eager. The eager step of
 one row splits its products over the threads as `lmforge generate`'s does (`linear.split_gemv`;
 it kept MKL's one-thread GEMV while the loading thread's idle OpenMP pool slowed the scheduler's
@@ -47,7 +48,7 @@ def _head_of_step(module, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tens
 def compiled_buckets(module) -> tuple[int, ...]:
     """One row where every product of two rows or more runs eagerly on a packed weight (float
     weights, `inference_layout` applied); all of BUCKETS where some cannot (int8 / int4 layers,
-    whose eager products first write the whole weight out in floats)."""
+    whose eager products of a few rows lose to the compiled ones: see the module doc)."""
     layers = [m for m in module.modules() if isinstance(m, (nn.Linear, Int8Linear, Int4Linear))]
     return (1,) if all(getattr(m, "packs", False) for m in layers) else BUCKETS
 
