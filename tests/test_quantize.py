@@ -100,9 +100,9 @@ def test_quantize_verb(tmp_path, tiny_model_dir, capsys):
 
 @pytest.mark.slow
 def test_compiled_decode_step_fuses_dequantization_with_the_same_tokens(tmp_path, tiny_model_dir):
-    """The compiled step writes each quantized product as a sum over the inputs (so that inductor
-    never writes a float weight matrix); it must decode the tokens eager decoding gives, past the
-    context window too."""
+    """The compiled step writes each int4 product as a sum over the inputs (so that inductor never
+    writes a float weight matrix) and each int8 product on int8 inputs (`int8_product`, as eagerly);
+    it must decode the tokens eager decoding gives, past the context window too."""
     from lmforge.generate import GenerationConfig, generate_ids
     from lmforge.model.quantized import fused_gemv
     assert not fused_gemv(torch.zeros(1, 8))                          # eager: F.linear
