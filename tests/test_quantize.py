@@ -142,3 +142,16 @@ def test_int8_products_on_a_cpu_quantize_the_input_per_row_and_multiply_in_integ
     assert x.grad is not None and x.grad.abs().sum() > 0
     torch.testing.assert_close(dequantized, torch.nn.functional.linear(x, layer.weight.float() * layer.scales[:, None],
                                                                        layer.bias))
+
+
+def test_int8_dequantizes_where_integer_products_are_missing(monkeypatch):
+    """A PyTorch build without a CPU `torch._int_mm` (checked once, at import) keeps the
+    dequantized product, float inputs and all."""
+    import lmforge.model.quantized as quantized
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(torch.nn.Linear(32, 16))
+    x = torch.randn(3, 32)
+    monkeypatch.setattr(quantized, "INTEGER_PRODUCTS", False)
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.weight.float() * layer.scales[:, None], layer.bias))

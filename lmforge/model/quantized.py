@@ -51,6 +51,18 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
 
 
+def _integer_products_work() -> bool:
+    """Whether this PyTorch build multiplies int8 by int8 on the CPU (`torch._int_mm`)."""
+    try:
+        ones = torch.ones(1, 8, dtype=torch.int8)
+        return int(torch._int_mm(ones, ones.t()).item()) == 8
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+INTEGER_PRODUCTS = _integer_products_work()     # else Int8Linear dequantizes on the CPU too
+
+
 def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x (..., in) float @ q (out, in) int8 .T, with x quantized per row to int8 (symmetric, its
     largest magnitude at 127) and the product taken in int32: (..., out) in x's dtype, before the
@@ -81,7 +93,7 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type == "cpu" and INTEGER_PRODUCTS and not (torch.is_grad_enabled() and x.requires_grad):
             y = int8_product(x, self.weight) * self.scales.to(x.dtype)
         elif fused_gemv(x):
             y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
