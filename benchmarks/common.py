@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,6 +17,13 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for a benchmark's models and data, removed when the script exits."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, True)
+    return work
 
 
 def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:

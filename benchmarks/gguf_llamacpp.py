@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from common import add_common_args, alternate, report, timed, warm_up_default
+from common import add_common_args, alternate, report, scratch_dir, timed, warm_up_default
 
 
 def build(args, out: Path) -> Path:
@@ -79,7 +78,7 @@ def main() -> None:
     from lmforge.generate import GenerationConfig, generate_ids
     from lmforge.generate.core import encode_prompt
     from lmforge.quantize import QuantizeConfig, quantize
-    work = Path(tempfile.mkdtemp(prefix="gguf-bench-"))
+    work = scratch_dir("gguf-bench-")
     model_dir = build(args, work)
     files = {t: work / f"model-{t}.gguf" for t in ("f32", "q8_0")}
     for outtype, path in files.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 
@@ -29,10 +28,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW lr (and Muon's lr for the non-matrix params)")
     p.add_argument("--muon-lr", type=float, default=0.02)
     args = p.parse_args()
-    from common import quickstart_data
+    from common import quickstart_data, scratch_dir
     from lmforge.config import ModelOverridesConfig
     from lmforge.train import TrainConfig, train
-    work = Path(tempfile.mkdtemp(prefix="muon-bench-"))
+    work = scratch_dir("muon-bench-")
     data = args.data or quickstart_data(work)
     curves = {}
     for opt in ("adamw", "muon"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -145,10 +144,10 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=640)
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
-    from common import quickstart_data
+    from common import quickstart_data, scratch_dir
     from lmforge.config import get_preset
     from lmforge.data.shards import load_splits
-    work = Path(tempfile.mkdtemp(prefix="quality-bench-"))
+    work = scratch_dir("quality-bench-")
     data_dir = args.data or quickstart_data(work)
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
     cfg = get_preset(args.preset, vocab_size=meta["vocab_size"])

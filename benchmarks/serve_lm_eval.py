@@ -21,9 +21,10 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from common import scratch_dir
 
 
 def make_items(n: int, fits, seed: int = 0) -> list[dict]:
@@ -78,7 +79,7 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     import lmforge
-    work = Path(tempfile.mkdtemp(prefix="serve-lm-eval-"))
+    work = scratch_dir("serve-lm-eval-")
     lm = lmforge.load(args.model_dir, device="cpu")
     items = make_items(args.items, lambda text: len(lm.tokenizer.encode(text)) < lm.config.context_length - 1)
     (work / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
