@@ -145,13 +145,13 @@ def test_int8_products_on_a_cpu_quantize_the_input_per_row_and_multiply_in_integ
 
 
 def test_int8_dequantizes_where_integer_products_are_missing(monkeypatch):
-    """A PyTorch build without a CPU `torch._int_mm` (checked once, at import) keeps the
-    dequantized product, float inputs and all."""
+    """A PyTorch build without a CPU `torch._int_mm` (asked once, when the first Int8Linear is
+    built) keeps the dequantized product, float inputs and all."""
     import lmforge.model.quantized as quantized
     torch.manual_seed(0)
+    monkeypatch.setattr(quantized, "integer_products_work", lambda: False)
     layer = Int8Linear.from_linear(torch.nn.Linear(32, 16))
     x = torch.randn(3, 32)
-    monkeypatch.setattr(quantized, "INTEGER_PRODUCTS", False)
     with torch.no_grad():
         y = layer(x)
     torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.weight.float() * layer.scales[:, None], layer.bias))

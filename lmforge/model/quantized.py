@@ -19,6 +19,8 @@ VNNI kernel), as llama.cpp's q8_0 (blocks of 32) and torchao's dynamic int8 acti
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,16 +53,16 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     return (q.to(scales.dtype) * scales[..., None] + offsets[..., None]).view(out_f, -1)
 
 
-def _integer_products_work() -> bool:
-    """Whether this PyTorch build multiplies int8 by int8 on the CPU (`torch._int_mm`)."""
+@functools.cache
+def integer_products_work() -> bool:
+    """Whether this PyTorch build multiplies int8 by int8 on the CPU (`torch._int_mm`), asked once
+    per process when the first Int8Linear is built (~6 ms: not at import); else Int8Linear
+    dequantizes on the CPU too."""
     try:
         ones = torch.ones(1, 8, dtype=torch.int8)
         return int(torch._int_mm(ones, ones.t()).item()) == 8
     except (RuntimeError, NotImplementedError):
         return False
-
-
-INTEGER_PRODUCTS = _integer_products_work()     # else Int8Linear dequantizes on the CPU too
 
 
 def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,8 @@ def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
+    integer_products = False      # set per instance from `integer_products_work()` (a module from before: floats)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -82,6 +86,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self.integer_products = integer_products_work()        # a plain attribute: read in compiled steps
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **_) -> "Int8Linear":
@@ -93,7 +98,7 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and INTEGER_PRODUCTS and not (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type == "cpu" and self.integer_products and not (torch.is_grad_enabled() and x.requires_grad):
             y = int8_product(x, self.weight) * self.scales.to(x.dtype)
         elif fused_gemv(x):
             y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
