@@ -108,10 +108,14 @@ def test_batch_of_text_prompts(lm):
     assert outs[0] == lm.generate("The ", max_new_tokens=8, greedy=True)
 
 
+def _tiny(seed: int):
+    torch.manual_seed(seed)
+    return build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
+
+
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_same_tokens():
-    torch.manual_seed(0)
-    model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
+    model = _tiny(0)
     prompts = [[5, 6, 7, 8], [9, 10]]
     with torch.no_grad():
         logits = model(torch.tensor(prompts[:1]))
@@ -122,11 +126,6 @@ def test_compiled_decode_step_gives_the_same_tokens():
     assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32     # static, full-context cache
     with torch.no_grad():                           # a plain forward (perplexity, scoring) ignores the kept cache
         torch.testing.assert_close(model(torch.tensor(prompts[:1])), logits)
-
-
-def _tiny(seed: int):
-    torch.manual_seed(seed)
-    return build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
 
 
 def test_compiled_steps_without_guards_are_one_per_model_and_shape():
