@@ -155,3 +155,62 @@ def test_int8_dequantizes_where_integer_products_are_missing(monkeypatch):
     with torch.no_grad():
         y = layer(x)
     torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.weight.float() * layer.scales[:, None], layer.bias))
+
+
+def _kernel_or_skip():
+    from lmforge.model.vnni import int4_kernel_works
+    if not int4_kernel_works():
+        pytest.skip("the int4 kernel needs x86-64 with AVX-512 VNNI and VBMI and a C compiler")
+
+
+def test_int4_kernel_multiplies_in_integers_once_laid_out():
+    """Laid out by inference_layout on a CPU with AVX-512 VNNI, Int4Linear quantizes each input
+    row to int8 and multiplies the nibbles in integers (`lmforge::int4_product`): equal to that
+    arithmetic done in int64, within 2% of the float int4 product, compiled as eagerly. 85
+    outputs take a tile of 64, one of 16 and a partial one. With a gradient it dequantizes."""
+    from lmforge.model import inference_layout
+    _kernel_or_skip()
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(torch.nn.Linear(64, 85), group_size=16)
+    x = torch.randn(2, 3, 64) * torch.tensor([0.1, 1.0, 10.0])[:, None]          # rows of different scales
+    with torch.no_grad():
+        floats = layer(x)
+    inference_layout(torch.nn.ModuleList([layer]), "cpu")
+    assert layer.integer_products and layer.weight.stride() == (1, 85) and layer.scales.stride() == (1, 85)
+    with torch.no_grad():
+        y = layer(x)
+        compiled = torch.compile(layer)(x[:1, :1])
+    rows = x.reshape(6, 64)
+    step = rows.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(rows / step).long()
+    q = torch.stack((layer.weight & 15, layer.weight >> 4), dim=-1).reshape(85, 64).long()
+    dots = (xq.view(6, 1, 4, 16) * q.view(1, 85, 4, 16)).sum(-1).float()                    # (rows, out, groups)
+    exact = step * (dots * layer.scales).sum(-1) + (rows.view(6, 1, 4, 16).sum(-1) * layer.offsets).sum(-1)
+    torch.testing.assert_close(y, (exact + layer.bias).reshape(2, 3, 85), rtol=1e-5, atol=1e-5)
+    assert (y - floats).norm() / floats.norm() < 0.02
+    torch.testing.assert_close(compiled, y[:1, :1], rtol=1e-6, atol=1e-6)
+    x.requires_grad_(True)
+    dequantized = layer(x)
+    dequantized.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    torch.testing.assert_close(dequantized, floats)
+
+
+def test_int4_keeps_float_products_where_the_kernel_does_not_run(monkeypatch, tmp_path):
+    """No compiler (or a failing one): no kernel is built, and a laid-out Int4Linear keeps the
+    float product it had before."""
+    import lmforge.model as model_package
+    from lmforge.model import inference_layout, vnni
+    monkeypatch.setenv("LMFORGE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(vnni.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
+    assert vnni.build() is None and not list(tmp_path.iterdir())
+    monkeypatch.setattr(model_package, "int4_kernel_works", lambda: False)
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(torch.nn.Linear(64, 32), group_size=16)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = layer(x)
+        inference_layout(torch.nn.ModuleList([layer]), "cpu")
+        assert not layer.integer_products
+        torch.testing.assert_close(layer(x), before)

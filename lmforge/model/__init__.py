@@ -21,6 +21,7 @@ from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
 from .linear import Linear, packable, splits
 from .quantized import Int4Linear
+from .vnni import int4_kernel_works
 from .weights import load_weights_into, replace_module, shared_parameters
 
 FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
@@ -68,9 +69,10 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     GEMV then streams weights from DRAM about 1.5-2x faster (26.6 vs 12.2 GB/s on a 75 MB matrix,
     2-core EPYC); a tied head and embedding share the one transposed storage (the embedding lookup
     reads a strided row). Training keeps row-major weights and `F.linear`.
-    Packed int4 weights get column-major storage whatever the threads: the compiled decode
-    step's fused product (`linear.fused_gemv`) then runs along the outputs, ~6x faster than along
-    the packed rows.
+    Packed int4 weights (and their scales and offsets) get column-major storage whatever the
+    threads: there `vnni.int4_product` reads them, on a CPU with AVX-512 VNNI (`integer_products`);
+    elsewhere the compiled decode step's fused product (`linear.fused_gemv`) runs along the
+    outputs, ~6x faster than along the packed rows.
     The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     """
     if torch.device(device).type != "cpu":
@@ -83,9 +85,11 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     for module in model.modules():
         keep_rows = split and isinstance(module, Linear) and splits(module.weight)
         if isinstance(module, (nn.Linear, Int4Linear)) and not keep_rows:
-            w = module.weight
-            if w.dim() == 2 and w.stride() != (1, w.shape[0]):
-                w.data = w.data.t().contiguous().t()
+            for w in (module.weight, *((module.scales, module.offsets) if isinstance(module, Int4Linear) else ())):
+                if w.dim() == 2 and w.stride() != (1, w.shape[0]):
+                    w.data = w.data.t().contiguous().t()
+        if isinstance(module, Int4Linear):
+            module.integer_products = module.kernel_layout() and int4_kernel_works()
     return model
 
 

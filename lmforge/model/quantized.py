@@ -6,7 +6,9 @@ Int4Linear  per group of `group_size` input columns, asymmetric:
 
 Both keep the names of the Linear they replace (`weight`, `bias`) plus `scales` (and
 `offsets`), so a quantized model directory is an ordinary state dict; the error of every weight
-is at most half its scale. Int4Linear dequantizes on the fly. Int8Linear does too where a
+is at most half its scale. Int4Linear dequantizes on the fly, except on a CPU with AVX-512 VNNI
+once `inference_layout` has laid it out: there, without gradient, it quantizes its input per row
+and multiplies in integers too (`vnni.int4_product`, a C kernel). Int8Linear dequantizes where a
 gradient is wanted or off the CPU; on a CPU without gradient it also quantizes its input, per
 row (per token), symmetric, and multiplies in integers (`int8_product`: `torch._int_mm`, oneDNN's
 VNNI kernel), as llama.cpp's q8_0 (blocks of 32) and torchao's dynamic int8 activations do.
@@ -26,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .linear import fused_gemv, gemv_as_sum
+from .vnni import int4_product
 from .weights import replace_module
 
 
@@ -111,6 +114,8 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
+    integer_products = False      # set by `inference_layout` where `lmforge::int4_product` runs (vnni.py)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype = torch.float32, group_size: int = 64):
         super().__init__()
@@ -132,11 +137,27 @@ class Int4Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_fits(x):
+            y = int4_product(x, self.weight, self.scales, self.offsets).to(x.dtype)
+            return y + self.bias.to(x.dtype) if self.bias is not None else y
         if fused_gemv(x):
             y = self._fused_gemv(x)
             return y + self.bias.to(x.dtype) if self.bias is not None else y
         w = dequantize_int4(self.weight, self.scales, self.offsets).to(x.dtype)    # (out, in)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def kernel_layout(self) -> bool:
+        """Whether the weight, scales and offsets are where `int4_product` reads them: stored
+        column-major (`inference_layout`), float32 scales, groups and inputs in eights."""
+        n = self.out_features
+        return (self.weight.device.type == "cpu" and self.weight.stride() == (1, n)
+                and self.scales.dtype == self.offsets.dtype == torch.float32
+                and self.scales.stride(0) == self.offsets.stride(0) == 1
+                and self.in_features % 8 == 0 and self.group_size % 8 == 0)
+
+    def _kernel_fits(self, x: torch.Tensor) -> bool:
+        return (self.integer_products and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+                and self.kernel_layout())
 
     def _fused_gemv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out) without a float weight matrix: per group, the low nibbles

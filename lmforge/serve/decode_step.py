@@ -11,9 +11,10 @@ compiles one row only (`compiled_buckets`): since its eager products of two rows
 packed weights (`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577
 tokens/s at 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 /
 752 / 1,869; the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). An int8 or
-int4 model keeps every bucket: int4's eager products write each weight out in floats first, and
-int8's (`torch._int_mm` on inputs quantized per row) still lose to the compiled ones (in-process,
-2 / 4 / 8 clients: 451 / 763 / 1,373 tokens/s eager against 1,066 / 1,519 / 1,975 compiled). A bucket measured
+int4 model keeps every bucket: its eager products on inputs quantized per row (`torch._int_mm`,
+int4's `lmforge::int4_product`) still lose to the compiled ones (in-process, 2 / 4 / 8 clients,
+int8: 451 / 763 / 1,373 tokens/s eager against 1,066 / 1,519 / 1,975 compiled; int4: 480 / 846 /
+1,236 against 1,244 / 1,853 / 2,233). A bucket measured
 slower than eager, or a step that cannot be compiled here, goes back to eager. The eager step of
 one row splits its products over the threads as `lmforge generate`'s does (`linear.split_gemv`;
 it kept MKL's one-thread GEMV while the loading thread's idle OpenMP pool slowed the scheduler's
