@@ -23,6 +23,7 @@ default now), and 0.506 to 0.529 (three seeds) at 20 CPU-minutes in benchmarks/p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="bert-tiny")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--pretrain-steps", type=int, default=4000)
-    p.add_argument("--finetune-steps", type=int, default=2000)
+    p.add_argument("--finetune-steps", type=int, default=2000, help="steps of each fine-tune")
+    p.add_argument("--members", type=int, default=2, help="fine-tunes of the encoder, each with its own seed, "
+                   "whose probabilities are averaged (`lmforge classify A --ensemble B`); 1: a single classifier")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--from-scratch", action="store_true", help="also train the same classifier from scratch")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
@@ -78,17 +81,23 @@ def main(argv: list[str] | None = None) -> int:
                                                 preset=args.preset, max_steps=args.pretrain_steps,
                                                 eval_interval=max(1, args.pretrain_steps // 4), **common))
         times["pretrain"] = time.perf_counter() - t0
-        print(f"[3/3] fine-tuning into a classifier: {args.finetune_steps} steps")
+        members = [out / ("classifier" if k == 0 else f"classifier-{k + 1}") for k in range(max(1, args.members))]
+        print(f"[3/3] fine-tuning into {len(members)} classifier(s): {args.finetune_steps} steps each")
         from lmforge.train.finetune import FINETUNE_DEFAULTS
-        ft_cfg = lmforge.TrainConfig(**{**FINETUNE_DEFAULTS, "data": str(table), "out": str(out / "classifier"),
-                                        "max_steps": args.finetune_steps,
-                                        "eval_interval": max(1, args.finetune_steps // 4), **common})
-        ft = lmforge.finetune(lmforge.FinetuneConfig(str(out / "encoder"), task="classify"), ft_cfg, options)
+        seed = {f.name: f.default for f in dataclasses.fields(lmforge.TrainConfig)}["seed"]
+        for k, member in enumerate(members):
+            ft_cfg = lmforge.TrainConfig(**{**FINETUNE_DEFAULTS, "data": str(table), "out": str(member),
+                                            "max_steps": args.finetune_steps, "seed": seed + k,
+                                            "eval_interval": max(1, args.finetune_steps // 4), **common})
+            ft = lmforge.finetune(lmforge.FinetuneConfig(str(out / "encoder"), task="classify"), ft_cfg, options)
+            results["pretrain -> fine-tune (lmforge)" if k == 0 else f"pretrain -> fine-tune, seed {seed + k}"] = ft
+        if len(members) > 1:
+            results[f"pretrain -> {len(members)} fine-tunes averaged (lmforge)"] = ensemble_scores(table, options,
+                                                                                                members, args.device)
         times["total"] = time.perf_counter() - t0
-        results["pretrain -> fine-tune (lmforge)"] = ft
         if args.from_scratch:
             t1 = time.perf_counter()
-            steps = args.pretrain_steps + args.finetune_steps            # about the same CPU time
+            steps = args.pretrain_steps + args.finetune_steps * len(members)      # about the same CPU time
             results["from scratch, same shape and steps (lmforge)"] = lmforge.train(lmforge.TrainConfig(
                 task="classify", data=str(table), out=str(out / "scratch"), preset=args.preset, max_steps=steps,
                 eval_interval=max(1, steps // 4), task_options=options, **common))
@@ -107,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
                                                                     for k, r in results.items()},
                                                         "minutes": {k: v / 60 for k, v in times.items()}}, indent=1))
     return 0
+
+
+def ensemble_scores(table: Path, options, members: list[Path], device: str) -> dict[str, float]:
+    """Test-split macro-F1 and accuracy of the members' averaged probabilities."""
+    import lmforge
+    from lmforge.data.tables import read_table
+    from lmforge.evaluate.classification import label_metrics
+    from lmforge.tasks.classify import split_rows
+    rows = read_table(table, [options.text_column, options.label_column])
+    test = [rows[i] for i in split_rows(rows, options)["test"]]
+    first, *others = [lmforge.load(m, device=device) for m in members]
+    predicted = first.classify([r[options.text_column] for r in test], ensemble=others)
+    metrics = label_metrics(first.config.labels, [r[options.label_column] for r in test],
+                            [p["label"] for p in predicted])
+    return {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"]}
 
 
 if __name__ == "__main__":

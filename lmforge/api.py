@@ -56,15 +56,24 @@ class Model:
         return texts[0] if isinstance(prompt, str) else texts
 
     def classify(self, texts: str | list[str], pairs: str | list[str] | None = None,
-                 batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
+                 batch_size: int = 64, ensemble: list[Model] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
         """For each text: {"label": the most likely class, "score": its probability, "probs":
-        {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks)."""
+        {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks).
+        `ensemble`: more loaded classifiers with the same labels (fine-tunes of the same table, e.g.
+        with other seeds); the probabilities of all are averaged."""
         from .tasks.classify import predict_proba
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
-        probs = predict_proba(self.module, self.tokenizer, texts, pairs, batch_size=batch_size)
         labels = self.config.labels
+        members = [self, *(ensemble or [])]
+        for member in members[1:]:
+            if member.config.labels != labels:
+                raise LmforgeError(f"an ensemble's classifiers must have the same labels in the same order: "
+                                   f"{member.path} has {member.config.labels}, not {labels}; ensemble "
+                                   f"fine-tunes of the same table")
+        probs = sum(predict_proba(m.module, m.tokenizer, texts, pairs, batch_size=batch_size)
+                    for m in members) / len(members)
         out = [{"label": labels[int(p.argmax())], "score": float(p.max()),
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
         return out[0] if single else out

@@ -227,6 +227,39 @@ def test_classify_cli(encoder_classifier, tiny_encoder_dir, tmp_path, capsys):
     assert "no classification head" in capsys.readouterr().err
 
 
+def test_an_ensemble_averages_the_probabilities_of_its_classifiers(encoder_classifier, tiny_encoder_dir, topics_csv,
+                                                                   tmp_path, capsys):
+    """`classify(..., ensemble=[...])` / `lmforge classify A --ensemble B`: each text gets the mean
+    of the members' probabilities (here two fine-tunes of one encoder with other seeds); members
+    with other labels are refused, one line, exit 2."""
+    out, _ = encoder_classifier
+    second = tmp_path / "seed2"
+    cfg = tiny_train_config(topics_csv, second, max_steps=30, eval_interval=30, lr=2e-3, batch_size=16, seed=2)
+    finetune(FinetuneConfig(model_dir=str(tiny_encoder_dir), task="classify"), cfg, ClassifyConfig(baseline=False))
+    a, b = load(out, device="cpu"), load(second, device="cpu")
+    texts = ["I think the cat is next to the bread", "I think the disk is next to the tea"]
+    alone = [a.classify(texts), b.classify(texts)]
+    both = a.classify(texts, ensemble=[b])
+    for i, r in enumerate(both):
+        for label, p in r["probs"].items():
+            assert abs(p - (alone[0][i]["probs"][label] + alone[1][i]["probs"][label]) / 2) < 1e-6
+        assert r["label"] == max(r["probs"], key=r["probs"].get) and abs(sum(r["probs"].values()) - 1) < 1e-5
+    assert alone[0][0]["probs"] != alone[1][0]["probs"]                            # two different members
+    capsys.readouterr()                                                               # the fine-tunes' lines
+    assert main(["classify", str(out), texts[0], "--json", "--ensemble", str(second), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["label"] == both[0]["label"] and abs(printed["score"] - both[0]["score"]) < 1e-4
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "the cat,x\nthe tea,y\n" * 20)                 # labels x and y
+    odd = tmp_path / "odd"
+    finetune(FinetuneConfig(model_dir=str(tiny_encoder_dir), task="classify"),
+             tiny_train_config(other, odd, max_steps=2, eval_interval=2, batch_size=4), ClassifyConfig(baseline=False))
+    capsys.readouterr()
+    assert main(["classify", str(out), texts[0], "--ensemble", str(odd), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "must have the same labels" in err and str(odd) in err and len(err.strip().splitlines()) == 1
+
+
 def test_lora_classifier_trains_and_saves_the_new_head(tmp_path, tiny_encoder_dir, topics_csv):
     from lmforge.adapt.lora import LoRAConfig
     from lmforge.modeldir import ADAPTER_FILE, read_weights

@@ -47,6 +47,16 @@ def test_pretrain_then_finetune_recipe_runs_and_reports(tmp_path, capsys):
     report = json.loads((out / "recipe_report.json").read_text())["results"]
     assert 0.0 <= report["pretrain -> fine-tune (lmforge)"]["test_macro_f1"] <= 1.0
     assert "from scratch, same shape and steps (lmforge)" in report
+    from sklearn.metrics import f1_score                      # the ensemble's score, against scikit-learn's
+    from lmforge.api import load
+    from lmforge.tasks.classify import predict_proba
+    rows = read_table(table, ["text", "label"])
+    test = [rows[i] for i in split_rows(rows, ClassifyConfig())["test"]]
+    members = [load(out / name, device="cpu") for name in ("classifier", "classifier-2")]
+    mean = sum(predict_proba(m.module, m.tokenizer, [r["text"] for r in test]) for m in members) / 2
+    labels = members[0].config.labels
+    oracle = f1_score([r["label"] for r in test], [labels[i] for i in mean.argmax(-1)], average="macro")
+    assert abs(report["pretrain -> 2 fine-tunes averaged (lmforge)"]["test_macro_f1"] - oracle) < 1e-4
     baselines = table_baselines(table, ClassifyConfig())                 # scikit-learn is a test extra
     assert report["TF-IDF character 2-5-grams + logistic regression"]["test_macro_f1"] == baselines["char"]["macro_f1"]
     assert recipe().main(argv) == 2                       # --out holds the run: refused without --overwrite

@@ -53,6 +53,9 @@ class ClassifyCommandConfig:
     device: str = option("auto", "auto, cpu or cuda", check=device_name)
     baseline: bool = option(True, "with --label-column: also score TF-IDF + logistic regression fitted on the "
                                   "training split of the model's own training table (scikit-learn)")
+    ensemble: list[str] = option([], "more classifier directories with the same labels (fine-tunes of the same "
+                                     "table, e.g. other seeds): every text gets the average of all their "
+                                     "probabilities")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -66,7 +69,8 @@ def _classify(ns):
     texts, truth = _input_texts("classify", args.texts, args.file, args.text_column, "--text-column",
                                 args.label_column, "--label-column")
     lm = load(args.model_dir, device=args.device)
-    results = lm.classify(texts, batch_size=args.batch_size)
+    results = lm.classify(texts, batch_size=args.batch_size,
+                          ensemble=[load(d, device=args.device) for d in args.ensemble])
     for text, r in zip(texts, results):
         ranked = sorted(r["probs"].items(), key=lambda kv: -kv[1])[: max(1, args.top_k)]
         if args.json:

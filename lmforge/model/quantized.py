@@ -149,10 +149,8 @@ class Int4Linear(nn.Module):
     def kernel_layout(self) -> bool:
         """Whether the weight, scales and offsets are where `int4_product` reads them: stored
         column-major (`inference_layout`), float32 scales, groups and inputs in eights."""
-        n = self.out_features
-        return (self.weight.device.type == "cpu" and self.weight.stride() == (1, n)
-                and self.scales.dtype == self.offsets.dtype == torch.float32
-                and self.scales.stride(0) == self.offsets.stride(0) == 1
+        return (self.weight.device.type == "cpu" and self.scales.dtype == self.offsets.dtype == torch.float32
+                and all(t.t().is_contiguous() for t in (self.weight, self.scales, self.offsets))
                 and self.in_features % 8 == 0 and self.group_size % 8 == 0)
 
     def _kernel_fits(self, x: torch.Tensor) -> bool:

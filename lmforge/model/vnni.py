@@ -204,7 +204,7 @@ def _register(kernel) -> None:
 
     def product(xq, step, sums, weight, scales, offsets):
         (m, k), n = xq.shape, weight.shape[0]
-        assert weight.stride() == (1, n) and scales.stride(0) == 1 and offsets.stride(0) == 1, "inference_layout"
+        assert all(t.t().is_contiguous() for t in (weight, scales, offsets)), "laid out by inference_layout"
         xq, step, sums = xq.contiguous(), step.float().contiguous(), sums.float().contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
         kernel(xq.data_ptr(), step.data_ptr(), sums.data_ptr(), weight.data_ptr(), scales.data_ptr(),
