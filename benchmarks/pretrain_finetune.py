@@ -13,7 +13,8 @@ divided by each arm's own CPU time per step, measured on a few calibration steps
 pretrained arm spends `--pretrain-share` of its budget (after preparing its data, which counts)
 pretraining on the table's training texts (never its validation or test rows) plus, unless
 `--no-reference`, the Python reference text that ships with Python, and the rest fine-tuning;
-every fine-tune keeps its best evaluation (`--keep-best`, the classify default). Each arm can run
+every fine-tune keeps its best evaluation (`--keep-best`, the classify default); with `--members N`,
+N fine-tunes share that time and their averaged probabilities are scored too. Each arm can run
 in a process of its own (`--arms rtd`) and writes OUT/ARM.json; the table is printed from
 whatever OUT holds.
 """
@@ -118,13 +119,15 @@ def prepare_texts(args, out: Path) -> Path:
     return out / "data"
 
 
-def finetune_for(args, arm_dir: Path, seconds: float) -> tuple[dict, int]:
-    """Fine-tune the encoder in ARM_DIR/encoder into a classifier (ARM_DIR/classifier) with the
-    fine-tune defaults, for as many steps as fit `seconds` of CPU: (its summary, the steps)."""
+def finetune_for(args, arm_dir: Path, seconds: float, member: int = 0) -> tuple[dict, int]:
+    """Fine-tune the encoder in ARM_DIR/encoder into a classifier (ARM_DIR/classifier, or
+    classifier-K for member K > 0, with seed + K) with the fine-tune defaults, for as many steps
+    as fit `seconds` of CPU: (its summary, the steps)."""
     import lmforge
     from lmforge.train.finetune import FINETUNE_DEFAULTS
+    out = arm_dir / ("classifier" if member == 0 else f"classifier-{member}")
     ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
-                                                 "out": str(arm_dir / "classifier"), "max_steps": steps,
+                                                 "out": str(out), "max_steps": steps, "seed": args.seed + member,
                                                  **classifier_flags(args), **kw})
     encoder = lmforge.FinetuneConfig(str(arm_dir / "encoder"), task="classify")
     steps = steps_for(args, seconds, lambda c: lmforge.finetune(encoder, ft(12, eval_interval=12), options(args),
@@ -142,10 +145,20 @@ def arm_pretrained(args, out: Path, task: str) -> dict:
     p_steps = steps_for(args, budget * args.pretrain_share,
                         lambda c: lmforge.train(pre(12, eval_interval=12), observers=[c.observer]))
     pretrain = lmforge.train(pre(p_steps, eval_interval=max(1, p_steps // 4)))
-    summary, f_steps = finetune_for(args, out / task, args.cpu_minutes * 60 - (time.process_time() - t0))
     name = {"mlm": "masked LM -> fine-tune", "rtd": "replaced-token detection -> fine-tune"}[task]
-    return {name: {**_pick(summary), "steps": f"{p_steps} + {f_steps}",
-                   "pretrain_val_loss": pretrain.get("val_loss")}}
+    rows, members = {}, []
+    for k in range(args.members):                         # the rest of the budget, in equal shares
+        left = args.cpu_minutes * 60 - (time.process_time() - t0)
+        summary, f_steps = finetune_for(args, out / task, left / (args.members - k), k)
+        rows[name if k == 0 else f"{name}, seed {args.seed + k}"] = {
+            **_pick(summary), "steps": f"{p_steps} + {f_steps}", "pretrain_val_loss": pretrain.get("val_loss")}
+        members.append(out / task / ("classifier" if k == 0 else f"classifier-{k}"))
+    if args.members > 1:
+        from lmforge.tasks.classify import ensemble_split_scores
+        scores = ensemble_split_scores(members, args.data, options(args))
+        rows[f"{name}, {args.members} averaged"] = {"test_macro_f1": scores["macro_f1"],
+                                                     "test_accuracy": scores["accuracy"], "steps": ""}
+    return rows
 
 
 def arm_minilm(args, out: Path) -> dict:
@@ -193,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                                                             "--max-steps) instead of drawing them at random")
     p.add_argument("--seed", type=int, default=1337, help="training seed of every run (the split stays the table's)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per fine-tune (the best is kept)")
+    p.add_argument("--members", type=int, default=1, help="fine-tunes per pretrained arm (seeds --seed + k), "
+                   "sharing its fine-tune budget; their averaged probabilities are scored too (`classify --ensemble`)")
     args = p.parse_args(argv)
+    if args.members < 1:
+        p.error(f"--members {args.members}: give 1 or more")
     import torch
     torch.manual_seed(0)
     out = Path(args.out)

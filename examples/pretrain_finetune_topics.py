@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmforge.errors import LmforgeError
     from lmforge.evaluate.baseline import named_rows
     from lmforge.quickstart import pydoc_corpus
-    from lmforge.tasks.classify import ClassifyConfig, table_baselines, training_texts
+    from lmforge.tasks.classify import ClassifyConfig, ensemble_split_scores, table_baselines, training_texts
 
     table, out = Path(args.data), Path(args.out)
     options = ClassifyConfig(text_column=args.text_column, label_column=args.label_column,
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             ft = lmforge.finetune(lmforge.FinetuneConfig(str(out / "encoder"), task="classify"), ft_cfg, options)
             results["pretrain -> fine-tune (lmforge)" if k == 0 else f"pretrain -> fine-tune, seed {seed + k}"] = ft
         if len(members) > 1:
-            results[f"pretrain -> {len(members)} fine-tunes averaged (lmforge)"] = ensemble_scores(table, options,
-                                                                                                members, args.device)
+            scores = ensemble_split_scores(members, table, options)          # the test split, as the runs score it
+            results[f"pretrain -> {len(members)} fine-tunes averaged (lmforge)"] = {
+                "test_macro_f1": scores["macro_f1"], "test_accuracy": scores["accuracy"]}
         times["total"] = time.perf_counter() - t0
         if args.from_scratch:
             t1 = time.perf_counter()
@@ -121,21 +122,6 @@ def main(argv: list[str] | None = None) -> int:
                                                                     for k, r in results.items()},
                                                         "minutes": {k: v / 60 for k, v in times.items()}}, indent=1))
     return 0
-
-
-def ensemble_scores(table: Path, options, members: list[Path], device: str) -> dict[str, float]:
-    """Test-split macro-F1 and accuracy of the members' averaged probabilities."""
-    import lmforge
-    from lmforge.data.tables import read_table
-    from lmforge.evaluate.classification import label_metrics
-    from lmforge.tasks.classify import split_rows
-    rows = read_table(table, [options.text_column, options.label_column])
-    test = [rows[i] for i in split_rows(rows, options)["test"]]
-    first, *others = [lmforge.load(m, device=device) for m in members]
-    predicted = first.classify([r[options.text_column] for r in test], ensemble=others)
-    metrics = label_metrics(first.config.labels, [r[options.label_column] for r in test],
-                            [p["label"] for p in predicted])
-    return {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"]}
 
 
 if __name__ == "__main__":

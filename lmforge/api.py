@@ -61,7 +61,7 @@ class Model:
         {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks).
         `ensemble`: more loaded classifiers with the same labels (fine-tunes of the same table, e.g.
         with other seeds); the probabilities of all are averaged."""
-        from .tasks.classify import predict_proba
+        from .tasks.classify import mean_proba
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
@@ -72,8 +72,7 @@ class Model:
                 raise LmforgeError(f"an ensemble's classifiers must have the same labels in the same order: "
                                    f"{member.path} has {member.config.labels}, not {labels}; ensemble "
                                    f"fine-tunes of the same table")
-        probs = sum(predict_proba(m.module, m.tokenizer, texts, pairs, batch_size=batch_size)
-                    for m in members) / len(members)
+        probs = mean_proba([(m.module, m.tokenizer) for m in members], texts, pairs, batch_size=batch_size)
         out = [{"label": labels[int(p.argmax())], "score": float(p.max()),
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]
         return out[0] if single else out

@@ -65,6 +65,28 @@ def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = 
     return predict_encoded(model, ids, types, tokenizer.pad_id or 0, batch_size=batch_size)
 
 
+def mean_proba(members: list[tuple[Any, Any]], texts: list[str], pairs: list[str] | None = None, *,
+               batch_size: int = 64) -> torch.Tensor:
+    """The mean of the class probabilities (N, C) of several classifiers with the same labels
+    ((module, tokenizer) pairs: an ensemble, as scikit-learn's soft voting), in input order."""
+    return sum(predict_proba(module, tokenizer, texts, pairs, batch_size=batch_size)
+               for module, tokenizer in members) / len(members)
+
+
+def ensemble_split_scores(model_dirs: list[str | Path], data: str | Path, o: ClassifyConfig,
+                          split: str = "test") -> dict[str, Any]:
+    """Metrics (`evaluate.classification.label_metrics`) of the averaged probabilities of the
+    classifiers in `model_dirs`, fine-tuned on table `data`, on its `split` (as a run splits it)."""
+    from ..adapt.runs import load_for_inference
+    from ..evaluate.classification import label_metrics
+    rows = read_table(data, [o.text_column, o.label_column])
+    picked = [rows[i] for i in split_rows(rows, o)[split]]
+    members = [load_for_inference(d, device="cpu")[::2] for d in model_dirs]         # (module, tokenizer)
+    labels = members[0][0].config.labels
+    probs = mean_proba(members, [r[o.text_column] for r in picked])
+    return label_metrics(labels, [r[o.label_column] for r in picked], [labels[int(i)] for i in probs.argmax(-1)])
+
+
 def predict_encoded(model, ids: list[list[int]], types: list[list[int]], pad_id: int, *, batch_size: int = 64,
                     autocast=None) -> torch.Tensor:
     """Class probabilities (N, C) of encoded examples (batched by length, returned in input order)."""
