@@ -35,6 +35,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -160,6 +161,7 @@ void lmforge_int4_product(const int8_t* xq, const float* step, const float* sums
 """
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 _LIBRARY: torch.library.Library | None = None          # keeps the operator registered
+_REGISTERING = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -197,6 +199,12 @@ def build() -> Path | None:
 
 
 def _register(kernel) -> None:
+    with _REGISTERING:
+        if _LIBRARY is None:                   # two threads may both ask `int4_kernel_works` first
+            _define(kernel)
+
+
+def _define(kernel) -> None:
     global _LIBRARY
     _LIBRARY = torch.library.Library("lmforge", "FRAGMENT")
     _LIBRARY.define("int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, "
