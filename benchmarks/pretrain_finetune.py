@@ -119,13 +119,18 @@ def prepare_texts(args, out: Path) -> Path:
     return out / "data"
 
 
+def classifier_dir(arm_dir: Path, member: int = 0) -> Path:
+    """Where fine-tune `member` of an arm writes its classifier."""
+    return arm_dir / ("classifier" if member == 0 else f"classifier-{member}")
+
+
 def finetune_for(args, arm_dir: Path, seconds: float, member: int = 0) -> tuple[dict, int]:
     """Fine-tune the encoder in ARM_DIR/encoder into a classifier (ARM_DIR/classifier, or
     classifier-K for member K > 0, with seed + K) with the fine-tune defaults, for as many steps
     as fit `seconds` of CPU: (its summary, the steps)."""
     import lmforge
     from lmforge.train.finetune import FINETUNE_DEFAULTS
-    out = arm_dir / ("classifier" if member == 0 else f"classifier-{member}")
+    out = classifier_dir(arm_dir, member)
     ft = lambda steps, **kw: run_config(args, **{**FINETUNE_DEFAULTS, "data": args.data,  # noqa: E731
                                                  "out": str(out), "max_steps": steps, "seed": args.seed + member,
                                                  **classifier_flags(args), **kw})
@@ -152,7 +157,7 @@ def arm_pretrained(args, out: Path, task: str) -> dict:
         summary, f_steps = finetune_for(args, out / task, left / (args.members - k), k)
         rows[name if k == 0 else f"{name}, seed {args.seed + k}"] = {
             **_pick(summary), "steps": f"{p_steps} + {f_steps}", "pretrain_val_loss": pretrain.get("val_loss")}
-        members.append(out / task / ("classifier" if k == 0 else f"classifier-{k}"))
+        members.append(classifier_dir(out / task, k))
     if args.members > 1:
         from lmforge.tasks.classify import ensemble_split_scores
         scores = ensemble_split_scores(members, args.data, options(args))

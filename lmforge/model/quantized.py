@@ -68,6 +68,12 @@ def integer_products_work() -> bool:
         return False
 
 
+def integer_inputs(x: torch.Tensor) -> bool:
+    """A product on the CPU without gradient: where the quantized layers quantize their input and
+    multiply in integers (with a gradient, LoRA on a quantized base, they dequantize instead)."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x (..., in) float @ q (out, in) int8 .T, with x quantized per row to int8 (symmetric, its
     largest magnitude at 127) and the product taken in int32: (..., out) in x's dtype, before the
@@ -101,7 +107,7 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.integer_products and not (torch.is_grad_enabled() and x.requires_grad):
+        if self.integer_products and integer_inputs(x):
             y = int8_product(x, self.weight) * self.scales.to(x.dtype)
         elif fused_gemv(x):
             y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
@@ -137,14 +143,13 @@ class Int4Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel_fits(x):
+        if self.integer_products and integer_inputs(x) and self.kernel_layout():
             y = int4_product(x, self.weight, self.scales, self.offsets).to(x.dtype)
-            return y + self.bias.to(x.dtype) if self.bias is not None else y
-        if fused_gemv(x):
+        elif fused_gemv(x):
             y = self._fused_gemv(x)
-            return y + self.bias.to(x.dtype) if self.bias is not None else y
-        w = dequantize_int4(self.weight, self.scales, self.offsets).to(x.dtype)    # (out, in)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        else:
+            y = F.linear(x, dequantize_int4(self.weight, self.scales, self.offsets).to(x.dtype))   # (out, in)
+        return y + self.bias.to(x.dtype) if self.bias is not None else y
 
     def kernel_layout(self) -> bool:
         """Whether the weight, scales and offsets are where `int4_product` reads them: stored
@@ -152,10 +157,6 @@ class Int4Linear(nn.Module):
         return (self.weight.device.type == "cpu" and self.scales.dtype == self.offsets.dtype == torch.float32
                 and all(t.t().is_contiguous() for t in (self.weight, self.scales, self.offsets))
                 and self.in_features % 8 == 0 and self.group_size % 8 == 0)
-
-    def _kernel_fits(self, x: torch.Tensor) -> bool:
-        return (self.integer_products and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
-                and self.kernel_layout())
 
     def _fused_gemv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out) without a float weight matrix: per group, the low nibbles
