@@ -158,9 +158,15 @@ def test_int8_dequantizes_where_integer_products_are_missing(monkeypatch):
 
 
 def _kernel_or_skip():
-    from lmforge.model.vnni import int4_kernel_works
-    if not int4_kernel_works():
-        pytest.skip("the int4 kernel needs x86-64 with AVX-512 VNNI and VBMI and a C compiler")
+    """Skip where the kernel cannot run (no C++ compiler, a CPU without AVX-512 VNNI and VBMI);
+    where it can, it must build, register and pass its self-test."""
+    import shutil
+    from pathlib import Path
+    from lmforge.model.vnni import _cpu_flags, int4_kernel_works
+    flags = _cpu_flags().split()
+    if not (shutil.which("c++") and Path("/proc/cpuinfo").exists() and "avx512_vnni" in flags and "avx512vbmi" in flags):
+        pytest.skip("the int4 kernel needs x86-64 with AVX-512 VNNI and VBMI and a C++ compiler")
+    assert int4_kernel_works(), "the CPU and compiler can run the int4 kernel, but it did not build or pass its self-test"
 
 
 def test_int4_kernel_multiplies_in_integers_once_laid_out():
@@ -202,7 +208,7 @@ def test_int4_keeps_float_products_where_the_kernel_does_not_run(monkeypatch, tm
     import lmforge.model as model_package
     from lmforge.model import inference_layout, vnni
     monkeypatch.setenv("LMFORGE_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("CXX", "false")
     monkeypatch.setattr(vnni.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
     assert vnni.build() is None and not list(tmp_path.iterdir())
     monkeypatch.setattr(model_package, "int4_kernel_works", lambda: False)

@@ -1,6 +1,7 @@
-"""The int4 product on x86 CPUs with AVX-512 VNNI: a small C kernel, built with the machine's C
-compiler on first use (as inductor builds its CPU kernels) and called as the PyTorch operator
-`lmforge::int4_product`, eagerly and from compiled decode steps alike.
+"""The int4 product on x86 CPUs with AVX-512 VNNI: a small C++ kernel, built with the machine's C++
+compiler on first use (as inductor builds its CPU kernels, against the same PyTorch headers) and
+registered from C++ as the PyTorch operator `lmforge::int4_product`, called eagerly and from
+compiled decode steps alike.
 
 inductor writes `Int4Linear`'s product as a float loop: per weight, unpack the nibble, convert
 it to float, multiply-add (about 11 vector instructions per 32 weights on this project's 2-core
@@ -17,12 +18,16 @@ unpack instructions (the last outputs, past a multiple of 64, by one `vpermb`: A
 Through the 25 int4 matrices of the CPU anchor's 6 x 384 Llama at batch 1, on 2 threads: 143 us
 a token against 693 us for inductor's fused float loop (114 us on a lane-major copy of the
 weights, which would double their memory; with one `vpermb` per 16 outputs the whole step ran at
-703 tokens/s against 1,037 with the unpacks, minutes apart).
+703 tokens/s against 1,037 with the unpacks, minutes apart). The operator is registered through
+PyTorch's stable C++ ABI (`STABLE_TORCH_LIBRARY`), so a compiled step calls it without Python in
+between: the compiled int4 step went from 968-1,129 to 1,110-1,157 tokens/s (processes
+alternating, `benchmarks/decode_profile.py --compile --bits 4 --threads 2`) against a Python
+implementation calling the kernel through ctypes.
 
-Where the kernel cannot be built or run (no C compiler, another architecture, a CPU without
+Where the kernel cannot be built or run (no C++ compiler, another architecture, a CPU without
 AVX-512 VNNI and VBMI) or gives a wrong answer on its self-test, `int4_kernel_works()` is False
 and `Int4Linear` keeps its float products. Built kernels are kept in LMFORGE_KERNEL_CACHE
-(default ~/.cache/lmforge/kernels), one per source, compiler and CPU.
+(default ~/.cache/lmforge/kernels), one per source, compiler, PyTorch and CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ import torch
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #include <immintrin.h>
 #define READY 1
@@ -50,7 +58,7 @@ SOURCE = r"""
 #define READY 0
 #endif
 
-int lmforge_int4_ready(void) { return READY; }
+extern "C" int lmforge_int4_ready(void) { return READY; }
 
 /* y (M, N) = step[m] * sum_g scales[g, n] * dot_g(xq[m], q[n]) + sum_g offsets[g, n] * sums[m, g].
    w: the packed int4 weight stored column-major, (K / 2, N) bytes: byte (c, n) holds input 2c of
@@ -144,9 +152,9 @@ static void tile16(const int8_t* xq, const float* step, const float* sums, const
 }
 #endif
 
-void lmforge_int4_product(const int8_t* xq, const float* step, const float* sums, const uint8_t* w,
-                          const float* scales, const float* offsets, float* y,
-                          int64_t M, int64_t N, int64_t K, int64_t group) {
+static void int4_kernel(const int8_t* xq, const float* step, const float* sums, const uint8_t* w,
+                        const float* scales, const float* offsets, float* y,
+                        int64_t M, int64_t N, int64_t K, int64_t group) {
 #if READY
     const int64_t wide = N / 64, tiles = wide + (N - 64 * wide + 15) / 16;
     #pragma omp parallel for schedule(static)
@@ -158,9 +166,45 @@ void lmforge_int4_product(const int8_t* xq, const float* step, const float* sums
     }
 #endif
 }
+
+/* The operator, registered with PyTorch's dispatcher from C++ (its stable ABI), so a compiled
+   step calls it without going through Python. */
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+static bool column_major(const Tensor& t) {
+    return t.dim() == 2 && t.stride(0) == 1 && (t.size(1) == 1 || t.stride(1) == t.size(0));
+}
+
+static Tensor int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, Tensor offsets) {
+    STD_TORCH_CHECK(READY, "lmforge::int4_product needs AVX-512 VNNI and VBMI");
+    STD_TORCH_CHECK(xq.dim() == 2 && xq.scalar_type() == ScalarType::Char && step.scalar_type() == ScalarType::Float
+                    && sums.scalar_type() == ScalarType::Float && weight.scalar_type() == ScalarType::Byte
+                    && scales.scalar_type() == ScalarType::Float && offsets.scalar_type() == ScalarType::Float,
+                    "lmforge::int4_product: int8 inputs, float32 steps, sums, scales and offsets, uint8 weight");
+    STD_TORCH_CHECK(column_major(weight) && column_major(scales) && column_major(offsets),
+                    "lmforge::int4_product: weight, scales and offsets laid out column-major (inference_layout)");
+    xq = torch::stable::contiguous(xq);
+    step = torch::stable::contiguous(step);
+    sums = torch::stable::contiguous(sums);
+    const int64_t M = xq.size(0), K = xq.size(1), N = weight.size(0);
+    Tensor y = torch::stable::new_empty(step, {M, N});
+    int4_kernel((const int8_t*)xq.data_ptr(), (const float*)step.data_ptr(), (const float*)sums.data_ptr(),
+                (const uint8_t*)weight.data_ptr(), (const float*)scales.data_ptr(), (const float*)offsets.data_ptr(),
+                (float*)y.data_ptr(), M, N, K, K / scales.size(1));
+    return y;
+}
+
+STABLE_TORCH_LIBRARY_FRAGMENT(lmforge, m) {
+    m.def("int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, Tensor offsets) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
+    m.impl("int4_product", TORCH_BOX(&int4_product));
+}
 """
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-_LIBRARY: torch.library.Library | None = None          # keeps the operator registered
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_FAKE_REGISTERED = False
 _REGISTERING = threading.Lock()
 
 
@@ -175,60 +219,53 @@ def _cpu_flags() -> str:
         return ""
 
 
+def _torch_flags() -> tuple[str, ...]:
+    """Compile against the running PyTorch's headers and link its libraries (the operator's
+    registration), as inductor's CPU kernels do."""
+    root = Path(torch.__file__).parent
+    return (f"-I{root / 'include'}", f"-L{root / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{root / 'lib'}")
+
+
 def build() -> Path | None:
-    """The kernel's shared library, compiled once per source, compiler and CPU (None: no compiler,
-    not x86-64, or the build failed). Written whole or not at all, so processes may race."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    """The kernel's shared library, compiled once per source, compiler, PyTorch and CPU (None: no
+    compiler, not x86-64, or the build failed). Written whole or not at all, so processes may race."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if compiler is None or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    key = hashlib.sha256("\0".join((SOURCE, *FLAGS, compiler, _cpu_flags())).encode()).hexdigest()[:16]
+    flags = (*FLAGS, *_torch_flags())
+    key = hashlib.sha256("\0".join((SOURCE, *flags, compiler, torch.__version__, _cpu_flags())).encode()).hexdigest()[:16]
     try:
         path = cache_dir() / f"int4_vnni_{key}.so"
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            source, built = Path(tmp) / "int4.c", Path(tmp) / "int4.so"
+            source, built = Path(tmp) / "int4.cpp", Path(tmp) / "int4.so"
             source.write_text(SOURCE)
-            subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True,
-                           timeout=120)
+            subprocess.run([compiler, str(source), "-o", str(built), *flags], check=True, capture_output=True,
+                           timeout=300)
             os.replace(built, path)
     except (OSError, RuntimeError, subprocess.SubprocessError):     # RuntimeError: no home directory
         return None
     return path
 
 
-def _register(kernel) -> None:
+def _register_fake() -> None:
+    """The operator's shape function for inductor, once (two threads may both ask
+    `int4_kernel_works` first)."""
+    global _FAKE_REGISTERED
     with _REGISTERING:
-        if _LIBRARY is None:                   # two threads may both ask `int4_kernel_works` first
-            _define(kernel)
-
-
-def _define(kernel) -> None:
-    global _LIBRARY
-    _LIBRARY = torch.library.Library("lmforge", "FRAGMENT")
-    _LIBRARY.define("int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, "
-                    "Tensor offsets) -> Tensor")
-
-    def product(xq, step, sums, weight, scales, offsets):
-        (m, k), n = xq.shape, weight.shape[0]
-        assert all(t.t().is_contiguous() for t in (weight, scales, offsets)), "laid out by inference_layout"
-        xq, step, sums = xq.contiguous(), step.float().contiguous(), sums.float().contiguous()
-        y = torch.empty(m, n, dtype=torch.float32)
-        kernel(xq.data_ptr(), step.data_ptr(), sums.data_ptr(), weight.data_ptr(), scales.data_ptr(),
-               offsets.data_ptr(), y.data_ptr(), m, n, k, k // scales.shape[1])
-        return y
-
-    _LIBRARY.impl("int4_product", product, "CPU")
-    torch.library.register_fake("lmforge::int4_product", lambda xq, step, sums, weight, scales, offsets:
-                                xq.new_empty(xq.shape[0], weight.shape[0], dtype=torch.float32), lib=_LIBRARY)
+        if not _FAKE_REGISTERED:
+            torch.library.register_fake("lmforge::int4_product", lambda xq, step, sums, weight, scales, offsets:
+                                        xq.new_empty(xq.shape[0], weight.shape[0], dtype=torch.float32))
+            _FAKE_REGISTERED = True
 
 
 @functools.cache
 def int4_kernel_works() -> bool:
     """Whether `lmforge::int4_product` runs here and passes its self-test; asked once per process,
     when `inference_layout` first lays out an Int4Linear (a built kernel loads in ~1 ms; the first
-    build takes ~0.3 s)."""
+    build takes ~2 s). Loading the library registers the operator."""
     path = build()
     if path is None:
         return False
@@ -238,9 +275,7 @@ def int4_kernel_works() -> bool:
         return False
     if not library.lmforge_int4_ready():
         return False
-    kernel = library.lmforge_int4_product
-    kernel.argtypes, kernel.restype = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4, None
-    _register(kernel)
+    _register_fake()
     return _self_test()
 
 
