@@ -60,11 +60,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, tied weights stored once (safetensors refuses shared storage)."""
-    seen: dict[int, str] = {}
+    """Contiguous CPU tensors, tied weights stored once (safetensors refuses shared storage). Tied
+    means the same view of the same storage: a loaded model's weights may all be views of one
+    block (`model.huge_pages`)."""
+    seen: dict[tuple, str] = {}
     out: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
-        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype) if t.device.type != "meta" else (id(t),)
         if key in seen and t.numel() > 0:
             continue  # a tied copy (e.g. lm_head.weight = tok_emb.weight)
         seen[key] = name
@@ -77,8 +79,10 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write `tensors` (contiguous CPU tensors, no shared storage) as safetensors."""
+    """Atomically write `tensors` (contiguous CPU tensors, no two the same) as safetensors; a view of
+    a larger storage (a loaded model's weights in one block) is copied out first."""
     from safetensors.torch import save_file
+    tensors = {k: t if t.untyped_storage().nbytes() == t.nbytes else t.clone() for k, t in tensors.items()}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
 
 

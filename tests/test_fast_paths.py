@@ -114,6 +114,59 @@ def test_cpu_inference_layout_keeps_logits_state_dict_and_tied_weights(tmp_path)
     assert generate_ids(plain, [[5, 6, 7]], cfg)[0] == generate_ids(fast, [[5, 6, 7]], cfg)[0]
 
 
+def _mapping_of(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds `address`."""
+    fields, inside = {}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside:
+                fields[head.rstrip(":")] = line.split(None, 1)[1].strip()
+    return fields
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_HUGEPAGE"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+def test_cpu_inference_layout_puts_float_weights_on_huge_pages(tmp_path):
+    """A loaded float model's weights move into one mapping advised for 2 MiB pages: values,
+    strides (column-major on one thread), tied weights and logits stay; it is done once; saving
+    writes every tensor (not one per shared block); quantized models stay where they are; the
+    compiled step on it decodes the eager tokens."""
+    from lmforge.generate import GenerationConfig, generate_ids
+    from lmforge.model import inference_layout
+    from lmforge.model.huge_pages import on_huge_pages, weights_on_huge_pages
+    from lmforge.modeldir import read_weights, save_weights, state_dict_for_save
+    from lmforge.quantize.model import quantize_model
+    torch.manual_seed(0)
+    plain = build_model(get_preset("gpt-tiny", vocab_size=10000)).eval()          # ~3 MB of weights
+    with torch_threads(1):
+        fast = inference_layout(copy.deepcopy(plain), "cpu")
+    block = fast.__dict__["_huge_pages"]
+    assert on_huge_pages(fast) and not on_huge_pages(plain) and block.data_ptr() % (2 << 20) == 0
+    assert all(block.data_ptr() <= t.data_ptr() < block.data_ptr() + block.numel() for t in fast.state_dict().values())
+    assert fast.transformer.blocks[0].attn.qkv.weight.stride() == (1, 192)
+    assert fast.lm_head.weight is fast.transformer.tok_emb.weight
+    if "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read():
+        assert _mapping_of(block.data_ptr()).get("THPeligible") == "1"
+    weights_on_huge_pages(fast)
+    assert fast.__dict__["_huge_pages"] is block                                # once
+    x = torch.randint(0, 10000, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x))
+    save_weights(fast, tmp_path / "model.safetensors")
+    saved, _ = read_weights(tmp_path / "model.safetensors")
+    want = state_dict_for_save(plain)
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], v) for k, v in want.items())
+    quantized = copy.deepcopy(plain)
+    quantize_model(quantized, 8)
+    assert not on_huge_pages(inference_layout(quantized, "cpu"))
+    eager, compiled = GenerationConfig(max_new_tokens=12, greedy=True, compile=False), \
+        GenerationConfig(max_new_tokens=12, greedy=True, compile=True)
+    assert generate_ids(fast, [[5, 6, 7]], compiled)[0] == generate_ids(plain, [[5, 6, 7]], eager)[0]
+
+
 def test_cpu_dropout_keeps_nn_dropouts_distribution_and_gradient():
     """lmforge's CPU dropout draws a uniform mask instead of bernoulli_: each unit is kept with
     probability 1 - p and scaled by 1 / (1 - p), the gradient passes through the same mask, a
