@@ -132,8 +132,8 @@ def _mapping_of(address: int) -> dict[str, str]:
 def test_cpu_inference_layout_puts_float_weights_on_huge_pages(tmp_path):
     """A loaded float model's weights move into one mapping advised for 2 MiB pages: values,
     strides (column-major on one thread), tied weights and logits stay; it is done once; saving
-    writes every tensor (not one per shared block); quantized models stay where they are; the
-    compiled step on it decodes the eager tokens."""
+    writes every tensor (not one per shared block); quantized models stay where they are, and so
+    does any with LMFORGE_HUGE_PAGES=0; the compiled step on it decodes the eager tokens."""
     from lmforge.generate import GenerationConfig, generate_ids
     from lmforge.model import inference_layout
     from lmforge.model.huge_pages import on_huge_pages, weights_on_huge_pages
@@ -162,6 +162,9 @@ def test_cpu_inference_layout_puts_float_weights_on_huge_pages(tmp_path):
     quantized = copy.deepcopy(plain)
     quantize_model(quantized, 8)
     assert not on_huge_pages(inference_layout(quantized, "cpu"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LMFORGE_HUGE_PAGES", "0")
+        assert not on_huge_pages(inference_layout(copy.deepcopy(plain), "cpu"))
     eager, compiled = GenerationConfig(max_new_tokens=12, greedy=True, compile=False), \
         GenerationConfig(max_new_tokens=12, greedy=True, compile=True)
     assert generate_ids(fast, [[5, 6, 7]], compiled)[0] == generate_ids(plain, [[5, 6, 7]], eager)[0]

@@ -21,16 +21,19 @@ and each old storage is freed as soon as it is copied, so memory does not double
 shapes and the state dict are unchanged; the tensors become views of the one mapping
 (`modeldir.save_tensors` copies such views out before writing). Where the kernel refuses the
 advice (another OS, huge pages turned off) the copy still costs nothing more than a copy.
+`LMFORGE_HUGE_PAGES=0` leaves the weights where PyTorch allocated them.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 
 import torch
 import torch.nn as nn
 
 HUGE_PAGE = 2 << 20
+OFF = "LMFORGE_HUGE_PAGES"       # =0: leave the weights where PyTorch allocated them
 _ALIGN = 64                      # bytes between storages in the mapping: a cache line
 
 
@@ -54,12 +57,12 @@ def on_huge_pages(model: nn.Module) -> bool:
 def weights_on_huge_pages(model: nn.Module) -> nn.Module:
     """Move the weights of a CPU model into one mapping backed by 2 MiB pages (see the module doc);
     a model on another device, with tensor subclasses (FSDP's DTensors), with quantized weight
-    matrices (integer tensors: see the module doc), of less than a huge page of weights, or
-    already moved is left as it is."""
+    matrices (integer tensors: see the module doc), of less than a huge page of weights, already
+    moved, or with LMFORGE_HUGE_PAGES=0 is left as it is."""
     tensors = _weights(model)
     if not tensors or any(t.device.type != "cpu" or type(t) not in (torch.Tensor, nn.Parameter) for t in tensors) \
             or any(t.dim() == 2 and not t.is_floating_point() for t in tensors) \
-            or on_huge_pages(model) or not hasattr(mmap, "MADV_HUGEPAGE"):
+            or on_huge_pages(model) or not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get(OFF) == "0":
         return model                            # (a sharded DTensor keeps the storage its mesh gave it)
     storages: dict[int, torch.UntypedStorage] = {}
     for t in tensors:
