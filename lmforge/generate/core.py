@@ -21,7 +21,6 @@ from typing import Iterator
 import torch
 
 from ..errors import LmforgeError
-from ..model.huge_pages import weights_on_huge_pages
 from ..model.linear import row_major_layout
 from ..options import SEED, bounds, every, option, validate
 from .sampling import MAX_LOGPROBS
@@ -149,7 +148,6 @@ def compiled_decode_step(model, shape: tuple[int, bool] = (1, False)):
             steps["cuda"] = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True, dynamic=False)
         return steps["cuda"]
     row_major_layout(model)                         # first: the layout is part of the model's signature
-    weights_on_huge_pages(model)                    # again if the row-major layout made new tensors
     steps = steps_for(model, "_compiled_decode_step")
     if shape not in steps:
         steps[shape] = compile_unguarded(decode_one_token, f"decode_step_{shape[0]}{'_rolling' * shape[1]}")

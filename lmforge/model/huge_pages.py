@@ -64,13 +64,10 @@ def weights_on_huge_pages(model: nn.Module) -> nn.Module:
             or any(t.dim() == 2 and not t.is_floating_point() for t in tensors) \
             or on_huge_pages(model) or not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get(OFF) == "0":
         return model                            # (a sharded DTensor keeps the storage its mesh gave it)
-    storages: dict[int, torch.UntypedStorage] = {}
+    users: dict[int, tuple[torch.UntypedStorage, list[torch.Tensor]]] = {}     # per storage: the tensors on it
     for t in tensors:
-        storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage())
-    offsets, size = {}, 0
-    for ptr, storage in storages.items():
-        offsets[ptr] = size
-        size += _round_up(storage.nbytes(), _ALIGN)
+        users.setdefault(t.untyped_storage().data_ptr(), (t.untyped_storage(), []))[1].append(t)
+    size = sum(_round_up(storage.nbytes(), _ALIGN) for storage, _ in users.values())
     if size < HUGE_PAGE:
         return model
     region = mmap.mmap(-1, _round_up(size, HUGE_PAGE) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -80,16 +77,14 @@ def weights_on_huge_pages(model: nn.Module) -> nn.Module:
         region.madvise(mmap.MADV_HUGEPAGE, skip, _round_up(size, HUGE_PAGE))
     except OSError:                                             # huge pages off: still one block
         pass
-    block = block[skip: skip + size]
-    users: dict[int, list[torch.Tensor]] = {}
-    for t in tensors:
-        users.setdefault(t.untyped_storage().data_ptr(), []).append(t)
-    for ptr, storage in storages.items():
-        at = offsets[ptr]
+    block, at = block[skip: skip + size], 0
+    while users:                                # popped, so each old storage is freed once copied
+        storage, on_it = users.popitem()[1]
         space = block[at: at + storage.nbytes()]
         space.copy_(torch.empty(0, dtype=torch.uint8).set_(storage))
-        for t in users[ptr]:
+        for t in on_it:
             typed = space.view(t.dtype)
             t.data = typed.as_strided(t.shape, t.stride(), typed.storage_offset() + t.storage_offset())
+        at += _round_up(storage.nbytes(), _ALIGN)
     model.__dict__["_huge_pages"] = block
     return model

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .huge_pages import weights_on_huge_pages
+
 FUSED_ROWS = 8     # most input rows (batch x tokens) for which a compiled step writes the product as a sum
 
 
@@ -141,8 +143,12 @@ def row_major_layout(model: nn.Module) -> nn.Module:
     """Give every `Linear` weight row-major storage again (undoing `inference_layout`'s column-major
     CPU layout), for a compiled decode step's sum-form products; values, names and the state dict
     stay the same. Eager products on the model then run on row-major weights: split over the
-    threads where there are two or more, else MKL's GEMV ~1.4x slower than on column-major."""
+    threads where there are two or more, else MKL's GEMV ~1.4x slower than on column-major.
+    Weights it re-lays go back into one block on 2 MiB pages (`huge_pages`), as `inference_layout`
+    left them."""
+    changed = False
     for module in model.modules():
         if isinstance(module, Linear) and not module.weight.is_contiguous():
             module.weight.data = module.weight.data.contiguous()
-    return model
+            changed = True
+    return weights_on_huge_pages(model) if changed else model      # the new tensors back into one block
