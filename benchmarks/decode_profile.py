@@ -19,7 +19,7 @@ import torch
 from common import lmforge_llama
 
 GEMV = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
-        "lmforge::int4_product")
+        "lmforge::int4_product", "lmforge::int8_product")
 COMPILED = ("Torch-Compiled Region", "CompiledFunction", "## Call CompiledFxGraph")
 
 

@@ -162,11 +162,11 @@ def _kernel_or_skip():
     where it can, it must build, register and pass its self-test."""
     import shutil
     from pathlib import Path
-    from lmforge.model.vnni import _cpu_flags, int4_kernel_works
+    from lmforge.model.vnni import _cpu_flags, kernels_work
     flags = _cpu_flags().split()
     if not (shutil.which("c++") and Path("/proc/cpuinfo").exists() and "avx512_vnni" in flags and "avx512vbmi" in flags):
         pytest.skip("the int4 kernel needs x86-64 with AVX-512 VNNI and VBMI and a C++ compiler")
-    assert int4_kernel_works(), "the CPU and compiler can run the int4 kernel, but it did not build or pass its self-test"
+    assert kernels_work(), "the CPU and compiler can run the int4 kernel, but it did not build or pass its self-test"
 
 
 def test_int4_kernel_multiplies_in_integers_once_laid_out():
@@ -202,21 +202,55 @@ def test_int4_kernel_multiplies_in_integers_once_laid_out():
     torch.testing.assert_close(dequantized, floats)
 
 
-def test_int4_keeps_float_products_where_the_kernel_does_not_run(monkeypatch, tmp_path):
+def test_int8_kernel_multiplies_few_rows_in_integers_once_laid_out():
+    """Laid out by inference_layout on a CPU with AVX-512 VNNI, Int8Linear's products of at most 4
+    rows (a decode step's) run on `lmforge::int8_product`, which quantizes each row inside: equal
+    to the same integer arithmetic done in int64 and to oneDNN's `torch._int_mm` path (which more
+    rows keep), compiled as eagerly. 37 outputs take a tile of 16 and a partial one; 100 inputs a
+    block of 64 and a partial one."""
+    from lmforge.model import inference_layout
+    from lmforge.model.quantized import int8_product
+    _kernel_or_skip()
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(torch.nn.Linear(100, 37))
+    x = torch.randn(1, 3, 100) * torch.tensor([0.1, 1.0, 10.0])[:, None]          # rows of different scales
+    inference_layout(torch.nn.ModuleList([layer]), "cpu")
+    assert layer.kernel and layer.weight.is_contiguous()
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        y = layer(x)
+    assert any(e.name == "lmforge::int8_product" for e in profile.events())
+    rows = x.reshape(3, 100)
+    step = rows.abs().amax(-1, keepdim=True) / 127
+    exact = (torch.round(rows / step).long() @ layer.weight.long().T).float() * step * layer.scales + layer.bias
+    torch.testing.assert_close(y, exact.reshape(1, 3, 37), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, int8_product(x, layer.weight) * layer.scales + layer.bias, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        compiled = torch.compile(layer)(x[:, :1])
+        many = torch.randn(5, 100)                                                  # 5 rows: oneDNN's product
+        with torch.profiler.profile() as profile:
+            y_many = layer(many)
+    torch.testing.assert_close(compiled, y[:, :1], rtol=1e-6, atol=1e-6)
+    assert not any(e.name == "lmforge::int8_product" for e in profile.events())
+    torch.testing.assert_close(y_many, int8_product(many, layer.weight) * layer.scales + layer.bias)
+
+
+def test_quantized_layers_keep_their_products_where_the_kernels_do_not_run(monkeypatch, tmp_path):
     """No compiler (or a failing one): no kernel is built, and a laid-out Int4Linear keeps the
-    float product it had before."""
+    float product it had before, an Int8Linear oneDNN's."""
     import lmforge.model as model_package
     from lmforge.model import inference_layout, vnni
     monkeypatch.setenv("LMFORGE_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
     monkeypatch.setattr(vnni.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
     assert vnni.build() is None and not list(tmp_path.iterdir())
-    monkeypatch.setattr(model_package, "int4_kernel_works", lambda: False)
+    monkeypatch.setattr(model_package, "kernels_work", lambda: False)
     torch.manual_seed(0)
     layer = Int4Linear.from_linear(torch.nn.Linear(64, 32), group_size=16)
+    layer8 = Int8Linear.from_linear(torch.nn.Linear(64, 32))
     x = torch.randn(3, 64)
     with torch.no_grad():
-        before = layer(x)
-        inference_layout(torch.nn.ModuleList([layer]), "cpu")
-        assert not layer.integer_products
+        before, before8 = layer(x), layer8(x)
+        inference_layout(torch.nn.ModuleList([layer, layer8]), "cpu")
+        assert not layer.integer_products and not layer8.kernel
         torch.testing.assert_close(layer(x), before)
+        torch.testing.assert_close(layer8(x), before8)

@@ -20,9 +20,9 @@ from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .seq2seq import Seq2SeqLM
 from .linear import Linear, packable, splits
-from .quantized import Int4Linear
+from .quantized import Int4Linear, Int8Linear
 from .huge_pages import weights_on_huge_pages
-from .vnni import int4_kernel_works
+from .vnni import kernels_work
 from .weights import load_weights_into, replace_module, shared_parameters
 
 FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel,
@@ -92,7 +92,9 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
                 if w.dim() == 2 and w.stride() != (1, w.shape[0]):
                     w.data = w.data.t().contiguous().t()
         if isinstance(module, Int4Linear):
-            module.integer_products = module.kernel_layout() and int4_kernel_works()
+            module.integer_products = module.kernel_layout() and kernels_work()
+        if isinstance(module, Int8Linear):
+            module.kernel = module.kernel_layout() and kernels_work()
     return weights_on_huge_pages(model)
 
 

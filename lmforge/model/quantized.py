@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import vnni
 from .linear import fused_gemv, gemv_as_sum
-from .vnni import int4_product
 from .weights import replace_module
 
 
@@ -85,8 +85,12 @@ def int8_product(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
+KERNEL_ROWS = 4   # most input rows that Int8Linear multiplies by `lmforge::int8_product` (more: oneDNN's)
+
+
 class Int8Linear(nn.Module):
     integer_products = False      # set per instance from `integer_products_work()` (a module from before: floats)
+    kernel = False                # set by `inference_layout` where `lmforge::int8_product` runs (vnni.py)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype: torch.dtype = torch.float32):
@@ -107,13 +111,21 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.integer_products and integer_inputs(x):
+        if self.kernel and x.numel() <= KERNEL_ROWS * x.shape[-1] and integer_inputs(x) and self.kernel_layout():
+            y = vnni.int8_product(x, self.weight, self.scales).to(x.dtype)
+        elif self.integer_products and integer_inputs(x):
             y = int8_product(x, self.weight) * self.scales.to(x.dtype)
         elif fused_gemv(x):
             y = gemv_as_sum(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)  # per-output-channel scale
         return y + self.bias.to(x.dtype) if self.bias is not None else y
+
+    def kernel_layout(self) -> bool:
+        """Whether the weight and scales are where `lmforge::int8_product` reads them: on the CPU,
+        row-major, float32 scales."""
+        return (self.weight.device.type == "cpu" and self.scales.dtype == torch.float32
+                and self.weight.is_contiguous() and self.scales.is_contiguous())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
@@ -144,7 +156,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.integer_products and integer_inputs(x) and self.kernel_layout():
-            y = int4_product(x, self.weight, self.scales, self.offsets).to(x.dtype)
+            y = vnni.int4_product(x, self.weight, self.scales, self.offsets).to(x.dtype)
         elif fused_gemv(x):
             y = self._fused_gemv(x)
         else:

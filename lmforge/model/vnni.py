@@ -25,7 +25,7 @@ alternating, `benchmarks/decode_profile.py --compile --bits 4 --threads 2`) agai
 implementation calling the kernel through ctypes.
 
 Where the kernel cannot be built or run (no C++ compiler, another architecture, a CPU without
-AVX-512 VNNI and VBMI) or gives a wrong answer on its self-test, `int4_kernel_works()` is False
+AVX-512 VNNI and VBMI) or gives a wrong answer on its self-test, `kernels_work()` is False
 and `Int4Linear` keeps its float products. Built kernels are kept in LMFORGE_KERNEL_CACHE
 (default ~/.cache/lmforge/kernels), one per source, compiler, PyTorch and CPU.
 """
@@ -48,6 +48,7 @@ import torch
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -167,6 +168,96 @@ static void int4_kernel(const int8_t* xq, const float* step, const float* sums, 
 #endif
 }
 
+/* The int8 product, y (M, N) = step[m] * scales[n] * sum_k xq[m, k] * w[n, k], from the row-major
+   weight (N, K) int8 as `Int8Linear` stores it. vpdpbusd multiplies unsigned by signed bytes, so
+   each weight byte is read as w + 128 (its top bit flipped: one xor) against the signed inputs,
+   and 128 * sum_k xq[m, k] (`xsums`) is taken off at the end. 16 outputs at a time: 16 int32
+   accumulators of 16 lanes each, summed into one register of 16 outputs by a tree of 15 adds. */
+#if READY
+static inline __m512i sum16(__m512i* a) {
+    __m512i t[8], u[4], v[2];
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]), _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        v[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_i32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(v[0], v[1], 0x88), _mm512_shuffle_i32x4(v[0], v[1], 0xDD));
+}
+
+static void rows16(const int8_t* xq, const float* step, const float* xsums, const int8_t* w, const float* scales,
+                   float* y, int64_t M, int64_t N, int64_t K, int64_t n0) {
+    const int64_t left = N - n0, full = K / 64;
+    const __mmask16 out_mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask64 tail = (__mmask64)((K % 64) ? ((1ull << (K % 64)) - 1) : 0);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int8_t* row[16];
+    for (int r = 0; r < 16; r++) row[r] = w + (n0 + (r < left ? r : 0)) * K;   /* rows past N: repeat one, not stored */
+    const __m512 scale = _mm512_maskz_loadu_ps(out_mask, scales + n0);
+    for (int64_t m = 0; m < M; m++) {
+        const int8_t* xm = xq + m * K;
+        __m512i acc[16];
+        for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_si512();
+        for (int r = 0; r < 16; r++)          /* row by row: the tile's 16 x K bytes are read in order */
+            for (int64_t b = 0; b < full; b++)
+                acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_xor_si512(_mm512_loadu_si512((const void*)(row[r] + 64 * b)), flip),
+                                             _mm512_loadu_si512((const void*)(xm + 64 * b)));
+        if (tail) {          /* inputs past K load as 0, so their flipped weights (128) add nothing */
+            const __m512i xv = _mm512_maskz_loadu_epi8(tail, xm + 64 * full);
+            for (int r = 0; r < 16; r++)
+                acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, row[r] + 64 * full), flip), xv);
+        }
+        const __m512i dots = _mm512_sub_epi32(sum16(acc), _mm512_set1_epi32((int32_t)xsums[m] * 128));
+        _mm512_mask_storeu_ps(y + m * N + n0, out_mask,
+                              _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), scale), _mm512_set1_ps(step[m])));
+    }
+}
+#endif
+
+/* Each row of x quantized to int8 as `quantized.int8_product` does it (its largest magnitude at
+   127, rounded half to even), with its step and the sum of its int8 values. */
+static void quantize_rows(const float* x, int8_t* xq, float* step, float* xsums, int64_t M, int64_t K) {
+#if READY
+    for (int64_t m = 0; m < M; m++) {
+        const float* xm = x + m * K;
+        __m512 top = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 mask = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, xm + k)));
+        }
+        float amax = _mm512_reduce_max_ps(top);
+        const __m512 s = _mm512_set1_ps((amax > 1e-12f ? amax : 1e-12f) / 127.0f);
+        __m512i sums = _mm512_setzero_si512();
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 mask = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mask, xm + k), s),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+            const __m512i q = _mm512_maskz_cvtps_epi32(mask, v);
+            sums = _mm512_add_epi32(sums, q);
+            _mm_mask_storeu_epi8(xq + m * K + k, mask, _mm512_cvtsepi32_epi8(q));
+        }
+        step[m] = _mm512_cvtss_f32(s);
+        xsums[m] = (float)_mm512_reduce_add_epi32(sums);
+    }
+#endif
+}
+
+static void int8_kernel(const float* x, const int8_t* w, const float* scales, float* y, int64_t M, int64_t N, int64_t K) {
+#if READY
+    int8_t* xq = (int8_t*)aligned_alloc(64, (size_t)((M * K + 63) / 64 * 64));
+    float* step = (float*)aligned_alloc(64, (size_t)((2 * M * 4 + 63) / 64 * 64));
+    float* xsums = step + M;
+    quantize_rows(x, xq, step, xsums, M, K);
+    const int64_t tiles = (N + 15) / 16;
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tiles; t++)
+        rows16(xq, step, xsums, w, scales, y, M, N, K, 16 * t);
+    free(xq);
+    free(step);
+#endif
+}
+
 /* The operator, registered with PyTorch's dispatcher from C++ (its stable ABI), so a compiled
    step calls it without going through Python. */
 using torch::stable::Tensor;
@@ -195,12 +286,29 @@ static Tensor int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, T
     return y;
 }
 
+static Tensor int8_product(Tensor x, Tensor weight, Tensor scales) {
+    STD_TORCH_CHECK(READY, "lmforge::int8_product needs AVX-512 VNNI and VBMI");
+    STD_TORCH_CHECK(x.dim() == 2 && x.scalar_type() == ScalarType::Float && weight.scalar_type() == ScalarType::Char
+                    && scales.scalar_type() == ScalarType::Float,
+                    "lmforge::int8_product: float32 inputs and scales, int8 weight");
+    STD_TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && scales.is_contiguous() && weight.size(1) == x.size(1)
+                    && scales.numel() == weight.size(0), "lmforge::int8_product: a row-major (out, in) weight, (out,) scales");
+    x = torch::stable::contiguous(x);
+    const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+    Tensor y = torch::stable::new_empty(x, {M, N});
+    int8_kernel((const float*)x.data_ptr(), (const int8_t*)weight.data_ptr(), (const float*)scales.data_ptr(),
+                (float*)y.data_ptr(), M, N, K);
+    return y;
+}
+
 STABLE_TORCH_LIBRARY_FRAGMENT(lmforge, m) {
     m.def("int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, Tensor offsets) -> Tensor");
+    m.def("int8_product(Tensor x, Tensor weight, Tensor scales) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
     m.impl("int4_product", TORCH_BOX(&int4_product));
+    m.impl("int8_product", TORCH_BOX(&int8_product));
 }
 """
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -252,19 +360,21 @@ def build() -> Path | None:
 
 def _register_fake() -> None:
     """The operator's shape function for inductor, once (two threads may both ask
-    `int4_kernel_works` first)."""
+    `kernels_work` first)."""
     global _FAKE_REGISTERED
     with _REGISTERING:
         if not _FAKE_REGISTERED:
             torch.library.register_fake("lmforge::int4_product", lambda xq, step, sums, weight, scales, offsets:
                                         xq.new_empty(xq.shape[0], weight.shape[0], dtype=torch.float32))
+            torch.library.register_fake("lmforge::int8_product", lambda x, weight, scales:
+                                        x.new_empty(x.shape[0], weight.shape[0]))
             _FAKE_REGISTERED = True
 
 
 @functools.cache
-def int4_kernel_works() -> bool:
-    """Whether `lmforge::int4_product` runs here and passes its self-test; asked once per process,
-    when `inference_layout` first lays out an Int4Linear (a built kernel loads in ~1 ms; the first
+def kernels_work() -> bool:
+    """Whether `lmforge::int4_product` and `lmforge::int8_product` run here and pass their
+    self-tests; asked once per process, when `inference_layout` first lays out a quantized layer (a built kernel loads in ~1 ms; the first
     build takes ~2 s). Loading the library registers the operator."""
     path = build()
     if path is None:
@@ -276,7 +386,7 @@ def int4_kernel_works() -> bool:
     if not library.lmforge_int4_ready():
         return False
     _register_fake()
-    return _self_test()
+    return _self_test() and _int8_self_test()
 
 
 def _self_test() -> bool:
@@ -296,6 +406,17 @@ def _self_test() -> bool:
     return torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _int8_self_test() -> bool:
+    """The int8 kernel against the same arithmetic in int64: 37 outputs (two tiles, the second
+    partial) and 100 inputs (a partial last block of 64)."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randint(-127, 128, (37, 100), generator=generator, dtype=torch.int8)
+    scales, x = torch.rand(37, generator=generator), torch.randn(3, 100, generator=generator)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    want = (torch.round(x / step).long() @ q.long().t()).float() * step * scales
+    return torch.allclose(int8_product(x, q, scales), want, rtol=1e-5, atol=1e-5)
+
+
 def int4_product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """x (..., in) @ the int4 weight (`Int4Linear`'s packed bytes, scales and offsets, laid out
     column-major by `inference_layout`) .T: (..., out) float32, the input quantized per row to
@@ -308,4 +429,12 @@ def int4_product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, of
     xq = xq.view(-1, in_f // 8, 4, 2).transpose(-1, -2).reshape(-1, in_f)   # per 8 inputs: evens, then odds
     sums = rows.view(-1, in_f // group, group).sum(-1)
     y = torch.ops.lmforge.int4_product(xq, step, sums, weight, scales, offsets)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def int8_product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ `Int8Linear`'s row-major int8 weight (out, in) .T, times its float32 scales:
+    (..., out) float32, each input row quantized to int8 as `quantized.int8_product` does (inside
+    the operator, so a compiled step has no kernel of its own for it) and multiplied in integers."""
+    y = torch.ops.lmforge.int8_product(x.reshape(-1, x.shape[-1]).float(), weight, scales)
     return y.reshape(*x.shape[:-1], weight.shape[0])
