@@ -153,10 +153,33 @@ static void tile16(const int8_t* xq, const float* step, const float* sums, const
 }
 #endif
 
-static void int4_kernel(const int8_t* xq, const float* step, const float* sums, const uint8_t* w,
-                        const float* scales, const float* offsets, float* y,
+static void quantize_rows(const float* x, int8_t* xq, float* step, float* xsums, int64_t M, int64_t K,
+                          bool evens_first);
+
+/* The sum of each group of `group` inputs of each row of x (group a multiple of 8). */
+static void group_sums(const float* x, float* sums, int64_t M, int64_t K, int64_t group) {
+#if READY
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < K / group; g++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t k = g * group; k < (g + 1) * group; k += 16) {
+                const int64_t left = (g + 1) * group - k;
+                acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1),
+                                                               x + m * K + k));
+            }
+            sums[m * (K / group) + g] = _mm512_reduce_add_ps(acc);
+        }
+#endif
+}
+
+static void int4_kernel(const float* x, const uint8_t* w, const float* scales, const float* offsets, float* y,
                         int64_t M, int64_t N, int64_t K, int64_t group) {
 #if READY
+    int8_t* xq = (int8_t*)aligned_alloc(64, (size_t)((M * K + 63) / 64 * 64));
+    float* step = (float*)aligned_alloc(64, (size_t)((M * (2 + K / group) * 4 + 63) / 64 * 64));
+    float *xsums = step + M, *sums = step + 2 * M;
+    quantize_rows(x, xq, step, xsums, M, K, true);
+    group_sums(x, sums, M, K, group);
     const int64_t wide = N / 64, tiles = wide + (N - 64 * wide + 15) / 16;
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
@@ -165,6 +188,8 @@ static void int4_kernel(const int8_t* xq, const float* step, const float* sums, 
         else
             tile16(xq, step, sums, w, scales, offsets, y, M, N, K, group, 64 * wide + 16 * (t - wide));
     }
+    free(xq);
+    free(step);
 #endif
 }
 
@@ -215,9 +240,12 @@ static void rows16(const int8_t* xq, const float* step, const float* xsums, cons
 #endif
 
 /* Each row of x quantized to int8 as `quantized.int8_product` does it (its largest magnitude at
-   127, rounded half to even), with its step and the sum of its int8 values. */
-static void quantize_rows(const float* x, int8_t* xq, float* step, float* xsums, int64_t M, int64_t K) {
+   127, rounded half to even), with its step and the sum of its int8 values; `evens_first`: each
+   block of 8 inputs stored as its 4 even inputs, then its 4 odd ones (the int4 kernel's order,
+   K a multiple of 8). */
+static void quantize_rows(const float* x, int8_t* xq, float* step, float* xsums, int64_t M, int64_t K, bool evens_first) {
 #if READY
+    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
     for (int64_t m = 0; m < M; m++) {
         const float* xm = x + m * K;
         __m512 top = _mm512_setzero_ps();
@@ -235,7 +263,8 @@ static void quantize_rows(const float* x, int8_t* xq, float* step, float* xsums,
             v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
             const __m512i q = _mm512_maskz_cvtps_epi32(mask, v);
             sums = _mm512_add_epi32(sums, q);
-            _mm_mask_storeu_epi8(xq + m * K + k, mask, _mm512_cvtsepi32_epi8(q));
+            const __m128i bytes = _mm512_cvtsepi32_epi8(q);
+            _mm_mask_storeu_epi8(xq + m * K + k, mask, evens_first ? _mm_shuffle_epi8(bytes, order) : bytes);
         }
         step[m] = _mm512_cvtss_f32(s);
         xsums[m] = (float)_mm512_reduce_add_epi32(sums);
@@ -248,7 +277,7 @@ static void int8_kernel(const float* x, const int8_t* w, const float* scales, fl
     int8_t* xq = (int8_t*)aligned_alloc(64, (size_t)((M * K + 63) / 64 * 64));
     float* step = (float*)aligned_alloc(64, (size_t)((2 * M * 4 + 63) / 64 * 64));
     float* xsums = step + M;
-    quantize_rows(x, xq, step, xsums, M, K);
+    quantize_rows(x, xq, step, xsums, M, K, false);
     const int64_t tiles = (N + 15) / 16;
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tiles; t++)
@@ -267,22 +296,20 @@ static bool column_major(const Tensor& t) {
     return t.dim() == 2 && t.stride(0) == 1 && (t.size(1) == 1 || t.stride(1) == t.size(0));
 }
 
-static Tensor int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, Tensor offsets) {
+static Tensor int4_product(Tensor x, Tensor weight, Tensor scales, Tensor offsets) {
     STD_TORCH_CHECK(READY, "lmforge::int4_product needs AVX-512 VNNI and VBMI");
-    STD_TORCH_CHECK(xq.dim() == 2 && xq.scalar_type() == ScalarType::Char && step.scalar_type() == ScalarType::Float
-                    && sums.scalar_type() == ScalarType::Float && weight.scalar_type() == ScalarType::Byte
+    STD_TORCH_CHECK(x.dim() == 2 && x.scalar_type() == ScalarType::Float && weight.scalar_type() == ScalarType::Byte
                     && scales.scalar_type() == ScalarType::Float && offsets.scalar_type() == ScalarType::Float,
-                    "lmforge::int4_product: int8 inputs, float32 steps, sums, scales and offsets, uint8 weight");
+                    "lmforge::int4_product: float32 inputs, scales and offsets, uint8 weight");
     STD_TORCH_CHECK(column_major(weight) && column_major(scales) && column_major(offsets),
                     "lmforge::int4_product: weight, scales and offsets laid out column-major (inference_layout)");
-    xq = torch::stable::contiguous(xq);
-    step = torch::stable::contiguous(step);
-    sums = torch::stable::contiguous(sums);
-    const int64_t M = xq.size(0), K = xq.size(1), N = weight.size(0);
-    Tensor y = torch::stable::new_empty(step, {M, N});
-    int4_kernel((const int8_t*)xq.data_ptr(), (const float*)step.data_ptr(), (const float*)sums.data_ptr(),
-                (const uint8_t*)weight.data_ptr(), (const float*)scales.data_ptr(), (const float*)offsets.data_ptr(),
-                (float*)y.data_ptr(), M, N, K, K / scales.size(1));
+    const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), G = scales.size(1);
+    STD_TORCH_CHECK(weight.size(1) * 2 == K && K % 8 == 0 && G > 0 && K % G == 0 && (K / G) % 8 == 0,
+                    "lmforge::int4_product: inputs in eights, groups of a multiple of 8 inputs");
+    x = torch::stable::contiguous(x);
+    Tensor y = torch::stable::new_empty(x, {M, N});
+    int4_kernel((const float*)x.data_ptr(), (const uint8_t*)weight.data_ptr(), (const float*)scales.data_ptr(),
+                (const float*)offsets.data_ptr(), (float*)y.data_ptr(), M, N, K, K / G);
     return y;
 }
 
@@ -302,7 +329,7 @@ static Tensor int8_product(Tensor x, Tensor weight, Tensor scales) {
 }
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lmforge, m) {
-    m.def("int4_product(Tensor xq, Tensor step, Tensor sums, Tensor weight, Tensor scales, Tensor offsets) -> Tensor");
+    m.def("int4_product(Tensor x, Tensor weight, Tensor scales, Tensor offsets) -> Tensor");
     m.def("int8_product(Tensor x, Tensor weight, Tensor scales) -> Tensor");
 }
 
@@ -364,8 +391,8 @@ def _register_fake() -> None:
     global _FAKE_REGISTERED
     with _REGISTERING:
         if not _FAKE_REGISTERED:
-            torch.library.register_fake("lmforge::int4_product", lambda xq, step, sums, weight, scales, offsets:
-                                        xq.new_empty(xq.shape[0], weight.shape[0], dtype=torch.float32))
+            torch.library.register_fake("lmforge::int4_product", lambda x, weight, scales, offsets:
+                                        x.new_empty(x.shape[0], weight.shape[0]))
             torch.library.register_fake("lmforge::int8_product", lambda x, weight, scales:
                                         x.new_empty(x.shape[0], weight.shape[0]))
             _FAKE_REGISTERED = True
@@ -419,16 +446,10 @@ def _int8_self_test() -> bool:
 
 def int4_product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """x (..., in) @ the int4 weight (`Int4Linear`'s packed bytes, scales and offsets, laid out
-    column-major by `inference_layout`) .T: (..., out) float32, the input quantized per row to
-    int8 and multiplied in integers. Traced by torch.compile: inductor fuses the input's
-    quantization into the kernels before the operator."""
-    in_f, group = x.shape[-1], x.shape[-1] // scales.shape[1]
-    rows = x.reshape(-1, in_f).float()
-    step = rows.abs().amax(-1).clamp(min=1e-12) / 127
-    xq = torch.round(rows / step[:, None]).clamp(-127, 127).to(torch.int8)
-    xq = xq.view(-1, in_f // 8, 4, 2).transpose(-1, -2).reshape(-1, in_f)   # per 8 inputs: evens, then odds
-    sums = rows.view(-1, in_f // group, group).sum(-1)
-    y = torch.ops.lmforge.int4_product(xq, step, sums, weight, scales, offsets)
+    column-major by `inference_layout`) .T: (..., out) float32, each input row quantized to int8
+    (inside the operator, so a compiled step has no kernel of its own for it) and multiplied in
+    integers."""
+    y = torch.ops.lmforge.int4_product(x.reshape(-1, x.shape[-1]).float(), weight, scales, offsets)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
