@@ -43,7 +43,7 @@ def test_the_default_compiles_after_its_eager_budget_with_the_same_tokens(monkey
                                               torch.device("cpu"))
     compiled, _, stats = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
     assert stats["compiled"] and hasattr(model, "_compiled_decode_step") and model._decode_times[(1, False)].compiled
-    assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32       # the static cache kept
+    assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 33       # the static cache kept
     batch, _, _ = generate_ids(model, PROMPTS * 2, GenerationConfig(**GREEDY))    # batch 2: not yet, eager
     again, _, _ = generate_ids(model, PROMPTS, GenerationConfig(**GREEDY))
     assert compiled == eager and batch == eager * 2 and again == eager

@@ -113,6 +113,21 @@ def _tiny(seed: int):
     return build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
 
 
+def test_a_decode_step_attends_to_the_written_cache_slots_only():
+    """Each step gets `key_valid` for the slots written so far (the prompt's and the tokens fed
+    since), not for the whole preallocated cache, so attention reads and scores only those; the
+    tokens are the ones a full forward over the text picks."""
+    model = _tiny(0)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw.get("key_valid")), with_kwargs=True)
+    ids, _, _ = generate_ids(model, [[5, 6, 7, 8]], GenerationConfig(max_new_tokens=6, greedy=True, compile=False))
+    assert [k.shape[-1] for k in seen if k is not None] == [4 + 6, 5, 6, 7, 8, 9]   # the prefill sees the whole cache, then each step one slot more
+    text = [5, 6, 7, 8] + ids[0]
+    with torch.no_grad():
+        full = model(torch.tensor([text[:-1]]))[0, 3:].argmax(-1)
+    assert full.tolist() == ids[0]
+
+
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_same_tokens():
     model = _tiny(0)
@@ -123,7 +138,7 @@ def test_compiled_decode_step_gives_the_same_tokens():
     fast, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=10, greedy=True, compile=True))
     again, _, _ = generate_ids(model, prompts, GenerationConfig(max_new_tokens=6, greedy=True, compile=True))
     assert fast == eager and again == [e[:6] for e in eager]
-    assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 32     # static, full-context cache
+    assert model.transformer.blocks[0].attn.kv_cache.k_cache.shape[2] == 33     # static: the context and one slot more
     with torch.no_grad():                           # a plain forward (perplexity, scoring) ignores the kept cache
         torch.testing.assert_close(model(torch.tensor(prompts[:1])), logits)
 

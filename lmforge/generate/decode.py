@@ -106,7 +106,9 @@ class DecodeState:
             model.transformer.rotary.extend(T0 + max_new)                   # positions keep counting
         self.shape = (B, self.strategy == "rolling")                        # one compiled graph each
         self.compiled = use_compiled_step(model, cfg, self.shape, torch.device(device))
-        self.total = W if (self.compiled or self.strategy) else T0 + max_new  # compiled: one static cache shape
+        # compiled: one static cache shape, with one slot more than it can fill: a step attends to a
+        # number of slots (`written_slots`) that is then never the whole cache's
+        self.total = W + 1 if self.compiled else W if self.strategy else T0 + max_new
         self.idx, self.pos_ids, valid = idx.to(device), pos_ids.to(device), valid.to(device)
         self.key_valid = torch.zeros((B, self.total), dtype=torch.bool, device=device)
         self.key_valid[:, :T0] = valid
@@ -191,7 +193,16 @@ class DecodeState:
         self.cache_len += 1
         if self.strategy == "rolling":
             return self.step_fn(self.model, nxt[:, None], slot, self.last_pos, self.key_valid, True)
-        return self.step_fn(self.model, nxt[:, None], slot, self.last_pos, self.key_valid)
+        return self.step_fn(self.model, nxt[:, None], slot, self.last_pos, self.written_slots())
+
+    def written_slots(self) -> torch.Tensor:
+        """`key_valid` for the cache slots written so far (a view): the step attends to those only,
+        not to the whole preallocated cache; a compiled step takes their number as a dynamic size."""
+        written = self.key_valid[:, :self.cache_len]
+        if self.compiled:                  # a tensor of its own: dynamo would tie a view's size to its base's
+            written = written.clone()
+            torch._dynamo.mark_dynamic(written, 1, min=2, max=self.total - 1)
+        return written
 
     def reencode(self, n: int) -> torch.Tensor:
         """The window is full: prefill its last half (the text up to column n) again from slot 0."""

@@ -78,7 +78,7 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None and not self.cross and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)     # decoding; a plain forward ignores a kept cache
+            k, v = attended_slots(*self.kv_cache.update(input_pos, k, v), mask)   # decoding; a plain forward ignores a kept cache
         if torch.compiler.is_compiling() and T == 1 and mask is not None and not self.training \
                 and x.device.type == "cpu":                 # eager decoding pays the first test only
             y = one_query_attention(q, k, v, mask)   # a compiled CPU decode step: fused by inductor
@@ -104,7 +104,7 @@ class Attention(nn.Module):
             q = heads_last("hook_rot_q", apply_rotary(q, cos, sin))
             k = heads_last("hook_rot_k", apply_rotary(k, cos, sin))
         if self.kv_cache is not None and not self.cross and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
+            k, v = attended_slots(*self.kv_cache.update(input_pos, k, v), mask)
         pattern = hook("hook_pattern", hook("hook_attn_scores", attention_scores(q, k, mask, is_causal)).softmax(-1))
         if self.training and self.dropout:
             pattern = dropout(pattern, self.dropout)
@@ -117,6 +117,15 @@ class Attention(nn.Module):
         bias = self.out(z.new_zeros(nh * hs))                                    # (d,): the output bias, or 0
         result = hook("hook_result", self.out(alone.reshape(B, T, nh, nh * hs)) - bias)   # (B, T, nh, d)
         return result.sum(2) + bias
+
+
+def attended_slots(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cache's first slots, as many as the mask has keys: a decode loop passes `key_valid` for
+    the slots written so far (`Transformer.forward`), so a step reads and scores only those, not
+    the whole preallocated cache (a view; the whole cache when the mask covers it)."""
+    if mask is None:
+        return k, v
+    return k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
 
 
 def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,8 @@ class Transformer(nn.Module):
         """idx (B, T) token ids -> hidden states (B, T, d).
 
         pos_ids: (B, T) or (T,) positions (default: 0..T-1, or input_pos when decoding).
-        key_valid: (B, Tk) bool, False at padding keys (Tk = T, or the cache length).
+        key_valid: (B, Tk) bool, False at padding keys (Tk = T; with a cache, its first Tk slots are
+            attended to: a decode step passes the slots written so far).
         input_pos: (T,) cache slots being written (decoding with a KV cache).
         memory, memory_valid: encoder output (B, S, d) and its padding mask (B, S), for cross
             attention; while decoding, memory was projected by `setup_cache` and only the mask is given.
@@ -100,7 +101,7 @@ class Transformer(nn.Module):
         if input_pos is not None:
             cache = self.blocks[0].attn.kv_cache
             assert cache is not None, "input_pos given but no KV cache: call setup_cache first"
-            k_len = cache.k_cache.shape[2]
+            k_len = cache.k_cache.shape[2] if key_valid is None else key_valid.shape[-1]   # the slots to attend to
         mask = attention_mask(causal=self.causal and not ring, q_pos=input_pos, k_len=k_len, key_valid=key_valid,
                               device=idx.device)
         memory_mask = None
