@@ -73,7 +73,8 @@ def inference_layout(model: nn.Module, device: torch.device | str, split: bool |
     Packed int4 weights (and their scales and offsets) get column-major storage whatever the
     threads: there `vnni.int4_product` reads them, on a CPU with AVX-512 VNNI (`integer_products`);
     elsewhere the compiled decode step's fused product (`linear.fused_gemv`) runs along the
-    outputs, ~6x faster than along the packed rows.
+    outputs, ~6x faster than along the packed rows. An `Int8Linear` keeps its row-major weight and
+    is marked (`kernel`) where `vnni.int8_product` runs, for its products of a few rows.
     The compiled fp32 decode step wants the rows instead (`linear.row_major_layout`).
     Last, the weights move into one block of memory on 2 MiB pages (`huge_pages`; Linux), which a
     decode step streams 1.2x faster.

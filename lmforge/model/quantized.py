@@ -11,7 +11,9 @@ once `inference_layout` has laid it out: there, without gradient, it quantizes i
 and multiplies in integers too (`vnni.int4_product`, a C kernel). Int8Linear dequantizes where a
 gradient is wanted or off the CPU; on a CPU without gradient it also quantizes its input, per
 row (per token), symmetric, and multiplies in integers (`int8_product`: `torch._int_mm`, oneDNN's
-VNNI kernel), as llama.cpp's q8_0 (blocks of 32) and torchao's dynamic int8 activations do.
+VNNI kernel; up to `KERNEL_ROWS` rows, once `inference_layout` has found it working,
+`vnni.int8_product`, lmforge's own), as llama.cpp's q8_0 (blocks of 32) and torchao's dynamic int8
+activations do.
 
     >>> w = torch.tensor([[0.5, -1.0, 0.25, 1.0]])
     >>> q, scales = quantize_int8(w)
