@@ -120,6 +120,21 @@ def test_which_rows_the_compiled_step_takes():
     assert DecodeStep(seq2seq, RowCache(seq2seq, seq2seq.decoder, 16, True), True).bucket(1, cpu) == (1, False)
 
 
+def test_a_compiled_serve_step_attends_to_the_slots_in_use():
+    """The compiled step's keys: slots 0..S-1 up to the furthest row's (at least 2), S marked
+    dynamic so one graph serves every length; the row cache holds one slot more than the
+    context, so S never spans the whole buffer."""
+    from lmforge.serve.decode_step import slots_in_use
+    from lmforge.serve.rows import RowCache
+    written = slots_in_use(torch.tensor([[3], [9], [0]]), 32)
+    assert written.shape == (3, 10) and bool(written.all()) and written._dynamo_dynamic_indices == {1}
+    assert slots_in_use(torch.tensor([[0]]), 32).shape == (1, 2)
+    model = build_model(get_preset("llama-tiny", vocab_size=50, context_length=32)).eval()
+    rows = RowCache(model, model.transformer, 4, False)
+    rows.ensure()
+    assert rows.caches[0][0].shape[2] == 33
+
+
 def test_encoder_decoder_sequences_joining_and_leaving_decode_as_alone():
     """Sources of different lengths through 4 rows: each row's cross-attention keys, values and
     source mask move with it when the batch is packed, so every target equals its solo decoding."""

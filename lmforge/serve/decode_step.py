@@ -3,10 +3,10 @@ on a CPU, the compiled step by the rule `lmforge generate`'s default follows
 (`lmforge.generate.auto_compile`: once the model has spent 5 s decoding eagerly at a shape).
 
 A compiled step needs static shapes, so it runs on a bucket of rows — the running rows padded to
-one of `BUCKETS` (vLLM pads its batch to its captured CUDA-graph sizes alike) — over every slot of
-the context: the rows' own positions (`input_pos`) hide what lies past each row's end, as they
-do eagerly, and the padding rows are free ones, whose writes at slot 0 a newcomer's prefill
-overwrites. Each bucket keeps one set of cache views, so one graph serves it. A float model
+one of `BUCKETS` (vLLM pads its batch to its captured CUDA-graph sizes alike) — over the slots up
+to the furthest row's (`slots_in_use`, a dynamic size of the graph): the rows' own positions
+(`input_pos`) hide what lies past each row's end, as they do eagerly, and the padding rows are
+free ones, whose writes at slot 0 a newcomer's prefill overwrites. Each bucket keeps one set of cache views, so one graph serves it. A float model
 compiles one row only (`compiled_buckets`): since its eager products of two rows or more run on
 packed weights (`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577
 tokens/s at 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 /
@@ -41,9 +41,19 @@ log = logging.getLogger("lmforge.serve")
 BUCKETS = (1, 2, 4, 8)      # the row counts that may run compiled: a quantized model's (see above)
 
 
-def _head_of_step(module, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """One decode step of every row of the bucket: tokens (b, 1) at slots pos (b, 1) -> logits (b, V)."""
-    return module.lm_head(module.transformer(tokens, input_pos=pos, pos_ids=pos)[:, -1])
+def _head_of_step(module, tokens: torch.Tensor, pos: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+    """One decode step of every row of the bucket: tokens (b, 1) at slots pos (b, 1) -> logits (b, V),
+    attending to the first `written.shape[1]` slots (those in use), each row up to its own."""
+    return module.lm_head(module.transformer(tokens, input_pos=pos, pos_ids=pos, key_valid=written)[:, -1])
+
+
+def slots_in_use(pos: torch.Tensor, most: int) -> torch.Tensor:
+    """`key_valid` (b, S) for the slots 0..S-1 up to the furthest row's: a compiled step attends to
+    those only (not to every slot of the context), S a dynamic size of its graph (at least 2; the
+    row cache holds one slot more than `most`, so S never spans it)."""
+    written = torch.ones(pos.shape[0], max(int(pos.max()) + 1, 2), dtype=torch.bool, device=pos.device)
+    torch._dynamo.mark_dynamic(written, 1, min=2, max=most)
+    return written
 
 
 def compiled_buckets(module) -> tuple[int, ...]:
@@ -107,7 +117,7 @@ class DecodeStep:
             self.fns[b] = compile_unguarded(_head_of_step, f"serve_step_{b}")
         self._use_bucket(b)
         try:
-            return self.fns[b](self.module, tokens, pos)
+            return self.fns[b](self.module, tokens, pos, slots_in_use(pos, self.module.config.context_length))
         except Exception as e:      # noqa: BLE001 — compiling is an optimisation; the eager step serves
             log.warning("%s", compile_failed(self.module, e))
             return None

@@ -36,7 +36,8 @@ class RowCache:
         self.module.clear_cache()           # caches an earlier `generate` kept go: the rows below replace them
         p = next(self.module.parameters())
         c = self.module.config
-        shape = (self.max_batch, c.kv_heads, c.context_length, c.head_dim)
+        # one slot more than the context: a compiled step's slots in use are never the whole buffer's
+        shape = (self.max_batch, c.kv_heads, c.context_length + 1, c.head_dim)
 
         def buffers() -> list[tuple[torch.Tensor, torch.Tensor]]:
             return [(torch.zeros(shape, dtype=p.dtype, device=p.device),
