@@ -121,7 +121,8 @@ def test_a_decode_step_attends_to_the_written_cache_slots_only():
     seen = []
     model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw.get("key_valid")), with_kwargs=True)
     ids, _, _ = generate_ids(model, [[5, 6, 7, 8]], GenerationConfig(max_new_tokens=6, greedy=True, compile=False))
-    assert [k.shape[-1] for k in seen if k is not None] == [4 + 6, 5, 6, 7, 8, 9]   # the prefill sees the whole cache, then each step one slot more
+    keys = [k.shape[-1] for k in seen if k is not None]
+    assert keys == [4 + 6, 5, 6, 7, 8, 9]            # the prefill sees the whole cache, each step one slot more
     text = [5, 6, 7, 8] + ids[0]
     with torch.no_grad():
         full = model(torch.tensor([text[:-1]]))[0, 3:].argmax(-1)

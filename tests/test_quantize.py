@@ -158,15 +158,15 @@ def test_int8_dequantizes_where_integer_products_are_missing(monkeypatch):
 
 
 def _kernel_or_skip():
-    """Skip where the kernel cannot run (no C++ compiler, a CPU without AVX-512 VNNI and VBMI);
-    where it can, it must build, register and pass its self-test."""
+    """Skip where the kernels cannot run (no C++ compiler, a CPU without AVX-512 VNNI and VBMI);
+    where they can, they must build, register and pass their self-tests."""
     import shutil
     from pathlib import Path
     from lmforge.model.vnni import _cpu_flags, kernels_work
     flags = _cpu_flags().split()
     if not (shutil.which("c++") and Path("/proc/cpuinfo").exists() and "avx512_vnni" in flags and "avx512vbmi" in flags):
-        pytest.skip("the int4 kernel needs x86-64 with AVX-512 VNNI and VBMI and a C++ compiler")
-    assert kernels_work(), "the CPU and compiler can run the int4 kernel, but it did not build or pass its self-test"
+        pytest.skip("lmforge's int4 and int8 kernels need x86-64 with AVX-512 VNNI and VBMI and a C++ compiler")
+    assert kernels_work(), "the CPU and compiler can run lmforge's kernels, but they did not build or pass their self-tests"
 
 
 def test_int4_kernel_multiplies_in_integers_once_laid_out():
@@ -206,8 +206,8 @@ def test_int8_kernel_multiplies_few_rows_in_integers_once_laid_out():
     """Laid out by inference_layout on a CPU with AVX-512 VNNI, Int8Linear's products of at most 4
     rows (a decode step's) run on `lmforge::int8_product`, which quantizes each row inside: equal
     to the same integer arithmetic done in int64 and to oneDNN's `torch._int_mm` path (which more
-    rows keep), compiled as eagerly. 37 outputs take a tile of 16 and a partial one; 100 inputs a
-    block of 64 and a partial one."""
+    rows keep), compiled as eagerly. 37 outputs take two tiles of 16 and a partial one; 100 inputs
+    a block of 64 and a partial one."""
     from lmforge.model import inference_layout
     from lmforge.model.quantized import int8_product
     _kernel_or_skip()

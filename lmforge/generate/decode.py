@@ -196,8 +196,8 @@ class DecodeState:
         return self.step_fn(self.model, nxt[:, None], slot, self.last_pos, self.written_slots())
 
     def written_slots(self) -> torch.Tensor:
-        """`key_valid` for the cache slots written so far (a view): the step attends to those only,
-        not to the whole preallocated cache; a compiled step takes their number as a dynamic size."""
+        """`key_valid` for the cache slots written so far: the step attends to those only, not to
+        the whole preallocated cache; a compiled step takes their number as a dynamic size."""
         written = self.key_valid[:, :self.cache_len]
         if self.compiled:                  # a tensor of its own: dynamo would tie a view's size to its base's
             written = written.clone()

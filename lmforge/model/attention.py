@@ -78,7 +78,8 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None and not self.cross and input_pos is not None:
-            k, v = attended_slots(*self.kv_cache.update(input_pos, k, v), mask)   # decoding; a plain forward ignores a kept cache
+            # decoding (a plain forward ignores a kept cache): the slots the mask covers
+            k, v = attended_slots(*self.kv_cache.update(input_pos, k, v), mask)
         if torch.compiler.is_compiling() and T == 1 and mask is not None and not self.training \
                 and x.device.type == "cpu":                 # eager decoding pays the first test only
             y = one_query_attention(q, k, v, mask)   # a compiled CPU decode step: fused by inductor

@@ -36,8 +36,8 @@ to 4 rows (at 8, oneDNN's is faster).
 
 Where the kernels cannot be built or run (no C++ compiler, another architecture, a CPU without
 AVX-512 VNNI and VBMI) or give a wrong answer on their self-tests, `kernels_work()` is False,
-`Int4Linear` keeps its float products and `Int8Linear` oneDNN's. Built kernels are kept in LMFORGE_KERNEL_CACHE
-(default ~/.cache/lmforge/kernels), one per source, compiler, PyTorch and CPU.
+`Int4Linear` keeps its float products and `Int8Linear` oneDNN's. Built kernels are kept in
+LMFORGE_KERNEL_CACHE (default ~/.cache/lmforge/kernels), one per source, compiler, PyTorch and CPU.
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def _register_fake() -> None:
 @functools.cache
 def kernels_work() -> bool:
     """Whether `lmforge::int4_product` and `lmforge::int8_product` run here and pass their
-    self-tests; asked once per process, when `inference_layout` first lays out a quantized layer (a built kernel loads in ~1 ms; the first
-    build takes ~2 s). Loading the library registers the operator."""
+    self-tests; asked once per process, when `inference_layout` first lays out a quantized layer
+    (a built library loads in ~1 ms; the first build takes ~2 s). Loading it registers the
+    operators."""
     path = build()
     if path is None:
         return False
@@ -133,10 +134,10 @@ def kernels_work() -> bool:
     if not library.lmforge_int4_ready():
         return False
     _register_fake()
-    return _self_test() and _int8_self_test()
+    return _int4_self_test() and _int8_self_test()
 
 
-def _self_test() -> bool:
+def _int4_self_test() -> bool:
     """The kernel against the same arithmetic in int64, on a layer with a partial last tile."""
     generator = torch.Generator().manual_seed(0)
     out_f, in_f, group = 85, 64, 32                      # one tile of 64 outputs, then 16 and 5
@@ -154,8 +155,8 @@ def _self_test() -> bool:
 
 
 def _int8_self_test() -> bool:
-    """The int8 kernel against the same arithmetic in int64: 37 outputs (two tiles, the second
-    partial) and 100 inputs (a partial last block of 64)."""
+    """The int8 kernel against the same arithmetic in int64: 37 outputs (tiles of 16, 16 and 5)
+    and 100 inputs (a block of 64, then a partial one)."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randint(-127, 128, (37, 100), generator=generator, dtype=torch.int8)
     scales, x = torch.rand(37, generator=generator), torch.randn(3, 100, generator=generator)
