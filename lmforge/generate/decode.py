@@ -197,7 +197,10 @@ class DecodeState:
 
     def written_slots(self) -> torch.Tensor:
         """`key_valid` for the cache slots written so far: the step attends to those only, not to
-        the whole preallocated cache; a compiled step takes their number as a dynamic size."""
+        the whole preallocated cache; a compiled CPU step takes their number as a dynamic size. A
+        CUDA graph replays one static shape: there the compiled step keeps the whole cache."""
+        if self.compiled and self.key_valid.device.type != "cpu":
+            return self.key_valid
         written = self.key_valid[:, :self.cache_len]
         if self.compiled:                  # a tensor of its own: dynamo would tie a view's size to its base's
             written = written.clone()
