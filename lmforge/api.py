@@ -61,17 +61,12 @@ class Model:
         {label: probability}} (a classifier model directory; `pairs` for sentence-pair tasks).
         `ensemble`: more loaded classifiers with the same labels (fine-tunes of the same table, e.g.
         with other seeds); the probabilities of all are averaged."""
-        from .tasks.classify import mean_proba
+        from .tasks.classify import mean_proba, same_labels
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
-        labels = self.config.labels
         members = [self, *(ensemble or [])]
-        for member in members[1:]:
-            if member.config.labels != labels:
-                raise LmforgeError(f"an ensemble's classifiers must have the same labels in the same order: "
-                                   f"{member.path} has {member.config.labels}, not {labels}; ensemble "
-                                   f"fine-tunes of the same table")
+        labels = same_labels([(str(m.path), m.config.labels) for m in members])
         probs = mean_proba([(m.module, m.tokenizer) for m in members], texts, pairs, batch_size=batch_size)
         out = [{"label": labels[int(p.argmax())], "score": float(p.max()),
                 "probs": {lab: float(q) for lab, q in zip(labels, p)}} for p in probs]

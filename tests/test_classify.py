@@ -11,9 +11,9 @@ from lmforge.api import load
 from lmforge.cli import main
 from lmforge.config import get_preset
 from lmforge.data.classify import encode_for_classification
-from lmforge.tasks.classify import ClassificationTask, ClassifyConfig, class_logits
+from lmforge.tasks.classify import ClassificationTask, ClassifyConfig, class_logits, ensemble_split_scores
 from lmforge.data.tables import read_table, split_indices
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError, DataError, LmforgeError
 from lmforge.evaluate.classification import classification_metrics
 from lmforge.train.finetune import FinetuneConfig, finetune
 
@@ -258,6 +258,8 @@ def test_an_ensemble_averages_the_probabilities_of_its_classifiers(encoder_class
     assert main(["classify", str(out), texts[0], "--ensemble", str(odd), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "must have the same labels" in err and str(odd) in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(LmforgeError, match="must have the same labels"):                # the benchmark's scoring too
+        ensemble_split_scores([out, odd], topics_csv, ClassifyConfig())
 
 
 def test_lora_classifier_trains_and_saves_the_new_head(tmp_path, tiny_encoder_dir, topics_csv):

@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..data.batching import EpochOrder, length_grouped
 from ..data.classify import collate_examples, encode_for_classification, sort_labels
 from ..data.tables import TableConfig, read_table, split_indices, table_tokenizer
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LmforgeError
 from ..options import between, option
 from .base import Task, frequency_entropy, unwrap
 
@@ -73,6 +73,17 @@ def mean_proba(members: list[tuple[Any, Any]], texts: list[str], pairs: list[str
                for module, tokenizer in members) / len(members)
 
 
+def same_labels(members: list[tuple[str, list[str]]]) -> list[str]:
+    """The labels of an ensemble's members ((name, labels) each), once every member has the first's
+    in the same order (fine-tunes of one table); else an error naming the first that differs."""
+    labels = list(members[0][1])
+    for name, other in members[1:]:
+        if list(other) != labels:
+            raise LmforgeError(f"an ensemble's classifiers must have the same labels in the same order: {name} has "
+                               f"{list(other)}, not {labels}; ensemble fine-tunes of the same table")
+    return labels
+
+
 def ensemble_split_scores(model_dirs: list[str | Path], data: str | Path, o: ClassifyConfig,
                           split: str = "test") -> dict[str, Any]:
     """Metrics (`evaluate.classification.label_metrics`) of the averaged probabilities of the
@@ -82,7 +93,7 @@ def ensemble_split_scores(model_dirs: list[str | Path], data: str | Path, o: Cla
     rows = read_table(data, [o.text_column, o.label_column])
     picked = [rows[i] for i in split_rows(rows, o)[split]]
     members = [load_for_inference(d, device="cpu")[::2] for d in model_dirs]         # (module, tokenizer)
-    labels = members[0][0].config.labels
+    labels = same_labels([(str(d), m.config.labels) for d, (m, _) in zip(model_dirs, members)])
     probs = mean_proba(members, [r[o.text_column] for r in picked])
     return label_metrics(labels, [r[o.label_column] for r in picked], [labels[int(i)] for i in probs.argmax(-1)])
 
