@@ -35,6 +35,7 @@ from .auto_compile import decode_step, record_run, use_compiled_step
 from .core import GenerationConfig, RunClock, decoding_run, finish, prefill, prepare_prompts
 from .json_mode import apply_json_masks
 from .sampling import apply_repetition_penalty, sample_next, token_logprobs
+from .unguarded import dynamic_keys
 
 
 def window_strategy(config) -> str:
@@ -202,10 +203,7 @@ class DecodeState:
         if self.compiled and self.key_valid.device.type != "cpu":
             return self.key_valid
         written = self.key_valid[:, :self.cache_len]
-        if self.compiled:                  # a tensor of its own: dynamo would tie a view's size to its base's
-            written = written.clone()
-            torch._dynamo.mark_dynamic(written, 1, min=2, max=self.total - 1)
-        return written
+        return dynamic_keys(written, self.total - 1) if self.compiled else written
 
     def reencode(self, n: int) -> torch.Tensor:
         """The window is full: prefill its last half (the text up to column n) again from slot 0."""

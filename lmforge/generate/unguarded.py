@@ -36,6 +36,16 @@ def compile_unguarded(fn, name: str):
     return torch.compile(step, fullgraph=True, dynamic=False, options=UNGUARDED)
 
 
+def dynamic_keys(key_valid: torch.Tensor, most: int) -> torch.Tensor:
+    """`key_valid` (B, S) for a step compiled with S as a dynamic size (2..most): one graph for every
+    number of slots attended to. A tensor of its own (Dynamo would tie a view's size to its
+    base's); the cache it attends into must hold more than `most` slots, or S could be the whole
+    cache's size, which Dynamo specialises on (`decode.DecodeState.total`, `serve.rows.RowCache`)."""
+    own = key_valid.clone() if key_valid._base is not None else key_valid
+    torch._dynamo.mark_dynamic(own, 1, min=2, max=most)
+    return own
+
+
 def signature(model: nn.Module) -> tuple:
     """What a step compiled without guards depends on besides its arguments: each module's type,
     hooks and patched `forward`, each parameter's and buffer's shape, stride, dtype and device.

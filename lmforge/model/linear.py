@@ -42,9 +42,9 @@ from .huge_pages import weights_on_huge_pages
 FUSED_ROWS = 8     # most input rows (batch x tokens) for which a compiled step writes the product as a sum
 
 
-def few_rows(x: torch.Tensor) -> bool:
-    """At most FUSED_ROWS input rows (batch x tokens): a decode step's product, not a prompt's."""
-    return x.numel() <= FUSED_ROWS * x.shape[-1]
+def few_rows(x: torch.Tensor, most: int = FUSED_ROWS) -> bool:
+    """At most `most` input rows (batch x tokens): a decode step's product, not a prompt's."""
+    return x.numel() <= most * x.shape[-1]
 
 
 def fused_gemv(x: torch.Tensor) -> bool:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import vnni
-from .linear import fused_gemv, gemv_as_sum
+from .linear import few_rows, fused_gemv, gemv_as_sum
 from .weights import replace_module
 
 
@@ -113,7 +113,7 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel and x.numel() <= KERNEL_ROWS * x.shape[-1] and integer_inputs(x) and self.kernel_layout():
+        if self.kernel and few_rows(x, KERNEL_ROWS) and integer_inputs(x) and self.kernel_layout():
             y = vnni.int8_product(x, self.weight, self.scales).to(x.dtype)
         elif self.integer_products and integer_inputs(x):
             y = int8_product(x, self.weight) * self.scales.to(x.dtype)

@@ -12,7 +12,7 @@
 #define READY 0
 #endif
 
-extern "C" int lmforge_int4_ready(void) { return READY; }
+extern "C" int lmforge_vnni_ready(void) { return READY; }
 
 /* y (M, N) = step[m] * sum_g scales[g, n] * dot_g(xq[m], q[n]) + sum_g offsets[g, n] * sums[m, g].
    w: the packed int4 weight stored column-major, (K / 2, N) bytes: byte (c, n) holds input 2c of

@@ -131,7 +131,7 @@ def kernels_work() -> bool:
         library = ctypes.CDLL(str(path))
     except OSError:
         return False
-    if not library.lmforge_int4_ready():
+    if not library.lmforge_vnni_ready():
         return False
     _register_fake()
     return _int4_self_test() and _int8_self_test()

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..generate.auto_compile import compile_failed, default_compiles, record_compiled, record_eager, step_times
-from ..generate.unguarded import compile_unguarded
+from ..generate.unguarded import compile_unguarded, dynamic_keys
 from ..model import inference_layout
 from ..model.linear import row_major_layout
 from ..model.quantized import Int4Linear, Int8Linear
@@ -51,9 +51,8 @@ def slots_in_use(pos: torch.Tensor, most: int) -> torch.Tensor:
     """`key_valid` (b, S) for the slots 0..S-1 up to the furthest row's: a compiled step attends to
     those only (not to every slot of the context), S a dynamic size of its graph (at least 2; the
     row cache holds one slot more than `most`, so S never spans it)."""
-    written = torch.ones(pos.shape[0], max(int(pos.max()) + 1, 2), dtype=torch.bool, device=pos.device)
-    torch._dynamo.mark_dynamic(written, 1, min=2, max=most)
-    return written
+    return dynamic_keys(torch.ones(pos.shape[0], max(int(pos.max()) + 1, 2), dtype=torch.bool, device=pos.device),
+                        most)
 
 
 def compiled_buckets(module) -> tuple[int, ...]:
