@@ -4,6 +4,7 @@ and a missing scikit-learn is a one-line hint, not a failure."""
 
 import contextlib
 import dataclasses
+import json
 import random
 import sys
 
@@ -78,6 +79,15 @@ def test_a_collapsed_classifier_is_reported_behind(task, tmp_path):
     assert out["test_macro_f1"] < out["baseline_test_macro_f1"]
     assert out["baseline_verdict"].startswith("the model is BEHIND the TF-IDF baseline: macro-F1 ")
     assert "likely fixes: start from a pretrained encoder" in out["baseline_verdict"]
+    # the model card shows both baselines beside the model's own scores, and the verdict
+    from types import SimpleNamespace
+    from lmforge.card.render import baselines
+    report = json.loads((tmp_path / "classification_report.json").read_text())
+    rows, verdicts = baselines(SimpleNamespace(reports=[report], settings={}))
+    for kind, name in [("word", "word 1-2-grams"), ("char", "character 2-5-grams")]:
+        assert f"| test | {report['data']} | TF-IDF {name} + logistic regression: macro F1 | " \
+               f"{out[f'baseline_{kind}_test_macro_f1']:.4f} |" in rows
+    assert verdicts == ["T" + out["baseline_verdict"][1:] + "."]
 
 
 def test_without_scikit_learn_a_hint_and_no_baseline(task, monkeypatch):

@@ -61,10 +61,17 @@ def test_a_run_that_peaks_early_keeps_the_peak(tmp_path, topics_csv, tiny_encode
     assert sorted(p.name for p in (out / STATE_DIR).glob("step-*")) == ["step-00000004.pt"]   # resumable there
     report = json.loads((out / "classification_report.json").read_text())
     assert report["examples"] == 24                                     # the final report scored the kept weights
+    kept = _rows(out)[-1]
+    assert (kept["kind"], kept["step"], kept["val_macro_f1"]) == ("best", 4, 0.9)
+    card = (out / "README.md").read_text()                              # the card scores the kept weights too
+    assert "At the best evaluation (step 4; the last was step 8)" in card
+    assert "value: 0.9\n      name: validation macro F1" in card
 
     last = train(_config(topics_csv, tmp_path / "last", tiny_encoder_dir, keep_best=False),
                  wrap_task=scripted([0.5, 0.9, 0.6, 0.4]))
     assert "best_step" not in last and checkpoint_step(tmp_path / "last") == 8     # --no-keep-best: the last
+    assert "best" not in {r["kind"] for r in _rows(tmp_path / "last")}
+    assert "At the last evaluation (step 8)" in (tmp_path / "last" / "README.md").read_text()
 
 
 def test_a_resume_remembers_the_best_before_it(tmp_path, topics_csv, tiny_encoder_dir):

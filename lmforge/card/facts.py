@@ -35,6 +35,7 @@ class Facts:
     data: dict[str, Any] | None = None               # meta.json of the prepared data (None: not found)
     last_eval: dict[str, Any] = field(default_factory=dict)  # the last "eval" row of metrics.jsonl
     last_train: dict[str, Any] = field(default_factory=dict)  # the last "train" row
+    kept: dict[str, Any] = field(default_factory=dict)       # the "best" row: the evaluation whose weights were kept
     reports: list[dict[str, Any]] = field(default_factory=list)  # the task's final reports (split, data, scores)
     lora: dict[str, Any] | None = None               # adapter_config.json of a LoRA run
     audit: dict[str, Any] = field(default_factory=dict)      # audit.json
@@ -83,7 +84,7 @@ def read_facts(path: Path | None, config: ModelConfig | None = None, tokenizer: 
     if (path / TRAIN_CONFIG_FILE).is_file():
         facts.settings = read_run_file(path / TRAIN_CONFIG_FILE)
     facts.data = data_meta(facts.settings.get("data"))
-    facts.last_train, facts.last_eval = last_rows(path / METRICS_FILE)
+    facts.last_train, facts.last_eval, facts.kept = last_rows(path / METRICS_FILE)
     facts.reports = [r for r in (optional_json(path / name) for name in REPORTS) if isinstance(r, dict)]
     facts.lora = optional_json(path / ADAPTER_CONFIG)
     facts.audit = read_audit(path)
@@ -124,11 +125,13 @@ def data_meta(data: Any) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def last_rows(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the last "train" row, the last "eval" row) of metrics.jsonl; torn lines are skipped."""
-    last: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
+def last_rows(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(the last "train" row, the last "eval" row, the "best" row of a run that kept its best
+    evaluation's weights) of metrics.jsonl; torn lines are skipped. A "best" row counts only while
+    no evaluation follows it (a run resumed past its end may have trained on)."""
+    last: dict[str, dict[str, Any]] = {"train": {}, "eval": {}, "best": {}}
     if not path.is_file():
-        return last["train"], last["eval"]
+        return last["train"], last["eval"], last["best"]
     for line in path.read_bytes().decode("utf-8", "replace").splitlines():
         try:
             row = json.loads(line)
@@ -136,7 +139,9 @@ def last_rows(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             continue
         if isinstance(row, dict) and row.get("kind") in last:
             last[row["kind"]] = row
-    return last["train"], last["eval"]
+            if row["kind"] == "eval":
+                last["best"] = {}
+    return last["train"], last["eval"], last["best"]
 
 
 def hub_dataset(facts: Facts) -> str | None:

@@ -36,10 +36,12 @@ def pipeline_tag(facts: Facts) -> str:
 
 
 def results(facts: Facts) -> list[dict[str, Any]]:
-    """[{"split", "data", "scores": {name: value}}]: the last evaluation (the validation split),
-    then the task's final reports (a report on the validation split replaces the evaluation)."""
+    """[{"split", "data", "scores": {name: value}}]: the evaluation of the weights the directory holds
+    (the kept best one, else the last; the validation split), then the task's final reports (a
+    report on the validation split replaces the evaluation)."""
     found: dict[str, dict[str, Any]] = {}
-    scores = {k[4:]: v for k, v in facts.last_eval.items() if k.startswith("val_") and isinstance(v, (int, float))}
+    scores = {k[4:]: v for k, v in (facts.kept or facts.last_eval).items()
+              if k.startswith("val_") and isinstance(v, (int, float))}
     if scores:
         found["validation"] = {"split": "validation", "data": facts.settings.get("data"), "scores": scores}
     for report in facts.reports:
@@ -171,9 +173,36 @@ def evaluation(facts: Facts) -> str:
             rows.append(f"| {cell(r['split'])} | {cell(r['data'] or '—')} | {name} | {v:.4f} |")
     if not rows:
         return "## Evaluation\n\nNo evaluation is recorded (no evaluation row in `metrics.jsonl`, no final report)."
-    step = facts.last_eval.get("step")
-    lead = f"At the last evaluation (step {step}) and in the final reports:" if step is not None else "Scores:"
-    return "\n".join(["## Evaluation", "", lead, "", "| split | data | metric | value |", "|---|---|---|---|", *rows])
+    step, kept = facts.last_eval.get("step"), facts.kept.get("step")
+    if kept is not None:
+        lead = (f"At the best evaluation (step {kept}; the last was step {step}), whose weights this directory "
+                f"holds, and in the final reports:")
+    else:
+        lead = f"At the last evaluation (step {step}) and in the final reports:" if step is not None else "Scores:"
+    baseline_rows, verdicts = baselines(facts)
+    return "\n".join(["## Evaluation", "", lead, "", "| split | data | metric | value |", "|---|---|---|---|", *rows,
+                      *baseline_rows, *(["", *verdicts] if verdicts else [])])
+
+
+def baselines(facts: Facts) -> tuple[list[str], list[str]]:
+    """The TF-IDF + logistic regression baselines a classifier's final report scored on its split
+    (table rows), and whether the model is behind or ahead of the better one (a sentence each)."""
+    from ..evaluate.baseline import BASELINE_NAMES, verdict
+    rows, verdicts = [], []
+    for report in facts.reports:
+        found = report.get("baseline")
+        if not isinstance(found, dict) or not isinstance(report.get("macro_f1"), (int, float)):
+            continue
+        scores = {k: m for k, m in found.items() if k in BASELINE_NAMES and isinstance(m, dict)
+                  and all(isinstance(m.get(x), (int, float)) for x in ("accuracy", "macro_f1"))}
+        split = {"val": "validation"}.get(report.get("split"), report.get("split"))
+        data = report.get("data") or facts.settings.get("data") or "—"
+        rows += [f"| {cell(split)} | {cell(data)} | TF-IDF {BASELINE_NAMES[k]} + logistic regression: "
+                 f"{METRICS[x][1]} | {m[x]:.4f} |" for k, m in scores.items() for x in ("accuracy", "macro_f1")]
+        rows_note = f" ({report['examples']} rows)" if isinstance(report.get("examples"), int) else ""
+        said = verdict(float(report["macro_f1"]), scores, f"the {split} split{rows_note}") if scores else None
+        verdicts += [said[0].upper() + said[1:] + "."] if said else []
+    return rows, verdicts
 
 
 def audit_section(name: str, entry: Any) -> str:
