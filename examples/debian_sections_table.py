@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import gzip
 import lzma
 import random
@@ -24,6 +23,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from lmforge.data.tables import write_table
 
 APT_LISTS = Path("/var/lib/apt/lists")
 STANZA_FIELD = re.compile(r"^(Package|Description|Section): (.*)$", flags=re.M)
@@ -45,7 +46,7 @@ def synopses(lists: Path) -> dict[str, tuple[str, str]]:
             fields = dict(STANZA_FIELD.findall(stanza))
             if {"Package", "Description", "Section"} <= fields.keys():
                 section = fields["Section"].split("/")[-1]          # contrib/net -> net
-                found[fields["Package"]] = (fields["Description"].strip(), section)
+                found[fields["Package"]] = (" ".join(fields["Description"].split()), section)
     return found
 
 
@@ -70,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     rows = [(t, s) for s in top for t in rng.sample(by_section[s], min(args.per_section, len(by_section[s])))]
     rng.shuffle(rows)
-    with open(args.out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
+    write_table(args.out, ["text", "label"], rows)        # TSV for .tsv, else CSV; whole or not at all
     counts = collections.Counter(s for _, s in rows)
     print(f"wrote {args.out}: {len(rows)} synopses of {len(found)} packages, {len(top)} sections: "
           + ", ".join(f"{s} {n}" for s, n in counts.most_common()))

@@ -106,3 +106,19 @@ def test_missing_data_dir_errors(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(DataError, match="no meta.json"):
         load_meta(tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", ["t.tsv", "t.csv"])
+def test_write_table_reads_back_whole(tmp_path, name):
+    """lmforge.data.tables.write_table: quotes and commas (and in a CSV, tabs and line breaks)
+    inside a field survive read_table; a TSV field with a tab is refused, and nothing is written."""
+    from lmforge.data.tables import read_table, write_table
+    rows = [('say "hi", then go', "a"), ("plain", "b")] + ([("two\tcolumns\nand lines", "c")] if name.endswith("csv")
+                                                           else [])
+    path = write_table(tmp_path / name, ["text", "label"], rows)
+    assert [(r["text"], r["label"]) for r in read_table(path, ["text", "label"])] == rows
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    if name.endswith("tsv"):
+        with pytest.raises(DataError, match="row 1 has a field with a tab"):
+            write_table(tmp_path / "bad.tsv", ["text", "label"], [("a\tb", "x")])
+        assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -178,3 +178,26 @@ def read_texts(path: str | Path, column: str, flag: str = "--text-column") -> li
         lines = read_text(path).splitlines()
         return [line for line in lines if line.strip()]
     return [r[column] for r in read_table(path, [column], (), {column: flag})]
+
+
+
+def write_table(path: str | Path, columns: list[str], rows: list[tuple[str, ...]]) -> Path:
+    """Write `rows` under the header `columns` as a table `read_table` reads back the same, whole
+    or not at all (a temporary file renamed over `path`): TSV for .tsv / .tab (unquoted, as the
+    IANA format wants, so a field may not hold a tab or a line break), CSV for any other suffix."""
+    import csv
+    import io
+    from ..modeldir import atomic_write_text
+    path = Path(path)
+    buffer = io.StringIO()
+    if path.suffix.lower() in (".tsv", ".tab"):
+        for n, row in enumerate([columns, *rows]):
+            bad = next((f for f in row if any(c in f for c in "\t\r\n")), None)
+            if bad is not None:
+                raise DataError(f"{path}: row {n} has a field with a tab or a line break ({bad[:40]!r}), which a "
+                                f"TSV cannot hold; collapse its whitespace, or write a .csv")
+            buffer.write("\t".join(row) + "\n")
+    else:
+        csv.writer(buffer, lineterminator="\n").writerows([columns, *rows])
+    atomic_write_text(path, buffer.getvalue())
+    return path
