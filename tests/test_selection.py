@@ -62,7 +62,7 @@ def test_a_run_that_peaks_early_keeps_the_peak(tmp_path, topics_csv, tiny_encode
     report = json.loads((out / "classification_report.json").read_text())
     assert report["examples"] == 24                                     # the final report scored the kept weights
     kept = _rows(out)[-1]
-    assert (kept["kind"], kept["step"], kept["val_macro_f1"]) == ("best", 4, 0.9)
+    assert (kept["kind"], kept["step"], kept["best_step"], kept["val_macro_f1"]) == ("best", 8, 4, 0.9)
     card = (out / "README.md").read_text()                              # the card scores the kept weights too
     assert "At the best evaluation (step 4; the last was step 8)" in card
     assert "value: 0.9\n      name: validation macro F1" in card

@@ -173,7 +173,7 @@ def evaluation(facts: Facts) -> str:
             rows.append(f"| {cell(r['split'])} | {cell(r['data'] or '—')} | {name} | {v:.4f} |")
     if not rows:
         return "## Evaluation\n\nNo evaluation is recorded (no evaluation row in `metrics.jsonl`, no final report)."
-    step, kept = facts.last_eval.get("step"), facts.kept.get("step")
+    step, kept = facts.last_eval.get("step"), facts.kept.get("best_step")
     if kept is not None:
         lead = (f"At the best evaluation (step {kept}; the last was step {step}), whose weights this directory "
                 f"holds, and in the final reports:")

@@ -34,7 +34,8 @@ class RunObserver:
     def on_log(self, row: dict[str, Any]) -> None:
         """Each row as metrics.jsonl gets it (shared by the observers: read it, do not change it):
         {"kind": "train" | "eval" | "sample" | "warning" | "baseline" | "inspect" | "best", "step": N, ...}
-        ("best": at the end of a run that keeps its best evaluation, that evaluation's metrics)."""
+        ("best": at the end of a run that keeps its best evaluation, that evaluation's step as
+        "best_step" and its metrics)."""
 
     def on_eval(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
         """At each evaluation, just before its row is logged: the model, whole on this process (also

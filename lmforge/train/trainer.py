@@ -303,8 +303,8 @@ class Trainer:
             if self.dist.is_main:
                 print(f"kept the best evaluation, step {best.step} ({best.metric} {best.value:.4f}), not the last: "
                       f"the model directory holds its weights")
-        if self.dist.is_main:                            # the card scores the kept weights, not the last evaluation
-            self.observers.on_log({"kind": "best", "step": best.step, **best.metrics})
+        if self.dist.is_main:       # the card scores the kept weights; logged at the last step (trackers want order)
+            self.observers.on_log({"kind": "best", "step": summary["step"], "best_step": best.step, **best.metrics})
         summary.update(best.metrics, best_step=best.step)
 
     # ---- evaluation and samples -------------------------------------------------------------
