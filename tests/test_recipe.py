@@ -102,3 +102,40 @@ def test_the_debian_sections_table_is_built_from_packages_files(tmp_path):
                     ("another tool", "net"), ("network daemon", "net")]
     with pytest.raises(SystemExit):
         module.main(["--lists", str(tmp_path / "none"), "--out", str(out)])
+
+
+def test_the_sentiment_table_is_built_from_the_vader_sdist(tmp_path, capsys):
+    """examples/sentiment_table.py on a source package shaped like vaderSentiment's: the nested
+    tarball's rated snippets -> positive / negative by the rating's sign, rating 0 and a repeated
+    snippet left out; an existing --out is kept without --overwrite; a wrong file is one line."""
+    import csv
+    import io
+    import tarfile
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    snippets = "1\t2.5\tA  gorgeous film.\r\n2\t-1.2\tDull and tepid.\r\n3\t0\tIt is a film.\r\n4\t0.1\ta gorgeous film.\r\n"
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
+        add(tar, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", snippets.encode())
+    sdist = tmp_path / "vaderSentiment-3.3.2.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        add(tar, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
+    spec = importlib.util.spec_from_file_location(
+        "sentiment_table", Path(__file__).resolve().parents[1] / "examples" / "sentiment_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "s.tsv"
+    assert module.main(["--sdist", str(sdist), "--out", str(out)]) == 0
+    rows = sorted((r["text"], r["label"]) for r in csv.DictReader(out.open(), delimiter="\t"))
+    assert rows == [("A gorgeous film.", "positive"), ("Dull and tepid.", "negative")]
+    assert module.main(["--sdist", str(sdist), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    for wrong in (out, tmp_path / "missing.tar.gz"):
+        assert module.main(["--sdist", str(wrong), "--out", str(tmp_path / "other.tsv")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --sdist {wrong}") and err.count("\n") == 1
+    assert not (tmp_path / "other.tsv").exists()
