@@ -180,7 +180,6 @@ def read_texts(path: str | Path, column: str, flag: str = "--text-column") -> li
     return [r[column] for r in read_table(path, [column], (), {column: flag})]
 
 
-
 def write_table(path: str | Path, columns: list[str], rows: list[tuple[str, ...]]) -> Path:
     """Write `rows` under the header `columns` as a table `read_table` reads back the same, whole
     or not at all (a temporary file renamed over `path`): TSV for .tsv / .tab (unquoted, as the

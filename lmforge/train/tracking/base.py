@@ -5,8 +5,8 @@ a backend says only how to start, log a scalar row, log a text, flush and close.
 Names, the same for every backend: a train or eval row's numbers are scalars named
 `{kind}/{key}` at the row's step (`train/loss`, `train/lr`, `train/tokens_per_s`, `train/mfu`,
 `eval/val_loss`, `eval/val_ppl`, `eval/val_accuracy`, ...; a run that keeps its best evaluation
-ends with `best/best_step` and that evaluation's `best/val_...` at its last step); sample rows are the text `samples`,
-warning rows the text `warnings`. A backend that keeps a run across a resume (MLflow, W&B) finds
+ends with `best/best_step` and that evaluation's `best/val_...` at its last step); sample rows are
+the text `samples`, warning rows the text `warnings`. A backend that keeps a run across a resume (MLflow, W&B) finds
 its run id in OUT/tracking.json.
 """
 
