@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.baseline import BASELINE_NAMES, verdict
 from .facts import Facts, hub_dataset
 
 # what the card calls each training task
@@ -187,7 +188,6 @@ def evaluation(facts: Facts) -> str:
 def baselines(facts: Facts) -> tuple[list[str], list[str]]:
     """The TF-IDF + logistic regression baselines a classifier's final report scored on its split
     (table rows), and whether the model is behind or ahead of the better one (a sentence each)."""
-    from ..evaluate.baseline import BASELINE_NAMES, verdict
     rows, verdicts = [], []
     for report in facts.reports:
         found = report.get("baseline")

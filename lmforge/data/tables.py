@@ -12,6 +12,8 @@ every class is represented in validation and test in proportion.
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import warnings
 from collections import defaultdict
@@ -21,6 +23,7 @@ from typing import Iterator
 
 from ..errors import DataError
 from ..fileio import open_text, read_text
+from ..modeldir import atomic_write_text
 from ..options import SEED, at_least, option, validate
 from .columnar import ColumnarTable
 from .rows import COLUMNAR, csv_records, json_objects, table_format
@@ -184,9 +187,6 @@ def write_table(path: str | Path, columns: list[str], rows: list[tuple[str, ...]
     """Write `rows` under the header `columns` as a table `read_table` reads back the same, whole
     or not at all (a temporary file renamed over `path`): TSV for .tsv / .tab (unquoted, as the
     IANA format wants, so a field may not hold a tab or a line break), CSV for any other suffix."""
-    import csv
-    import io
-    from ..modeldir import atomic_write_text
     path = Path(path)
     buffer = io.StringIO()
     if path.suffix.lower() in (".tsv", ".tab"):

@@ -6,8 +6,8 @@ A compiled step needs static shapes, so it runs on a bucket of rows — the runn
 one of `BUCKETS` (vLLM pads its batch to its captured CUDA-graph sizes alike) — over the slots up
 to the furthest row's (`slots_in_use`, a dynamic size of the graph): the rows' own positions
 (`input_pos`) hide what lies past each row's end, as they do eagerly, and the padding rows are
-free ones, whose writes at slot 0 a newcomer's prefill overwrites. Each bucket keeps one set of cache views, so one graph serves it. A float model
-compiles one row only (`compiled_buckets`): since its eager products of two rows or more run on
+free ones, whose writes at slot 0 a newcomer's prefill overwrites. Each bucket keeps one set of
+cache views, so one graph serves it. A float model compiles one row only (`compiled_buckets`): since its eager products of two rows or more run on
 packed weights (`model.linear.packed_product`), buckets of 1, 2, 4 and 8 served 422 / 687 / 1,577
 tokens/s at 1 / 4 / 16 clients (`benchmarks/serve_throughput.py`) and the eager step alone 173 /
 752 / 1,869; the bucket of 1 alone 408 / 729 / 1,694 (and one compile's pause, not four). An int8 or
